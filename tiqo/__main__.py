@@ -1,0 +1,3 @@
+from tiqo.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``tiqo`` command: a thin client of the daemon. Never imports the daemon or any model library."""

@@ -1,0 +1,209 @@
+"""``tiqo ask`` (one prompt, streamed; pipes welcome) and ``tiqo chat`` (interactive, multi-turn)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Any, Optional
+
+import typer
+
+from tiqo.cli.output import EXIT_USAGE, client, err_console, fail, handle_errors, print_json
+
+MODEL = typer.Option(None, "--model", "-m", help="Model name (see `tiqo models list`); default: llm.default_model.")
+SYSTEM = typer.Option(None, "--system", "-s", help="System prompt.")
+TEMPERATURE = typer.Option(None, "--temperature", "-t", min=0.0, max=2.0, help="Sampling temperature (0 = greedy).")
+MAX_TOKENS = typer.Option(None, "--max-tokens", min=1, help="Most tokens to generate.")
+SEED = typer.Option(None, "--seed", help="Random seed, for repeatable answers.")
+KEEP_ALIVE = typer.Option(None, "--keep-alive", help="Keep the model loaded this long after the answer (5m, 1h, -1).")
+
+
+def _payload(model: str | None, messages: list[dict[str, str]], temperature: float | None,
+             max_tokens: int | None, seed: int | None, keep_alive: str | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {"messages": messages}
+    for key, value in (("model", model), ("temperature", temperature), ("max_tokens", max_tokens),
+                       ("seed", seed), ("keep_alive", keep_alive)):
+        if value is not None:
+            payload[key] = value
+    return payload
+
+
+def _stream_answer(c: Any, payload: dict[str, Any], echo: bool) -> dict[str, Any]:
+    """Stream one answer to stdout (when ``echo``); returns the text, usage and timings."""
+    interactive = sys.stderr.isatty() and sys.stdout.isatty()
+    started = time.perf_counter()
+    first_at: float | None = None
+    parts: list[str] = []
+    spinner = err_console.status("[dim]thinking…[/]", spinner="dots") if interactive and echo else None
+    if spinner is not None:
+        spinner.start()
+    try:
+        with c.chat_stream(payload) as stream:
+            for piece in stream.text():
+                if first_at is None:
+                    first_at = time.perf_counter()
+                    if spinner is not None:
+                        spinner.stop()
+                parts.append(piece)
+                if echo:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+            headers, usage, finish = stream.headers, stream.usage, stream.finish_reason
+    finally:
+        if spinner is not None:
+            spinner.stop()
+    if echo:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    ended = time.perf_counter()
+    return {
+        "text": "".join(parts),
+        "model": headers.get("x-tiqo-model"),
+        "backend": headers.get("x-tiqo-backend"),
+        "cost_usd": float(headers.get("x-tiqo-cost-usd") or 0),
+        "usage": usage,
+        "finish_reason": finish,
+        "latency_s": round(ended - started, 4),
+        "ttft_s": round((first_at or ended) - started, 4),
+        "request_id": headers.get("x-tiqo-request-id"),
+    }
+
+
+@handle_errors
+def ask(
+    prompt: Optional[list[str]] = typer.Argument(None, help="The prompt. Text piped on stdin goes before it."),
+    model: Optional[str] = MODEL,
+    system: Optional[str] = SYSTEM,
+    temperature: Optional[float] = TEMPERATURE,
+    max_tokens: Optional[int] = MAX_TOKENS,
+    seed: Optional[int] = SEED,
+    keep_alive: Optional[str] = KEEP_ALIVE,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (text, model, backend, usage, latency)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Say on stderr what served the answer and its cost."),
+) -> None:
+    """Ask one question and stream the answer.
+
+    Examples:
+
+      tiqo ask "Name three primary colours."
+
+      cat notes.txt | tiqo ask "Summarise this"
+
+      tiqo ask --json -m smollm2-135m "What is the capital of France?" | jq -r .text
+    """
+    text = " ".join(prompt or []).strip()
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        if piped.strip():
+            text = f"{piped.rstrip()}\n\n{text}" if text else piped.rstrip()
+    if not text:
+        fail("no prompt given", 'pass one as an argument (tiqo ask "...") or pipe text in', EXIT_USAGE)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    with client() as c:
+        result = _stream_answer(c, _payload(model, messages, temperature, max_tokens, seed, keep_alive), not json_out)
+    if json_out:
+        print_json(result)
+    if verbose:
+        use = result["usage"] or {}
+        err_console.print(
+            f"[dim]{result['model']} via {result['backend']} · {use.get('prompt_tokens', '?')}+"
+            f"{use.get('completion_tokens', '?')} tokens · first token {result['ttft_s']:.2f}s · "
+            f"total {result['latency_s']:.2f}s · ${result['cost_usd']:.6f} · {result['request_id']}[/]"
+        )
+
+
+CHAT_HELP = """commands:
+  /model NAME   switch model (history is kept)
+  /system TEXT  set the system prompt
+  /clear        forget the conversation
+  /exit         leave (or Ctrl-D); Ctrl-C stops the current answer"""
+
+
+def _readline_history(path: Any) -> None:
+    with contextlib.suppress(Exception):
+        import atexit
+        import readline
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            readline.read_history_file(path)
+        readline.set_history_length(1000)
+        atexit.register(readline.write_history_file, path)
+
+
+@handle_errors
+def chat(
+    model: Optional[str] = MODEL,
+    system: Optional[str] = SYSTEM,
+    temperature: Optional[float] = TEMPERATURE,
+    max_tokens: Optional[int] = MAX_TOKENS,
+    seed: Optional[int] = SEED,
+    keep_alive: Optional[str] = KEEP_ALIVE,
+) -> None:
+    """Chat interactively, with history. /help lists commands; Ctrl-C stops an answer; Ctrl-D exits.
+
+    Example:
+
+      tiqo chat -m smollm2-135m -s "Answer in one sentence."
+    """
+    with client() as c:
+        names = [m["name"] for m in c.models()]
+        current = model or next((m["name"] for m in c.models() if m["default"]), None)
+        if model is not None and model not in names:
+            fail(f"model {model!r} not found; available: {', '.join(names)}", "`tiqo models list` shows models")
+        _readline_history(c.settings.paths.state_dir / "chat_history")
+        history: list[dict[str, str]] = []
+        err_console.print(f"[dim]chatting with {current} — /help for commands, Ctrl-D to exit[/]")
+        while True:
+            try:
+                line = input(">>> ")
+            except EOFError:
+                err_console.print()
+                return
+            except KeyboardInterrupt:
+                err_console.print("\n[dim](Ctrl-D or /exit to leave)[/]")
+                continue
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                command, _, arg = line.partition(" ")
+                arg = arg.strip()
+                if command in ("/exit", "/quit", "/bye"):
+                    return
+                if command == "/help":
+                    err_console.print(CHAT_HELP)
+                elif command == "/clear":
+                    history.clear()
+                    err_console.print("[dim]conversation cleared[/]")
+                elif command == "/system":
+                    system = arg or None
+                    err_console.print(f"[dim]system prompt {'set' if system else 'cleared'}[/]")
+                elif command == "/model":
+                    names = [m["name"] for m in c.models()]
+                    if arg not in names:
+                        err_console.print(f"[red]unknown model {arg!r}[/]; available: {', '.join(names)}")
+                    else:
+                        current = arg
+                        err_console.print(f"[dim]now chatting with {current}[/]")
+                else:
+                    err_console.print(f"[red]unknown command {command}[/]\n{CHAT_HELP}")
+                continue
+            history.append({"role": "user", "content": line})
+            messages = ([{"role": "system", "content": system}] if system else []) + history
+            payload = _payload(current, messages, temperature, max_tokens, seed, keep_alive)
+            try:
+                result = _stream_answer(c, payload, echo=True)
+                history.append({"role": "assistant", "content": result["text"]})
+            except KeyboardInterrupt:
+                sys.stdout.write("\n")
+                err_console.print("[dim](stopped)[/]")
+                history.pop()
+            except Exception as exc:
+                from tiqo.client import ApiError
+
+                if not isinstance(exc, ApiError):
+                    raise
+                history.pop()
+                err_console.print(f"[red]tiqo:[/] {exc.message}" + (f"\n[dim]hint:[/] {exc.hint}" if exc.hint else ""))

@@ -1,0 +1,47 @@
+"""Entry point of the ``tiqo`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from tiqo import __version__
+from tiqo.cli import ask, config, daemon, models
+from tiqo.cli.output import state
+
+app = typer.Typer(
+    name="tiqo",
+    help="Local-first AI services: warm local models behind one daemon and an OpenAI-compatible API.\n\n"
+    "Example: tiqo ask \"Name three primary colours.\"",
+    no_args_is_help=True,
+    add_completion=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tiqo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    no_autostart: bool = typer.Option(
+        False, "--no-autostart", help="Never start the daemon; fail if it is not running (or TIQO_NO_AUTOSTART=1)."
+    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    state.no_autostart = no_autostart
+
+
+app.command("ask")(ask.ask)
+app.command("chat")(ask.chat)
+app.command("ps")(models.ps)
+app.add_typer(daemon.app, name="daemon")
+app.add_typer(models.app, name="models")
+app.add_typer(config.app, name="config")
+
+
+def main() -> None:
+    app()

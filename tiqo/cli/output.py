@@ -1,0 +1,89 @@
+"""Console output, the shared client, and error handling with meaningful exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from tiqo.core.errors import TiqoError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_ERROR = 1  # the daemon refused or failed the request
+EXIT_USAGE = 2  # bad arguments or settings
+EXIT_UNAVAILABLE = 3  # the daemon is not running / cannot be started
+EXIT_INTERRUPTED = 130
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class State:
+    no_autostart = False
+
+
+state = State()
+
+
+def client() -> Any:
+    from tiqo.client import TiqoClient
+    from tiqo.core.settings import Settings
+
+    settings = Settings.load()
+    return TiqoClient(settings, autostart=False if state.no_autostart else None)
+
+
+def fail(message: str, hint: str | None = None, code: int = EXIT_ERROR) -> NoReturn:
+    """One line saying what went wrong on stderr (and a hint naming the fix), then exit non-zero."""
+    err_console.print(f"[bold red]tiqo:[/] {message}", markup=True, soft_wrap=True, highlight=False)
+    if hint:
+        err_console.print(f"[dim]hint:[/] {hint}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn client-side exceptions into one clear message and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from tiqo.client import ApiError, DaemonUnavailable
+
+        try:
+            return func(*args, **kwargs)
+        except ApiError as exc:
+            fail(exc.message, exc.hint, EXIT_ERROR)
+        except DaemonUnavailable as exc:
+            fail(exc.message, exc.hint, EXIT_UNAVAILABLE)
+        except TiqoError as exc:
+            fail(exc.message, exc.hint, EXIT_USAGE)
+        except KeyboardInterrupt:
+            err_console.print("[dim]interrupted[/]")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:  # `tiqo ask ... | head -1`
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def fmt_duration(seconds: float | None) -> str:
+    from tiqo.core.durations import format_duration
+
+    return "never" if seconds is None else format_duration(seconds)
+
+
+def fmt_size(num: float) -> str:
+    from tiqo.core.durations import format_size
+
+    return format_size(num)

@@ -1,0 +1,239 @@
+"""Synchronous client of the daemon over its Unix socket. One method per route; starts the daemon if needed."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from tiqo.client import process
+from tiqo.core.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
+
+EXIT_ALREADY_RUNNING = 3  # the daemon's exit code when another one holds the lock
+
+
+class DaemonUnavailable(Exception):
+    """The daemon is not running (and could not be started)."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class ApiError(Exception):
+    """The daemon answered with an error (OpenAI's error shape plus tiqo's ``hint``)."""
+
+    def __init__(self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None) -> None:
+        err = (body or {}).get("error") or {}
+        self.status = status
+        self.message = str(err.get("message") or f"HTTP {status}")
+        self.code = err.get("code")
+        self.type = err.get("type")
+        self.param = err.get("param")
+        self.hint = err.get("hint")
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class Stream:
+    """Server-sent events of one streaming response. Iterating yields each event's JSON; closing it (or
+    leaving the ``with`` block early) hangs up, which makes the daemon stop generating."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.headers = dict(response.headers)
+        self.usage: dict[str, int] | None = None
+        self.finish_reason: str | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for line in self.response.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            event = json.loads(data)
+            if "error" in event:
+                raise ApiError(200, event)
+            if event.get("usage"):
+                self.usage = event["usage"]
+            for choice in event.get("choices") or ():
+                if choice.get("finish_reason"):
+                    self.finish_reason = choice["finish_reason"]
+            yield event
+        raise ApiError(502, {"error": {"message": "the stream ended without [DONE] (the daemon went away?)",
+                                       "code": "stream_truncated", "hint": "see `tiqo daemon logs`"}})
+
+    def text(self) -> Iterator[str]:
+        """Just the generated text, chunk by chunk (chat or text completions)."""
+        for event in self:
+            for choice in event.get("choices") or ():
+                piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
+                if piece:
+                    yield piece
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TiqoClient:
+    def __init__(self, settings: Settings | None = None, *, autostart: bool | None = None) -> None:
+        self.settings = settings or Settings.load()
+        self.socket_path = self.settings.socket_path
+        self.autostart = self.settings["daemon.autostart"] if autostart is None else autostart
+        self._http: httpx.Client | None = None
+
+    # ------------------------------------------------------------------ transport
+    @property
+    def http(self) -> httpx.Client:
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.Client(
+                transport=httpx.HTTPTransport(uds=str(self.socket_path)),
+                base_url="http://tiqo",
+                timeout=httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None),
+            )
+        return self._http
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def __enter__(self) -> TiqoClient:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def _send(self, method: str, path: str, *, json_body: Any = None, stream: bool = False,
+              timeout: float | None = None) -> httpx.Response:
+        import httpx
+
+        for attempt in (1, 2):
+            try:
+                request = self.http.build_request(
+                    method, path, json=json_body,
+                    timeout=httpx.Timeout(timeout, connect=5.0) if timeout else httpx.USE_CLIENT_DEFAULT,
+                )
+                return self.http.send(request, stream=stream)
+            except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError):
+                if attempt == 2:
+                    raise DaemonUnavailable(f"cannot reach the tiqo daemon at {self.socket_path}",
+                                            hint="see `tiqo daemon status` and `tiqo daemon logs`") from None
+                self.start_daemon()
+            except httpx.RemoteProtocolError as exc:
+                raise DaemonUnavailable(f"the daemon closed the connection: {exc}",
+                                        hint="it may have crashed or been stopped; see `tiqo daemon logs`") from None
+        raise AssertionError("unreachable")
+
+    def request(self, method: str, path: str, json_body: Any = None, timeout: float | None = None) -> Any:
+        response = self._send(method, path, json_body=json_body, timeout=timeout)
+        return self._decode(response)
+
+    @staticmethod
+    def _decode(response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": {"message": response.text[:500] or f"HTTP {response.status_code}"}}
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, body, dict(response.headers))
+        return body
+
+    def stream(self, path: str, payload: dict[str, Any]) -> Stream:
+        response = self._send("POST", path, json_body={**payload, "stream": True}, stream=True)
+        if response.status_code >= 400:
+            response.read()
+            self._decode(response)
+        return Stream(response)
+
+    # ------------------------------------------------------------------ daemon
+    def is_running(self) -> bool:
+        return process.socket_answers(self.socket_path)
+
+    def start_daemon(self) -> int:
+        """Start the daemon and wait until it answers. Returns its pid."""
+        if not self.autostart:
+            raise DaemonUnavailable(
+                "the tiqo daemon is not running and autostart is off",
+                hint="start it with `tiqo daemon start` (autostart is off because of --no-autostart, "
+                "TIQO_NO_AUTOSTART=1 or daemon.autostart = false)",
+            )
+        process.clean_stale(self.settings)
+        proc = process.spawn(self.settings)
+        deadline = time.monotonic() + float(self.settings["daemon.startup_timeout"])
+        while time.monotonic() < deadline:
+            code = proc.poll()
+            if code is not None and code != EXIT_ALREADY_RUNNING:
+                last = "\n".join(process.tail(self.settings.paths.log_file, 8))
+                raise DaemonUnavailable(f"the daemon exited during start-up (exit code {code}):\n{last}",
+                                        hint="see `tiqo daemon logs`; `tiqo daemon run` shows it in the foreground")
+            if process.socket_answers(self.socket_path):
+                try:
+                    return int(self.health(timeout=5.0)["pid"])
+                except Exception:  # still starting: the socket is bound before the app is ready
+                    pass
+            time.sleep(0.05)
+        raise DaemonUnavailable(
+            f"the daemon did not answer within {self.settings['daemon.startup_timeout']:.0f}s",
+            hint="see `tiqo daemon logs`, or raise daemon.startup_timeout",
+        )
+
+    # ------------------------------------------------------------------ routes
+    def health(self, timeout: float | None = 5.0) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/tiqo/health", timeout=timeout)
+        return result
+
+    def ps(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/tiqo/ps")
+        return result
+
+    def models(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/tiqo/models")["models"])
+
+    def add_model(self, name: str, path: str, **options: Any) -> dict[str, Any]:
+        body = {"name": name, "path": path, **{k: v for k, v in options.items() if v is not None}}
+        result: dict[str, Any] = self.request("POST", "/tiqo/models", body)
+        return result
+
+    def remove_model(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("DELETE", f"/tiqo/models/{name}")
+        return result
+
+    def load(self, name: str, keep_alive: str | None = None) -> dict[str, Any]:
+        body = {"keep_alive": keep_alive} if keep_alive is not None else None
+        result: dict[str, Any] = self.request("POST", f"/tiqo/models/{name}/load", body)
+        return result
+
+    def unload(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/tiqo/models/{name}/unload")
+        return result
+
+    def shutdown(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/tiqo/shutdown", timeout=10.0)
+        return result
+
+    def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/v1/chat/completions", {**payload, "stream": False})
+        return result
+
+    def chat_stream(self, payload: dict[str, Any]) -> Stream:
+        return self.stream("/v1/chat/completions", {"stream_options": {"include_usage": True}, **payload})
+
+    def complete(self, payload: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/v1/completions", {**payload, "stream": False})
+        return result

@@ -1,0 +1,131 @@
+"""Finding, starting and stopping the daemon process (used by the client's autostart and `tiqo daemon`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tiqo.core.paths import ensure_private_dir
+from tiqo.core.settings import Settings
+
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+
+
+@dataclass
+class DaemonStatus:
+    pid: int | None
+    alive: bool
+    socket: Path
+    info: dict[str, Any]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child (we started it and it exited) still answers kill(0).
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def socket_answers(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def read_status(settings: Settings) -> DaemonStatus:
+    info: dict[str, Any] = {}
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        info = json.loads(settings.paths.daemon_file.read_text())
+    pid = info.get("pid") if isinstance(info.get("pid"), int) else None
+    alive = pid is not None and pid_alive(pid)
+    return DaemonStatus(pid, alive, Path(info.get("socket") or settings.socket_path), info)
+
+
+def clean_stale(settings: Settings) -> list[str]:
+    """Remove the status file and socket a crashed daemon left behind. Returns what was removed."""
+    removed = []
+    status = read_status(settings)
+    if status.pid is not None and not status.alive:
+        with contextlib.suppress(FileNotFoundError):
+            settings.paths.daemon_file.unlink()
+            removed.append(str(settings.paths.daemon_file))
+    sock = settings.socket_path
+    if (sock.exists() or sock.is_symlink()) and not status.alive and not socket_answers(sock):
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+            removed.append(str(sock))
+    return removed
+
+
+def spawn(settings: Settings) -> subprocess.Popen[bytes]:
+    """Start ``python -m tiqo.daemon`` detached, logging to the daemon log file."""
+    paths = settings.paths
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(paths.runtime_dir)
+    log_file = paths.log_file
+    if log_file.exists() and log_file.stat().st_size > LOG_ROTATE_BYTES:
+        os.replace(log_file, log_file.with_suffix(".log.1"))
+    with log_file.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tiqo.daemon"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024 - lines * 200))
+            data = fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    return data.splitlines()[-lines:]
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def terminate(pid: int, timeout: float = 10.0) -> bool:
+    """SIGTERM (models unload, clean exit), then SIGKILL if it does not go in ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if wait_exit(pid, timeout):
+        return True
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return wait_exit(pid, 5.0)

@@ -1,0 +1,1 @@
+"""Settings, paths, errors and small value types shared by every layer."""

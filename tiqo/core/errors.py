@@ -1,0 +1,101 @@
+"""Errors that carry an HTTP status, an OpenAI error type and a hint naming the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TiqoError(Exception):
+    """An error a user can act on. ``hint`` names the command or setting that fixes it."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.param = param
+        self.retry_after = retry_after
+        if code is not None:
+            self.code = code
+
+    def to_body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"message": self.message, "type": self.type, "code": self.code}
+        if self.param is not None:
+            err["param"] = self.param
+        if self.hint:
+            err["hint"] = self.hint
+        return {"error": err}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class BadRequest(TiqoError):
+    status = 400
+    type = "invalid_request_error"
+    code = "bad_request"
+
+
+class ContextOverflow(BadRequest):
+    code = "context_length_exceeded"
+
+
+class NotFound(TiqoError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Conflict(TiqoError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class PayloadTooLarge(TiqoError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class Unprocessable(TiqoError):
+    status = 422
+    type = "invalid_request_error"
+    code = "validation_error"
+
+
+class Busy(TiqoError):
+    status = 503
+    type = "server_error"
+    code = "server_busy"
+
+
+class ModelLoadFailed(TiqoError):
+    status = 500
+    type = "server_error"
+    code = "model_load_failed"
+
+
+class ConfigError(TiqoError):
+    """A setting has a value tiqo cannot use."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "bad_config"

@@ -1,0 +1,214 @@
+"""Every setting in one table: key, type, default, environment variable and what it does.
+
+Values come from (highest first) ``TIQO_*`` environment variables, ``config.toml``, the defaults here.
+The same table renders ``tiqo config show`` and the docs.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tiqo.core.durations import parse_duration, parse_size
+from tiqo.core.errors import ConfigError
+from tiqo.core.paths import Paths
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {value!r} (use true or false)")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"not an integer: {value!r}")
+    return int(value)
+
+
+def _auto_int(value: Any) -> int | None:
+    """``auto`` (None: decided at run time) or an integer."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    return _int(value)
+
+
+def _auto_size(value: Any) -> int | None:
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    return parse_size(value)
+
+
+def _str(value: Any) -> str:
+    return str(value)
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in options:
+            raise ValueError(f"{value!r} is not one of {', '.join(options)}")
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: Any
+    parse: Callable[[Any], Any]
+    doc: str
+    kind: str
+
+    @property
+    def env(self) -> str:
+        return "TIQO_" + self.key.split(".", 1)[1].upper() if self.key.count(".") else "TIQO_" + self.key.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("daemon.socket", "", _str, "Unix socket path; empty = <runtime dir>/tiqo.sock", "path"),
+    Setting("daemon.autostart", True, _bool, "Start the daemon on first use (TIQO_NO_AUTOSTART=1 turns it off)", "bool"),
+    Setting("daemon.startup_timeout", "60s", parse_duration, "How long the CLI waits for a starting daemon", "duration"),
+    Setting("daemon.log_level", "info", _choice("debug", "info", "warning", "error"), "Daemon log level", "choice"),
+    Setting("daemon.max_request_size", "16MiB", parse_size, "Largest request body; bigger ones get 413", "size"),
+    Setting("scheduler.keep_alive", "5m", parse_duration, "Idle time before a model unloads (0 = at once, -1 = never)", "duration"),
+    Setting("scheduler.max_loaded_models", 3, _int, "Most models loaded at once (0 = only memory decides)", "int"),
+    Setting("scheduler.max_queue", 64, _int, "Requests that may wait per daemon; more get 503 + Retry-After", "int"),
+    Setting("scheduler.memory_budget", "auto", _auto_size, "Memory for loaded models; auto = 75% of RAM", "size|auto"),
+    Setting("scheduler.num_parallel", 1, _int, "Requests one loaded model serves at once (each slot is a model instance)", "int"),
+    Setting("llm.default_model", "smollm2-135m", _str, "Model used when a request names none", "str"),
+    Setting("llm.n_ctx", 4096, _int, "Context window in tokens (capped at the model's trained length)", "int"),
+    Setting("llm.n_threads", "auto", _auto_int, "CPU threads per model; auto = physical cores - 1 (at least 1)", "int|auto"),
+    Setting("llm.n_gpu_layers", "auto", _auto_int, "Layers offloaded to the GPU; auto = all when llama.cpp has GPU support", "int|auto"),
+    Setting("llm.n_batch", 512, _int, "Prompt tokens evaluated per batch", "int"),
+)
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+def _lookup(table: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = table
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+class Settings:
+    """Resolved settings plus the raw TOML (which also holds the ``[models.NAME]`` catalog)."""
+
+    def __init__(self, paths: Paths, toml: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None):
+        self.paths = paths
+        self.toml: dict[str, Any] = dict(toml or {})
+        self._env = dict(os.environ if env is None else env)
+        self._values: dict[str, Any] = {}
+        self._sources: dict[str, str] = {}
+        for setting in SETTINGS:
+            raw, source = self.raw(setting)
+            try:
+                self._values[setting.key] = setting.parse(raw)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"setting {setting.key} = {raw!r} ({source}): {exc}",
+                    hint=f"fix it with `tiqo config set {setting.key} VALUE` or unset {setting.env}",
+                ) from None
+            self._sources[setting.key] = source
+        if _bool(self._env.get("TIQO_NO_AUTOSTART", "0")):
+            self._values["daemon.autostart"] = False
+            self._sources["daemon.autostart"] = "env TIQO_NO_AUTOSTART"
+
+    def raw(self, setting: Setting) -> tuple[Any, str]:
+        if setting.env in self._env:
+            return self._env[setting.env], f"env {setting.env}"
+        try:
+            return _lookup(self.toml, setting.key), "config.toml"
+        except KeyError:
+            return setting.default, "default"
+
+    @classmethod
+    def load(cls, paths: Paths | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        paths = paths or Paths.from_env(dict(env) if env is not None else None)
+        return cls(paths, read_toml(paths.config_file), env)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def source(self, key: str) -> str:
+        return self._sources[key]
+
+    @property
+    def socket_path(self) -> Path:
+        custom = self["daemon.socket"]
+        return Path(custom).expanduser() if custom else self.paths.default_socket
+
+    def model_entries(self) -> dict[str, dict[str, Any]]:
+        """The ``[models.NAME]`` tables of config.toml."""
+        models = self.toml.get("models", {})
+        return {str(k): dict(v) for k, v in models.items() if isinstance(v, Mapping)}
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", hint=f"fix or remove {path}") from None
+
+
+def validate(key: str, value: str) -> Any:
+    """Parse ``value`` for ``key`` the way the daemon will, or raise ``ConfigError``."""
+    setting = BY_KEY.get(key)
+    if setting is None:
+        raise ConfigError(f"unknown setting {key!r}", hint="`tiqo config show` lists every setting")
+    try:
+        setting.parse(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return setting
+
+
+def typed_for_toml(setting: Setting, value: str) -> Any:
+    """The value as it should be written to TOML (booleans and integers unquoted)."""
+    if setting.kind == "bool":
+        return _bool(value)
+    if setting.kind == "int":
+        return _int(value)
+    if setting.kind == "int|auto" and value.strip().lower() != "auto":
+        return _int(value)
+    return value
+
+
+def write_config_value(path: Path, parts: list[str], value: Any) -> None:
+    """Set the key at ``parts`` in the TOML file at ``path`` (None removes it), keeping comments (tomlkit)."""
+    import tomlkit
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = tomlkit.parse(path.read_text()) if path.exists() else tomlkit.document()
+    node: Any = doc
+    for part in parts[:-1]:
+        if part not in node:
+            node[part] = tomlkit.table()
+        node = node[part]
+    if value is None:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
+    _atomic_write(path, tomlkit.dumps(doc))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""The daemon: owns all state and heavy work. Only this package imports engines and heavy libraries."""

@@ -1,0 +1,155 @@
+"""The ASGI application: middleware, error shapes and routers."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tiqo import __version__
+from tiqo.core.errors import TiqoError
+from tiqo.daemon.routes_manage import router as manage_router
+from tiqo.daemon.routes_openai import router as openai_router
+from tiqo.daemon.service import Daemon
+
+log = logging.getLogger("tiqo.http")
+
+
+class RequestContext:
+    """Pure ASGI middleware: request id header, body size limit (413) and one access-log line per request."""
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = "req_" + uuid.uuid4().hex[:24]
+        scope.setdefault("state", {})["request_id"] = rid
+        started = time.perf_counter()
+        status = 0
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await _too_large(send, rid, int(declared), self.max_body)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise HTTPException(413, f"request body is larger than {self.max_body} bytes")
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-tiqo-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        finally:
+            log.info(
+                "%s %s %s %.1fms %s", scope["method"], scope["path"], status, (time.perf_counter() - started) * 1000, rid
+            )
+
+
+async def _too_large(send: Send, rid: str, size: int, limit: int) -> None:
+    body = TiqoError(
+        f"request body is {size} bytes; the limit is {limit}",
+        hint="raise it with `tiqo config set daemon.max_request_size 64MiB`",
+    ).to_body()
+    body["error"].update(type="invalid_request_error", code="payload_too_large")
+    response = JSONResponse(body, status_code=413, headers={"x-tiqo-request-id": rid})
+    await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def error_response(status: int, message: str, *, type_: str, code: str, param: str | None = None,
+                   hint: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    err: dict[str, Any] = {"message": message, "type": type_, "code": code}
+    if param is not None:
+        err["param"] = param
+    if hint:
+        err["hint"] = hint
+    return JSONResponse({"error": err}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TiqoError)
+    async def tiqo_error(request: Request, exc: TiqoError) -> JSONResponse:
+        return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        field = ".".join(loc) or None
+        if first.get("type") == "json_invalid":
+            return error_response(
+                400, f"request body is not valid JSON: {first.get('msg')}", type_="invalid_request_error",
+                code="invalid_json", hint="send a JSON object with Content-Type: application/json",
+            )
+        message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        return error_response(422, message, type_="invalid_request_error", code="validation_error", param=field)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        messages = {404: f"no route {request.method} {request.url.path}", 405: f"{request.method} is not allowed here"}
+        message = messages.get(exc.status_code) or str(exc.detail)
+        hint = "see the routes at GET /openapi.json" if exc.status_code in (404, 405) else None
+        if exc.status_code == 413:
+            hint = "raise it with `tiqo config set daemon.max_request_size 64MiB`"
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "error")
+        return error_response(exc.status_code, message, type_="invalid_request_error", code=code, hint=hint)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(
+            500, f"internal error: {type(exc).__name__}: {exc}", type_="server_error", code="internal_error",
+            hint="this is a bug in tiqo; details are in `tiqo daemon logs`",
+        )
+
+
+def create_app(daemon: Daemon) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        log.info("shutting down: unloading models")
+        await daemon.close()
+
+    app = FastAPI(
+        title="tiqo",
+        version=__version__,
+        description="Local-first AI services: an OpenAI-compatible API plus tiqo's own management routes.",
+        lifespan=lifespan,
+    )
+    app.state.daemon = daemon
+    install_error_handlers(app)
+    app.include_router(openai_router)
+    app.include_router(manage_router)
+    app.add_middleware(RequestContext, max_body=daemon.settings["daemon.max_request_size"])
+    return app

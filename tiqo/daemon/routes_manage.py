@@ -1,0 +1,112 @@
+"""tiqo's own routes: health, ps, the model catalog, load/unload and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from tiqo.core.errors import BadRequest
+from tiqo.daemon.service import Daemon
+from tiqo.protocol.tiqo import AddModelRequest, LoadRequest
+from tiqo.sdk.engine import ModelSpec
+
+router = APIRouter(prefix="/tiqo")
+
+
+def _daemon(request: Request) -> Daemon:
+    daemon: Daemon = request.app.state.daemon
+    return daemon
+
+
+def _model_row(daemon: Daemon, spec: ModelSpec) -> dict[str, Any]:
+    loaded = daemon.scheduler.loaded.get(spec.name)
+    return {
+        "name": spec.name,
+        "kind": spec.kind,
+        "engine": spec.engine,
+        "source": spec.source,
+        "path": str(spec.path) if spec.path else None,
+        "size_bytes": spec.size_bytes,
+        "description": spec.description,
+        "capabilities": list(spec.capabilities),
+        "default": spec.name == daemon.settings["llm.default_model"],
+        "loaded": loaded is not None,
+        "options": {k: v for k, v in spec.options.items()},
+    }
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    return _daemon(request).health()
+
+
+@router.get("/ps")
+async def ps(request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    sched = daemon.scheduler
+    return {
+        "models": sched.ps(),
+        "memory_budget_bytes": sched.memory_budget,
+        "memory_used_bytes": sched.memory_used(),
+        "pending": sched.pending,
+        "max_queue": sched.max_queue,
+    }
+
+
+@router.get("/models")
+async def models(request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    return {"models": [_model_row(daemon, s) for s in daemon.registry.all()]}
+
+
+@router.post("/models", status_code=201)
+async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    # Reading a big file's header touches the disk: keep it off the event loop.
+    spec = await asyncio.to_thread(
+        daemon.registry.add, body.name, body.path, n_ctx=body.n_ctx, keep_alive=body.keep_alive,
+        description=body.description,
+    )
+    return _model_row(daemon, spec)
+
+
+@router.delete("/models/{name}")
+async def remove_model(name: str, request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    spec = daemon.registry.resolve(name)
+    daemon.registry.ensure_removable(spec.name)
+    await daemon.scheduler.unload(spec.name)
+    daemon.registry.remove(spec.name)
+    return {"removed": spec.name}
+
+
+@router.post("/models/{name}/load")
+async def load_model(name: str, request: Request, body: LoadRequest | None = None) -> dict[str, Any]:
+    daemon = _daemon(request)
+    body = body or LoadRequest()
+    spec = daemon.registry.resolve(name)
+    try:
+        keep_alive = body.keep_alive_seconds()
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="keep_alive") from None
+    await daemon.scheduler.load(spec, keep_alive)
+    row = next(r for r in daemon.scheduler.ps() if r["name"] == spec.name)
+    return row
+
+
+@router.post("/models/{name}/unload")
+async def unload_model(name: str, request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    spec = daemon.registry.resolve(name)
+    return {"name": spec.name, "unloaded": await daemon.scheduler.unload(spec.name)}
+
+
+@router.post("/shutdown")
+async def shutdown(request: Request) -> JSONResponse:
+    daemon = _daemon(request)
+    # Answer first, then stop: the server exits after this response is sent.
+    asyncio.get_running_loop().call_later(0.05, daemon.request_shutdown)
+    return JSONResponse({"ok": True, "pid": daemon.health()["pid"]})

@@ -1,0 +1,172 @@
+"""Runs the daemon: one instance per runtime dir (flock), a 0600 Unix socket in a 0700 folder, uvicorn on it.
+
+``daemon.json`` (pid, version, socket) exists exactly while a daemon serves; a stale one (dead pid) is
+replaced, and a stale socket is removed before binding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from tiqo import __version__
+from tiqo.core.errors import TiqoError
+from tiqo.core.paths import MAX_SOCKET_PATH, ensure_private_dir
+from tiqo.core.settings import Settings
+
+log = logging.getLogger("tiqo.daemon")
+EXIT_ALREADY_RUNNING = 3
+EXIT_CONFIG = 2
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("tiqo.llama.cpp").setLevel(max(logging.WARNING, root.level))
+    for noisy in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def acquire_lock(path: Path) -> IO[str] | None:
+    """Hold an exclusive lock for the daemon's lifetime; None if another daemon holds it."""
+    fh = path.open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        fh.close()
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fh
+
+
+def socket_in_use(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path`` with mode 0600 from the start (umask), replacing a stale one."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise TiqoError(
+            f"socket path is too long for Unix sockets ({len(str(path))} > {MAX_SOCKET_PATH} bytes): {path}",
+            hint="set TIQO_SOCKET to a shorter path, e.g. /tmp/tiqo-$USER.sock",
+        )
+    ensure_private_dir(path.parent)
+    if path.exists() or path.is_symlink():
+        if socket_in_use(path):
+            raise TiqoError(f"another process is serving on {path}", hint="stop it with `tiqo daemon stop`")
+        log.warning("removing stale socket %s", path)
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def write_status(settings: Settings, socket_path: Path) -> None:
+    status = {
+        "pid": os.getpid(),
+        "version": __version__,
+        "socket": str(socket_path),
+        "started_at": time.time(),
+        "python": sys.executable,
+    }
+    tmp = settings.paths.daemon_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status))
+    os.replace(tmp, settings.paths.daemon_file)
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from tiqo.daemon.app import create_app
+    from tiqo.daemon.service import Daemon
+
+    paths = settings.paths
+    ensure_private_dir(paths.runtime_dir)
+    for folder in (paths.state_dir, paths.log_dir, paths.config_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    lock = acquire_lock(paths.lock_file)
+    if lock is None:
+        print(f"tiqo: a daemon is already running for {paths.runtime_dir} (see `tiqo daemon status`)", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
+    socket_path = settings.socket_path
+    bound = False
+    try:
+        sock = bind_socket(socket_path)
+        bound = True
+        daemon = Daemon(settings, socket_path=str(socket_path))
+        app = create_app(daemon)
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            timeout_keep_alive=30,
+            loop="uvloop" if _has("uvloop") else "asyncio",
+            http="httptools" if _has("httptools") else "h11",
+        )
+        server = uvicorn.Server(config)
+        daemon.request_shutdown = lambda: setattr(server, "should_exit", True)
+        write_status(settings, socket_path)
+        log.info("tiqo %s serving on %s (pid %d)", __version__, socket_path, os.getpid())
+        server.run(sockets=[sock])
+        log.info("stopped")
+        return 0
+    except TiqoError as exc:
+        log.error("%s", exc.message)
+        print(f"tiqo: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return EXIT_CONFIG
+    finally:
+        # Status file first, then the socket: a client that sees no status file knows the daemon is gone.
+        with contextlib.suppress(FileNotFoundError):
+            status = json.loads(paths.daemon_file.read_text())
+            if status.get("pid") == os.getpid():
+                paths.daemon_file.unlink()
+        if bound:
+            with contextlib.suppress(FileNotFoundError):
+                socket_path.unlink()
+        lock.close()
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def main() -> None:
+    try:
+        settings = Settings.load()
+    except TiqoError as exc:
+        print(f"tiqo: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    setup_logging(settings["daemon.log_level"])
+    sys.exit(serve(settings))

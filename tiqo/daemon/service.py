@@ -1,0 +1,86 @@
+"""The composition root: the one place that picks concrete classes and wires the daemon together."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from tiqo import API_VERSION, __version__
+from tiqo.core.settings import Settings
+from tiqo.daemon.plugins import PluginReport, collect_engines, load_plugins
+from tiqo.daemon.registry import Registry
+from tiqo.daemon.scheduler import Scheduler
+from tiqo.daemon.streaming import iterate_in_thread
+from tiqo.sdk.engine import Engine, ModelSpec, Piece, Runner, StopFlag
+
+log = logging.getLogger("tiqo.daemon")
+
+
+def memory_budget(settings: Settings) -> int:
+    configured = settings["scheduler.memory_budget"]
+    if configured is not None:
+        return int(configured)
+    import psutil
+
+    return int(psutil.virtual_memory().total * 0.75)
+
+
+class Daemon:
+    """Everything a request handler needs, built once at start-up."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engines: dict[str, Engine] | None = None,
+        registry: Registry | None = None,
+        socket_path: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.socket_path = socket_path or str(settings.socket_path)
+        self.plugins = PluginReport()
+        if engines is None:
+            pm, self.plugins = load_plugins()
+            engines = collect_engines(pm, self.plugins)
+        self.engines = engines
+        self.registry = registry or Registry(settings)
+        self.scheduler = Scheduler(
+            engines,
+            memory_budget=memory_budget(settings),
+            max_loaded_models=settings["scheduler.max_loaded_models"],
+            max_queue=settings["scheduler.max_queue"],
+            default_keep_alive=settings["scheduler.keep_alive"],
+            options_for=self.registry.options_for,
+            prepare=self.registry.prepare,
+        )
+        self.request_shutdown: Callable[[], None] = lambda: None
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "api_version": API_VERSION,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "started_at": self.started_at,
+            "socket": self.socket_path,
+        }
+
+    async def generate(
+        self,
+        spec: ModelSpec,
+        keep_alive: float | None,
+        call: Callable[[Runner, StopFlag], Iterator[Piece]],
+    ) -> AsyncIterator[Piece]:
+        """Hold a slot of ``spec`` for the whole generation and stream its pieces."""
+        stop = StopFlag()
+        async with self.scheduler.acquire(spec, keep_alive) as slot:
+            async for piece in iterate_in_thread(slot.executor, lambda: call(slot.runner, stop), stop):
+                yield piece
+
+    async def close(self) -> None:
+        await self.scheduler.close()

@@ -1,0 +1,1 @@
+"""Request and response models of tiqo's API (OpenAI-compatible plus ``/tiqo/...``)."""
