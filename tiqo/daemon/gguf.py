@@ -121,7 +121,7 @@ def read_gguf(path: str | Path) -> GGUFInfo:
     size = path.stat().st_size
     with path.open("rb") as fh:
         r = _Reader(fh, size)
-        if size < 24 or fh.read(4) != MAGIC:
+        if fh.read(4) != MAGIC:
             raise GGUFError(
                 f"{path.name} is not a GGUF file (no GGUF magic)",
                 hint="convert the model with llama.cpp's convert_hf_to_gguf.py, or download a .gguf build",
