@@ -44,4 +44,4 @@ app.add_typer(config.app, name="config")
 
 
 def main() -> None:
-    app()
+    app(prog_name="tiqo")  # the same name (and completion scripts) under `python -m tiqo`

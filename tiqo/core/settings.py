@@ -212,3 +212,12 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def markdown_table() -> str:
+    """The settings table as Markdown (the README embeds it; a test keeps the two in step)."""
+    lines = ["| setting | environment | default | what it does |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        default = str(s.default).lower() if isinstance(s.default, bool) else str(s.default)
+        lines.append(f"| `{s.key}` | `{s.env}` | `{default or '(empty)'}` | {s.doc} |")
+    return "\n".join(lines)

