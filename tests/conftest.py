@@ -61,7 +61,9 @@ class DaemonProc:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def cli(self, *args: str, input: str | None = None, timeout: float = 180, **env: str) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input: str | None = None, timeout: float = 180, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, env={**self.env, **env}, input=input, timeout=timeout)
 
     def stop(self) -> int | None:
@@ -116,10 +118,16 @@ def fresh_daemon() -> Iterator[DaemonProc]:
     shutil.rmtree(d.home, ignore_errors=True)
 
 
-def run_cli(*args: str, env: dict[str, str], input: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], input: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tiqo", *args], env=env, input=input if input is not None else "",
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "tiqo", *args],
+        env=env,
+        input=input if input is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

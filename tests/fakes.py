@@ -90,5 +90,6 @@ class FakeEngine:
 
 
 def spec(name: str, **options: Any) -> ModelSpec:
-    return ModelSpec(name=name, kind="llm", engine="fake", path=Path("/dev/null"), source="test", size_bytes=1,
-                     options=options)
+    return ModelSpec(
+        name=name, kind="llm", engine="fake", path=Path("/dev/null"), source="test", size_bytes=1, options=options
+    )

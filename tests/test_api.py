@@ -51,14 +51,19 @@ def test_official_openai_client_gets_a_completion_and_a_stream(daemon: DaemonPro
     reply = client.chat.completions.create(
         model="smollm2-135m",
         messages=[{"role": "user", "content": "Which city is the capital of France?"}],
-        temperature=0, max_tokens=16,
+        temperature=0,
+        max_tokens=16,
     )
     assert "Paris" in (reply.choices[0].message.content or "")
     assert reply.usage is not None and reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
 
     stream = client.chat.completions.create(
-        model="smollm2-135m", messages=[{"role": "user", "content": "Count to five."}],
-        max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True},
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": "Count to five."}],
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -66,8 +71,9 @@ def test_official_openai_client_gets_a_completion_and_a_stream(daemon: DaemonPro
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 2  # really streamed
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
 
-    completion = client.completions.create(model="gemma3-270m", prompt="The capital of France is", max_tokens=6,
-                                           temperature=0)
+    completion = client.completions.create(
+        model="gemma3-270m", prompt="The capital of France is", max_tokens=6, temperature=0
+    )
     assert completion.choices[0].text.strip()
 
 
@@ -125,8 +131,9 @@ def test_concurrent_requests_to_one_model_queue_instead_of_crashing(daemon: Daem
 
 def test_per_request_keep_alive_zero_unloads_after_the_answer(daemon: DaemonProc) -> None:
     c = daemon.client()
-    r = c.post("/v1/completions", json={"model": "gemma3-270m", "prompt": "Once upon a time", "max_tokens": 4,
-                                        "keep_alive": 0})
+    r = c.post(
+        "/v1/completions", json={"model": "gemma3-270m", "prompt": "Once upon a time", "max_tokens": 4, "keep_alive": 0}
+    )
     assert r.status_code == 200 and r.json()["choices"][0]["text"]
     assert wait_for(lambda: model_row(daemon, "gemma3-270m") is None)
     assert wait_for(lambda: "unloaded gemma3-270m (keep-alive expired)" in daemon.log_text())
@@ -194,8 +201,10 @@ def test_client_disconnect_during_a_plain_request_stops_generation(daemon: Daemo
     body = json.dumps(_endless()).encode()
     raw = socket.socket(socket.AF_UNIX)
     raw.connect(str(daemon.socket))
-    raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: tiqo\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    raw.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: tiqo\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
     assert wait_for(lambda: (m := model_row(daemon, "smollm2-135m")) and m["in_flight"] == 1)
     raw.close()
     assert wait_for(lambda: (m := model_row(daemon, "smollm2-135m")) and m["in_flight"] == 0)
@@ -204,8 +213,12 @@ def test_client_disconnect_during_a_plain_request_stops_generation(daemon: Daemo
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"\x00\xff\xfe garbage \r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"POST /v1/chat/completions HTTP/1.1\r\n" + b"A" * 70000,
-     os.urandom(4096)],
+    [
+        b"\x00\xff\xfe garbage \r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\n" + b"A" * 70000,
+        os.urandom(4096),
+    ],
 )
 def test_garbage_on_the_socket_does_not_hurt_the_daemon(daemon: DaemonProc, garbage: bytes) -> None:
     raw = socket.socket(socket.AF_UNIX)
@@ -252,8 +265,11 @@ def test_add_chat_and_remove_a_local_gguf(daemon: DaemonProc, tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(b"not a model at all", "not a GGUF file"), (b"GGUF\x03\x00\x00\x00" + b"\x01" * 40, "corrupt GGUF header"),
-     (b"", "not a GGUF file")],
+    [
+        (b"not a model at all", "not a GGUF file"),
+        (b"GGUF\x03\x00\x00\x00" + b"\x01" * 40, "corrupt GGUF header"),
+        (b"", "not a GGUF file"),
+    ],
 )
 def test_corrupt_or_non_gguf_file_is_refused_and_nothing_registered(
     daemon: DaemonProc, tmp_path: Path, content: bytes, message: str

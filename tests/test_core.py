@@ -95,7 +95,7 @@ def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
 
 def test_write_config_value_keeps_comments(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    path.write_text("# my notes\n[scheduler]\nkeep_alive = \"5m\" # why\n")
+    path.write_text('# my notes\n[scheduler]\nkeep_alive = "5m" # why\n')
     write_config_value(path, ["scheduler", "max_queue"], 9)
     write_config_value(path, ["models", "x"], {"path": "/m.gguf"})
     text = path.read_text()

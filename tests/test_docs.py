@@ -15,7 +15,9 @@ def test_readme_settings_table_matches_the_code() -> None:
     readme = (ROOT / "README.md").read_text()
     embedded = re.search(r"<!-- settings-table -->\n(.*?)\n<!-- /settings-table -->", readme, re.S)
     assert embedded, "README lost its settings table markers"
-    assert embedded.group(1).strip() == markdown_table().strip(), "regenerate: python -c 'from tiqo.core.settings import markdown_table; print(markdown_table())'"
+    assert embedded.group(1).strip() == markdown_table().strip(), (
+        "regenerate: python -c 'from tiqo.core.settings import markdown_table; print(markdown_table())'"
+    )
 
 
 def test_man_page_matches_the_cli_tree() -> None:
@@ -28,8 +30,9 @@ def test_man_page_matches_the_cli_tree() -> None:
 
 def test_completion_scripts_match_the_cli() -> None:
     for shell in ("bash", "zsh", "fish"):
-        fresh = subprocess.run([sys.executable, "-m", "tiqo", "--show-completion", shell], capture_output=True,
-                               text=True)
+        fresh = subprocess.run(
+            [sys.executable, "-m", "tiqo", "--show-completion", shell], capture_output=True, text=True
+        )
         assert fresh.returncode == 0, fresh.stderr
         assert (ROOT / "completions" / f"tiqo.{shell}").read_text() == fresh.stdout
 

@@ -19,11 +19,22 @@ SEED = typer.Option(None, "--seed", help="Random seed, for repeatable answers.")
 KEEP_ALIVE = typer.Option(None, "--keep-alive", help="Keep the model loaded this long after the answer (5m, 1h, -1).")
 
 
-def _payload(model: str | None, messages: list[dict[str, str]], temperature: float | None,
-             max_tokens: int | None, seed: int | None, keep_alive: str | None) -> dict[str, Any]:
+def _payload(
+    model: str | None,
+    messages: list[dict[str, str]],
+    temperature: float | None,
+    max_tokens: int | None,
+    seed: int | None,
+    keep_alive: str | None,
+) -> dict[str, Any]:
     payload: dict[str, Any] = {"messages": messages}
-    for key, value in (("model", model), ("temperature", temperature), ("max_tokens", max_tokens),
-                       ("seed", seed), ("keep_alive", keep_alive)):
+    for key, value in (
+        ("model", model),
+        ("temperature", temperature),
+        ("max_tokens", max_tokens),
+        ("seed", seed),
+        ("keep_alive", keep_alive),
+    ):
         if value is not None:
             payload[key] = value
     return payload
@@ -79,7 +90,9 @@ def ask(
     max_tokens: Optional[int] = MAX_TOKENS,
     seed: Optional[int] = SEED,
     keep_alive: Optional[str] = KEEP_ALIVE,
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (text, model, backend, usage, latency)."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print one JSON object (text, model, backend, usage, latency)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Say on stderr what served the answer and its cost."),
 ) -> None:
     """Ask one question and stream the answer.

@@ -46,8 +46,10 @@ def path() -> None:
 
 @app.command("set")
 @handle_errors
-def set_(key: str = typer.Argument(..., help="Setting, e.g. scheduler.keep_alive."),
-         value: str = typer.Argument(..., help="New value.")) -> None:
+def set_(
+    key: str = typer.Argument(..., help="Setting, e.g. scheduler.keep_alive."),
+    value: str = typer.Argument(..., help="New value."),
+) -> None:
     """Set a setting in config.toml (checked first). Example: tiqo config set scheduler.keep_alive 10m"""
     from tiqo.core.errors import ConfigError
     from tiqo.core.paths import Paths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -47,10 +48,8 @@ def _stop(settings: Any) -> bool:
             console.print(f"[dim]removed stale files of a crashed daemon: {', '.join(removed)}[/]")
         return False
     assert status.pid is not None
-    try:
+    with contextlib.suppress(Exception):  # not answering: fall back to signals below
         c.shutdown()
-    except Exception:  # not answering: fall back to signals
-        pass
     if not process.wait_exit(status.pid, 15.0) and not process.terminate(status.pid):
         fail(f"daemon (pid {status.pid}) did not stop", "kill it by hand: kill -9 " + str(status.pid))
     process.clean_stale(settings)
@@ -122,8 +121,15 @@ def ps_table(rows: list[dict[str, Any]]) -> Table:
             expires = "never"
         else:
             expires = "in " + fmt_duration(r["expires_in_s"] or 0)
-        table.add_row(r["name"], fmt_size(r["memory_bytes"]), str(r["parallel"]), str(r["in_flight"]),
-                      str(r["queued"]), str(r["requests_served"]), expires)
+        table.add_row(
+            r["name"],
+            fmt_size(r["memory_bytes"]),
+            str(r["parallel"]),
+            str(r["in_flight"]),
+            str(r["queued"]),
+            str(r["requests_served"]),
+            expires,
+        )
     return table
 
 

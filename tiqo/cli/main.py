@@ -11,7 +11,7 @@ from tiqo.cli.output import state
 app = typer.Typer(
     name="tiqo",
     help="Local-first AI services: warm local models behind one daemon and an OpenAI-compatible API.\n\n"
-    "Example: tiqo ask \"Name three primary colours.\"",
+    'Example: tiqo ask "Name three primary colours."',
     no_args_is_help=True,
     add_completion=True,
     rich_markup_mode="rich",

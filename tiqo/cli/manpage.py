@@ -39,8 +39,10 @@ def render() -> str:
         ".B tiqo",
         "[\\-\\-no\\-autostart] COMMAND [ARGS]...",
         ".SH DESCRIPTION",
-        _esc("The tiqo command is a thin client of the tiqo daemon, which it starts on first use. The daemon keeps "
-             "models warm and serves an OpenAI-compatible API on a Unix socket."),
+        _esc(
+            "The tiqo command is a thin client of the tiqo daemon, which it starts on first use. The daemon keeps "
+            "models warm and serves an OpenAI-compatible API on a Unix socket."
+        ),
         ".SH COMMANDS",
     ]
     for path, command in _commands(root, "tiqo"):
@@ -54,10 +56,18 @@ def render() -> str:
         out += [".TP", f".B {s.env}", _esc(f"{s.doc} (setting {s.key}, default {s.default})")]
     out += [
         ".SH FILES",
-        ".TP", ".I config.toml", "Settings and the [models.NAME] catalog; see \\fBtiqo config path\\fR.",
-        ".TP", ".I tiqo.sock", "The daemon's Unix socket (mode 0600) in the runtime folder.",
-        ".TP", ".I daemon.json", "Pid, version and socket of the running daemon.",
-        ".TP", ".I daemon.log", "The daemon log; see \\fBtiqo daemon logs\\fR.",
+        ".TP",
+        ".I config.toml",
+        "Settings and the [models.NAME] catalog; see \\fBtiqo config path\\fR.",
+        ".TP",
+        ".I tiqo.sock",
+        "The daemon's Unix socket (mode 0600) in the runtime folder.",
+        ".TP",
+        ".I daemon.json",
+        "Pid, version and socket of the running daemon.",
+        ".TP",
+        ".I daemon.log",
+        "The daemon log; see \\fBtiqo daemon logs\\fR.",
         ".SH EXIT STATUS",
         "0 ok; 1 the request failed; 2 bad arguments or settings; 3 the daemon is not running; 130 interrupted.",
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -30,8 +31,9 @@ def list_models(json_out: bool = JSON) -> None:
     for r in rows:
         name = r["name"] + (" (default)" if r["default"] else "")
         source = r["source"] if r["source"] != "local" else r["path"]
-        table.add_row(name, r["kind"], fmt_size(r["size_bytes"]), source, "yes" if r["loaded"] else "no",
-                      r["description"] or "")
+        table.add_row(
+            name, r["kind"], fmt_size(r["size_bytes"]), source, "yes" if r["loaded"] else "no", r["description"] or ""
+        )
     console.print(table)
 
 
@@ -50,8 +52,9 @@ def add(
     Example: tiqo models add qwen2.5-7b ~/models/qwen2.5-7b-instruct-q4_k_m.gguf
     """
     with client() as c:
-        row = c.add_model(name, str(path.expanduser().absolute()), n_ctx=n_ctx, keep_alive=keep_alive,
-                          description=description)
+        row = c.add_model(
+            name, str(path.expanduser().absolute()), n_ctx=n_ctx, keep_alive=keep_alive, description=description
+        )
     if json_out:
         print_json(row)
     else:
@@ -75,9 +78,9 @@ def load(
     json_out: bool = JSON,
 ) -> None:
     """Load a model now and keep it warm. Example: tiqo models load smollm2-135m --keep-alive 10m"""
-    with client() as c:
-        with console.status(f"loading {name}…") if console.is_terminal else _null():
-            row = c.load(name, keep_alive)
+    spinner = console.status(f"loading {name}…") if console.is_terminal else contextlib.nullcontext()
+    with client() as c, spinner:
+        row = c.load(name, keep_alive)
     if json_out:
         print_json(row)
     else:
@@ -105,9 +108,3 @@ def ps(json_out: bool = JSON) -> None:
         console.print("no models loaded")
         return
     console.print(ps_table(data["models"]))
-
-
-def _null() -> object:
-    import contextlib
-
-    return contextlib.nullcontext()

@@ -67,8 +67,16 @@ class Stream:
                 if choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
             yield event
-        raise ApiError(502, {"error": {"message": "the stream ended without [DONE] (the daemon went away?)",
-                                       "code": "stream_truncated", "hint": "see `tiqo daemon logs`"}})
+        raise ApiError(
+            502,
+            {
+                "error": {
+                    "message": "the stream ended without [DONE] (the daemon went away?)",
+                    "code": "stream_truncated",
+                    "hint": "see `tiqo daemon logs`",
+                }
+            },
+        )
 
     def text(self) -> Iterator[str]:
         """Just the generated text, chunk by chunk (chat or text completions)."""
@@ -119,25 +127,32 @@ class TiqoClient:
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    def _send(self, method: str, path: str, *, json_body: Any = None, stream: bool = False,
-              timeout: float | None = None) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, *, json_body: Any = None, stream: bool = False, timeout: float | None = None
+    ) -> httpx.Response:
         import httpx
 
         for attempt in (1, 2):
             try:
                 request = self.http.build_request(
-                    method, path, json=json_body,
+                    method,
+                    path,
+                    json=json_body,
                     timeout=httpx.Timeout(timeout, connect=5.0) if timeout else httpx.USE_CLIENT_DEFAULT,
                 )
                 return self.http.send(request, stream=stream)
             except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError):
                 if attempt == 2:
-                    raise DaemonUnavailable(f"cannot reach the tiqo daemon at {self.socket_path}",
-                                            hint="see `tiqo daemon status` and `tiqo daemon logs`") from None
+                    raise DaemonUnavailable(
+                        f"cannot reach the tiqo daemon at {self.socket_path}",
+                        hint="see `tiqo daemon status` and `tiqo daemon logs`",
+                    ) from None
                 self.start_daemon()
             except httpx.RemoteProtocolError as exc:
-                raise DaemonUnavailable(f"the daemon closed the connection: {exc}",
-                                        hint="it may have crashed or been stopped; see `tiqo daemon logs`") from None
+                raise DaemonUnavailable(
+                    f"the daemon closed the connection: {exc}",
+                    hint="it may have crashed or been stopped; see `tiqo daemon logs`",
+                ) from None
         raise AssertionError("unreachable")
 
     def request(self, method: str, path: str, json_body: Any = None, timeout: float | None = None) -> Any:
@@ -180,8 +195,10 @@ class TiqoClient:
             code = proc.poll()
             if code is not None and code != EXIT_ALREADY_RUNNING:
                 last = "\n".join(process.tail(self.settings.paths.log_file, 8))
-                raise DaemonUnavailable(f"the daemon exited during start-up (exit code {code}):\n{last}",
-                                        hint="see `tiqo daemon logs`; `tiqo daemon run` shows it in the foreground")
+                raise DaemonUnavailable(
+                    f"the daemon exited during start-up (exit code {code}):\n{last}",
+                    hint="see `tiqo daemon logs`; `tiqo daemon run` shows it in the foreground",
+                )
             if process.socket_answers(self.socket_path):
                 try:
                     return int(self.health(timeout=5.0)["pid"])

@@ -47,7 +47,7 @@ def parse_duration(value: str | int | float) -> float:
 def format_duration(seconds: float) -> str:
     if math.isinf(seconds):
         return "forever"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
     minutes, sec = divmod(seconds, 60)

@@ -77,19 +77,43 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("daemon.socket", "", _str, "Unix socket path; empty = <runtime dir>/tiqo.sock", "path"),
-    Setting("daemon.autostart", True, _bool, "Start the daemon on first use (TIQO_NO_AUTOSTART=1 turns it off)", "bool"),
-    Setting("daemon.startup_timeout", "60s", parse_duration, "How long the CLI waits for a starting daemon", "duration"),
+    Setting(
+        "daemon.autostart", True, _bool, "Start the daemon on first use (TIQO_NO_AUTOSTART=1 turns it off)", "bool"
+    ),
+    Setting(
+        "daemon.startup_timeout", "60s", parse_duration, "How long the CLI waits for a starting daemon", "duration"
+    ),
     Setting("daemon.log_level", "info", _choice("debug", "info", "warning", "error"), "Daemon log level", "choice"),
     Setting("daemon.max_request_size", "16MiB", parse_size, "Largest request body; bigger ones get 413", "size"),
-    Setting("scheduler.keep_alive", "5m", parse_duration, "Idle time before a model unloads (0 = at once, -1 = never)", "duration"),
+    Setting(
+        "scheduler.keep_alive",
+        "5m",
+        parse_duration,
+        "Idle time before a model unloads (0 = at once, -1 = never)",
+        "duration",
+    ),
     Setting("scheduler.max_loaded_models", 3, _int, "Most models loaded at once (0 = only memory decides)", "int"),
     Setting("scheduler.max_queue", 64, _int, "Requests that may wait per daemon; more get 503 + Retry-After", "int"),
     Setting("scheduler.memory_budget", "auto", _auto_size, "Memory for loaded models; auto = 75% of RAM", "size|auto"),
-    Setting("scheduler.num_parallel", 1, _int, "Requests one loaded model serves at once (each slot is a model instance)", "int"),
+    Setting(
+        "scheduler.num_parallel",
+        1,
+        _int,
+        "Requests one loaded model serves at once (each slot is a model instance)",
+        "int",
+    ),
     Setting("llm.default_model", "smollm2-135m", _str, "Model used when a request names none", "str"),
     Setting("llm.n_ctx", 4096, _int, "Context window in tokens (capped at the model's trained length)", "int"),
-    Setting("llm.n_threads", "auto", _auto_int, "CPU threads per model; auto = physical cores - 1 (at least 1)", "int|auto"),
-    Setting("llm.n_gpu_layers", "auto", _auto_int, "Layers offloaded to the GPU; auto = all when llama.cpp has GPU support", "int|auto"),
+    Setting(
+        "llm.n_threads", "auto", _auto_int, "CPU threads per model; auto = physical cores - 1 (at least 1)", "int|auto"
+    ),
+    Setting(
+        "llm.n_gpu_layers",
+        "auto",
+        _auto_int,
+        "Layers offloaded to the GPU; auto = all when llama.cpp has GPU support",
+        "int|auto",
+    ),
     Setting("llm.n_batch", 512, _int, "Prompt tokens evaluated per batch", "int"),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}

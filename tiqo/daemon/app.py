@@ -66,7 +66,12 @@ class RequestContext:
             await self.app(scope, limited_receive, send_with_id)
         finally:
             log.info(
-                "%s %s %s %.1fms %s", scope["method"], scope["path"], status, (time.perf_counter() - started) * 1000, rid
+                "%s %s %s %.1fms %s",
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000,
+                rid,
             )
 
 
@@ -84,8 +89,16 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def error_response(status: int, message: str, *, type_: str, code: str, param: str | None = None,
-                   hint: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type_: str,
+    code: str,
+    param: str | None = None,
+    hint: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     err: dict[str, Any] = {"message": message, "type": type_, "code": code}
     if param is not None:
         err["param"] = param
@@ -107,8 +120,11 @@ def install_error_handlers(app: FastAPI) -> None:
         field = ".".join(loc) or None
         if first.get("type") == "json_invalid":
             return error_response(
-                400, f"request body is not valid JSON: {first.get('msg')}", type_="invalid_request_error",
-                code="invalid_json", hint="send a JSON object with Content-Type: application/json",
+                400,
+                f"request body is not valid JSON: {first.get('msg')}",
+                type_="invalid_request_error",
+                code="invalid_json",
+                hint="send a JSON object with Content-Type: application/json",
             )
         message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
         if len(errors) > 1:
@@ -129,7 +145,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(
-            500, f"internal error: {type(exc).__name__}: {exc}", type_="server_error", code="internal_error",
+            500,
+            f"internal error: {type(exc).__name__}: {exc}",
+            type_="server_error",
+            code="internal_error",
             hint="this is a bug in tiqo; details are in `tiqo daemon logs`",
         )
 

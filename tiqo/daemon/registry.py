@@ -136,8 +136,15 @@ class Registry:
         return spec
 
     # ------------------------------------------------------------ changes
-    def add(self, name: str, path: str, *, n_ctx: int | None = None, keep_alive: str | None = None,
-            description: str | None = None) -> ModelSpec:
+    def add(
+        self,
+        name: str,
+        path: str,
+        *,
+        n_ctx: int | None = None,
+        keep_alive: str | None = None,
+        description: str | None = None,
+    ) -> ModelSpec:
         if name in self._bundled or name in self._user:
             raise Conflict(
                 f"a model named {name!r} already exists",

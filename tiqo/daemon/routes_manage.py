@@ -67,7 +67,11 @@ async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
     # Reading a big file's header touches the disk: keep it off the event loop.
     spec = await asyncio.to_thread(
-        daemon.registry.add, body.name, body.path, n_ctx=body.n_ctx, keep_alive=body.keep_alive,
+        daemon.registry.add,
+        body.name,
+        body.path,
+        n_ctx=body.n_ctx,
+        keep_alive=body.keep_alive,
         description=body.description,
     )
     return _model_row(daemon, spec)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -54,7 +54,9 @@ async def list_models(request: Request) -> dict[str, Any]:
     created = int(daemon.started_at)
     return {
         "object": "list",
-        "data": [{"id": s.name, "object": "model", "created": created, "owned_by": "tiqo"} for s in daemon.registry.all()],
+        "data": [
+            {"id": s.name, "object": "model", "created": created, "owned_by": "tiqo"} for s in daemon.registry.all()
+        ],
     }
 
 
@@ -121,7 +123,7 @@ async def _serve(
 
 
 async def _collect(
-    request: Request, pieces: AsyncIterator[Piece], spec: ModelSpec, rid: str, chat: bool
+    request: Request, pieces: AsyncGenerator[Piece, None], spec: ModelSpec, rid: str, chat: bool
 ) -> JSONResponse:
     """Run the whole generation, stopping it if the client hangs up first."""
 
@@ -157,7 +159,7 @@ async def _collect(
 
 
 async def _sse(
-    first: Piece, pieces: AsyncIterator[Piece], spec: ModelSpec, rid: str, chat: bool, include_usage: bool
+    first: Piece, pieces: AsyncGenerator[Piece, None], spec: ModelSpec, rid: str, chat: bool, include_usage: bool
 ) -> AsyncIterator[str]:
     created = int(time.time())
     model = spec.name
@@ -189,7 +191,12 @@ async def _sse(
         yield "data: " + _dumps(exc.to_body()) + "\n\n"
     except Exception as exc:  # never a silently truncated stream: say it failed
         log.exception("%s: generation failed mid-stream", rid)
-        yield "data: " + _dumps({"error": {"message": f"generation failed: {exc}", "type": "server_error",
-                                            "code": "stream_error"}}) + "\n\n"
+        yield (
+            "data: "
+            + _dumps(
+                {"error": {"message": f"generation failed: {exc}", "type": "server_error", "code": "stream_error"}}
+            )
+            + "\n\n"
+        )
     finally:
         await pieces.aclose()

@@ -204,7 +204,9 @@ class Scheduler:
     async def _load(self, spec: ModelSpec) -> Loaded:
         engine = self.engines.get(spec.engine)
         if engine is None:
-            raise ModelLoadFailed(f"no engine {spec.engine!r} for model {spec.name}", hint="`tiqo plugins` lists engines")
+            raise ModelLoadFailed(
+                f"no engine {spec.engine!r} for model {spec.name}", hint="`tiqo plugins` lists engines"
+            )
         options = self.options_for(spec)
         parallel = max(1, int(options.get("num_parallel", 1)))
         loop = asyncio.get_running_loop()
@@ -256,7 +258,10 @@ class Scheduler:
         self.loaded[spec.name] = entry
         log.info(
             "loaded %s in %.2fs (estimate %s, rss +%s)",
-            spec.name, entry.load_seconds, format_size(estimate), format_size(entry.memory_measured),
+            spec.name,
+            entry.load_seconds,
+            format_size(estimate),
+            format_size(entry.memory_measured),
         )
         self.on_event("model.loaded", {"model": spec.name, "seconds": entry.load_seconds})
         return entry
@@ -273,7 +278,9 @@ class Scheduler:
                     code="insufficient_memory",
                     hint="raise it with `tiqo config set scheduler.memory_budget 16GiB`, or use a smaller model",
                 )
-            idle = sorted((e for e in self.loaded.values() if e.in_flight == 0 and e.waiting == 0), key=lambda e: e.last_used)
+            idle = sorted(
+                (e for e in self.loaded.values() if e.in_flight == 0 and e.waiting == 0), key=lambda e: e.last_used
+            )
             if idle:
                 await self._unload(idle[0], reason=f"evicted for {spec.name}")
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 from tiqo import API_VERSION, __version__
@@ -75,7 +75,7 @@ class Daemon:
         spec: ModelSpec,
         keep_alive: float | None,
         call: Callable[[Runner, StopFlag], Iterator[Piece]],
-    ) -> AsyncIterator[Piece]:
+    ) -> AsyncGenerator[Piece, None]:
         """Hold a slot of ``spec`` for the whole generation and stream its pieces."""
         stop = StopFlag()
         async with self.scheduler.acquire(spec, keep_alive) as slot:

@@ -116,9 +116,7 @@ def chat_response(rid: str, model: str, text: str, finish: str, use: dict[str, i
     }
 
 
-def chat_chunk(
-    rid: str, model: str, created: int, delta: dict[str, Any], finish: str | None = None
-) -> dict[str, Any]:
+def chat_chunk(rid: str, model: str, created: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion.chunk",

@@ -10,7 +10,7 @@ import ctypes
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from tiqo.core.errors import ContextOverflow
 from tiqo.daemon.gguf import read_gguf
@@ -51,7 +51,7 @@ def _route_llama_logs() -> None:
 
     levels = {1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG, 5: logging.DEBUG}
 
-    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         line = text.decode("utf-8", errors="replace").rstrip()
         if line:
@@ -68,6 +68,7 @@ class LlamaRunner:
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+        self.llm: Any
         _route_llama_logs()
         assert spec.path is not None
         info = read_gguf(spec.path)
@@ -104,7 +105,7 @@ class LlamaRunner:
 
     def chat(self, messages: list[dict[str, str]], params: GenerationParams, stop: StopFlag) -> Iterator[Piece]:
         try:
-            rendered = self.formatter(messages=messages)
+            rendered = self.formatter(messages=cast(Any, messages))
         except Exception as exc:  # jinja templates raise on roles they do not support
             from tiqo.core.errors import BadRequest
 
@@ -132,7 +133,7 @@ class LlamaRunner:
     def _stream(
         self, tokens: list[int], params: GenerationParams, stop: StopFlag, extra_stop: list[str]
     ) -> Iterator[Piece]:
-        stream = self.llm.create_completion(
+        stream: Any = self.llm.create_completion(
             tokens,
             max_tokens=params.max_tokens if params.max_tokens is not None else -1,
             temperature=DEFAULT_TEMPERATURE if params.temperature is None else params.temperature,
