@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -137,7 +138,12 @@ def serve(settings: Settings) -> int:
         daemon.request_shutdown = lambda: setattr(server, "should_exit", True)
         write_status(settings, socket_path)
         log.info("tiqo %s serving on %s (pid %d)", __version__, socket_path, os.getpid())
-        server.run(sockets=[sock])
+        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then restores the previous handlers and re-raises the
+        # signal: with the default handlers that kills the process before the clean-up below runs.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _exit_cleanly)
+        with contextlib.suppress(SystemExit):
+            server.run(sockets=[sock])
         log.info("stopped")
         return 0
     except TiqoError as exc:
@@ -154,6 +160,10 @@ def serve(settings: Settings) -> int:
             with contextlib.suppress(FileNotFoundError):
                 socket_path.unlink()
         lock.close()
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _has(module: str) -> bool:
