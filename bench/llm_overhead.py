@@ -45,8 +45,13 @@ TIQO = Path(sys.executable).parent / "tiqo"
 def start_daemon(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], httpx.Client]:
     (home / "logs").mkdir(parents=True, exist_ok=True)
     with (home / "logs" / "daemon.log").open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tiqo.daemon"], env=env, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tiqo.daemon"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     sock = str(home / "run" / "tiqo.sock")
     client = httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://tiqo", timeout=300)
     deadline = time.monotonic() + 60
@@ -65,8 +70,15 @@ def start_daemon(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen[byte
 
 def daemon_pieces(client: httpx.Client, prompt: str, n: int, usage: dict[str, Any]) -> Iterator[str]:
     """Text pieces of one streamed completion through the daemon; fills ``usage`` from the usage event."""
-    body = {"model": MODEL, "prompt": prompt, "max_tokens": n, "temperature": 0, "seed": 1,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": n,
+        "temperature": 0,
+        "seed": 1,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     with client.stream("POST", "/v1/completions", json=body) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"daemon answered {resp.status_code}: {resp.read().decode()}")
@@ -138,8 +150,9 @@ def main() -> None:
         client.post(f"/tiqo/models/{MODEL}/load", json={"keep_alive": "-1"}).raise_for_status()
         details = client.get("/tiqo/ps").json()["models"][0]["details"]
         n_ctx, n_threads = int(details["n_ctx"]), int(details["n_threads"])
-        llm = llama_cpp.Llama(str(gguf), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                              n_batch=512, verbose=False)
+        llm = llama_cpp.Llama(
+            str(gguf), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, n_batch=512, verbose=False
+        )
         n = args.max_tokens
         sides: dict[str, list[tuple[float, float, int]]] = {"daemon": [], "inproc": []}
         for i in range(-1, args.rounds):  # round -1 is the warm-up of each side, not counted
@@ -163,20 +176,35 @@ def main() -> None:
             proc.wait()
         client.close()
 
-    res: dict[str, Any] = {"model": MODEL, "gguf": str(gguf), "n_ctx": n_ctx, "n_threads": n_threads,
-                 "rounds": args.rounds, "max_tokens": n, "cpus": os.cpu_count()}
+    res: dict[str, Any] = {
+        "model": MODEL,
+        "gguf": str(gguf),
+        "n_ctx": n_ctx,
+        "n_threads": n_threads,
+        "rounds": args.rounds,
+        "max_tokens": n,
+        "cpus": os.cpu_count(),
+    }
     for side, runs in sides.items():
         ttft, tps = [r[0] * 1000 for r in runs], [(k - 1) / dt if k > 1 and dt > 0 else 0.0 for _, dt, k in runs]
-        res[side] = {"ttft_ms_median": statistics.median(ttft), "tok_s_median": statistics.median(tps),
-                     "ttft_ms": [round(x, 1) for x in ttft], "tok_s": [round(x, 1) for x in tps],
-                     "completion_tokens": [r[2] for r in runs]}
+        res[side] = {
+            "ttft_ms_median": statistics.median(ttft),
+            "tok_s_median": statistics.median(tps),
+            "ttft_ms": [round(x, 1) for x in ttft],
+            "tok_s": [round(x, 1) for x in tps],
+            "completion_tokens": [r[2] for r in runs],
+        }
     d, p = res["daemon"], res["inproc"]
     res["tok_s_ratio"] = d["tok_s_median"] / p["tok_s_median"] if p["tok_s_median"] else None
     res["ttft_diff_ms"] = d["ttft_ms_median"] - p["ttft_ms_median"]
     res.update(tiqo_ask_ms_median=ask_ms, tiqo_help_ms_median=help_ms)
     ok_ratio, ok_ttft = (res["tok_s_ratio"] or 0) >= GOAL_RATIO, res["ttft_diff_ms"] <= GOAL_TTFT_MS
-    res["goals"] = {"tok_s_ratio_min": GOAL_RATIO, "ttft_diff_ms_max": GOAL_TTFT_MS,
-                    "tok_s_ratio_met": ok_ratio, "ttft_met": ok_ttft}
+    res["goals"] = {
+        "tok_s_ratio_min": GOAL_RATIO,
+        "ttft_diff_ms_max": GOAL_TTFT_MS,
+        "tok_s_ratio_met": ok_ratio,
+        "ttft_met": ok_ttft,
+    }
     shutil.rmtree(home, ignore_errors=True)
 
     if args.json:
@@ -187,10 +215,14 @@ def main() -> None:
     for side, label in (("daemon", "daemon"), ("inproc", "in-process")):
         s = res[side]
         print(f"{label:12}{s['ttft_ms_median']:>10.1f}{s['tok_s_median']:>10.1f}   {s['tok_s']}")
-    print(f"tok/s ratio daemon/in-process: {res['tok_s_ratio']:.3f}   "
-          f"(goal >= {GOAL_RATIO}: {'met' if ok_ratio else 'NOT met'})")
-    print(f"TTFT difference daemon - in-process: {res['ttft_diff_ms']:+.1f} ms   "
-          f"(goal <= +{GOAL_TTFT_MS:.0f} ms: {'met' if ok_ttft else 'NOT met'})")
+    print(
+        f"tok/s ratio daemon/in-process: {res['tok_s_ratio']:.3f}   "
+        f"(goal >= {GOAL_RATIO}: {'met' if ok_ratio else 'NOT met'})"
+    )
+    print(
+        f"TTFT difference daemon - in-process: {res['ttft_diff_ms']:+.1f} ms   "
+        f"(goal <= +{GOAL_TTFT_MS:.0f} ms: {'met' if ok_ttft else 'NOT met'})"
+    )
     print(f"tiqo ask (8 tokens, warm daemon), whole process: median {ask_ms:.0f} ms")
     print(f"tiqo --help, whole process: median {help_ms:.0f} ms")
 

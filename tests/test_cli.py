@@ -70,8 +70,9 @@ class Home:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def cli(self, *args: str, input: str | None = None, timeout: float = 180,
-            **env: str) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input: str | None = None, timeout: float = 180, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, env={**self.env, **env}, input=input, timeout=timeout)
 
     def daemon_pid(self) -> int | None:
@@ -453,8 +454,15 @@ def test_config_path_set_show_unset() -> None:
 
 # --------------------------------------------------------------------------- 9. chat
 def _spawn_chat(d: DaemonProc, *args: str) -> pexpect.spawn:
-    child = pexpect.spawn(sys.executable, ["-m", "tiqo", "chat", "-t", "0", *args], env=d.env,
-                          encoding="utf-8", timeout=60, dimensions=(40, 200), cwd=str(Path(__file__).parent.parent))
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "tiqo", "chat", "-t", "0", *args],
+        env=d.env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 200),
+        cwd=str(Path(__file__).parent.parent),
+    )
     child.expect_exact(">>> ")
     return child
 

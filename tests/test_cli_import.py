@@ -12,8 +12,18 @@ import pytest
 
 from tests.conftest import ROOT, home_env, short_home
 
-HEAVY = ("torch", "llama_cpp", "faster_whisper", "piper", "diffusers", "lancedb", "numpy", "fastapi", "uvicorn",
-         "tiqo.daemon")
+HEAVY = (
+    "torch",
+    "llama_cpp",
+    "faster_whisper",
+    "piper",
+    "diffusers",
+    "lancedb",
+    "numpy",
+    "fastapi",
+    "uvicorn",
+    "tiqo.daemon",
+)
 
 
 def test_cli_import_pulls_in_no_heavy_modules() -> None:
@@ -25,8 +35,9 @@ def test_cli_import_pulls_in_no_heavy_modules() -> None:
     )
     home = short_home()
     try:
-        result = subprocess.run([sys.executable, "-c", code], env=home_env(home), cwd=ROOT,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=home_env(home), cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
     finally:
         shutil.rmtree(home, ignore_errors=True)
     assert result.returncode == 0, result.stderr
@@ -46,8 +57,9 @@ def _tiqo_commands() -> list[list[str]]:
 def test_cli_help_works(command: list[str]) -> None:
     home = short_home()
     try:
-        result = subprocess.run([*command, "--help"], env=home_env(home), cwd=ROOT,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [*command, "--help"], env=home_env(home), cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr
         assert "ask" in result.stdout
         # --help must not start a daemon.
