@@ -518,3 +518,31 @@ def test_chat_session_commands_and_ctrl_c(fresh_daemon: DaemonProc) -> None:
         _quit(child)
     finally:
         child.close(force=True)
+
+
+def test_daemon_killed_mid_answer_is_a_clear_error_and_the_next_ask_recovers() -> None:
+    home = short_home()
+    env = home_env(home)
+    try:
+        first = run_cli("ask", "--max-tokens", "2", "-t", "0", "hi", env=env)
+        assert first.returncode == 0, first.stderr
+        pid = json.loads((home / "run" / "daemon.json").read_text())["pid"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tiqo", "ask", "--max-tokens", "3000", "Write a very long story about a dragon."],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        proc.stdout.read(20)  # the answer is streaming
+        os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3, err
+        assert err.startswith("tiqo: the daemon went away") and "Traceback" not in err
+        again = run_cli("ask", "--json", "--max-tokens", "2", "-t", "0", "hi", env=env)
+        assert again.returncode == 0, again.stderr
+        assert json.loads((home / "run" / "daemon.json").read_text())["pid"] != pid
+    finally:
+        run_cli("daemon", "stop", env=env)
+        shutil.rmtree(home, ignore_errors=True)

@@ -52,6 +52,17 @@ class Stream:
         self.finish_reason: str | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        import httpx
+
+        try:
+            yield from self._events()
+        except httpx.HTTPError as exc:  # the daemon died or was stopped mid-answer
+            raise DaemonUnavailable(
+                f"the daemon went away in the middle of the answer ({type(exc).__name__})",
+                hint="see `tiqo daemon logs`; the next command starts it again",
+            ) from None
+
+    def _events(self) -> Iterator[dict[str, Any]]:
         for line in self.response.iter_lines():
             if not line.startswith("data:"):
                 continue
