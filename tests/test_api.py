@@ -284,3 +284,19 @@ def test_corrupt_or_non_gguf_file_is_refused_and_nothing_registered(
     assert not config.exists() or "bad.gguf" not in config.read_text()
     r = c.post("/tiqo/models", json={"name": "nofile", "path": str(tmp_path / "missing.gguf")})
     assert r.status_code == 400 and r.json()["error"]["code"] == "file_not_found"
+
+
+def test_unloading_gives_the_memory_back(fresh_daemon: DaemonProc) -> None:
+    import psutil
+
+    c = fresh_daemon.client()
+    proc = psutil.Process(fresh_daemon.proc.pid)
+    before = proc.memory_info().rss
+    assert c.post("/tiqo/models/gemma3-270m/load").status_code == 200
+    assert c.post("/v1/completions", json={"model": "gemma3-270m", "prompt": "Hello", "max_tokens": 4}).status_code == 200
+    loaded = proc.memory_info().rss
+    assert loaded - before > 200 * 2**20  # 253 MB of weights plus the KV cache
+    assert c.post("/tiqo/models/gemma3-270m/unload").json()["unloaded"] is True
+    after = proc.memory_info().rss
+    assert after - before < 0.25 * (loaded - before), (before, loaded, after)
+    assert c.get("/tiqo/ps").json()["models"] == []
