@@ -26,8 +26,9 @@ def list_models(json_out: bool = JSON) -> None:
         print_json(rows)
         return
     table = Table(box=None, pad_edge=False)
-    for col in ("NAME", "KIND", "SIZE", "SOURCE", "LOADED", "DESCRIPTION"):
-        table.add_column(col)
+    for col in ("NAME", "KIND", "SIZE", "SOURCE", "LOADED"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("DESCRIPTION", no_wrap=True, overflow="ellipsis")
     for r in rows:
         name = r["name"] + (" (default)" if r["default"] else "")
         source = r["source"] if r["source"] != "local" else r["path"]
