@@ -25,17 +25,19 @@ def list_models(json_out: bool = JSON) -> None:
     if json_out:
         print_json(rows)
         return
+    wide = console.width >= 140  # descriptions only where they fit on one line
     table = Table(box=None, pad_edge=False)
-    for col in ("NAME", "KIND", "SIZE", "SOURCE", "LOADED"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("DESCRIPTION", no_wrap=True, overflow="ellipsis")
+    for col in ("NAME", "KIND", "SIZE", "LOADED", "SOURCE"):
+        table.add_column(col, overflow="fold")
+    if wide:
+        table.add_column("DESCRIPTION", no_wrap=True, overflow="ellipsis")
     for r in rows:
-        name = r["name"] + (" (default)" if r["default"] else "")
         source = r["source"] if r["source"] != "local" else r["path"]
-        table.add_row(
-            name, r["kind"], fmt_size(r["size_bytes"]), source, "yes" if r["loaded"] else "no", r["description"] or ""
-        )
+        cells = [r["name"] + (" *" if r["default"] else ""), r["kind"], fmt_size(r["size_bytes"])]
+        cells += ["yes" if r["loaded"] else "no", source] + ([r["description"] or ""] if wide else [])
+        table.add_row(*cells)
     console.print(table)
+    console.print("[dim]* default model (llm.default_model); --json shows every field[/]")
 
 
 @app.command("add")
