@@ -1,3 +1,4 @@
+
 _tiqo_completion() {
     local IFS=$'
 '
@@ -8,3 +9,4 @@ _tiqo_completion() {
 }
 
 complete -o default -F _tiqo_completion tiqo
+

@@ -1,10 +1,1 @@
-_tiqo_completion() {
-    local IFS=$'
-'
-    COMPREPLY=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
-                   COMP_CWORD=$COMP_CWORD \
-                   _TIQO_COMPLETE=complete_bash $1 ) )
-    return 0
-}
-
-complete -o default -F _tiqo_completion tiqo
+complete --command tiqo --no-files --arguments "(env _TIQO_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) tiqo)" --condition "env _TIQO_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) tiqo"

@@ -1,10 +1,9 @@
+
+#compdef tiqo
+
 _tiqo_completion() {
-    local IFS=$'
-'
-    COMPREPLY=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
-                   COMP_CWORD=$COMP_CWORD \
-                   _TIQO_COMPLETE=complete_bash $1 ) )
-    return 0
+  eval $(env _TYPER_COMPLETE_ARGS="${words[1,$CURRENT]}" _TIQO_COMPLETE=complete_zsh tiqo)
 }
 
-complete -o default -F _tiqo_completion tiqo
+compdef _tiqo_completion tiqo
+

@@ -293,7 +293,9 @@ def test_unloading_gives_the_memory_back(fresh_daemon: DaemonProc) -> None:
     proc = psutil.Process(fresh_daemon.proc.pid)
     before = proc.memory_info().rss
     assert c.post("/tiqo/models/gemma3-270m/load").status_code == 200
-    assert c.post("/v1/completions", json={"model": "gemma3-270m", "prompt": "Hello", "max_tokens": 4}).status_code == 200
+    assert (
+        c.post("/v1/completions", json={"model": "gemma3-270m", "prompt": "Hello", "max_tokens": 4}).status_code == 200
+    )
     loaded = proc.memory_info().rss
     assert loaded - before > 200 * 2**20  # 253 MB of weights plus the KV cache
     assert c.post("/tiqo/models/gemma3-270m/unload").json()["unloaded"] is True

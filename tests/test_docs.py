@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -29,12 +30,14 @@ def test_man_page_matches_the_cli_tree() -> None:
 
 
 def test_completion_scripts_match_the_cli() -> None:
-    for shell in ("bash", "zsh", "fish"):
-        fresh = subprocess.run(
-            [sys.executable, "-m", "tiqo", "--show-completion", shell], capture_output=True, text=True
-        )
+    marks = {"bash": "complete_bash", "zsh": "#compdef tiqo", "fish": "complete --command tiqo"}
+    for shell, mark in marks.items():
+        env = {**os.environ, "_TIQO_COMPLETE": f"source_{shell}"}
+        fresh = subprocess.run([sys.executable, "-m", "tiqo"], capture_output=True, text=True, env=env)
         assert fresh.returncode == 0, fresh.stderr
-        assert (ROOT / "completions" / f"tiqo.{shell}").read_text() == fresh.stdout
+        committed = (ROOT / "completions" / f"tiqo.{shell}").read_text()
+        assert mark in committed, f"completions/tiqo.{shell} is not a {shell} script"
+        assert committed == fresh.stdout, f"regenerate: _TIQO_COMPLETE=source_{shell} tiqo > completions/tiqo.{shell}"
 
 
 def test_ci_runs_the_readme_test_command() -> None:
