@@ -45,18 +45,23 @@ def tiqo_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 @dataclass
-class DaemonProc:
+class TiqoHome:
+    """A private TIQO_HOME and the environment that points the CLI and daemon at it."""
+
     home: Path
     env: dict[str, str]
-    proc: subprocess.Popen[bytes]
-    socket: Path
-    log: Path
-    _clients: list[httpx.Client] = field(default_factory=list)
 
-    def client(self, timeout: float = 120.0) -> httpx.Client:
-        c = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://tiqo", timeout=timeout)
-        self._clients.append(c)
-        return c
+    @property
+    def socket(self) -> Path:
+        return self.home / "run" / "tiqo.sock"
+
+    @property
+    def daemon_file(self) -> Path:
+        return self.home / "run" / "daemon.json"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "logs" / "daemon.log"
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -65,6 +70,17 @@ class DaemonProc:
         self, *args: str, input: str | None = None, timeout: float = 180, **env: str
     ) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, env={**self.env, **env}, input=input, timeout=timeout)
+
+
+@dataclass
+class DaemonProc(TiqoHome):
+    proc: subprocess.Popen[bytes]
+    _clients: list[httpx.Client] = field(default_factory=list)
+
+    def client(self, timeout: float = 120.0) -> httpx.Client:
+        c = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://tiqo", timeout=timeout)
+        self._clients.append(c)
+        return c
 
     def stop(self) -> int | None:
         for c in self._clients:
@@ -86,7 +102,7 @@ def start_daemon(home: Path | None = None, **extra_env: str) -> DaemonProc:
     log = home / "logs" / "daemon.log"
     with log.open("ab") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "tiqo.daemon"], env=env, stdout=fh, stderr=subprocess.STDOUT)
-    d = DaemonProc(home, env, proc, home / "run" / "tiqo.sock", log)
+    d = DaemonProc(home, env, proc)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -22,7 +22,8 @@ from typing import Any
 
 import pexpect
 
-from tests.conftest import DaemonProc, home_env, run_cli, short_home, smollm_path, start_daemon, wait_for
+from tests.conftest import DaemonProc, TiqoHome, home_env, run_cli, short_home, smollm_path, start_daemon, wait_for
+from tiqo.client.process import pid_alive
 
 MODEL = "smollm2-135m"
 FAST = ("--max-tokens", "8", "-t", "0")
@@ -30,50 +31,13 @@ ANSI = "\x1b["
 
 
 # --------------------------------------------------------------------------- helpers
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as dead: nobody may reap a daemon that was reparented)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
-
-
 @dataclass
-class Home:
-    path: Path
-    env: dict[str, str]
+class Home(TiqoHome):
     pids: set[int] = field(default_factory=set)
 
     @property
     def run_dir(self) -> Path:
-        return self.path / "run"
-
-    @property
-    def daemon_file(self) -> Path:
-        return self.path / "run" / "daemon.json"
-
-    @property
-    def socket(self) -> Path:
-        return self.path / "run" / "tiqo.sock"
-
-    @property
-    def log(self) -> Path:
-        return self.path / "logs" / "daemon.log"
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def cli(
-        self, *args: str, input: str | None = None, timeout: float = 180, **env: str
-    ) -> subprocess.CompletedProcess[str]:
-        return run_cli(*args, env={**self.env, **env}, input=input, timeout=timeout)
+        return self.home / "run"
 
     def daemon_pid(self) -> int | None:
         try:
@@ -417,7 +381,7 @@ def _config_row(h: Home, key: str, **env: str) -> dict[str, Any]:
 
 def test_config_path_set_show_unset() -> None:
     with private_home() as h:
-        config_file = h.path / "config" / "config.toml"
+        config_file = h.home / "config" / "config.toml"
         p = h.cli("config", "path")
         assert p.returncode == 0, p.stderr
         assert p.stdout.strip() == str(config_file)

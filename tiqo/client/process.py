@@ -29,18 +29,23 @@ class DaemonStatus:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs. A zombie counts as dead: ours is reaped here, and one that belongs to another
+    parent (a daemon whose starting CLI has exited) is recognised from /proc."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # A zombie child (we started it and it exited) still answers kill(0).
     with contextlib.suppress(ChildProcessError, OSError):
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) is all we know
+    return state not in ("Z", "X")
 
 
 def socket_answers(path: Path) -> bool:
