@@ -2,5 +2,33 @@
 
 from tiqo.sdk.engine import Engine, GenerationParams, ModelSpec, Piece, Runner, StopFlag
 from tiqo.sdk.hookspecs import hookimpl
+from tiqo.sdk.provider import (
+    FailureKind,
+    ProviderConfig,
+    ProviderKind,
+    StreamTranslator,
+    UpstreamFailure,
+    UpstreamProtocolError,
+    UpstreamRequest,
+    failure_from_status,
+    retry_after_seconds,
+)
 
-__all__ = ["Engine", "GenerationParams", "ModelSpec", "Piece", "Runner", "StopFlag", "hookimpl"]
+__all__ = [
+    "Engine",
+    "FailureKind",
+    "GenerationParams",
+    "ModelSpec",
+    "Piece",
+    "ProviderConfig",
+    "ProviderKind",
+    "Runner",
+    "StopFlag",
+    "StreamTranslator",
+    "UpstreamFailure",
+    "UpstreamProtocolError",
+    "UpstreamRequest",
+    "failure_from_status",
+    "hookimpl",
+    "retry_after_seconds",
+]

@@ -18,4 +18,4 @@ def register_engines(register: Callable[[Any], None]) -> None:
 
 @hookspec
 def register_providers(register: Callable[[Any], None]) -> None:
-    """Call ``register(provider)`` for each external provider kind."""
+    """Call ``register(kind)`` for each external provider kind (an object implementing ``tiqo.sdk.ProviderKind``)."""
