@@ -81,6 +81,28 @@ class Unprocessable(TiqoError):
     code = "validation_error"
 
 
+class RateLimited(TiqoError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+
+class UpstreamFailed(TiqoError):
+    """Every candidate that could serve the request failed."""
+
+    status = 502
+    type = "upstream_error"
+    code = "all_candidates_failed"
+
+
+class NoCandidate(TiqoError):
+    """Routing left nothing that can serve the request (capabilities, data class, tier, context)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "no_candidate"
+
+
 class Busy(TiqoError):
     status = 503
     type = "server_error"

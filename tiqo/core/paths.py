@@ -43,6 +43,15 @@ class Paths:
         return self.config_dir / "config.toml"
 
     @property
+    def keys_file(self) -> Path:
+        """API keys of external providers (mode 0600)."""
+        return self.config_dir / "keys.toml"
+
+    @property
+    def db_file(self) -> Path:
+        return self.state_dir / "tiqo.db"
+
+    @property
     def default_socket(self) -> Path:
         return self.runtime_dir / "tiqo.sock"
 

@@ -69,9 +69,12 @@ class Setting:
     parse: Callable[[Any], Any]
     doc: str
     kind: str
+    env_var: str = ""  # when the default name (TIQO_ + last part) would be ambiguous
 
     @property
     def env(self) -> str:
+        if self.env_var:
+            return self.env_var
         return "TIQO_" + self.key.split(".", 1)[1].upper() if self.key.count(".") else "TIQO_" + self.key.upper()
 
 
@@ -115,6 +118,50 @@ SETTINGS: tuple[Setting, ...] = (
         "int|auto",
     ),
     Setting("llm.n_batch", 512, _int, "Prompt tokens evaluated per batch", "int"),
+    Setting("routing.tier", "default", _str, "Tier of requests that name none (see [tiers] in config.toml)", "str"),
+    Setting(
+        "routing.data_class",
+        "internal",
+        _choice("public", "internal", "confidential", "restricted"),
+        "Data class of requests that name none; restricted never leaves the machine",
+        "choice",
+    ),
+    Setting("routing.max_attempts", 6, _int, "Most upstream attempts (keys and candidates) per request", "int"),
+    Setting("routing.timeout_connect", "3s", parse_duration, "Connect timeout for external providers", "duration"),
+    Setting(
+        "routing.timeout_first_byte",
+        "20s",
+        parse_duration,
+        "Longest wait for a provider's first streamed token before trying the next candidate",
+        "duration",
+    ),
+    Setting(
+        "routing.timeout_idle",
+        "15s",
+        parse_duration,
+        "Longest silence between streamed chunks of a provider",
+        "duration",
+    ),
+    Setting("routing.breaker_failures", 5, _int, "Consecutive failures that open a circuit breaker", "int"),
+    Setting(
+        "routing.breaker_cooldown", "60s", parse_duration, "How long an open breaker waits before a probe", "duration"
+    ),
+    Setting(
+        "routing.key_strategy",
+        "round-robin",
+        _choice("round-robin", "least-used", "weighted"),
+        "How a provider's keys take turns (providers may override it)",
+        "choice",
+    ),
+    Setting(
+        "cache.mode",
+        "deterministic",
+        _choice("off", "deterministic", "all"),
+        "Exact response cache: deterministic = only temperature 0 or seeded requests",
+        "choice",
+        env_var="TIQO_CACHE_MODE",
+    ),
+    Setting("cache.ttl", "24h", parse_duration, "How long a cached answer stays valid", "duration", "TIQO_CACHE_TTL"),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 
@@ -214,8 +261,10 @@ def typed_for_toml(setting: Setting, value: str) -> Any:
     return value
 
 
-def write_config_value(path: Path, parts: list[str], value: Any) -> None:
-    """Set the key at ``parts`` in the TOML file at ``path`` (None removes it), keeping comments (tomlkit)."""
+def write_config_value(path: Path, parts: list[str], value: Any, *, private: bool = False) -> None:
+    """Set the key at ``parts`` in the TOML file at ``path`` (None removes it), keeping comments (tomlkit).
+
+    ``private`` files (keys) are written mode 0600 from their first byte."""
     import tomlkit
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,12 +278,15 @@ def write_config_value(path: Path, parts: list[str], value: Any) -> None:
         node.pop(parts[-1], None)
     else:
         node[parts[-1]] = value
-    _atomic_write(path, tomlkit.dumps(doc))
+    _atomic_write(path, tomlkit.dumps(doc), 0o600 if private else 0o644)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), mode)
+        fh.write(text)
     os.replace(tmp, path)
 
 

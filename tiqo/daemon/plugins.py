@@ -28,6 +28,13 @@ class _Builtins:
 class PluginReport:
     loaded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    provides: dict[str, list[str]] = field(default_factory=dict)  # plugin -> "engine:llama.cpp", "provider:openai"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "loaded": [{"name": n, "provides": self.provides.get(n, [])} for n in self.loaded if n not in self.failed],
+            "failed": [{"name": n, "error": e} for n, e in self.failed.items()],
+        }
 
 
 def load_plugins(allow_third_party: bool = True) -> tuple[pluggy.PluginManager, PluginReport]:
@@ -49,15 +56,34 @@ def load_plugins(allow_third_party: bool = True) -> tuple[pluggy.PluginManager, 
 
 
 def collect_engines(pm: pluggy.PluginManager, report: PluginReport) -> dict[str, Any]:
-    engines: dict[str, Any] = {}
+    return _collect(pm.hook.register_engines, report, "engine", lambda e: str(e.name))
 
-    def register(engine: Any) -> None:
-        engines[engine.name] = engine
 
-    for impl in pm.hook.register_engines.get_hookimpls():
+def collect_providers(pm: pluggy.PluginManager, report: PluginReport) -> dict[str, Any]:
+    """Provider kinds by name. A kind that does not satisfy ``tiqo.sdk.ProviderKind`` is reported, not used."""
+    from tiqo.sdk.provider import ProviderKind
+
+    def name(kind: Any) -> str:
+        if not isinstance(kind, ProviderKind):
+            raise TypeError(f"{kind!r} does not implement tiqo.sdk.ProviderKind")
+        return str(kind.kind)
+
+    return _collect(pm.hook.register_providers, report, "provider", name)
+
+
+def _collect(hook: Any, report: PluginReport, what: str, name_of: Any) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for impl in hook.get_hookimpls():
+        plugin = impl.plugin_name
+
+        def register(obj: Any, plugin: str = plugin) -> None:
+            name = name_of(obj)
+            found[name] = obj
+            report.provides.setdefault(plugin, []).append(f"{what}:{name}")
+
         try:
             impl.function(register=register)
-        except Exception as exc:
-            log.warning("plugin %s failed to register engines: %s", impl.plugin_name, exc)
-            report.failed[impl.plugin_name] = f"{type(exc).__name__}: {exc}"
-    return engines
+        except Exception as exc:  # a broken plugin is reported; the daemon still starts
+            log.warning("plugin %s failed to register %ss: %s", plugin, what, exc)
+            report.failed[plugin] = f"{type(exc).__name__}: {exc}"
+    return found

@@ -13,6 +13,7 @@ from tiqo.core.durations import parse_duration
 from tiqo.core.errors import BadRequest, Conflict, ModelNotFound
 from tiqo.core.settings import Settings, write_config_value
 from tiqo.daemon.gguf import read_gguf
+from tiqo.policy.routing import LOCAL, CatalogModel
 from tiqo.sdk.engine import ModelSpec
 
 log = logging.getLogger("tiqo.registry")
@@ -80,21 +81,53 @@ class Registry:
         self._lock = threading.Lock()
         self._bundled = {s.name: s for s in bundled_models(settings.paths.data_dir)}
         self._user: dict[str, ModelSpec] = {}
+        self._external: dict[str, CatalogModel] = {}
         for name, entry in settings.model_entries().items():
             if "path" in entry and name not in self._bundled:
                 self._user[name] = self._user_spec(name, entry)
+            elif "provider" in entry and name not in self._bundled:
+                try:
+                    self._external[name] = external_model(name, entry)
+                except (TypeError, ValueError) as exc:
+                    log.warning("model %s ignored: %s", name, exc)
 
     # ------------------------------------------------------------- lookups
     def all(self) -> list[ModelSpec]:
         return [self._with_overrides(s) for s in self._bundled.values()] + list(self._user.values())
 
     def names(self) -> list[str]:
-        return [s.name for s in self.all()]
+        return [s.name for s in self.all()] + list(self._external)
+
+    def external(self) -> dict[str, CatalogModel]:
+        return dict(self._external)
+
+    def catalog(self) -> dict[str, CatalogModel]:
+        """Every model routing can pick: local ones (price 0) and external ones."""
+        out: dict[str, CatalogModel] = {}
+        for spec in self.all():
+            out[spec.name] = CatalogModel(
+                name=spec.name,
+                provider=LOCAL,
+                context=self.options_for(spec).get("n_ctx"),
+                capabilities=spec.capabilities,
+                description=spec.description,
+            )
+        out.update(self._external)
+        return out
+
+    def is_external(self, name: str) -> bool:
+        return name in self._external
 
     def resolve(self, name: str | None) -> ModelSpec:
         name = name or self.settings["llm.default_model"]
         spec = self._user.get(name) or self._bundled.get(name)
         if spec is None:
+            if name in self._external:
+                raise BadRequest(
+                    f"model {name!r} is served by provider {self._external[name].provider}, not by a local engine",
+                    param="model",
+                    hint="external models answer on /v1/chat/completions",
+                )
             available = ", ".join(self.names()) or "none"
             raise ModelNotFound(
                 f"model {name!r} not found; available: {available}",
@@ -136,6 +169,56 @@ class Registry:
         return spec
 
     # ------------------------------------------------------------ changes
+    def add_external(
+        self,
+        name: str,
+        *,
+        provider: str,
+        upstream_model: str,
+        price_in: float,
+        price_out: float,
+        context: int | None = None,
+        capabilities: list[str] | None = None,
+        fallbacks: list[str] | None = None,
+        description: str | None = None,
+    ) -> CatalogModel:
+        self._check_new(name)
+        entry: dict[str, Any] = {
+            "provider": provider,
+            "upstream_model": upstream_model,
+            "price_in": price_in,
+            "price_out": price_out,
+        }
+        if context:
+            entry["context"] = context
+        if capabilities:
+            entry["capabilities"] = capabilities
+        if fallbacks:
+            entry["fallbacks"] = fallbacks
+        if description:
+            entry["description"] = description
+        try:
+            model = external_model(name, entry)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(str(exc)) from None
+        write_config_value(self.settings.paths.config_file, ["models", name], entry)
+        self.settings.toml.setdefault("models", {})[name] = entry
+        self._external[name] = model
+        log.info("registered model %s -> %s/%s", name, provider, upstream_model)
+        return model
+
+    def models_of(self, provider: str) -> list[str]:
+        return [m.name for m in self._external.values() if m.provider == provider]
+
+    def _check_new(self, name: str) -> None:
+        if name in self._bundled or name in self._user or name in self._external:
+            raise Conflict(
+                f"a model named {name!r} already exists",
+                hint=f"pick another name, or remove it first with `tiqo models rm {name}`",
+            )
+        if name in ("auto", "local") or not name.strip():
+            raise BadRequest(f"{name!r} is reserved", param="name")
+
     def add(
         self,
         name: str,
@@ -145,11 +228,7 @@ class Registry:
         keep_alive: str | None = None,
         description: str | None = None,
     ) -> ModelSpec:
-        if name in self._bundled or name in self._user:
-            raise Conflict(
-                f"a model named {name!r} already exists",
-                hint=f"pick another name, or remove it first with `tiqo models rm {name}`",
-            )
+        self._check_new(name)
         if keep_alive is not None:
             try:
                 parse_duration(keep_alive)
@@ -174,7 +253,8 @@ class Registry:
         self.ensure_removable(name)
         write_config_value(self.settings.paths.config_file, ["models", name], None)
         self.settings.toml.get("models", {}).pop(name, None)
-        del self._user[name]
+        self._user.pop(name, None)
+        self._external.pop(name, None)
 
     def ensure_removable(self, name: str) -> None:
         if name in self._bundled:
@@ -182,7 +262,7 @@ class Registry:
                 f"{name} is bundled with tiqo and cannot be removed",
                 hint="uninstall its package to drop it, or unload it with `tiqo models unload`",
             )
-        if name not in self._user:
+        if name not in self._user and name not in self._external:
             self.resolve(name)  # raises the 404 with the list of names
 
     # ------------------------------------------------------------ helpers
@@ -212,3 +292,30 @@ _OPTION_KEYS = ("n_ctx", "n_threads", "n_gpu_layers", "n_batch", "num_parallel",
 
 def _options(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: entry[k] for k in _OPTION_KEYS if k in entry}
+
+
+def external_model(name: str, entry: dict[str, Any]) -> CatalogModel:
+    """A ``[models.NAME]`` table with ``provider`` as a catalog entry (raises ValueError when malformed)."""
+    price_in, price_out = float(entry.get("price_in", 0)), float(entry.get("price_out", 0))
+    if price_in < 0 or price_out < 0:
+        raise ValueError("prices must not be negative")
+    context = entry.get("context")
+    if context is not None and int(context) <= 0:
+        raise ValueError("context must be positive")
+    caps = entry.get("capabilities", ["chat", "tools", "json"])
+    if isinstance(caps, str):
+        caps = [c.strip() for c in caps.split(",") if c.strip()]
+    fallbacks = entry.get("fallbacks", [])
+    if isinstance(fallbacks, str):
+        fallbacks = [fallbacks]
+    return CatalogModel(
+        name=name,
+        provider=str(entry["provider"]),
+        upstream_model=str(entry.get("upstream_model", name)),
+        price_in=price_in,
+        price_out=price_out,
+        context=None if context is None else int(context),
+        capabilities=tuple(str(c) for c in caps),
+        fallbacks=tuple(str(f) for f in fallbacks),
+        description=str(entry.get("description", "")),
+    )

@@ -6,17 +6,19 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tiqo.core.durations import parse_duration
-from tiqo.core.errors import TiqoError
+from tiqo.core.errors import BadRequest, TiqoError
+from tiqo.daemon.gateway import RequestMeta, Served, generation_params, merge_tool_calls
 from tiqo.daemon.service import Daemon
+from tiqo.policy.cache import CONTROL
 from tiqo.protocol import openai as oa
-from tiqo.sdk.engine import GenerationParams, ModelSpec, Piece, Runner, StopFlag
+from tiqo.sdk.engine import Piece, Runner, StopFlag
 
 log = logging.getLogger("tiqo.api")
 router = APIRouter()
@@ -31,53 +33,62 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def _params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> GenerationParams:
-    return GenerationParams(
-        max_tokens=body.token_limit(),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=tuple(body.stop_list()),
-        seed=body.seed,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
-        logit_bias=body.logit_bias,
-    )
-
-
-def _headers(spec: ModelSpec) -> dict[str, str]:
-    return {"x-tiqo-backend": f"local:{spec.engine}", "x-tiqo-model": spec.name, "x-tiqo-cost-usd": "0"}
-
-
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
     created = int(daemon.started_at)
-    return {
-        "object": "list",
-        "data": [
-            {"id": s.name, "object": "model", "created": created, "owned_by": "tiqo"} for s in daemon.registry.all()
-        ],
-    }
+    data = [{"id": s.name, "object": "model", "created": created, "owned_by": "tiqo"} for s in daemon.registry.all()]
+    data += [
+        {"id": m.name, "object": "model", "created": created, "owned_by": m.provider}
+        for m in daemon.registry.external().values()
+    ]
+    return {"object": "list", "data": data}
 
 
 @router.get("/v1/models/{name}")
 async def get_model(name: str, request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
+    external = daemon.registry.external().get(name)
+    if external is not None:
+        return {"id": name, "object": "model", "created": int(daemon.started_at), "owned_by": external.provider}
     spec = daemon.registry.resolve(name)
     return {"id": spec.name, "object": "model", "created": int(daemon.started_at), "owned_by": "tiqo"}
+
+
+def request_meta(request: Request, user_field: str | None = None) -> RequestMeta:
+    """x-tiqo-user / -tier / -class / -cache / -task headers (the OpenAI ``user`` field names the user too)."""
+    h = request.headers
+    cache = (h.get("x-tiqo-cache") or "use").strip().lower()
+    if cache not in CONTROL:
+        raise BadRequest(f"x-tiqo-cache must be one of {', '.join(CONTROL)}", param="x-tiqo-cache")
+    return RequestMeta(
+        user=h.get("x-tiqo-user") or user_field or "local",
+        tier=h.get("x-tiqo-tier") or None,
+        data_class=(h.get("x-tiqo-class") or "").strip().lower() or None,
+        cache=cache,
+        task=h.get("x-tiqo-task") or None,
+    )
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
     daemon = _daemon(request)
-    spec = daemon.registry.resolve(body.model)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-    params = _params(body)
+    meta = request_meta(request, body.user)
+    rid = "chatcmpl-" + request.scope["state"]["request_id"].removeprefix("req_")
+    if not body.stream:
 
-    def call(runner: Runner, stop: StopFlag) -> Iterator[Piece]:
-        return runner.chat(messages, params, stop)
+        async def run() -> tuple[Served, list[Piece]]:
+            served, pieces = await daemon.gateway.chat(body, meta, stream=False)
+            return served, [p async for p in pieces]
 
-    return await _serve(request, daemon, spec, body, call, chat=True)
+        return await _collect(request, run, rid, chat=True)
+    served, pieces = await daemon.gateway.chat(body, meta, stream=True)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(
+        _sse(pieces, served, rid, True, include_usage),
+        media_type="text/event-stream",
+        headers={**served.headers(final=False), "cache-control": "no-cache"},
+    )
 
 
 @router.post("/v1/completions", response_model=None)
@@ -85,30 +96,21 @@ async def completions(body: oa.CompletionRequest, request: Request) -> JSONRespo
     daemon = _daemon(request)
     spec = daemon.registry.resolve(body.model)
     prompt = body.prompt_text()
-    params = _params(body)
+    params = generation_params(body)
+    keep_alive = None if body.keep_alive is None else parse_duration(body.keep_alive)
+    rid = "cmpl-" + request.scope["state"]["request_id"].removeprefix("req_")
+    served = Served(backend=f"local:{spec.engine}", provider="local", model=spec.name)
 
     def call(runner: Runner, stop: StopFlag) -> Iterator[Piece]:
         return runner.complete(prompt, params, stop)
 
-    return await _serve(request, daemon, spec, body, call, chat=False)
-
-
-async def _serve(
-    request: Request,
-    daemon: Daemon,
-    spec: ModelSpec,
-    body: oa.ChatCompletionRequest | oa.CompletionRequest,
-    call: Callable[[Runner, StopFlag], Iterator[Piece]],
-    *,
-    chat: bool,
-) -> JSONResponse | StreamingResponse:
-    keep_alive = None if body.keep_alive is None else parse_duration(body.keep_alive)
-    rid = request.scope["state"]["request_id"]
-    prefix = "chatcmpl-" if chat else "cmpl-"
-    rid = prefix + rid.removeprefix("req_")
-    pieces = daemon.generate(spec, keep_alive, call)
     if not body.stream:
-        return await _collect(request, pieces, spec, rid, chat)
+
+        async def run() -> tuple[Served, list[Piece]]:
+            return served, [p async for p in daemon.generate(spec, keep_alive, call)]
+
+        return await _collect(request, run, rid, chat=False)
+    pieces = daemon.generate(spec, keep_alive, call)
     # Pull the first piece before answering, so load errors and over-long prompts get a real HTTP status.
     try:
         first = await anext(pieces)
@@ -116,29 +118,36 @@ async def _serve(
         first = Piece("", finish_reason="stop")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return StreamingResponse(
-        _sse(first, pieces, spec, rid, chat, include_usage),
+        _sse(_prepend(first, pieces), served, rid, False, include_usage),
         media_type="text/event-stream",
-        headers={**_headers(spec), "cache-control": "no-cache"},
+        headers={**served.headers(final=True), "cache-control": "no-cache"},
     )
 
 
+async def _prepend(first: Piece, rest: AsyncGenerator[Piece, None]) -> AsyncGenerator[Piece, None]:
+    try:
+        yield first
+        if first.finish_reason is None:
+            async for piece in rest:
+                yield piece
+    finally:
+        await rest.aclose()
+
+
 async def _collect(
-    request: Request, pieces: AsyncGenerator[Piece, None], spec: ModelSpec, rid: str, chat: bool
+    request: Request,
+    run: Callable[[], Awaitable[tuple[Served, list[Piece]]]],
+    rid: str,
+    *,
+    chat: bool,
 ) -> JSONResponse:
     """Run the whole generation, stopping it if the client hangs up first."""
-
-    async def consume() -> tuple[str, Piece]:
-        parts, last = [], Piece("", finish_reason="stop")
-        async for piece in pieces:
-            parts.append(piece.text)
-            last = piece
-        return "".join(parts), last
 
     async def disconnected() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    work = asyncio.ensure_future(consume())
+    work = asyncio.ensure_future(run())
     watch = asyncio.ensure_future(disconnected())
     try:
         await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -147,45 +156,59 @@ async def _collect(
         if not work.done():
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
-            await pieces.aclose()
     if work.cancelled():
         log.info("%s: client disconnected; generation stopped", rid)
         return JSONResponse({}, status_code=499)
-    text, last = work.result()
+    served, pieces = work.result()
+    text = "".join(p.text for p in pieces)
+    last = next((p for p in reversed(pieces) if p.finish_reason), Piece("", finish_reason="stop"))
     use = oa.usage(last.prompt_tokens, last.completion_tokens)
     finish = last.finish_reason or "stop"
-    body = (oa.chat_response if chat else oa.completion_response)(rid, spec.name, text, finish, use)
-    return JSONResponse(body, headers=_headers(spec))
+    if chat:
+        body = oa.chat_response(rid, served.model, text, finish, use)
+        calls = merge_tool_calls([c for p in pieces for c in (p.tool_calls or ())])
+        if calls:
+            message = body["choices"][0]["message"]
+            message["tool_calls"] = calls
+            message["content"] = text or None
+    else:
+        body = oa.completion_response(rid, served.model, text, finish, use)
+    return JSONResponse(body, headers=served.headers(final=True))
 
 
 async def _sse(
-    first: Piece, pieces: AsyncGenerator[Piece, None], spec: ModelSpec, rid: str, chat: bool, include_usage: bool
+    pieces: AsyncGenerator[Piece, None], served: Served, rid: str, chat: bool, include_usage: bool
 ) -> AsyncIterator[str]:
     created = int(time.time())
-    model = spec.name
+    model = served.model
 
-    def event(text: str, finish: str | None = None) -> str:
+    def event(piece: Piece, finish: str | None = None) -> str:
         if chat:
-            delta = {"content": text} if finish is None else {}
+            delta: dict[str, Any] = {}
+            if finish is None:
+                if piece.text:
+                    delta["content"] = piece.text
+                if piece.tool_calls:
+                    delta["tool_calls"] = piece.tool_calls
             return "data: " + _dumps(oa.chat_chunk(rid, model, created, delta, finish)) + "\n\n"
-        return "data: " + _dumps(oa.completion_chunk(rid, model, created, text, finish)) + "\n\n"
+        return "data: " + _dumps(oa.completion_chunk(rid, model, created, piece.text, finish)) + "\n\n"
 
-    last = first
+    last = Piece("", finish_reason="stop")
     try:
         if chat:
             yield "data: " + _dumps(oa.chat_chunk(rid, model, created, {"role": "assistant", "content": ""})) + "\n\n"
-        if first.text:
-            yield event(first.text)
-        if first.finish_reason is None:
-            async for piece in pieces:
+        async for piece in pieces:
+            if piece.text or piece.tool_calls:
+                yield event(piece)
+            if piece.finish_reason is not None:
                 last = piece
-                if piece.text:
-                    yield event(piece.text)
-        yield event("", last.finish_reason or "stop")
+        yield event(last, last.finish_reason or "stop")
         if include_usage:
             obj = "chat.completion.chunk" if chat else "text_completion"
             use = oa.usage(last.prompt_tokens, last.completion_tokens)
-            yield "data: " + _dumps(oa.usage_chunk(rid, model, created, obj, use)) + "\n\n"
+            chunk = oa.usage_chunk(rid, model, created, obj, use)
+            chunk["x_tiqo"] = {"backend": served.backend, "cost_usd": round(served.cost_usd, 8), "cache": served.cache}
+            yield "data: " + _dumps(chunk) + "\n\n"
         yield "data: [DONE]\n\n"
     except TiqoError as exc:
         yield "data: " + _dumps(exc.to_body()) + "\n\n"

@@ -10,11 +10,15 @@ from typing import Any
 
 from tiqo import API_VERSION, __version__
 from tiqo.core.settings import Settings
-from tiqo.daemon.plugins import PluginReport, collect_engines, load_plugins
+from tiqo.daemon.gateway import Gateway
+from tiqo.daemon.plugins import PluginReport, collect_engines, collect_providers, load_plugins
+from tiqo.daemon.providers import ProviderHub
 from tiqo.daemon.registry import Registry
 from tiqo.daemon.scheduler import Scheduler
+from tiqo.daemon.store import Store
 from tiqo.daemon.streaming import iterate_in_thread
 from tiqo.sdk.engine import Engine, ModelSpec, Piece, Runner, StopFlag
+from tiqo.sdk.provider import ProviderKind
 
 log = logging.getLogger("tiqo.daemon")
 
@@ -38,16 +42,23 @@ class Daemon:
         engines: dict[str, Engine] | None = None,
         registry: Registry | None = None,
         socket_path: str | None = None,
+        provider_kinds: dict[str, ProviderKind] | None = None,
     ) -> None:
         self.settings = settings
         self.started_at = time.time()
         self.socket_path = socket_path or str(settings.socket_path)
         self.plugins = PluginReport()
-        if engines is None:
+        if engines is None or provider_kinds is None:
             pm, self.plugins = load_plugins()
-            engines = collect_engines(pm, self.plugins)
+            if engines is None:
+                engines = collect_engines(pm, self.plugins)
+            if provider_kinds is None:
+                provider_kinds = collect_providers(pm, self.plugins)
         self.engines = engines
         self.registry = registry or Registry(settings)
+        self.store = Store(settings.paths.db_file)
+        self.hub = ProviderHub(settings, self.store, provider_kinds)
+        self.gateway = Gateway(settings, self.registry, self.hub, self.store, self)
         self.scheduler = Scheduler(
             engines,
             memory_budget=memory_budget(settings),
@@ -83,4 +94,6 @@ class Daemon:
                 yield piece
 
     async def close(self) -> None:
+        await self.gateway.close()
         await self.scheduler.close()
+        self.store.close()

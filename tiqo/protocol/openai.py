@@ -10,16 +10,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tiqo.core.durations import parse_duration
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: Literal["text"]
-    text: str
+class ContentPart(BaseModel):
+    """A part of a message: text, or (for providers that take them) image_url, input_audio, file, ..."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Extra fields (tool_calls, tool_call_id, ...) are kept: external providers get the message as sent.
+    model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
     def text(self) -> str:
@@ -27,7 +30,10 @@ class ChatMessage(BaseModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text or "" for part in self.content)
+
+    def has_media(self) -> bool:
+        return isinstance(self.content, list) and any(part.type != "text" for part in self.content)
 
 
 class StreamOptions(BaseModel):
@@ -68,12 +74,32 @@ class _Sampling(BaseModel):
 
 
 class ChatCompletionRequest(_Sampling):
+    # Unknown fields (tools, response_format, logprobs, ...) are kept and passed to OpenAI-compatible providers.
+    model_config = ConfigDict(extra="allow")
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def needs(self) -> tuple[str, ...]:
+        """Capabilities a backend must have to serve this request."""
+        needs = ["chat"]
+        if self.tools and self.tool_choice != "none":
+            needs.append("tools")
+        if any(m.has_media() for m in self.messages):
+            needs.append("vision")
+        if self.response_format and self.response_format.get("type") in ("json_object", "json_schema"):
+            needs.append("json")
+        return tuple(needs)
+
+    def wire(self) -> dict[str, Any]:
+        """The body as the caller sent it (fields they set, extras included), for pass-through to providers."""
+        return self.model_dump(exclude_unset=True, exclude_none=False)
 
 
 class CompletionRequest(_Sampling):

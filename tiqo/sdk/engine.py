@@ -44,6 +44,7 @@ class Piece:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI tool-call deltas (external providers)
 
 
 class StopFlag(threading.Event):

@@ -1,0 +1,136 @@
+"""Provider kind "openai": any OpenAI-compatible chat-completions server (OpenAI, Groq, DeepSeek, OpenRouter, Together,
+vLLM, llama.cpp's server, another tiqo). The body passes through; the stream is already in OpenAI's shape.
+
+Options read: ``headers`` (extra request headers), ``stream_usage`` (False: do not send ``stream_options``, for
+servers that reject it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tiqo.sdk import (
+    ProviderConfig,
+    UpstreamFailure,
+    UpstreamProtocolError,
+    UpstreamRequest,
+    failure_from_status,
+    hookimpl,
+)
+from tiqo_providers._common import (
+    clip,
+    duration_seconds,
+    endpoint,
+    error_message,
+    fallback_message,
+    json_body,
+    parse_event_json,
+    reset_hint,
+    retry_after_header,
+    with_option_headers,
+)
+
+TIQO_ONLY_FIELDS = ("keep_alive",)  # plus every field whose name starts with "tiqo"
+
+
+class OpenAITranslator:
+    """OpenAI chunks pass through as they are; ``data: [DONE]`` is the terminator."""
+
+    def __init__(self, upstream_model: str) -> None:
+        self.upstream_model = upstream_model
+        self.done = False
+
+    def feed(self, event: str | None, data: str) -> list[dict[str, Any]]:
+        if self.done:
+            return []
+        payload = data.strip()
+        if payload == "[DONE]":
+            self.done = True
+            return []
+        if not payload:
+            return []
+        obj = parse_event_json(payload)
+        if event == "error" or obj.get("error") is not None:
+            # OpenAI, OpenRouter and vLLM report a failure after the 200 as an object with "error" in the stream
+            raise UpstreamProtocolError(error_message(obj.get("error", obj), "upstream error in stream"))
+        return [obj]
+
+    def close(self) -> list[dict[str, Any]]:
+        if not self.done:
+            raise UpstreamProtocolError("stream ended before [DONE]")
+        return []
+
+
+class OpenAIKind:
+    kind = "openai"
+    default_base_url = "https://api.openai.com/v1"
+    capabilities: tuple[str, ...] = ("chat", "tools", "json", "vision")
+
+    def chat_request(
+        self, config: ProviderConfig, upstream_model: str, body: Mapping[str, Any], key: str | None
+    ) -> UpstreamRequest:
+        payload: dict[str, Any] = {
+            name: value
+            for name, value in body.items()
+            if name not in TIQO_ONLY_FIELDS and not name.startswith("tiqo") and name != "stream_options"
+        }
+        payload["model"] = upstream_model
+        payload["stream"] = True
+        if config.options.get("stream_usage", True) is not False:
+            caller_options = body.get("stream_options")
+            stream_options = dict(caller_options) if isinstance(caller_options, Mapping) else {}
+            stream_options["include_usage"] = True
+            payload["stream_options"] = stream_options
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return UpstreamRequest(
+            method="POST",
+            url=endpoint(config.base_url, self.default_base_url, "/chat/completions"),
+            headers=with_option_headers(headers, config.options),
+            json=payload,
+        )
+
+    def translator(self, upstream_model: str) -> OpenAITranslator:
+        return OpenAITranslator(upstream_model)
+
+    def failure(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure:
+        parsed = json_body(body)
+        error: Any = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(error, Mapping):
+            message = error_message(error, f"HTTP {status}")
+            code = str(error.get("code") or "")
+            kind_name = str(error.get("type") or "")
+        elif isinstance(error, str):
+            message, code, kind_name = error, "", ""
+        elif isinstance(parsed, dict) and isinstance(parsed.get("message") or parsed.get("detail"), str):
+            message, code, kind_name = str(parsed.get("message") or parsed.get("detail")), "", ""
+        else:
+            message, code, kind_name = fallback_message(status, body), "", ""
+
+        retry_after = retry_after_header(headers)
+        if retry_after is None and status == 429:
+            parse: Callable[[str | None], float | None] = duration_seconds
+            retry_after = reset_hint(
+                headers,
+                [
+                    ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+                    ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+                ],
+                parse,
+                primary="x-ratelimit-reset-requests",
+            )
+
+        result = failure_from_status(status, clip(message), retry_after)
+        if "insufficient_quota" in (code, kind_name) or status == 402:
+            # OpenAI: 429 insufficient_quota; OpenRouter and DeepSeek: 402 when the balance is gone
+            return UpstreamFailure("quota_exhausted", status, result.message, retry_after)
+        if code == "model_not_found" and 400 <= status < 500:
+            return UpstreamFailure("not_found", status, result.message, retry_after)
+        return result
+
+
+@hookimpl
+def register_providers(register: Callable[[Any], None]) -> None:
+    register(OpenAIKind())

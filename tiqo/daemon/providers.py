@@ -1,0 +1,332 @@
+"""External providers as configured: endpoints, their protocol kinds (plugins), key pools with secrets, breakers.
+
+Config: ``[providers.NAME]`` in config.toml (kind, base_url, key_strategy, max_class, timeouts, headers).
+Secrets: ``keys.toml`` (mode 0600) as ``[PROVIDER.KEYNAME]`` with ``secret`` and limits. Key health and usage live in
+SQLite (``Store``) so they survive restarts. Secrets never leave this module except into an upstream request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tiqo.core.durations import parse_duration
+from tiqo.core.errors import BadRequest, Conflict, NotFound
+from tiqo.core.settings import Settings, read_toml, write_config_value
+from tiqo.daemon.store import Store
+from tiqo.daemon.upstream import Timeouts
+from tiqo.policy.breaker import CircuitBreaker
+from tiqo.policy.classify import DATA_CLASSES
+from tiqo.policy.keys import STRATEGIES, KeyLimits, KeyPool, KeyState
+from tiqo.sdk.provider import ProviderConfig, ProviderKind
+
+log = logging.getLogger("tiqo.providers")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_LIMIT_FIELDS = ("rpm", "tpm", "rpd", "tpd")
+
+
+def check_name(name: str, what: str) -> None:
+    if not _NAME.match(name) or name == "local":
+        raise BadRequest(
+            f"{what} name {name!r} is not allowed",
+            param="name",
+            hint="use letters, digits, '.', '_' or '-' (up to 64 characters; 'local' is reserved)",
+        )
+
+
+def redact(secret: str) -> str:
+    """What a person may see of a key: enough to tell keys apart, never enough to use one."""
+    if len(secret) >= 16:
+        return f"{secret[:3]}…{secret[-4:]}"
+    return "…" + secret[-2:] if len(secret) >= 8 else "…"
+
+
+@dataclass
+class Provider:
+    config: ProviderConfig
+    kind: ProviderKind | None  # None: no loaded plugin speaks config.kind
+    pool: KeyPool
+    breaker: CircuitBreaker
+    timeouts: Timeouts
+    max_class: str
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+class ProviderHub:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        kinds: dict[str, ProviderKind],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.kinds = kinds
+        self.clock = clock
+        self.providers: dict[str, Provider] = {}
+        self._secrets: dict[str, dict[str, str]] = {}
+        self.reload()
+
+    # ------------------------------------------------------------ loading
+    def reload(self) -> None:
+        keys = read_toml(self.settings.paths.keys_file)
+        _check_private(self.settings.paths.keys_file)
+        self.providers.clear()
+        self._secrets.clear()
+        for name, entry in self.settings.toml.get("providers", {}).items():
+            if isinstance(entry, dict):
+                self._build(str(name), entry, keys.get(name, {}))
+
+    def _build(self, name: str, entry: dict[str, Any], keys: dict[str, Any]) -> None:
+        kind_name = str(entry.get("kind", "openai"))
+        kind = self.kinds.get(kind_name)
+        base_url = str(entry.get("base_url") or (kind.default_base_url if kind else "")).rstrip("/")
+        options = {k: v for k, v in entry.items() if k not in ("kind", "base_url")}
+        config = ProviderConfig(name=name, kind=kind_name, base_url=base_url, options=options)
+        limits, secrets = {}, {}
+        for key_name, key_entry in keys.items():
+            if not isinstance(key_entry, dict) or not key_entry.get("secret"):
+                continue
+            try:
+                limits[key_name] = _limits(key_entry)
+            except (TypeError, ValueError) as exc:
+                log.warning("key %s of %s ignored: %s", key_name, name, exc)
+                continue
+            secrets[key_name] = str(key_entry["secret"])
+        states = {n: KeyState.from_dict(s) for n, s in self.store.load_key_states(name).items() if n in limits}
+        s = self.settings
+        pool = KeyPool(
+            provider=name,
+            limits=limits,
+            states=states,
+            strategy=str(entry.get("key_strategy", s["routing.key_strategy"])),
+            breaker_threshold=s["routing.breaker_failures"],
+            breaker_cooldown_s=s["routing.breaker_cooldown"],
+        )
+        for key_name, enabled in ((k, v.get("enabled", True)) for k, v in keys.items() if isinstance(v, dict)):
+            if key_name in limits and not enabled and pool.states[key_name].enabled:
+                pool.set_enabled(key_name, False, "by user")
+        timeouts = Timeouts(
+            connect=parse_duration(entry.get("timeout_connect", s["routing.timeout_connect"])),
+            first_byte=parse_duration(entry.get("timeout_first_byte", s["routing.timeout_first_byte"])),
+            idle=parse_duration(entry.get("timeout_idle", s["routing.timeout_idle"])),
+        )
+        breaker = CircuitBreaker(s["routing.breaker_failures"], s["routing.breaker_cooldown"])
+        max_class = str(entry.get("max_class", "confidential"))
+        self.providers[name] = Provider(config, kind, pool, breaker, timeouts, max_class)
+        self._secrets[name] = secrets
+
+    # ------------------------------------------------------------ lookups
+    def get(self, name: str) -> Provider:
+        provider = self.providers.get(name)
+        if provider is None:
+            raise NotFound(
+                f"no provider named {name!r}",
+                hint="`tiqo providers list` shows them; `tiqo providers add NAME --kind KIND --base-url URL` adds one",
+            )
+        return provider
+
+    def secret(self, provider: str, key_name: str | None) -> str | None:
+        return None if key_name is None else self._secrets.get(provider, {}).get(key_name)
+
+    def has_keys(self, provider: str) -> bool:
+        return bool(self._secrets.get(provider))
+
+    def unavailable(self, name: str, est_tokens: int = 0) -> str | None:
+        """Why ``name`` cannot take a request now, or None."""
+        provider = self.providers.get(name)
+        if provider is None:
+            return f"provider {name} is not configured"
+        if provider.kind is None:
+            return f"no plugin speaks kind {provider.config.kind!r} (see `tiqo plugins`)"
+        now = self.clock()
+        if not provider.breaker.allows(now):
+            return provider.breaker.describe(now)
+        if not self.has_keys(name):
+            return None  # keyless endpoint (a local vLLM, another tiqo)
+        verdicts = provider.pool.verdicts(now, est_tokens)
+        if any(v.usable for v in verdicts):
+            return None
+        return "no usable key: " + "; ".join(f"{v.name} {v.reason}" for v in verdicts)
+
+    def retry_after(self, name: str) -> float | None:
+        provider = self.providers.get(name)
+        if provider is None:
+            return None
+        now = self.clock()
+        times = [t for t in (provider.breaker.open_until(), provider.pool.next_available(now)) if t is not None]
+        return max(0.0, min(times) - now) if times else None
+
+    def persist(self, provider: str, key_name: str) -> None:
+        p = self.providers[provider]
+        self.store.save_key_state(provider, key_name, p.pool.states[key_name].to_dict())
+
+    def describe(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        out = []
+        for p in self.providers.values():
+            out.append(
+                {
+                    "name": p.name,
+                    "kind": p.config.kind,
+                    "base_url": p.config.base_url,
+                    "loaded": p.kind is not None,
+                    "keys": len(self._secrets.get(p.name, {})),
+                    "key_strategy": p.pool.strategy,
+                    "max_class": p.max_class,
+                    "circuit": p.breaker.state(now),
+                    "status": self.unavailable(p.name) or "available",
+                    "timeouts": {
+                        "connect": p.timeouts.connect,
+                        "first_byte": p.timeouts.first_byte,
+                        "idle": p.timeouts.idle,
+                    },
+                }
+            )
+        return out
+
+    def describe_keys(self, provider: str | None = None) -> list[dict[str, Any]]:
+        now = self.clock()
+        rows = []
+        for p in self.providers.values():
+            if provider is not None and p.name != provider:
+                continue
+            for key_name in p.pool.limits:
+                row = p.pool.describe(key_name, now)
+                row["key"] = redact(self._secrets[p.name][key_name])
+                rows.append(row)
+        return rows
+
+    # ------------------------------------------------------------ changes
+    def add_provider(self, name: str, kind: str, base_url: str | None, options: dict[str, Any]) -> Provider:
+        check_name(name, "provider")
+        if name in self.providers:
+            raise Conflict(f"provider {name!r} already exists", hint=f"remove it first with `tiqo providers rm {name}`")
+        if kind not in self.kinds:
+            known = ", ".join(sorted(self.kinds)) or "none loaded"
+            raise BadRequest(
+                f"unknown provider kind {kind!r} (loaded kinds: {known})",
+                param="kind",
+                hint="`tiqo plugins` shows which provider plugins loaded",
+            )
+        if not base_url:
+            base_url = self.kinds[kind].default_base_url
+        if not re.match(r"^https?://", base_url):
+            raise BadRequest(f"base URL {base_url!r} must start with http:// or https://", param="base_url")
+        strategy = options.get("key_strategy")
+        if strategy is not None and strategy not in STRATEGIES:
+            raise BadRequest(f"unknown key strategy {strategy!r}; use {', '.join(STRATEGIES)}", param="key_strategy")
+        if options.get("max_class", "confidential") not in DATA_CLASSES[:-1]:
+            raise BadRequest("max_class must be public, internal or confidential", param="max_class")
+        for t in ("timeout_connect", "timeout_first_byte", "timeout_idle"):
+            if t in options:
+                try:
+                    parse_duration(options[t])
+                except ValueError as exc:
+                    raise BadRequest(str(exc), param=t) from None
+        entry = {"kind": kind, "base_url": base_url.rstrip("/"), **{k: v for k, v in options.items() if v is not None}}
+        write_config_value(self.settings.paths.config_file, ["providers", name], entry)
+        self.settings.toml.setdefault("providers", {})[name] = entry
+        self._build(name, entry, read_toml(self.settings.paths.keys_file).get(name, {}))
+        log.info("provider %s added (%s, %s)", name, kind, base_url)
+        return self.providers[name]
+
+    def remove_provider(self, name: str, models_using: list[str]) -> None:
+        self.get(name)
+        if models_using:
+            raise Conflict(
+                f"provider {name} is used by models {', '.join(models_using)}",
+                hint="remove those models first with `tiqo models rm NAME`",
+            )
+        write_config_value(self.settings.paths.config_file, ["providers", name], None)
+        write_config_value(self.settings.paths.keys_file, [name], None, private=True)
+        self.settings.toml.get("providers", {}).pop(name, None)
+        self.store.delete_key_state(name)
+        del self.providers[name]
+        self._secrets.pop(name, None)
+
+    def add_key(self, provider: str, key_name: str | None, secret: str, limits: dict[str, Any]) -> str:
+        p = self.get(provider)
+        secret = secret.strip()
+        if not secret or any(c.isspace() for c in secret):
+            raise BadRequest("the key is empty or contains whitespace", param="secret")
+        existing = self._secrets.get(provider, {})
+        if secret in existing.values():
+            raise Conflict(f"this key is already registered for {provider}")
+        if key_name is None:
+            n = len(existing) + 1
+            while f"key{n}" in existing:
+                n += 1
+            key_name = f"key{n}"
+        check_name(key_name, "key")
+        if key_name in existing:
+            raise Conflict(f"{provider} already has a key named {key_name!r}", hint="pick another --name")
+        entry = {"secret": secret, **{k: v for k, v in limits.items() if v is not None}}
+        try:
+            _limits(entry)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"bad key limits: {exc}") from None
+        write_config_value(self.settings.paths.keys_file, [provider, key_name], entry, private=True)
+        self.store.delete_key_state(provider, key_name)
+        keys = read_toml(self.settings.paths.keys_file)
+        self._build(provider, self.settings.toml["providers"][provider], keys.get(provider, {}))
+        log.info("key %s added to %s (%s)", key_name, provider, p.config.kind)
+        return key_name
+
+    def remove_key(self, provider: str, key_name: str) -> None:
+        self._key(provider, key_name)
+        write_config_value(self.settings.paths.keys_file, [provider, key_name], None, private=True)
+        self.store.delete_key_state(provider, key_name)
+        keys = read_toml(self.settings.paths.keys_file)
+        self._build(provider, self.settings.toml["providers"][provider], keys.get(provider, {}))
+
+    def set_key_enabled(self, provider: str, key_name: str, enabled: bool) -> None:
+        p = self._key(provider, key_name)
+        write_config_value(
+            self.settings.paths.keys_file, [provider, key_name, "enabled"], None if enabled else False, private=True
+        )
+        p.pool.set_enabled(key_name, enabled, "by user")
+        self.persist(provider, key_name)
+
+    def _key(self, provider: str, key_name: str) -> Provider:
+        p = self.get(provider)
+        if key_name not in p.pool.limits:
+            names = ", ".join(p.pool.limits) or "none"
+            raise NotFound(
+                f"{provider} has no key named {key_name!r} (keys: {names})", hint="`tiqo keys list` shows them"
+            )
+        return p
+
+
+def _limits(entry: dict[str, Any]) -> KeyLimits:
+    values: dict[str, Any] = {}
+    for f in _LIMIT_FIELDS:
+        if entry.get(f) is not None:
+            v = int(entry[f])
+            if v <= 0:
+                raise ValueError(f"{f} must be positive")
+            values[f] = v
+    return KeyLimits(
+        **values,
+        reset=str(entry.get("reset", "00:00")),
+        tz=str(entry.get("tz", "UTC")),
+        weight=float(entry.get("weight", 1.0)),
+    )
+
+
+def _check_private(path: Any) -> None:
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        log.warning("%s is readable by others (mode %o); fixing to 0600", path, mode)
+        path.chmod(0o600)

@@ -1,0 +1,121 @@
+"""The daemon's SQLite state (WAL): key usage and health, and the exact response cache.
+
+One connection, used from the event loop only (writes are small; WAL with synchronous=NORMAL survives kill -9 of the
+process and costs tens of microseconds per commit).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS key_state (
+    provider TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (provider, name)
+);
+CREATE TABLE IF NOT EXISTS cache (
+    key TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    model TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    response TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cache_expires ON cache (expires);
+CREATE TABLE IF NOT EXISTS cache_stats (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(SCHEMA)
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------ keys
+    def load_key_states(self, provider: str) -> dict[str, dict[str, Any]]:
+        rows = self.db.execute("SELECT name, state FROM key_state WHERE provider = ?", (provider,)).fetchall()
+        return {name: json.loads(state) for name, state in rows}
+
+    def save_key_state(self, provider: str, name: str, state: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO key_state (provider, name, state, updated) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (provider, name) DO UPDATE SET state = excluded.state, updated = excluded.updated",
+            (provider, name, json.dumps(state), time.time()),
+        )
+
+    def delete_key_state(self, provider: str, name: str | None = None) -> None:
+        if name is None:
+            self.db.execute("DELETE FROM key_state WHERE provider = ?", (provider,))
+        else:
+            self.db.execute("DELETE FROM key_state WHERE provider = ? AND name = ?", (provider, name))
+
+    # ------------------------------------------------------------ cache
+    def cache_get(self, key: str, now: float) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT response FROM cache WHERE key = ? AND expires > ?", (key, now)).fetchone()
+        if row is None:
+            return None
+        self.db.execute("UPDATE cache SET hits = hits + 1 WHERE key = ?", (key,))
+        self._bump("hits")
+        result: dict[str, Any] = json.loads(row[0])
+        return result
+
+    def cache_put(self, key: str, scope: str, model: str, response: dict[str, Any], ttl: float, now: float) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO cache (key, scope, model, created, expires, hits, response) "
+            "VALUES (?, ?, ?, ?, ?, 0, ?)",
+            (key, scope, model, now, now + ttl, json.dumps(response, separators=(",", ":"))),
+        )
+
+    def cache_miss(self) -> None:
+        self._bump("misses")
+
+    def _bump(self, name: str) -> None:
+        self.db.execute(
+            "INSERT INTO cache_stats (name, value) VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET value = value + 1",
+            (name,),
+        )
+
+    def cache_stats(self, now: float) -> dict[str, Any]:
+        entries, expired, size = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(expires <= ?), 0), COALESCE(SUM(LENGTH(response)), 0) FROM cache", (now,)
+        ).fetchone()
+        stats = dict(self.db.execute("SELECT name, value FROM cache_stats").fetchall())
+        scopes = dict(self.db.execute("SELECT scope, COUNT(*) FROM cache WHERE expires > ? GROUP BY scope", (now,)))
+        hits, misses = stats.get("hits", 0), stats.get("misses", 0)
+        return {
+            "entries": entries - expired,
+            "expired": expired,
+            "bytes": size,
+            "hits": hits,
+            "misses": misses,
+            "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+            "scopes": scopes,
+        }
+
+    def cache_clear(self, expired_only: bool = False, now: float | None = None) -> int:
+        if expired_only:
+            cur = self.db.execute("DELETE FROM cache WHERE expires <= ?", (time.time() if now is None else now,))
+        else:
+            cur = self.db.execute("DELETE FROM cache")
+            self.db.execute("DELETE FROM cache_stats")
+        return cur.rowcount

@@ -1,0 +1,127 @@
+"""The daemon's pooled HTTP client for external providers: one aiohttp session, SSE parsing, three timeouts.
+
+aiohttp rather than httpx: measured with ``bench/upstream_clients.py`` (httpx.AsyncClient spends several times more
+CPU per streamed request under concurrency; encode/httpx#3215).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+import aiohttp
+
+from tiqo.sdk.provider import ProviderKind, UpstreamRequest
+
+log = logging.getLogger("tiqo.upstream")
+MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 3.0  # TCP + TLS connect
+    first_byte: float = 20.0  # request sent → first SSE event
+    idle: float = 15.0  # between SSE events once streaming
+
+
+class AttemptFailed(Exception):
+    """One upstream attempt failed. ``kind`` is a FailureKind or timeout/connection/protocol."""
+
+    def __init__(self, kind: str, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind != "bad_request"
+
+
+class UpstreamClient:
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                json_serialize=lambda obj: json.dumps(obj, separators=(",", ":"), ensure_ascii=False),
+                auto_decompress=True,
+                trust_env=True,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def open(self, req: UpstreamRequest, kind: ProviderKind, timeouts: Timeouts) -> aiohttp.ClientResponse:
+        """Send ``req``; return the response once its headers say 2xx, else raise ``AttemptFailed``."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, connect=timeouts.connect)
+        try:
+            async with asyncio.timeout(timeouts.first_byte + timeouts.connect):
+                resp = await self.session().request(
+                    req.method, req.url, headers=req.headers, json=req.json, timeout=timeout
+                )
+                if resp.status < 400:
+                    return resp
+                try:
+                    body = await resp.content.read(MAX_ERROR_BODY)
+                finally:
+                    resp.release()
+        except TimeoutError:
+            raise AttemptFailed("timeout", f"no answer within {timeouts.first_byte + timeouts.connect:g}s") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise AttemptFailed("connection", f"cannot connect: {exc.os_error or exc}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AttemptFailed("connection", f"{type(exc).__name__}: {exc}") from None
+        failure = kind.failure(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
+        raise AttemptFailed(failure.kind, failure.message, status=failure.status, retry_after=failure.retry_after)
+
+
+async def sse_events(resp: aiohttp.ClientResponse, timeouts: Timeouts) -> AsyncGenerator[tuple[str | None, str], None]:
+    """(event, data) pairs of an SSE body. The first event must come within ``first_byte``, the next ones within
+    ``idle`` of each other; a dropped connection raises ``AttemptFailed("connection")``."""
+    content = resp.content
+    event: str | None = None
+    data: list[str] = []
+    wait = timeouts.first_byte
+    try:
+        while True:
+            async with asyncio.timeout(wait):
+                raw = await content.readline()
+            if not raw:
+                break
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if not line:
+                if data:
+                    wait = timeouts.idle
+                    yield event, "\n".join(data)
+                event, data = None, []
+                continue
+            if line.startswith(":"):
+                continue  # comment / keep-alive
+            name, _, value = line.partition(":")
+            if value.startswith(" "):
+                value = value[1:]
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                event = value
+        if data:
+            yield event, "\n".join(data)
+    except TimeoutError:
+        raise AttemptFailed("timeout", f"provider went silent for {wait:g}s mid-answer") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise AttemptFailed("connection", f"connection lost mid-answer ({type(exc).__name__})") from None
+    finally:
+        if content.at_eof():
+            resp.release()
+        else:
+            resp.close()  # stop the upstream generation; the connection is not reusable anyway
