@@ -94,7 +94,7 @@ def test_split_pieces_keeps_all_text() -> None:
     assert split_pieces("echo: hello  big world") == ["echo: ", "hello  ", "big ", "world"]
     assert split_pieces("  lead") == ["  lead"]
     assert split_pieces("") == []
-    assert FAULTS == {"429", "500", "503", "529", "reset", "hang", "midstream", "slow"}
+    assert sorted(FAULTS) == ["429", "500", "503", "529", "hang", "midstream", "reset", "slow"]
 
 
 def test_openai_sdk_non_stream(up: Upstream) -> None:
@@ -157,7 +157,12 @@ def test_openai_sdk_rate_limit_retry_after(up: Upstream) -> None:
     err = info.value
     assert err.status_code == 429 and err.code == "rate_limit_exceeded"
     assert err.response.headers["retry-after"] == "7"
-    assert err.body == {"message": err.body["message"], "type": "requests", "param": None, "code": "rate_limit_exceeded"}
+    assert err.body == {
+        "message": err.body["message"],
+        "type": "requests",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
     assert up.requests[-1]["status"] == 429 and up.requests[-1]["fault"] == "429"
     # the fault was consumed: the next request succeeds
     ok = sdk(up).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tiqo import __version__
 from tiqo.core.errors import TiqoError
+from tiqo.daemon.routes_gateway import router as gateway_router
 from tiqo.daemon.routes_manage import router as manage_router
 from tiqo.daemon.routes_openai import router as openai_router
 from tiqo.daemon.service import Daemon
@@ -170,5 +171,6 @@ def create_app(daemon: Daemon) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(manage_router)
+    app.include_router(gateway_router)
     app.add_middleware(RequestContext, max_body=daemon.settings["daemon.max_request_size"])
     return app

@@ -38,6 +38,7 @@ from tiqo.policy.classify import DATA_CLASSES, Classification, classify
 from tiqo.policy.routing import AUTO, LOCAL, CatalogModel, Decision, RoutingConfig, Tier, estimate_tokens, plan
 from tiqo.protocol import openai as oa
 from tiqo.sdk.engine import GenerationParams, Piece, Runner, StopFlag
+from tiqo.sdk.provider import UnsupportedRequest
 
 log = logging.getLogger("tiqo.gateway")
 DEFAULT_MAX_TOKENS = 1024  # for cost estimates and context checks when a request sets none
@@ -306,6 +307,8 @@ class Gateway:
                 retry_after=min(waits) if waits else 1,
                 hint="`tiqo keys list` and `tiqo providers list` show what is cooling down",
             )
+        if all(isinstance(f, AttemptFailed) and f.kind == "unsupported" for f in failures):
+            return NoCandidate("; ".join(f.message for f in failures if isinstance(f, AttemptFailed)))
         if all(isinstance(f, TiqoError) for f in failures) and len(failures) == 1:
             err = failures[0]
             assert isinstance(err, TiqoError)
@@ -446,8 +449,16 @@ class Gateway:
         assert kind is not None
         upstream_model = model.upstream_model or model.name
         body = {**wire, "model": upstream_model}
-        request = kind.chat_request(provider.config, upstream_model, body, self.hub.secret(provider.name, key_name))
-        resp = await self.upstream.open(request, kind, provider.timeouts)
+        secret = self.hub.secret(provider.name, key_name)
+        try:
+            request = kind.chat_request(provider.config, upstream_model, body, secret)
+        except UnsupportedRequest as exc:
+            raise AttemptFailed("unsupported", f"{provider.config.kind} cannot express this request: {exc}") from None
+        try:
+            resp = await self.upstream.open(request, kind, provider.timeouts)
+        except AttemptFailed as exc:
+            exc.message = _scrub(exc.message, secret)
+            raise
         translator = kind.translator(upstream_model)
         finish: str | None = None
         usage: dict[str, Any] = {}
@@ -472,13 +483,13 @@ class Gateway:
                 try:
                     chunks = translator.feed(event, data)
                 except Exception as exc:
-                    raise AttemptFailed("protocol", _upstream_error_text(exc)) from None
+                    raise AttemptFailed("protocol", _scrub(_upstream_error_text(exc), secret)) from None
                 for piece in convert(chunks):
                     yield piece
             try:
                 tail = translator.close()
             except Exception as exc:
-                raise AttemptFailed("protocol", _upstream_error_text(exc)) from None
+                raise AttemptFailed("protocol", _scrub(_upstream_error_text(exc), secret)) from None
             for piece in convert(tail):
                 yield piece
         finally:
@@ -572,6 +583,11 @@ def _backoff(attempt: int) -> float:
 
 def _msg(exc: BaseException) -> str:
     return exc.message if isinstance(exc, (AttemptFailed, TiqoError)) else str(exc)
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    """The daemon is the only side that knows the key: make sure no message carries it."""
+    return text.replace(secret, "[redacted]") if secret else text
 
 
 def _upstream_error_text(exc: Exception) -> str:

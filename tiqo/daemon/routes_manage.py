@@ -9,7 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tiqo.core.errors import BadRequest
+from tiqo.daemon.gateway import routing_config
 from tiqo.daemon.service import Daemon
+from tiqo.policy.routing import CatalogModel
 from tiqo.protocol.tiqo import AddModelRequest, LoadRequest
 from tiqo.sdk.engine import ModelSpec
 
@@ -56,15 +58,52 @@ async def ps(request: Request) -> dict[str, Any]:
     }
 
 
+def _external_row(model: CatalogModel) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "kind": "llm",
+        "engine": None,
+        "provider": model.provider,
+        "upstream_model": model.upstream_model,
+        "source": f"provider:{model.provider}",
+        "price_in": model.price_in,
+        "price_out": model.price_out,
+        "context": model.context,
+        "capabilities": list(model.capabilities),
+        "fallbacks": list(model.fallbacks),
+        "description": model.description,
+        "default": False,
+        "loaded": None,
+    }
+
+
 @router.get("/models")
 async def models(request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
-    return {"models": [_model_row(daemon, s) for s in daemon.registry.all()]}
+    rows = [_model_row(daemon, s) for s in daemon.registry.all()]
+    rows += [_external_row(m) for m in daemon.registry.external().values()]
+    aliases = routing_config(daemon.settings, daemon.hub).aliases
+    return {"models": rows, "aliases": {k: list(v) for k, v in aliases.items()}}
 
 
 @router.post("/models", status_code=201)
 async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
+    if body.provider is not None:
+        daemon.hub.get(body.provider)  # 404 with a hint when the provider does not exist
+        model = daemon.registry.add_external(
+            body.name,
+            provider=body.provider,
+            upstream_model=body.upstream_model or body.name,
+            price_in=body.price_in,
+            price_out=body.price_out,
+            context=body.context,
+            capabilities=body.capabilities,
+            fallbacks=body.fallbacks,
+            description=body.description,
+        )
+        return _external_row(model)
+    assert body.path is not None
     # Reading a big file's header touches the disk: keep it off the event loop.
     spec = await asyncio.to_thread(
         daemon.registry.add,
@@ -80,6 +119,9 @@ async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
 @router.delete("/models/{name}")
 async def remove_model(name: str, request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
+    if daemon.registry.is_external(name):
+        daemon.registry.remove(name)
+        return {"removed": name}
     spec = daemon.registry.resolve(name)
     daemon.registry.ensure_removable(spec.name)
     await daemon.scheduler.unload(spec.name)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tiqo.core.durations import parse_duration
 
@@ -15,10 +17,70 @@ class LoadRequest(BaseModel):
         return None if self.keep_alive is None else parse_duration(self.keep_alive)
 
 
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+
 class AddModelRequest(BaseModel):
+    """A local GGUF (``path``) or an external model (``provider`` + ``upstream_model`` + prices)."""
+
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-    path: str
+    name: str = Field(pattern=_NAME)
+    path: str | None = None
     n_ctx: int | None = Field(default=None, ge=64)
     keep_alive: str | None = None
     description: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    price_in: float = Field(default=0.0, ge=0, description="USD per 1M input tokens")
+    price_out: float = Field(default=0.0, ge=0, description="USD per 1M output tokens")
+    context: int | None = Field(default=None, ge=1)
+    capabilities: list[str] | None = None
+    fallbacks: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AddModelRequest:
+        if (self.path is None) == (self.provider is None):
+            raise ValueError("give either path (a local GGUF file) or provider (an external model)")
+        return self
+
+
+class AddProviderRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=_NAME)
+    kind: str = "openai"
+    base_url: str | None = None
+    key_strategy: str | None = None
+    max_class: str | None = None
+    timeout_connect: str | None = None
+    timeout_first_byte: str | None = None
+    timeout_idle: str | None = None
+    headers: dict[str, str] | None = None
+
+
+class AddKeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    provider: str
+    name: str | None = None
+    secret: str = Field(min_length=1, max_length=4096)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    rpd: int | None = Field(default=None, ge=1)
+    tpd: int | None = Field(default=None, ge=1)
+    reset: str | None = None
+    tz: str | None = None
+    weight: float | None = Field(default=None, gt=0)
+
+
+class RouteExplainRequest(BaseModel):
+    """A dry run of routing: a prompt (or full chat messages) and who asks."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    model: str | None = None
+    user: str | None = None
+    tier: str | None = None
+    data_class: str | None = Field(default=None, alias="class")
+    task: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    tools: list[dict[str, Any]] | None = None

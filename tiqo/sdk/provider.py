@@ -54,6 +54,11 @@ class UpstreamFailure:
     retry_after: float | None = None  # seconds, from Retry-After or the protocol's own retry hint
 
 
+class UnsupportedRequest(ValueError):
+    """``chat_request`` cannot express the caller's body in this protocol (n > 1, audio parts, ...). The daemon moves
+    on to the next candidate; if none is left the caller gets a 400 with this message."""
+
+
 class UpstreamProtocolError(Exception):
     """The upstream sent something the translator cannot use, or the stream ended before its terminator."""
 

@@ -10,15 +10,11 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tiqo.sdk import UpstreamProtocolError, retry_after_seconds
+from tiqo.sdk import UnsupportedRequest, UpstreamProtocolError, retry_after_seconds
+
+__all__ = ["UnsupportedRequest"]  # re-exported: the SDK owns the type so the daemon can catch it
 
 MAX_MESSAGE_CHARS = 1000  # an upstream error message longer than this is cut (HTML error pages, stack traces)
-
-
-class UnsupportedRequest(ValueError):
-    """The caller's OpenAI body uses something this protocol cannot express (a 400 for the caller, not a failure of
-    the upstream: another key would not help)."""
-
 
 # ---------------------------------------------------------------------------------------------------------- chunks
 

@@ -1,0 +1,133 @@
+"""tiqo's routes for the gateway: route explain, providers, keys (redacted), plugins and the response cache."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from tiqo.core.errors import BadRequest
+from tiqo.daemon.gateway import RequestMeta
+from tiqo.daemon.service import Daemon
+from tiqo.policy.cache import CONTROL
+from tiqo.protocol import openai as oa
+from tiqo.protocol.tiqo import AddKeyRequest, AddProviderRequest, RouteExplainRequest
+
+router = APIRouter(prefix="/tiqo")
+
+
+def _daemon(request: Request) -> Daemon:
+    daemon: Daemon = request.app.state.daemon
+    return daemon
+
+
+@router.post("/route/explain")
+async def route_explain(body: RouteExplainRequest, request: Request) -> dict[str, Any]:
+    """What routing would do with this request, without running it: classification, every candidate with its
+    price, availability and why it was kept or dropped, and the choice."""
+    daemon = _daemon(request)
+    if body.messages is None and body.prompt is None:
+        raise BadRequest("give a prompt or messages", param="prompt")
+    messages = body.messages or [{"role": "user", "content": body.prompt}]
+    chat: dict[str, Any] = {"messages": messages, "model": body.model}
+    if body.max_tokens is not None:
+        chat["max_tokens"] = body.max_tokens
+    if body.tools:
+        chat["tools"] = body.tools
+    request_body = oa.ChatCompletionRequest.model_validate(chat)
+    meta = RequestMeta(user=body.user or "local", tier=body.tier, data_class=body.data_class, task=body.task)
+    decision = daemon.gateway.decide(request_body, meta)
+    result = decision.as_dict()
+    result["needs"] = list(request_body.needs())
+    return result
+
+
+# ---------------------------------------------------------------- providers
+@router.get("/providers")
+async def list_providers(request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    rows = daemon.hub.describe()
+    for row in rows:
+        row["models"] = daemon.registry.models_of(row["name"])
+    return {"providers": rows, "kinds": sorted(daemon.hub.kinds)}
+
+
+@router.post("/providers", status_code=201)
+async def add_provider(body: AddProviderRequest, request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    options = body.model_dump(exclude={"name", "kind", "base_url"}, exclude_none=True)
+    daemon.hub.add_provider(body.name, body.kind, body.base_url, options)
+    return next(p for p in daemon.hub.describe() if p["name"] == body.name)
+
+
+@router.delete("/providers/{name}")
+async def remove_provider(name: str, request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    daemon.hub.remove_provider(name, daemon.registry.models_of(name))
+    return {"removed": name}
+
+
+# ---------------------------------------------------------------- keys
+@router.get("/keys")
+async def list_keys(request: Request, provider: str | None = None) -> dict[str, Any]:
+    daemon = _daemon(request)
+    if provider is not None:
+        daemon.hub.get(provider)
+    return {"keys": daemon.hub.describe_keys(provider), "now": time.time()}
+
+
+@router.post("/keys", status_code=201)
+async def add_key(body: AddKeyRequest, request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    limits = body.model_dump(exclude={"provider", "name", "secret"}, exclude_none=True)
+    name = daemon.hub.add_key(body.provider, body.name, body.secret, limits)
+    return next(k for k in daemon.hub.describe_keys(body.provider) if k["name"] == name)
+
+
+@router.delete("/keys/{provider}/{name}")
+async def remove_key(provider: str, name: str, request: Request) -> dict[str, Any]:
+    _daemon(request).hub.remove_key(provider, name)
+    return {"removed": f"{provider}/{name}"}
+
+
+@router.post("/keys/{provider}/{name}/enable")
+async def enable_key(provider: str, name: str, request: Request) -> dict[str, Any]:
+    return _set_enabled(request, provider, name, True)
+
+
+@router.post("/keys/{provider}/{name}/disable")
+async def disable_key(provider: str, name: str, request: Request) -> dict[str, Any]:
+    return _set_enabled(request, provider, name, False)
+
+
+def _set_enabled(request: Request, provider: str, name: str, enabled: bool) -> dict[str, Any]:
+    hub = _daemon(request).hub
+    hub.set_key_enabled(provider, name, enabled)
+    return next(k for k in hub.describe_keys(provider) if k["name"] == name)
+
+
+# ---------------------------------------------------------------- plugins and cache
+@router.get("/plugins")
+async def plugins(request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    report = daemon.plugins.as_dict()
+    report["engines"] = sorted(daemon.engines)
+    report["provider_kinds"] = sorted(daemon.hub.kinds)
+    return report
+
+
+@router.get("/cache")
+async def cache_stats(request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    stats = daemon.store.cache_stats(time.time())
+    stats["mode"] = daemon.settings["cache.mode"]
+    stats["ttl_s"] = daemon.settings["cache.ttl"]
+    stats["controls"] = list(CONTROL)
+    return stats
+
+
+@router.delete("/cache")
+async def cache_clear(request: Request, expired: bool = False) -> dict[str, Any]:
+    daemon = _daemon(request)
+    return {"removed": daemon.store.cache_clear(expired_only=expired)}
