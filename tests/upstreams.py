@@ -332,7 +332,7 @@ class Upstream:
         self.models: list[str] = list(models)
         self.requests: list[dict[str, Any]] = []
         self.violations: list[str] = []
-        self._defaults = (self.valid_keys, reply, self.delay_s)
+        self._defaults = (frozenset(self.valid_keys) if self.valid_keys is not None else None, reply, self.delay_s)
         self._mode: str | None = None
         self.mode_kw: dict[str, Any] = {}
         self._lock = threading.Lock()

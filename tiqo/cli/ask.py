@@ -40,7 +40,29 @@ def _payload(
     return payload
 
 
-def _stream_answer(c: Any, payload: dict[str, Any], echo: bool) -> dict[str, Any]:
+USER = typer.Option(None, "--user", "-u", help="Who asks (per-user limits, restricted-cache scope).")
+TIER = typer.Option(None, "--tier", help="Tier to route for (see [tiers] in config.toml).")
+DATA_CLASS = typer.Option(
+    None, "--class", help="Data class: public, internal, confidential or restricted (never leaves the machine)."
+)
+NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the response cache.")
+
+
+def routing_headers(
+    user: str | None, tier: str | None, data_class: str | None, no_cache: bool = False
+) -> dict[str, str]:
+    headers = {}
+    for name, value in (("x-tiqo-user", user), ("x-tiqo-tier", tier), ("x-tiqo-class", data_class)):
+        if value:
+            headers[name] = value
+    if no_cache:
+        headers["x-tiqo-cache"] = "off"
+    return headers
+
+
+def _stream_answer(
+    c: Any, payload: dict[str, Any], echo: bool, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Stream one answer to stdout (when ``echo``); returns the text, usage and timings."""
     interactive = sys.stderr.isatty() and sys.stdout.isatty()
     started = time.perf_counter()
@@ -50,7 +72,7 @@ def _stream_answer(c: Any, payload: dict[str, Any], echo: bool) -> dict[str, Any
     if spinner is not None:
         spinner.start()
     try:
-        with c.chat_stream(payload) as stream:
+        with c.chat_stream(payload, headers) as stream:
             for piece in stream.text():
                 if first_at is None:
                     first_at = time.perf_counter()
@@ -60,7 +82,7 @@ def _stream_answer(c: Any, payload: dict[str, Any], echo: bool) -> dict[str, Any
                 if echo:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
-            headers, usage, finish = stream.headers, stream.usage, stream.finish_reason
+            got, usage, finish, served = stream.headers, stream.usage, stream.finish_reason, stream.served
     finally:
         if spinner is not None:
             spinner.stop()
@@ -70,14 +92,17 @@ def _stream_answer(c: Any, payload: dict[str, Any], echo: bool) -> dict[str, Any
     ended = time.perf_counter()
     return {
         "text": "".join(parts),
-        "model": headers.get("x-tiqo-model"),
-        "backend": headers.get("x-tiqo-backend"),
-        "cost_usd": float(headers.get("x-tiqo-cost-usd") or 0),
+        "model": got.get("x-tiqo-model"),
+        "backend": served.get("backend") or got.get("x-tiqo-backend"),
+        "cost_usd": float(served.get("cost_usd", got.get("x-tiqo-cost-usd")) or 0),
+        "cache": served.get("cache") or got.get("x-tiqo-cache"),
+        "route": got.get("x-tiqo-route"),
+        "attempts": int(got.get("x-tiqo-attempts") or 1),
         "usage": usage,
         "finish_reason": finish,
         "latency_s": round(ended - started, 4),
         "ttft_s": round((first_at or ended) - started, 4),
-        "request_id": headers.get("x-tiqo-request-id"),
+        "request_id": got.get("x-tiqo-request-id"),
     }
 
 
@@ -90,6 +115,10 @@ def ask(
     max_tokens: Optional[int] = MAX_TOKENS,
     seed: Optional[int] = SEED,
     keep_alive: Optional[str] = KEEP_ALIVE,
+    user: Optional[str] = USER,
+    tier: Optional[str] = TIER,
+    data_class: Optional[str] = DATA_CLASS,
+    no_cache: bool = NO_CACHE,
     json_out: bool = typer.Option(
         False, "--json", help="Print one JSON object (text, model, backend, usage, latency)."
     ),
@@ -114,15 +143,17 @@ def ask(
         fail("no prompt given", 'pass one as an argument (tiqo ask "...") or pipe text in', EXIT_USAGE)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     with client() as c:
-        result = _stream_answer(c, _payload(model, messages, temperature, max_tokens, seed, keep_alive), not json_out)
+        payload = _payload(model, messages, temperature, max_tokens, seed, keep_alive)
+        result = _stream_answer(c, payload, not json_out, routing_headers(user, tier, data_class, no_cache))
     if json_out:
         print_json(result)
     if verbose:
         use = result["usage"] or {}
         err_console.print(
-            f"[dim]{result['model']} via {result['backend']} · {use.get('prompt_tokens', '?')}+"
-            f"{use.get('completion_tokens', '?')} tokens · first token {result['ttft_s']:.2f}s · "
-            f"total {result['latency_s']:.2f}s · ${result['cost_usd']:.6f} · {result['request_id']}[/]"
+            f"[dim]{result['model']} via {result['backend']} ({result['route']}, attempts {result['attempts']}, "
+            f"cache {result['cache']}) · {use.get('prompt_tokens', '?')}+{use.get('completion_tokens', '?')} tokens · "
+            f"first token {result['ttft_s']:.2f}s · total {result['latency_s']:.2f}s · ${result['cost_usd']:.6f} · "
+            f"{result['request_id']}[/]"
         )
 
 

@@ -50,6 +50,7 @@ class Stream:
         self.headers = dict(response.headers)
         self.usage: dict[str, int] | None = None
         self.finish_reason: str | None = None
+        self.served: dict[str, Any] = {}  # backend, cost_usd, cache: from the daemon's final usage chunk
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import httpx
@@ -74,6 +75,8 @@ class Stream:
                 raise ApiError(200, event)
             if event.get("usage"):
                 self.usage = event["usage"]
+            if event.get("x_tiqo"):
+                self.served = event["x_tiqo"]
             for choice in event.get("choices") or ():
                 if choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
@@ -139,7 +142,15 @@ class TiqoClient:
         self.close()
 
     def _send(
-        self, method: str, path: str, *, json_body: Any = None, stream: bool = False, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        stream: bool = False,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
     ) -> httpx.Response:
         import httpx
 
@@ -149,6 +160,8 @@ class TiqoClient:
                     method,
                     path,
                     json=json_body,
+                    headers=headers,
+                    params=params,
                     timeout=httpx.Timeout(timeout, connect=5.0) if timeout else httpx.USE_CLIENT_DEFAULT,
                 )
                 return self.http.send(request, stream=stream)
@@ -166,8 +179,16 @@ class TiqoClient:
                 ) from None
         raise AssertionError("unreachable")
 
-    def request(self, method: str, path: str, json_body: Any = None, timeout: float | None = None) -> Any:
-        response = self._send(method, path, json_body=json_body, timeout=timeout)
+    def request(
+        self,
+        method: str,
+        path: str,
+        json_body: Any = None,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        response = self._send(method, path, json_body=json_body, timeout=timeout, headers=headers, params=params)
         return self._decode(response)
 
     @staticmethod
@@ -180,8 +201,8 @@ class TiqoClient:
             raise ApiError(response.status_code, body, dict(response.headers))
         return body
 
-    def stream(self, path: str, payload: dict[str, Any]) -> Stream:
-        response = self._send("POST", path, json_body={**payload, "stream": True}, stream=True)
+    def stream(self, path: str, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Stream:
+        response = self._send("POST", path, json_body={**payload, "stream": True}, stream=True, headers=headers)
         if response.status_code >= 400:
             response.read()
             self._decode(response)
@@ -233,8 +254,15 @@ class TiqoClient:
     def models(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/tiqo/models")["models"])
 
-    def add_model(self, name: str, path: str, **options: Any) -> dict[str, Any]:
-        body = {"name": name, "path": path, **{k: v for k, v in options.items() if v is not None}}
+    def model_catalog(self) -> dict[str, Any]:
+        """Models (local and external) and aliases."""
+        result: dict[str, Any] = self.request("GET", "/tiqo/models")
+        return result
+
+    def add_model(self, name: str, path: str | None = None, **options: Any) -> dict[str, Any]:
+        """A local GGUF (``path``) or an external model (``provider=``, ``upstream_model=``, prices, ...)."""
+        body = {"name": name, "path": path, **options}
+        body = {k: v for k, v in body.items() if v is not None}
         result: dict[str, Any] = self.request("POST", "/tiqo/models", body)
         return result
 
@@ -255,12 +283,65 @@ class TiqoClient:
         result: dict[str, Any] = self.request("POST", "/tiqo/shutdown", timeout=10.0)
         return result
 
-    def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("POST", "/v1/chat/completions", {**payload, "stream": False})
+    def chat(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST", "/v1/chat/completions", {**payload, "stream": False}, headers=headers
+        )
         return result
 
-    def chat_stream(self, payload: dict[str, Any]) -> Stream:
-        return self.stream("/v1/chat/completions", {"stream_options": {"include_usage": True}, **payload})
+    def chat_stream(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Stream:
+        """``headers``: x-tiqo-user / -tier / -class / -cache / -task (see the README's routing section)."""
+        return self.stream("/v1/chat/completions", {"stream_options": {"include_usage": True}, **payload}, headers)
+
+    # ------------------------------------------------------------------ gateway
+    def route_explain(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/tiqo/route/explain", body)
+        return result
+
+    def providers(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/tiqo/providers")
+        return result
+
+    def add_provider(self, name: str, kind: str, base_url: str | None = None, **options: Any) -> dict[str, Any]:
+        body = {"name": name, "kind": kind, "base_url": base_url, **options}
+        result: dict[str, Any] = self.request(
+            "POST", "/tiqo/providers", {k: v for k, v in body.items() if v is not None}
+        )
+        return result
+
+    def remove_provider(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("DELETE", f"/tiqo/providers/{name}")
+        return result
+
+    def keys(self, provider: str | None = None) -> list[dict[str, Any]]:
+        params = {"provider": provider} if provider else None
+        return list(self.request("GET", "/tiqo/keys", params=params)["keys"])
+
+    def add_key(self, provider: str, secret: str, name: str | None = None, **limits: Any) -> dict[str, Any]:
+        body = {"provider": provider, "secret": secret, "name": name, **limits}
+        result: dict[str, Any] = self.request("POST", "/tiqo/keys", {k: v for k, v in body.items() if v is not None})
+        return result
+
+    def remove_key(self, provider: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("DELETE", f"/tiqo/keys/{provider}/{name}")
+        return result
+
+    def set_key_enabled(self, provider: str, name: str, enabled: bool) -> dict[str, Any]:
+        action = "enable" if enabled else "disable"
+        result: dict[str, Any] = self.request("POST", f"/tiqo/keys/{provider}/{name}/{action}")
+        return result
+
+    def plugins(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/tiqo/plugins")
+        return result
+
+    def cache_stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/tiqo/cache")
+        return result
+
+    def cache_clear(self, expired_only: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("DELETE", "/tiqo/cache", params={"expired": str(expired_only).lower()})
+        return result
 
     def complete(self, payload: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", "/v1/completions", {**payload, "stream": False})

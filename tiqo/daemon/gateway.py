@@ -12,8 +12,10 @@ import logging
 import random
 import re
 import time
+import tomllib
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tiqo.core.durations import parse_duration
@@ -79,8 +81,18 @@ class Served:
         }
 
 
+DEFAULT_ROUTING = Path(__file__).parent / "data" / "routing.toml"
+
+
+def default_routing() -> dict[str, Any]:
+    with DEFAULT_ROUTING.open("rb") as fh:
+        return tomllib.load(fh)
+
+
 def routing_config(settings: Settings, hub: ProviderHub) -> RoutingConfig:
-    toml = settings.toml
+    """[aliases], [routes] and [tiers] from config.toml; each one missing there comes from the default policy."""
+    defaults = default_routing()
+    toml = {k: settings.toml.get(k, defaults.get(k, {})) for k in ("aliases", "routes", "tiers")}
     aliases = {}
     for name, value in toml.get("aliases", {}).items():
         aliases[str(name)] = [value] if isinstance(value, str) else [str(v) for v in value]
@@ -141,7 +153,7 @@ class Gateway:
     # ------------------------------------------------------------ decisions
     def classify(self, body: oa.ChatCompletionRequest, meta: RequestMeta) -> Classification:
         tier = meta.tier or self.settings["routing.tier"]
-        tiers = self.settings.toml.get("tiers", {})
+        tiers = self.settings.toml.get("tiers") or default_routing().get("tiers", {})
         if tiers and tier != "default" and tier not in tiers:
             raise BadRequest(
                 f"unknown tier {tier!r}; configured tiers: {', '.join(tiers)}",
