@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from tiqo import __version__
-from tiqo.cli import ask, config, daemon, models
+from tiqo.cli import ask, config, daemon, gateway_misc, keys, models, providers, route
 from tiqo.cli.output import state
 
 app = typer.Typer(
@@ -41,6 +41,11 @@ app.command("ps")(models.ps)
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(models.app, name="models")
 app.add_typer(config.app, name="config")
+app.add_typer(providers.app, name="providers")
+app.add_typer(keys.app, name="keys")
+app.add_typer(route.app, name="route")
+app.command("plugins")(gateway_misc.plugins)
+app.add_typer(gateway_misc.cache_app, name="cache")
 
 
 def main() -> None:

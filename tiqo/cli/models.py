@@ -1,16 +1,17 @@
-"""``tiqo models list|add|rm|load|unload`` and ``tiqo ps``."""
+"""``tiqo models list|add|rm|load|unload`` (local GGUF files and external providers' models) and ``tiqo ps``."""
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tiqo.cli.daemon import ps_table
-from tiqo.cli.output import client, console, fmt_size, handle_errors, print_json
+from tiqo.cli.output import EXIT_USAGE, client, console, fail, fmt_size, handle_errors, print_json
 
 app = typer.Typer(help="List, add, remove, load and unload models.", no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON.")
@@ -19,11 +20,16 @@ JSON = typer.Option(False, "--json", help="Print JSON.")
 @app.command("list")
 @handle_errors
 def list_models(json_out: bool = JSON) -> None:
-    """List models: name, kind, size, where it comes from, loaded or not. Example: tiqo models list"""
+    """List models, local and external: name, kind, size, loaded or not, where it comes from; then aliases.
+
+    Example: tiqo models list
+    """
     with client() as c:
-        rows = c.models()
+        catalog = c.model_catalog()
+    rows: list[dict[str, Any]] = catalog["models"]
+    aliases: dict[str, list[str]] = catalog.get("aliases") or {}
     if json_out:
-        print_json(rows)
+        print_json(rows)  # a list, as before external models and aliases existed (`--json` users rely on it)
         return
     wide = console.width >= 140  # descriptions only where they fit on one line
     table = Table(box=None, pad_edge=False)
@@ -32,36 +38,110 @@ def list_models(json_out: bool = JSON) -> None:
     if wide:
         table.add_column("DESCRIPTION", no_wrap=True, overflow="ellipsis")
     for r in rows:
-        source = r["source"] if r["source"] != "local" else r["path"]
-        cells = [r["name"] + (" *" if r["default"] else ""), r["kind"], fmt_size(r["size_bytes"])]
-        cells += ["yes" if r["loaded"] else "no", source] + ([r["description"] or ""] if wide else [])
-        table.add_row(*cells)
+        if r.get("provider"):  # external: served by a provider, nothing on disk, nothing to load
+            source = r["source"]
+            cells = [r["name"], r["kind"], "-", "-", source]
+        else:
+            source = r["source"] if r["source"] != "local" else r["path"]
+            cells = [r["name"] + (" *" if r["default"] else ""), r["kind"], fmt_size(r["size_bytes"])]
+            cells += ["yes" if r["loaded"] else "no", source]
+        table.add_row(*[escape(str(cell)) for cell in cells], *([escape(r["description"] or "")] if wide else []))
     console.print(table)
+    if aliases:
+        console.print("aliases:")
+        for alias, targets in aliases.items():
+            console.print(f"  {escape(alias)} → {escape(', '.join(targets))}", soft_wrap=True)
     console.print("[dim]* default model (llm.default_model); --json shows every field[/]")
 
 
 @app.command("add")
 @handle_errors
 def add(
-    name: str = typer.Argument(..., help="Name to use for it, e.g. qwen2.5-7b."),
-    path: Path = typer.Argument(..., help="Path of a local .gguf file."),
-    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context window for this model."),
-    keep_alive: Optional[str] = typer.Option(None, "--keep-alive", help="Default keep-alive for this model."),
+    name: str = typer.Argument(..., help="Name to use for it, e.g. qwen2.5-7b or gpt-4o."),
+    path: Optional[Path] = typer.Argument(None, help="Path of a local .gguf file (not with --provider)."),
+    provider: Optional[str] = typer.Option(
+        None, "--provider", "-p", help="External: the provider that serves it (see `tiqo providers list`)."
+    ),
+    upstream_model: Optional[str] = typer.Option(
+        None, "--upstream-model", help="External: the provider's name for the model (default: NAME)."
+    ),
+    price_in: Optional[float] = typer.Option(None, "--price-in", min=0.0, help="External: USD per 1M input tokens."),
+    price_out: Optional[float] = typer.Option(
+        None, "--price-out", min=0.0, help="External: USD per 1M output tokens."
+    ),
+    context: Optional[int] = typer.Option(None, "--context", min=1, help="External: context window in tokens."),
+    capability: list[str] = typer.Option(
+        [], "--capability", help="External: chat, tools, json, vision… (repeatable; default chat, tools, json)."
+    ),
+    fallback: list[str] = typer.Option([], "--fallback", help="External: model to try next if it fails (repeatable)."),
+    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Local: context window for this model."),
+    keep_alive: Optional[str] = typer.Option(None, "--keep-alive", help="Local: default keep-alive for this model."),
     description: Optional[str] = typer.Option(None, "--description", "-d"),
     json_out: bool = JSON,
 ) -> None:
-    """Register a local GGUF file (checked: magic, header, no truncation).
+    """Register a local GGUF file (checked: magic, header, no truncation), or a model an external provider serves.
 
-    Example: tiqo models add qwen2.5-7b ~/models/qwen2.5-7b-instruct-q4_k_m.gguf
+    Examples:
+
+      tiqo models add qwen2.5-7b ~/models/qwen2.5-7b-instruct-q4_k_m.gguf
+
+      tiqo models add gpt-4o --provider openai --upstream-model gpt-4o --price-in 2.5 --price-out 10
     """
+    if (path is None) == (provider is None):
+        fail(
+            "give either PATH (a local .gguf file) or --provider (an external model), not both"
+            if path is not None
+            else "give either PATH (a local .gguf file) or --provider (an external model)",
+            f"tiqo models add {name} ~/models/file.gguf, or "
+            f"tiqo models add {name} --provider NAME --upstream-model M --price-in X --price-out Y",
+            EXIT_USAGE,
+        )
+    if provider is None:
+        external = {
+            "--upstream-model": upstream_model,
+            "--price-in": price_in,
+            "--price-out": price_out,
+            "--context": context,
+            "--capability": capability or None,
+            "--fallback": fallback or None,
+        }
+        wrong = [flag for flag, value in external.items() if value is not None]
+        if wrong:
+            fail(f"{', '.join(wrong)} only apply to external models (with --provider)", code=EXIT_USAGE)
+        assert path is not None
+        with client() as c:
+            row = c.add_model(
+                name, str(path.expanduser().absolute()), n_ctx=n_ctx, keep_alive=keep_alive, description=description
+            )
+        if json_out:
+            print_json(row)
+        else:
+            console.print(f"added {row['name']} ({fmt_size(row['size_bytes'])}) from {row['path']}")
+        return
+    wrong = [flag for flag, value in (("--n-ctx", n_ctx), ("--keep-alive", keep_alive)) if value is not None]
+    if wrong:
+        fail(f"{', '.join(wrong)} only apply to local models (use --context for an external one)", code=EXIT_USAGE)
     with client() as c:
         row = c.add_model(
-            name, str(path.expanduser().absolute()), n_ctx=n_ctx, keep_alive=keep_alive, description=description
+            name,
+            provider=provider,
+            upstream_model=upstream_model,
+            price_in=price_in,
+            price_out=price_out,
+            context=context,
+            capabilities=capability or None,
+            fallbacks=fallback or None,
+            description=description,
         )
     if json_out:
         print_json(row)
-    else:
-        console.print(f"added {row['name']} ({fmt_size(row['size_bytes'])}) from {row['path']}")
+        return
+    console.print(
+        f"added {escape(row['name'])} → {escape(row['provider'])}/{escape(row['upstream_model'])} "
+        f"(${row['price_in']:g} in / ${row['price_out']:g} out per 1M tokens)"
+    )
+    if not row["price_in"] and not row["price_out"]:
+        console.print("[dim]no prices given: routing treats it as free; --price-in/--price-out set them[/]")
 
 
 @app.command("rm")

@@ -1,0 +1,141 @@
+"""``tiqo providers list|add|rm``: external endpoints (OpenAI, Anthropic, Gemini or a plugin's kind)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape as _escape
+from rich.table import Table
+
+from tiqo.cli.output import EXIT_USAGE, client, console, fail, handle_errors, print_json
+
+app = typer.Typer(help="List, add and remove external providers (API endpoints).", no_args_is_help=True)
+JSON = typer.Option(False, "--json", help="Print JSON.")
+
+
+class KeyStrategy(str, Enum):
+    round_robin = "round-robin"
+    least_used = "least-used"
+    weighted = "weighted"
+
+
+class MaxClass(str, Enum):
+    public = "public"
+    internal = "internal"
+    confidential = "confidential"
+
+
+def status_markup(status: str) -> str:
+    return "[green]available[/]" if status == "available" else f"[yellow]{_escape(status)}[/]"
+
+
+@app.command("list")
+@handle_errors
+def list_providers(json_out: bool = JSON) -> None:
+    """List providers: kind, base URL, number of keys, status and the models that use them.
+
+    Example: tiqo providers list
+    """
+    with client() as c:
+        data = c.providers()
+    if json_out:
+        print_json(data)
+        return
+    rows: list[dict[str, Any]] = data.get("providers", [])
+    if not rows:
+        console.print("no providers configured")
+        console.print(
+            "[dim]add one with `tiqo providers add NAME --kind KIND --base-url URL` "
+            f"(kinds: {', '.join(data.get('kinds', [])) or 'none loaded'})[/]"
+        )
+        return
+    table = Table(box=None, pad_edge=False)
+    table.add_column("NAME", overflow="fold")
+    table.add_column("KIND")
+    table.add_column("BASE URL", overflow="fold")
+    table.add_column("KEYS", justify="right")
+    table.add_column("STATUS", overflow="fold")
+    table.add_column("MODELS", overflow="fold")
+    for r in rows:
+        table.add_row(
+            _escape(r["name"]),
+            _escape(r["kind"]),
+            _escape(r["base_url"]),
+            str(r["keys"]),
+            status_markup(str(r["status"])),
+            _escape(", ".join(r.get("models") or []) or "-"),
+        )
+    console.print(table)
+
+
+def _headers(values: list[str]) -> dict[str, str] | None:
+    headers: dict[str, str] = {}
+    for raw in values:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
+            fail(f"--header {raw!r} is not 'Name: value'", "e.g. --header 'OpenAI-Organization: org-123'", EXIT_USAGE)
+        headers[name.strip()] = value.strip()
+    return headers or None
+
+
+@app.command("add")
+@handle_errors
+def add(
+    name: str = typer.Argument(..., help="Name to use for it, e.g. openai or groq."),
+    kind: str = typer.Option(
+        "openai", "--kind", "-k", help="Protocol: openai, anthropic, gemini or a plugin's kind (see `tiqo plugins`)."
+    ),
+    base_url: Optional[str] = typer.Option(
+        None, "--base-url", help="Endpoint, e.g. https://api.groq.com/openai/v1 (default: the kind's own)."
+    ),
+    key_strategy: Optional[KeyStrategy] = typer.Option(None, "--key-strategy", help="How to spread work over keys."),
+    max_class: Optional[MaxClass] = typer.Option(
+        None, "--max-class", help="Highest data class it may see (default: confidential)."
+    ),
+    timeout_connect: Optional[str] = typer.Option(None, "--timeout-connect", help="Connect timeout, e.g. 3s."),
+    timeout_first_byte: Optional[str] = typer.Option(
+        None, "--timeout-first-byte", help="Longest wait for the first byte of the answer, e.g. 20s."
+    ),
+    timeout_idle: Optional[str] = typer.Option(
+        None, "--timeout-idle", help="Longest silence in the middle of an answer, e.g. 15s."
+    ),
+    header: list[str] = typer.Option([], "--header", "-H", help="Extra HTTP header 'Name: value' (repeatable)."),
+    json_out: bool = JSON,
+) -> None:
+    """Add an external provider. Its keys go in with `tiqo keys add`, its models with `tiqo models add`.
+
+    Example: tiqo providers add groq --kind openai --base-url https://api.groq.com/openai/v1
+    """
+    headers = _headers(header)
+    with client() as c:
+        row = c.add_provider(
+            name,
+            kind,
+            base_url,
+            key_strategy=key_strategy.value if key_strategy else None,
+            max_class=max_class.value if max_class else None,
+            timeout_connect=timeout_connect,
+            timeout_first_byte=timeout_first_byte,
+            timeout_idle=timeout_idle,
+            headers=headers,
+        )
+    if json_out:
+        print_json(row)
+        return
+    console.print(f"added provider {_escape(row['name'])} ({_escape(row['kind'])}, {_escape(row['base_url'])})")
+    console.print(
+        f"[dim]next: `tiqo keys add {row['name']}` (reads the key from stdin or a hidden prompt), then\n"
+        f"      `tiqo models add MODEL --provider {row['name']} --upstream-model M --price-in X --price-out Y`[/]",
+        soft_wrap=True,
+    )
+
+
+@app.command("rm")
+@handle_errors
+def rm(name: str = typer.Argument(..., help="Provider to remove.")) -> None:
+    """Remove a provider and its keys (remove its models first). Example: tiqo providers rm groq"""
+    with client() as c:
+        c.remove_provider(name)
+    console.print(f"removed provider {_escape(name)} and its keys")
