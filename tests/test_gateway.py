@@ -285,7 +285,7 @@ def test_all_external_candidates_down_the_local_model_answers(gw: DaemonProc, st
 
 
 def test_a_provider_dying_mid_stream_yields_an_error_event(gw: DaemonProc, stubs: tuple[Upstream, Upstream]) -> None:
-    a, b = stubs
+    a, _ = stubs
     a.fail_next(1, "midstream", after=2)
     r = ask(gw, "alpha-m", stream=True)
     events = sse(r)
