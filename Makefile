@@ -33,6 +33,8 @@ test: install-test
 
 bench: install
 	$(BIN)/python bench/llm_overhead.py
+	$(BIN)/python bench/gateway_overhead.py
+	$(BIN)/python bench/upstream_clients.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info
