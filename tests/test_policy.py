@@ -70,7 +70,7 @@ def default_config(**over: Any) -> RoutingConfig:
     tiers = {n: Tier(n, tuple(e["providers"]) if "providers" in e else None) for n, e in raw["tiers"].items()}
     base: dict[str, Any] = {
         "routes": raw["routes"],
-        "aliases": raw["aliases"],
+        "aliases": {"default": ["smollm2-135m"], **raw["aliases"]},
         "tiers": tiers,
         "local_fallback": "smollm2-135m",
     }

@@ -83,7 +83,10 @@ def _num(n: int | float | None) -> str:
 def usage(row: dict[str, Any]) -> str:
     """Today's requests/tokens against rpd/tpd, this minute's against rpm/tpm."""
     lim = row.get("limits") or {}
-    day = f"day {_num(row['requests_today'])}/{_num(lim.get('rpd'))} req {_num(row['tokens_today'])}/{_num(lim.get('tpd'))} tok"
+    day = (
+        f"day {_num(row['requests_today'])}/{_num(lim.get('rpd'))} req "
+        f"{_num(row['tokens_today'])}/{_num(lim.get('tpd'))} tok"
+    )
     minute = (
         f"min {_num(row['requests_minute'])}/{_num(lim.get('rpm'))} req "
         f"{_num(row['tokens_minute'])}/{_num(lim.get('tpm'))} tok"
@@ -117,7 +120,9 @@ def list_keys(
     if not rows:
         where = f" for {provider}" if provider else ""
         console.print(f"no keys{where}")
-        console.print(f"[dim]add one with `tiqo keys add {provider or 'PROVIDER'}` (reads it from stdin or a prompt)[/]")
+        console.print(
+            f"[dim]add one with `tiqo keys add {provider or 'PROVIDER'}` (reads it from stdin or a prompt)[/]"
+        )
         return
     now = time.time()
     table = Table(box=None, pad_edge=False)
@@ -188,7 +193,10 @@ def rm(provider: str = PROVIDER, name: str = KEY_NAME) -> None:
 @app.command("enable")
 @handle_errors
 def enable(provider: str = PROVIDER, name: str = KEY_NAME, json_out: bool = JSON) -> None:
-    """Use a key again (also clears its cooldown and an upstream 'exhausted' mark). Example: tiqo keys enable groq key1"""
+    """Use a key again (clears its cooldown and an upstream 'exhausted' mark too).
+
+    Example: tiqo keys enable groq key1
+    """
     with client() as c:
         row = c.set_key_enabled(provider, name, True)
     if json_out:

@@ -66,9 +66,7 @@ def add(
         None, "--upstream-model", help="External: the provider's name for the model (default: NAME)."
     ),
     price_in: Optional[float] = typer.Option(None, "--price-in", min=0.0, help="External: USD per 1M input tokens."),
-    price_out: Optional[float] = typer.Option(
-        None, "--price-out", min=0.0, help="External: USD per 1M output tokens."
-    ),
+    price_out: Optional[float] = typer.Option(None, "--price-out", min=0.0, help="External: USD per 1M output tokens."),
     context: Optional[int] = typer.Option(None, "--context", min=1, help="External: context window in tokens."),
     capability: list[str] = typer.Option(
         [], "--capability", help="External: chat, tools, json, vision… (repeatable; default chat, tools, json)."

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Optional
 
 import typer
@@ -15,13 +15,13 @@ app = typer.Typer(help="List, add and remove external providers (API endpoints).
 JSON = typer.Option(False, "--json", help="Print JSON.")
 
 
-class KeyStrategy(str, Enum):
+class KeyStrategy(StrEnum):
     round_robin = "round-robin"
     least_used = "least-used"
     weighted = "weighted"
 
 
-class MaxClass(str, Enum):
+class MaxClass(StrEnum):
     public = "public"
     internal = "internal"
     confidential = "confidential"

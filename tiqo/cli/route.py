@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Optional
 
 import typer
@@ -15,14 +15,14 @@ from tiqo.cli.output import EXIT_ERROR, EXIT_USAGE, client, console, fail, handl
 app = typer.Typer(help="See how tiqo would route a request (classification, candidates, prices).", no_args_is_help=True)
 
 
-class DataClass(str, Enum):
+class DataClass(StrEnum):
     public = "public"
     internal = "internal"
     confidential = "confidential"
     restricted = "restricted"
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     chat = "chat"
     code = "code"
     reasoning = "reasoning"
@@ -54,8 +54,7 @@ def render(result: dict[str, Any]) -> None:
     needs = ", ".join(result.get("needs") or [])
     console.print(
         f"[bold]route[/] {escape(result['source'])} · ~{result['est_prompt_tokens']} prompt tokens + "
-        f"{result['max_tokens']} max"
-        + (f" · needs {escape(needs)}" if needs else "")
+        f"{result['max_tokens']} max" + (f" · needs {escape(needs)}" if needs else "")
     )
     table = Table(box=None, pad_edge=False)
     table.add_column("#", justify="right")
@@ -67,8 +66,10 @@ def render(result: dict[str, Any]) -> None:
     table.add_column("REASON", overflow="fold", ratio=1)
     for i, c in enumerate(result["candidates"], 1):
         kept = "[green]yes[/]" if c["kept"] else "[red]no[/]"
-        reason = escape(c["reason"]) + (f" [dim]({escape(c['via'])})[/]" if c.get("via") else "")
-        table.add_row(str(i), escape(c["model"]), escape(c["provider"]), _price(c), _cost(c), kept, reason)
+        model = escape(c["model"])
+        if c.get("via") and c["via"] != result["source"]:  # an alias, a fallback, the local fallback
+            model += f"\n[dim]{escape(c['via'])}[/]"
+        table.add_row(str(i), model, escape(c["provider"]), _price(c), _cost(c), kept, escape(c["reason"]))
     if result["candidates"]:
         console.print(table)
         console.print("[dim]PRICE: USD per 1M tokens in/out · EST COST: prompt estimate + max tokens[/]")

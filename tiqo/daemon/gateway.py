@@ -8,6 +8,7 @@ commit a failure is an explicit error event, and it still counts against the pro
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import re
@@ -84,6 +85,7 @@ class Served:
 DEFAULT_ROUTING = Path(__file__).parent / "data" / "routing.toml"
 
 
+@functools.cache
 def default_routing() -> dict[str, Any]:
     with DEFAULT_ROUTING.open("rb") as fh:
         return tomllib.load(fh)
@@ -93,7 +95,7 @@ def routing_config(settings: Settings, hub: ProviderHub) -> RoutingConfig:
     """[aliases], [routes] and [tiers] from config.toml; each one missing there comes from the default policy."""
     defaults = default_routing()
     toml = {k: settings.toml.get(k, defaults.get(k, {})) for k in ("aliases", "routes", "tiers")}
-    aliases = {}
+    aliases = {"default": [settings["llm.default_model"]]}  # config may redefine it
     for name, value in toml.get("aliases", {}).items():
         aliases[str(name)] = [value] if isinstance(value, str) else [str(v) for v in value]
     routes: dict[str, dict[str, list[str]]] = {}

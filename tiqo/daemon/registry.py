@@ -216,7 +216,7 @@ class Registry:
                 f"a model named {name!r} already exists",
                 hint=f"pick another name, or remove it first with `tiqo models rm {name}`",
             )
-        if name in ("auto", "local") or not name.strip():
+        if name in ("auto", "local", "default") or not name.strip():
             raise BadRequest(f"{name!r} is reserved", param="name")
 
     def add(
