@@ -8,18 +8,19 @@ import secrets
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
+import pexpect
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import DaemonProc, start_daemon
+from tests.conftest import ROOT, DaemonProc, run_cli, start_daemon
 
 SECRET = "sk-tiqotest-" + secrets.token_hex(16)
 SECRET2 = "sk-tiqotest-" + secrets.token_hex(16)
 DEAD_URL = "http://127.0.0.1:9/v1"  # never contacted: nothing here sends a request upstream
-NARROW = {"COLUMNS": "80"}
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +66,14 @@ def test_providers_add_list_rm(d: DaemonProc) -> None:
     rows = {p["name"]: p for p in as_json(d.cli("providers", "list", "--json"))["providers"]}
     acme = rows["acme"]
     assert (acme["kind"], acme["base_url"], acme["keys"]) == ("openai", DEAD_URL, 0)
-    assert (acme["key_strategy"], acme["max_class"], acme["status"]) == ("least-used", "internal", "available")
+    assert (acme["key_strategy"], acme["max_class"]) == ("least-used", "internal")
+    assert acme["status"].startswith("no keys") and "tiqo keys add acme" in acme["status"]
     assert acme["timeouts"] == {"connect": 2.0, "first_byte": 10.0, "idle": 5.0}
     config = (d.home / "config" / "config.toml").read_text()
     assert "X-Org" in config and "org-1" in config and "X-Team" in config
 
-    table = ok(d.cli("providers", "list", env=NARROW))
-    for word in ("NAME", "KIND", "BASE URL", "KEYS", "STATUS", "MODELS", "acme", "available"):
+    table = ok(d.cli("providers", "list", COLUMNS="80"))
+    for word in ("NAME", "KIND", "BASE URL", "KEYS", "STATUS", "MODELS", "acme", "no keys"):
         assert word in table.stdout, table.stdout
     narrow(table)
 
@@ -106,7 +108,7 @@ def test_keys_lifecycle_never_shows_the_secret(d: DaemonProc) -> None:
     seen: list[subprocess.CompletedProcess[str]] = []
 
     def run(*args: str, input: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-        result = d.cli(*args, input=input, **env)
+        result = run_cli(*args, env={**d.env, **env}, input=input)
         seen.append(result)
         return result
 
@@ -131,7 +133,7 @@ def test_keys_lifecycle_never_shows_the_secret(d: DaemonProc) -> None:
     rows = {k["name"]: k for k in json.loads(ok(run("keys", "list", "--json")).stdout) if k["provider"] == "sec"}
     assert set(rows) == {"main", "key2"}
     assert rows["main"]["status"] == "healthy" and rows["main"]["limits"]["rpd"] == 100
-    table = ok(run("keys", "list", "sec", **NARROW))
+    table = ok(run("keys", "list", "sec", COLUMNS="80"))
     for word in ("PROVIDER", "NAME", "KEY", "STATUS", "USAGE", "RESET", "main", "key2", "healthy", "0/100"):
         assert word in table.stdout, table.stdout
     assert "07:00" in table.stdout
@@ -141,7 +143,7 @@ def test_keys_lifecycle_never_shows_the_secret(d: DaemonProc) -> None:
 
     disabled = ok(run("keys", "disable", "sec", "main"))
     assert "disabled: by user" in disabled.stdout, disabled.stdout
-    assert "disabled: by user" in ok(run("keys", "list", "sec")).stdout
+    assert "disabled: by user" in ok(run("keys", "list", "sec", COLUMNS="200")).stdout
     row = next(k for k in json.loads(ok(run("keys", "list", "sec", "--json")).stdout) if k["name"] == "main")
     assert row["status"] == "disabled"
     assert json.loads(ok(run("keys", "enable", "sec", "main", "--json")).stdout)["status"] == "healthy"
@@ -161,6 +163,30 @@ def test_keys_lifecycle_never_shows_the_secret(d: DaemonProc) -> None:
 
     ok(d.cli("providers", "rm", "sec"))  # takes its keys with it
     assert SECRET not in keys_file.read_text()
+
+
+def test_keys_add_prompts_with_hidden_input_on_a_terminal(d: DaemonProc) -> None:
+    add_provider(d, "tty")
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "tiqo", "keys", "add", "tty", "--name", "typed"],
+        env=d.env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 120),
+        cwd=str(ROOT),
+    )
+    try:
+        child.expect("API key for tty")
+        child.sendline(SECRET)
+        child.expect(pexpect.EOF)
+        seen = (child.before or "") + (child.after if isinstance(child.after, str) else "")
+    finally:
+        child.close()
+    assert child.exitstatus == 0, seen
+    assert "added key tty/typed" in seen, seen
+    assert SECRET not in seen  # not echoed while typed, not printed after
+    ok(d.cli("providers", "rm", "tty"))
 
 
 # --------------------------------------------------------------------------- models
@@ -187,7 +213,7 @@ def test_models_add_external_and_list(d: DaemonProc) -> None:
     assert ext["fallbacks"] == ["smollm2-135m"]
     assert rows["smollm2-135m"]["default"] is True  # local models are still there
 
-    table = ok(d.cli("models", "list", env=NARROW)).stdout
+    table = ok(d.cli("models", "list", COLUMNS="80")).stdout
     line = next(line for line in table.splitlines() if line.startswith("ext-gpt"))
     assert "provider:ext" in line and line.split()[2:4] == ["-", "-"], line
     assert "smollm2-135m *" in table
@@ -215,7 +241,7 @@ def test_models_add_external_and_list(d: DaemonProc) -> None:
 # --------------------------------------------------------------------------- route explain
 def test_route_explain(d: DaemonProc) -> None:
     prompt = "Write a python function that reverses a list"
-    shown = ok(d.cli("route", "explain", prompt, env=NARROW))
+    shown = ok(d.cli("route", "explain", prompt, COLUMNS="80"))
     assert "task code" in shown.stdout, shown.stdout
     for word in ("complexity", "class", "user", "tier", "signals", "route", "MODEL", "PRICE", "KEPT", "REASON"):
         assert word in shown.stdout, shown.stdout
@@ -232,14 +258,14 @@ def test_route_explain(d: DaemonProc) -> None:
     piped = as_json(d.cli("route", "explain", "--json", "--max-tokens", "7", "summarise", input="x" * 4000))
     assert piped["est_prompt_tokens"] > 900 and piped["max_tokens"] == 7
 
-    add_provider(d, "rprov")
+    add_provider(d, "rprov", "--no-auth")  # a keyless server: available without keys
     ok(d.cli("models", "add", "rmodel", "--provider", "rprov", "--price-in", "1", "--price-out", "2"))
     try:
         kept = as_json(d.cli("route", "explain", "--json", "-m", "rmodel", "--class", "public", "hello"))
         assert kept["chosen"] == "rmodel" and kept["candidates"][0]["provider"] == "rprov"
         assert kept["candidates"][0]["est_cost_usd"] > 0
 
-        dropped = d.cli("route", "explain", "-m", "rmodel", "--class", "restricted", "hello", env=NARROW)
+        dropped = d.cli("route", "explain", "-m", "rmodel", "--class", "restricted", "hello", COLUMNS="80")
         assert dropped.returncode == 1, dropped.stderr
         assert "no candidate" in dropped.stdout and "restricted" in dropped.stdout
         narrow(dropped)
@@ -260,7 +286,7 @@ def test_route_explain(d: DaemonProc) -> None:
 
 # --------------------------------------------------------------------------- plugins and cache
 def test_plugins(d: DaemonProc) -> None:
-    shown = ok(d.cli("plugins", env=NARROW)).stdout
+    shown = ok(d.cli("plugins", COLUMNS="80")).stdout
     for word in ("builtin", "engine:llama.cpp", "provider:openai", "provider:anthropic", "provider:gemini"):
         assert word in shown, shown
     assert "provider kinds: anthropic, gemini, openai" in shown

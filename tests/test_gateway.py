@@ -410,3 +410,29 @@ def test_a_broken_plugin_is_reported_and_the_daemon_still_serves(tmp_path: Path)
     finally:
         d.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_configuration_mistakes_are_reported_not_fatal(stubs: tuple[Upstream, Upstream]) -> None:
+    home = short_home()
+    broken = {"providers": {"bravo": {"key_strategy": "fastest"}, "alpha": {"timeout_idle": "soon"}}}
+    write_home(home, *stubs, broken)
+    (home / "config" / "keys.toml").write_text(tomlkit.dumps({"claude": {"c1": {"secret": SECRETS["c1"]}}}))
+    d = start_daemon(home)
+    try:
+        c = d.client()
+        providers = {p["name"]: p for p in c.get("/tiqo/providers").json()["providers"]}
+        assert "config error" in providers["bravo"]["status"] and "fastest" in providers["bravo"]["status"]
+        assert "config error" in providers["alpha"]["status"]
+        assert "no keys" in providers["gem"]["status"] and "tiqo keys add gem" in providers["gem"]["status"]
+        r = ask(d, "gem-m")
+        assert r.status_code == 400 and "no keys" in r.json()["error"]["message"]
+        assert ask(d, "claude-m").status_code == 200  # the rest still serves
+        r = c.post("/tiqo/models", json={"name": "ext", "provider": "claude", "upstream_model": "x"})
+        assert r.status_code == 409 and "alias" in r.json()["error"]["message"]
+        r = c.delete("/tiqo/providers/bravo")
+        assert r.status_code == 409 and "bravo-m" in r.json()["error"]["message"]
+        assert c.delete("/tiqo/models/bravo-m").status_code == 200
+        assert c.delete("/tiqo/providers/bravo").status_code == 200  # a broken entry can be removed
+    finally:
+        d.stop()
+        shutil.rmtree(home, ignore_errors=True)

@@ -102,6 +102,7 @@ def add(
         None, "--timeout-idle", help="Longest silence in the middle of an answer, e.g. 15s."
     ),
     header: list[str] = typer.Option([], "--header", "-H", help="Extra HTTP header 'Name: value' (repeatable)."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="A keyless server (a local vLLM or llama.cpp server)."),
     json_out: bool = JSON,
 ) -> None:
     """Add an external provider. Its keys go in with `tiqo keys add`, its models with `tiqo models add`.
@@ -120,6 +121,7 @@ def add(
             timeout_first_byte=timeout_first_byte,
             timeout_idle=timeout_idle,
             headers=headers,
+            auth="none" if no_auth else None,
         )
     if json_out:
         print_json(row)

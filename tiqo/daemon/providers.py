@@ -81,9 +81,15 @@ class ProviderHub:
         _check_private(self.settings.paths.keys_file)
         self.providers.clear()
         self._secrets.clear()
+        self.errors: dict[str, str] = {}
         for name, entry in self.settings.toml.get("providers", {}).items():
-            if isinstance(entry, dict):
+            if not isinstance(entry, dict):
+                continue
+            try:
                 self._build(str(name), entry, keys.get(name, {}))
+            except (TypeError, ValueError) as exc:  # a hand-edited mistake must not stop the daemon
+                log.warning("provider %s ignored: %s", name, exc)
+                self.errors[str(name)] = str(exc)
 
     def _build(self, name: str, entry: dict[str, Any], keys: dict[str, Any]) -> None:
         kind_name = str(entry.get("kind", "openai"))
@@ -151,7 +157,9 @@ class ProviderHub:
         if not provider.breaker.allows(now):
             return provider.breaker.describe(now)
         if not self.has_keys(name):
-            return None  # keyless endpoint (a local vLLM, another tiqo)
+            if _keyless(provider.config.options):
+                return None  # a local vLLM, another tiqo, or a fixed auth header
+            return f'no keys (add one with `tiqo keys add {name}`, or set auth = "none" for a keyless server)'
         verdicts = provider.pool.verdicts(now, est_tokens)
         if any(v.usable for v in verdicts):
             return None
@@ -191,6 +199,18 @@ class ProviderHub:
                     },
                 }
             )
+        for name, error in self.errors.items():
+            entry = self.settings.toml.get("providers", {}).get(name, {})
+            out.append(
+                {
+                    "name": name,
+                    "kind": str(entry.get("kind", "?")),
+                    "base_url": str(entry.get("base_url", "")),
+                    "loaded": False,
+                    "keys": 0,
+                    "status": f"config error: {error} (fix [providers.{name}] in config.toml)",
+                }
+            )
         return out
 
     def describe_keys(self, provider: str | None = None) -> list[dict[str, Any]]:
@@ -208,7 +228,7 @@ class ProviderHub:
     # ------------------------------------------------------------ changes
     def add_provider(self, name: str, kind: str, base_url: str | None, options: dict[str, Any]) -> Provider:
         check_name(name, "provider")
-        if name in self.providers:
+        if name in self.providers or name in self.errors:
             raise Conflict(f"provider {name!r} already exists", hint=f"remove it first with `tiqo providers rm {name}`")
         if kind not in self.kinds:
             known = ", ".join(sorted(self.kinds)) or "none loaded"
@@ -240,7 +260,8 @@ class ProviderHub:
         return self.providers[name]
 
     def remove_provider(self, name: str, models_using: list[str]) -> None:
-        self.get(name)
+        if name not in self.errors:
+            self.get(name)
         if models_using:
             raise Conflict(
                 f"provider {name} is used by models {', '.join(models_using)}",
@@ -250,7 +271,8 @@ class ProviderHub:
         write_config_value(self.settings.paths.keys_file, [name], None, private=True)
         self.settings.toml.get("providers", {}).pop(name, None)
         self.store.delete_key_state(name)
-        del self.providers[name]
+        self.providers.pop(name, None)
+        self.errors.pop(name, None)
         self._secrets.pop(name, None)
 
     def add_key(self, provider: str, key_name: str | None, secret: str, limits: dict[str, Any]) -> str:
@@ -304,6 +326,17 @@ class ProviderHub:
                 f"{provider} has no key named {key_name!r} (keys: {names})", hint="`tiqo keys list` shows them"
             )
         return p
+
+
+_AUTH_HEADERS = {"authorization", "x-api-key", "x-goog-api-key", "api-key"}
+
+
+def _keyless(options: Any) -> bool:
+    """A provider that needs no pooled key: ``auth = "none"``, or a fixed auth header in ``headers``."""
+    if str(options.get("auth", "")).lower() == "none":
+        return True
+    headers = options.get("headers") or {}
+    return any(str(h).lower() in _AUTH_HEADERS for h in headers)
 
 
 def _limits(entry: dict[str, Any]) -> KeyLimits:

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from tiqo.core.errors import BadRequest
+from tiqo.core.errors import BadRequest, Conflict
 from tiqo.daemon.gateway import routing_config
 from tiqo.daemon.service import Daemon
 from tiqo.policy.routing import CatalogModel
@@ -89,6 +89,13 @@ async def models(request: Request) -> dict[str, Any]:
 @router.post("/models", status_code=201)
 async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
+    if body.name in routing_config(daemon.settings, daemon.hub).aliases:
+        raise Conflict(
+            f"{body.name!r} is an alias (requests for it expand to its models), so a model of that name "
+            "could never be picked",
+            param="name",
+            hint="pick another name; `tiqo models list` shows the aliases",
+        )
     if body.provider is not None:
         daemon.hub.get(body.provider)  # 404 with a hint when the provider does not exist
         model = daemon.registry.add_external(

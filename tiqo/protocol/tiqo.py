@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -55,6 +55,7 @@ class AddProviderRequest(BaseModel):
     timeout_first_byte: str | None = None
     timeout_idle: str | None = None
     headers: dict[str, str] | None = None
+    auth: Literal["key", "none"] | None = Field(default=None, description='"none": a keyless server (local vLLM)')
 
 
 class AddKeyRequest(BaseModel):
