@@ -148,6 +148,14 @@ class Gateway:
         self.upstream = UpstreamClient()
         self.clock = time.time
         self._patterns = _restricted_patterns(settings)
+        self._derived: tuple[tuple[int, int], dict[str, CatalogModel], RoutingConfig] | None = None
+
+    def catalog_and_config(self) -> tuple[dict[str, CatalogModel], RoutingConfig]:
+        """The catalog and routing config, rebuilt only when models or providers changed."""
+        version = (self.registry.version, self.hub.version)
+        if self._derived is None or self._derived[0] != version:
+            self._derived = (version, self.registry.catalog(), routing_config(self.settings, self.hub))
+        return self._derived[1], self._derived[2]
 
     async def close(self) -> None:
         await self.upstream.close()
@@ -181,8 +189,7 @@ class Gateway:
 
     def decide(self, body: oa.ChatCompletionRequest, meta: RequestMeta) -> Decision:
         classification = self.classify(body, meta)
-        catalog = self.registry.catalog()
-        config = routing_config(self.settings, self.hub)
+        catalog, config = self.catalog_and_config()
         requested = body.model
         if requested and requested not in AUTO and requested not in catalog and requested not in config.aliases:
             names = ", ".join([*catalog, *config.aliases]) or "none"
@@ -238,7 +245,7 @@ class Gateway:
         failures: list[AttemptFailed | TiqoError] = []
         attempts = 0
         max_attempts = max(1, self.settings["routing.max_attempts"])
-        catalog = self.registry.catalog()
+        catalog, _ = self.catalog_and_config()
         last_provider_failed: str | None = None
         for cand in kept:
             model = catalog[cand.model]
@@ -416,7 +423,7 @@ class Gateway:
             provider.breaker.release()
         if key_name is not None:
             provider.pool.failure(key_name, exc.kind, now, exc.retry_after, exc.message)
-            self.hub.persist(provider.name, key_name)
+            self.hub.persist(provider.name, key_name, now=True)
 
     def _store_cache(
         self,

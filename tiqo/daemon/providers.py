@@ -7,6 +7,7 @@ SQLite (``Store``) so they survive restarts. Secrets never leave this module exc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -27,6 +28,7 @@ from tiqo.sdk.provider import ProviderConfig, ProviderKind
 log = logging.getLogger("tiqo.providers")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _LIMIT_FIELDS = ("rpm", "tpm", "rpd", "tpd")
+FLUSH_S = 1.0  # key usage counters reach SQLite within this long (health changes at once)
 
 
 def check_name(name: str, what: str) -> None:
@@ -73,6 +75,9 @@ class ProviderHub:
         self.clock = clock
         self.providers: dict[str, Provider] = {}
         self._secrets: dict[str, dict[str, str]] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self.version = 0  # bumped when providers change (routing caches what it derives from them)
+        self._flush_handle: asyncio.TimerHandle | None = None
         self.reload()
 
     # ------------------------------------------------------------ loading
@@ -92,6 +97,7 @@ class ProviderHub:
                 self.errors[str(name)] = str(exc)
 
     def _build(self, name: str, entry: dict[str, Any], keys: dict[str, Any]) -> None:
+        self.version += 1
         kind_name = str(entry.get("kind", "openai"))
         kind = self.kinds.get(kind_name)
         base_url = str(entry.get("base_url") or (kind.default_base_url if kind else "")).rstrip("/")
@@ -173,9 +179,30 @@ class ProviderHub:
         times = [t for t in (provider.breaker.open_until(), provider.pool.next_available(now)) if t is not None]
         return max(0.0, min(times) - now) if times else None
 
-    def persist(self, provider: str, key_name: str) -> None:
-        p = self.providers[provider]
-        self.store.save_key_state(provider, key_name, p.pool.states[key_name].to_dict())
+    def persist(self, provider: str, key_name: str, *, now: bool = False) -> None:
+        """Save a key's state. Usage counters are written at most every FLUSH_S (batched, off the hot path);
+        health changes (``now=True``: cooldowns, exhaustion, disabling) at once."""
+        self._dirty.add((provider, key_name))
+        if now:
+            self.flush()
+            return
+        if self._flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._flush_handle = loop.call_later(FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        dirty, self._dirty = self._dirty, set()
+        for provider, key_name in dirty:
+            p = self.providers.get(provider)
+            if p is not None and key_name in p.pool.states:
+                self.store.save_key_state(provider, key_name, p.pool.states[key_name].to_dict())
 
     def describe(self) -> list[dict[str, Any]]:
         now = self.clock()
@@ -273,6 +300,7 @@ class ProviderHub:
         self.store.delete_key_state(name)
         self.providers.pop(name, None)
         self.errors.pop(name, None)
+        self.version += 1
         self._secrets.pop(name, None)
 
     def add_key(self, provider: str, key_name: str | None, secret: str, limits: dict[str, Any]) -> str:
@@ -297,6 +325,7 @@ class ProviderHub:
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"bad key limits: {exc}") from None
         write_config_value(self.settings.paths.keys_file, [provider, key_name], entry, private=True)
+        self.flush()  # the pool is rebuilt from SQLite below
         self.store.delete_key_state(provider, key_name)
         keys = read_toml(self.settings.paths.keys_file)
         self._build(provider, self.settings.toml["providers"][provider], keys.get(provider, {}))
@@ -306,6 +335,7 @@ class ProviderHub:
     def remove_key(self, provider: str, key_name: str) -> None:
         self._key(provider, key_name)
         write_config_value(self.settings.paths.keys_file, [provider, key_name], None, private=True)
+        self.flush()
         self.store.delete_key_state(provider, key_name)
         keys = read_toml(self.settings.paths.keys_file)
         self._build(provider, self.settings.toml["providers"][provider], keys.get(provider, {}))
@@ -316,7 +346,7 @@ class ProviderHub:
             self.settings.paths.keys_file, [provider, key_name, "enabled"], None if enabled else False, private=True
         )
         p.pool.set_enabled(key_name, enabled, "by user")
-        self.persist(provider, key_name)
+        self.persist(provider, key_name, now=True)
 
     def _key(self, provider: str, key_name: str) -> Provider:
         p = self.get(provider)

@@ -82,6 +82,7 @@ class Registry:
         self._bundled = {s.name: s for s in bundled_models(settings.paths.data_dir)}
         self._user: dict[str, ModelSpec] = {}
         self._external: dict[str, CatalogModel] = {}
+        self.version = 0  # bumped on every change, so callers can cache what they derive from the catalog
         for name, entry in settings.model_entries().items():
             if "path" in entry and name not in self._bundled:
                 self._user[name] = self._user_spec(name, entry)
@@ -204,6 +205,7 @@ class Registry:
         write_config_value(self.settings.paths.config_file, ["models", name], entry)
         self.settings.toml.setdefault("models", {})[name] = entry
         self._external[name] = model
+        self.version += 1
         log.info("registered model %s -> %s/%s", name, provider, upstream_model)
         return model
 
@@ -246,6 +248,7 @@ class Registry:
         self.settings.toml.setdefault("models", {})[name] = entry
         spec = self._user_spec(name, entry)
         self._user[name] = spec
+        self.version += 1
         log.info("registered model %s -> %s (%s, %s)", name, info.path, info.architecture, info.file_size)
         return spec
 
@@ -255,6 +258,7 @@ class Registry:
         self.settings.toml.get("models", {}).pop(name, None)
         self._user.pop(name, None)
         self._external.pop(name, None)
+        self.version += 1
 
     def ensure_removable(self, name: str) -> None:
         if name in self._bundled:

@@ -182,7 +182,13 @@ async def _sse(
     created = int(time.time())
     model = served.model
 
+    # The hot path: a content-only chunk is a fixed frame around one JSON string (same bytes as chat_chunk).
+    head = _dumps(oa.chat_chunk(rid, model, created, {"content": ""}))
+    prefix, suffix = "data: " + head[: head.index('"content":') + 10], head[head.index('"content":') + 12 :] + "\n\n"
+
     def event(piece: Piece, finish: str | None = None) -> str:
+        if chat and finish is None and not piece.tool_calls:
+            return prefix + json.dumps(piece.text, ensure_ascii=False) + suffix
         if chat:
             delta: dict[str, Any] = {}
             if finish is None:

@@ -96,4 +96,5 @@ class Daemon:
     async def close(self) -> None:
         await self.gateway.close()
         await self.scheduler.close()
+        self.hub.flush()
         self.store.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -45,6 +47,15 @@ class AttemptFailed(Exception):
 class UpstreamClient:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[str, str] = {}
+
+    def _proxy_for(self, url: str) -> str | None:
+        if not self._proxies:
+            return None
+        host = urllib.parse.urlsplit(url).hostname or ""
+        if urllib.request.proxy_bypass(host) or host in ("127.0.0.1", "localhost", "::1"):
+            return None
+        return self._proxies.get(url.split(":", 1)[0])
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -53,8 +64,11 @@ class UpstreamClient:
                 connector=connector,
                 json_serialize=lambda obj: json.dumps(obj, separators=(",", ":"), ensure_ascii=False),
                 auto_decompress=True,
-                trust_env=True,
+                # trust_env costs two thread-pool round trips per request (netrc + proxy lookup); proxies are
+                # read from the environment once, here, instead.
+                trust_env=False,
             )
+            self._proxies = urllib.request.getproxies()
         return self._session
 
     async def close(self) -> None:
@@ -66,8 +80,14 @@ class UpstreamClient:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, connect=timeouts.connect)
         try:
             async with asyncio.timeout(timeouts.first_byte + timeouts.connect):
-                resp = await self.session().request(
-                    req.method, req.url, headers=req.headers, json=req.json, timeout=timeout
+                session = self.session()
+                resp = await session.request(
+                    req.method,
+                    req.url,
+                    headers=req.headers,
+                    json=req.json,
+                    timeout=timeout,
+                    proxy=self._proxy_for(req.url),
                 )
                 if resp.status < 400:
                     return resp
@@ -89,33 +109,39 @@ async def sse_events(resp: aiohttp.ClientResponse, timeouts: Timeouts) -> AsyncG
     """(event, data) pairs of an SSE body. The first event must come within ``first_byte``, the next ones within
     ``idle`` of each other; a dropped connection raises ``AttemptFailed("connection")``."""
     content = resp.content
-    event: str | None = None
-    data: list[str] = []
     wait = timeouts.first_byte
     try:
         while True:
+            event: str | None = None
+            data: list[str] = []
+            eof = False
+            # One timeout per event (not per line): the timer is the hot path's biggest fixed cost.
             async with asyncio.timeout(wait):
-                raw = await content.readline()
-            if not raw:
+                while True:
+                    raw = await content.readline()
+                    if not raw:
+                        eof = True
+                        break
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                    if not line:
+                        if data:
+                            break
+                        event = None
+                        continue
+                    if line[0] == ":":
+                        continue  # comment / keep-alive
+                    name, _, value = line.partition(":")
+                    if value[:1] == " ":
+                        value = value[1:]
+                    if name == "data":
+                        data.append(value)
+                    elif name == "event":
+                        event = value
+            if data:
+                wait = timeouts.idle
+                yield event, "\n".join(data)
+            if eof:
                 break
-            line = raw.decode("utf-8").rstrip("\r\n")
-            if not line:
-                if data:
-                    wait = timeouts.idle
-                    yield event, "\n".join(data)
-                event, data = None, []
-                continue
-            if line.startswith(":"):
-                continue  # comment / keep-alive
-            name, _, value = line.partition(":")
-            if value.startswith(" "):
-                value = value[1:]
-            if name == "data":
-                data.append(value)
-            elif name == "event":
-                event = value
-        if data:
-            yield event, "\n".join(data)
     except TimeoutError:
         raise AttemptFailed("timeout", f"provider went silent for {wait:g}s mid-answer") from None
     except (aiohttp.ClientError, OSError) as exc:

@@ -7,7 +7,7 @@ module, only key names.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -92,7 +92,7 @@ class KeyState:
     last_error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(self.__dict__)  # flat scalars: no need for asdict's deep copies
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KeyState:
