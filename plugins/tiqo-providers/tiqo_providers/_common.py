@@ -294,3 +294,14 @@ def redact(message: str) -> str:
     for pattern in _SECRET_PATTERNS:
         message = pattern.sub(lambda m: m.group(1) + REDACTED, message)
     return message
+
+
+def append_turn(turns: list[dict[str, Any]], role: str, field: str, items: list[dict[str, Any]]) -> None:
+    """Add ``items`` as a turn of ``role``, merged into the previous turn when it has the same role (Anthropic and
+    Gemini both require roles to alternate)."""
+    if not items:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][field].extend(items)
+    else:
+        turns.append({"role": role, field: list(items)})

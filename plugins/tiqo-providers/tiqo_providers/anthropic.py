@@ -20,6 +20,7 @@ from tiqo.sdk import (
 )
 from tiqo_providers._common import (
     UnsupportedRequest,
+    append_turn,
     check_single_choice,
     chunk,
     clip,
@@ -104,12 +105,7 @@ def _messages(messages: Any) -> tuple[str | None, list[dict[str, Any]]]:
     turns: list[dict[str, Any]] = []
 
     def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": list(blocks)})
+        append_turn(turns, role, "content", blocks)
 
     for message in messages:
         if not isinstance(message, Mapping):

@@ -24,6 +24,7 @@ from tiqo.sdk import (
 )
 from tiqo_providers._common import (
     UnsupportedRequest,
+    append_turn,
     check_single_choice,
     chunk,
     clip,
@@ -127,12 +128,7 @@ def _contents(messages: Any) -> tuple[str | None, list[dict[str, Any]]]:
     call_names: dict[str, str] = {}  # tool call id -> function name, to name functionResponse parts
 
     def add(role: str, parts: list[dict[str, Any]]) -> None:
-        if not parts:
-            return
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": list(parts)})
+        append_turn(contents, role, "parts", parts)
 
     for message in messages:
         if not isinstance(message, Mapping):
