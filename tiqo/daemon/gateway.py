@@ -8,15 +8,11 @@ commit a failure is an explicit error event, and it still counts against the pro
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
-import re
 import time
-import tomllib
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tiqo.core.durations import parse_duration
@@ -32,13 +28,16 @@ from tiqo.core.errors import (
     UpstreamFailed,
 )
 from tiqo.core.settings import Settings
+from tiqo.daemon.pieces import merge_tool_calls, prime, replay
 from tiqo.daemon.providers import Provider, ProviderHub
 from tiqo.daemon.registry import Registry
+from tiqo.daemon.routing_config import default_routing, restricted_patterns, routing_config
 from tiqo.daemon.store import Store
 from tiqo.daemon.upstream import AttemptFailed, UpstreamClient, sse_events
 from tiqo.policy import cache as cachepol
+from tiqo.policy.breaker import HEALTH_FAILURES
 from tiqo.policy.classify import DATA_CLASSES, Classification, classify
-from tiqo.policy.routing import AUTO, LOCAL, CatalogModel, Decision, RoutingConfig, Tier, estimate_tokens, plan
+from tiqo.policy.routing import AUTO, LOCAL, CatalogModel, Decision, RoutingConfig, estimate_tokens, plan
 from tiqo.protocol import openai as oa
 from tiqo.sdk.engine import GenerationParams, Piece, Runner, StopFlag
 from tiqo.sdk.provider import UnsupportedRequest
@@ -82,55 +81,6 @@ class Served:
         }
 
 
-DEFAULT_ROUTING = Path(__file__).parent / "data" / "routing.toml"
-
-
-@functools.cache
-def default_routing() -> dict[str, Any]:
-    with DEFAULT_ROUTING.open("rb") as fh:
-        return tomllib.load(fh)
-
-
-def routing_config(settings: Settings, hub: ProviderHub) -> RoutingConfig:
-    """[aliases], [routes] and [tiers] from config.toml; each one missing there comes from the default policy."""
-    defaults = default_routing()
-    toml = {k: settings.toml.get(k, defaults.get(k, {})) for k in ("aliases", "routes", "tiers")}
-    aliases = {"default": [settings["llm.default_model"]]}  # config may redefine it
-    for name, value in toml.get("aliases", {}).items():
-        aliases[str(name)] = [value] if isinstance(value, str) else [str(v) for v in value]
-    routes: dict[str, dict[str, list[str]]] = {}
-    for task, table in toml.get("routes", {}).items():
-        if isinstance(table, dict):
-            routes[str(task)] = {str(c): ([v] if isinstance(v, str) else [str(x) for x in v]) for c, v in table.items()}
-    tiers = {}
-    for name, entry in toml.get("tiers", {}).items():
-        if isinstance(entry, dict):
-            providers = entry.get("providers")
-            tiers[str(name)] = Tier(
-                str(name),
-                None if providers is None else tuple(str(p) for p in providers),
-                str(entry.get("description", "")),
-            )
-    return RoutingConfig(
-        routes=routes,
-        aliases=aliases,
-        tiers=tiers,
-        local_fallback=settings["llm.default_model"],
-        provider_max_class={p.name: p.max_class for p in hub.providers.values()},
-    )
-
-
-def _restricted_patterns(settings: Settings) -> list[re.Pattern[str]]:
-    patterns = settings.toml.get("classification", {}).get("restricted_patterns", [])
-    out = []
-    for p in patterns:
-        try:
-            out.append(re.compile(str(p)))
-        except re.error as exc:
-            log.warning("classification pattern %r ignored: %s", p, exc)
-    return out
-
-
 class Gateway:
     def __init__(
         self,
@@ -147,7 +97,7 @@ class Gateway:
         self.daemon = daemon
         self.upstream = UpstreamClient()
         self.clock = time.time
-        self._patterns = _restricted_patterns(settings)
+        self._patterns = restricted_patterns(settings)
         self._derived: tuple[tuple[int, int], dict[str, CatalogModel], RoutingConfig] | None = None
 
     def catalog_and_config(self) -> tuple[dict[str, CatalogModel], RoutingConfig]:
@@ -238,7 +188,7 @@ class Gateway:
                 hit = self.store.cache_get(cachepol.cache_key(wire, cand.model, scope), now)
                 if hit is not None:
                     served.backend, served.provider, served.model, served.cache = "cache", "cache", cand.model, "hit"
-                    return served, _replay(hit)
+                    return served, replay(hit)
             self.store.cache_miss()
         served.cache = "miss" if use_cache else "off"
 
@@ -271,7 +221,7 @@ class Gateway:
                         tried_keys.add(key_name)
                 try:
                     pieces = self._attempt(model, key_name, body, wire, meta, decision, served, scope, use_cache)
-                    ready = await _prime(pieces, stream)
+                    ready = await prime(pieces, stream)
                 except (AttemptFailed, TiqoError) as exc:
                     failures.append(exc)
                     kind = exc.kind if isinstance(exc, AttemptFailed) else exc.code
@@ -417,7 +367,7 @@ class Gateway:
 
     def _record_failure(self, provider: Provider, key_name: str | None, exc: AttemptFailed) -> None:
         now = self.clock()
-        if exc.kind in ("server", "timeout", "connection", "protocol"):
+        if exc.kind in HEALTH_FAILURES:
             provider.breaker.failure(now, f"{exc.kind}: {exc.message}"[:120])
         else:
             provider.breaker.release()
@@ -521,63 +471,6 @@ class Gateway:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
         )
-
-
-async def _prime(pieces: AsyncGenerator[Piece, None], stream: bool) -> AsyncGenerator[Piece, None]:
-    """Run the attempt until it is safe to commit: a first token for streams, the whole answer for JSON."""
-    held: list[Piece] = []
-    try:
-        async for piece in pieces:
-            held.append(piece)
-            if stream and (piece.text or piece.tool_calls or piece.finish_reason):
-                break
-    except BaseException:
-        await pieces.aclose()
-        raise
-    return _chain(held, pieces if stream else None)
-
-
-async def _chain(held: list[Piece], rest: AsyncGenerator[Piece, None] | None) -> AsyncGenerator[Piece, None]:
-    try:
-        for piece in held:
-            yield piece
-        if rest is not None and not (held and held[-1].finish_reason):
-            async for piece in rest:
-                yield piece
-    except AttemptFailed as exc:
-        raise UpstreamFailed(f"the provider failed mid-answer: {exc.message}", code="stream_interrupted") from None
-    finally:
-        if rest is not None:
-            await rest.aclose()
-
-
-async def _replay(hit: dict[str, Any]) -> AsyncGenerator[Piece, None]:
-    if hit.get("text"):
-        yield Piece(hit["text"])
-    if hit.get("tool_calls"):
-        yield Piece("", tool_calls=hit["tool_calls"])
-    yield Piece(
-        "",
-        finish_reason=hit.get("finish_reason") or "stop",
-        prompt_tokens=int(hit.get("prompt_tokens") or 0),
-        completion_tokens=int(hit.get("completion_tokens") or 0),
-    )
-
-
-def merge_tool_calls(deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI tool-call deltas (by index, arguments in fragments) → complete tool calls."""
-    calls: dict[int, dict[str, Any]] = {}
-    for d in deltas:
-        idx = int(d.get("index", 0))
-        call = calls.setdefault(idx, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-        if d.get("id"):
-            call["id"] = d["id"]
-        fn = d.get("function") or {}
-        if fn.get("name"):
-            call["function"]["name"] = fn["name"]
-        if fn.get("arguments"):
-            call["function"]["arguments"] += fn["arguments"]
-    return [calls[i] for i in sorted(calls)]
 
 
 def generation_params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> GenerationParams:

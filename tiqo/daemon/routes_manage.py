@@ -9,7 +9,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tiqo.core.errors import BadRequest, Conflict
-from tiqo.daemon.gateway import routing_config
 from tiqo.daemon.service import Daemon
 from tiqo.policy.routing import CatalogModel
 from tiqo.protocol.tiqo import AddModelRequest, LoadRequest
@@ -82,14 +81,14 @@ async def models(request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
     rows = [_model_row(daemon, s) for s in daemon.registry.all()]
     rows += [_external_row(m) for m in daemon.registry.external().values()]
-    aliases = routing_config(daemon.settings, daemon.hub).aliases
+    aliases = daemon.gateway.catalog_and_config()[1].aliases
     return {"models": rows, "aliases": {k: list(v) for k, v in aliases.items()}}
 
 
 @router.post("/models", status_code=201)
 async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
-    if body.name in routing_config(daemon.settings, daemon.hub).aliases:
+    if body.name in daemon.gateway.catalog_and_config()[1].aliases:
         raise Conflict(
             f"{body.name!r} is an alias (requests for it expand to its models), so a model of that name "
             "could never be picked",

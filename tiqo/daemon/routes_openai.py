@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import BadRequest, TiqoError
-from tiqo.daemon.gateway import RequestMeta, Served, generation_params, merge_tool_calls
+from tiqo.daemon.gateway import RequestMeta, Served, generation_params
+from tiqo.daemon.pieces import merge_tool_calls
 from tiqo.daemon.service import Daemon
 from tiqo.policy.cache import CONTROL
 from tiqo.protocol import openai as oa

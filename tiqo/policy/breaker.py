@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 State = Literal["closed", "open", "half_open"]
+# Failure kinds that say the endpoint (or key) is unhealthy; rate limits, quotas and bad keys are not breaker matters.
+HEALTH_FAILURES = frozenset({"server", "timeout", "connection", "protocol"})
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from tiqo.policy.breaker import CircuitBreaker
+from tiqo.policy.breaker import HEALTH_FAILURES, CircuitBreaker
 
 Strategy = Literal["round-robin", "least-used", "weighted"]
 STRATEGIES: tuple[str, ...] = ("round-robin", "least-used", "weighted")
@@ -235,7 +235,7 @@ class KeyPool:
             state.enabled = False
             state.disabled_reason = f"upstream rejected the key: {message or 'unauthorized'}"[:200]
             breaker.release()
-        elif kind in ("server", "timeout", "connection", "protocol"):
+        elif kind in HEALTH_FAILURES:
             breaker.failure(now, f"{kind}: {message}"[:120])
         else:
             breaker.release()
