@@ -361,7 +361,7 @@ def test_restricted_requests_stay_local_and_cache_per_user(gw: DaemonProc, stubs
     assert r.headers["x-tiqo-cache"] == "miss"  # another user's restricted answer is never shared
     assert a.requests == [] and b.requests == []
     r = ask(gw, "alpha-m", "my secret plan", headers={"x-tiqo-class": "restricted"})
-    assert r.status_code == 400 and "restricted" in r.json()["error"]["message"]
+    assert r.status_code == 403 and r.json()["error"]["code"] == "restricted_data"  # fail closed
 
 
 # ------------------------------------------------------------------ secrets

@@ -87,6 +87,20 @@ class RateLimited(TiqoError):
     code = "rate_limited"
 
 
+class BudgetExceeded(RateLimited):
+    """A budget limit leaves no room for any external candidate (local models keep working)."""
+
+    code = "budget_exceeded"
+
+
+class ClassificationRefused(TiqoError):
+    """Restricted data and no local model can serve it: fail closed rather than send it off the machine."""
+
+    status = 403
+    type = "permission_error"
+    code = "restricted_data"
+
+
 class UpstreamFailed(TiqoError):
     """Every candidate that could serve the request failed."""
 

@@ -62,6 +62,41 @@ def _choice(*options: str) -> Callable[[Any], str]:
     return parse
 
 
+def _timezone(value: Any) -> str:
+    """An IANA time zone name; ``local`` resolves to this machine's (TZ, /etc/localtime), else UTC."""
+    from zoneinfo import ZoneInfo
+
+    text = str(value).strip()
+    if text.lower() == "local":
+        text = _local_timezone()
+    try:
+        ZoneInfo(text)
+    except Exception:
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name such as UTC or Europe/Paris)") from None
+    return text
+
+
+def _local_timezone() -> str:
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz:
+        return tz
+    try:
+        target = os.path.realpath("/etc/localtime")
+        if "zoneinfo/" in target:
+            return target.split("zoneinfo/", 1)[1]
+    except OSError:
+        pass
+    return "UTC"
+
+
+def _percentages(value: Any) -> tuple[int, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    out = sorted({int(str(v).strip().rstrip("%")) for v in items if str(v).strip()})
+    if any(not 0 < v < 100 for v in out):
+        raise ValueError(f"thresholds must be percentages between 1 and 99, not {value!r}")
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Setting:
     key: str
@@ -162,6 +197,65 @@ SETTINGS: tuple[Setting, ...] = (
         env_var="TIQO_CACHE_MODE",
     ),
     Setting("cache.ttl", "24h", parse_duration, "How long a cached answer stays valid", "duration", "TIQO_CACHE_TTL"),
+    Setting(
+        "budget.timezone",
+        "local",
+        _timezone,
+        "Time zone of budget days and months (an IANA name; local = this machine's)",
+        "str",
+        env_var="TIQO_BUDGET_TIMEZONE",
+    ),
+    Setting(
+        "budget.thresholds",
+        "70,85,95",
+        _percentages,
+        "Budget percentages that raise an alert (once per period)",
+        "list",
+        env_var="TIQO_BUDGET_THRESHOLDS",
+    ),
+    Setting(
+        "budget.actions",
+        "",
+        _str,
+        "What a threshold does besides alerting, e.g. 85:prefer-local,95:block-external",
+        "str",
+        env_var="TIQO_BUDGET_ACTIONS",
+    ),
+    Setting(
+        "budget.alert_command",
+        "",
+        _str,
+        "Command run on each alert, with the alert as JSON on stdin (shell syntax)",
+        "str",
+        env_var="TIQO_ALERT_COMMAND",
+    ),
+    Setting(
+        "budget.alert_webhook", "", _str, "URL each alert is POSTed to as JSON", "str", env_var="TIQO_ALERT_WEBHOOK"
+    ),
+    Setting(
+        "ledger.store_content",
+        False,
+        _bool,
+        "Keep prompts and answers in the ledger (never for restricted requests)",
+        "bool",
+        env_var="TIQO_LEDGER_CONTENT",
+    ),
+    Setting(
+        "state.backend",
+        "sqlite",
+        _choice("sqlite", "redis"),
+        "Where budget counters and reservations live: sqlite (one daemon) or redis (daemons sharing budgets)",
+        "choice",
+        env_var="TIQO_STATE_BACKEND",
+    ),
+    Setting(
+        "state.redis_url",
+        "redis://127.0.0.1:6379/0",
+        _str,
+        "Redis server for state.backend = redis",
+        "str",
+        env_var="TIQO_REDIS_URL",
+    ),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tiqo import __version__
 from tiqo.core.errors import TiqoError
 from tiqo.daemon.routes_gateway import router as gateway_router
+from tiqo.daemon.routes_ledger import router as ledger_router
 from tiqo.daemon.routes_manage import router as manage_router
 from tiqo.daemon.routes_openai import router as openai_router
 from tiqo.daemon.service import Daemon
@@ -172,5 +173,6 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(manage_router)
     app.include_router(gateway_router)
+    app.include_router(ledger_router)
     app.add_middleware(RequestContext, max_body=daemon.settings["daemon.max_request_size"])
     return app

@@ -8,9 +8,11 @@ commit a failure is an explicit error event, and it still counts against the pro
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +20,9 @@ from typing import Any
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import (
     BadRequest,
+    BudgetExceeded,
     Busy,
+    ClassificationRefused,
     ContextOverflow,
     ModelLoadFailed,
     ModelNotFound,
@@ -28,22 +32,38 @@ from tiqo.core.errors import (
     UpstreamFailed,
 )
 from tiqo.core.settings import Settings
+from tiqo.daemon.budgets import Budgets
+from tiqo.daemon.events import EventBus
+from tiqo.daemon.external import stream_external
+from tiqo.daemon.ledger import CallRow, Ledger, RequestRow
 from tiqo.daemon.pieces import merge_tool_calls, prime, replay
 from tiqo.daemon.providers import Provider, ProviderHub
 from tiqo.daemon.registry import Registry
-from tiqo.daemon.routing_config import default_routing, restricted_patterns, routing_config
+from tiqo.daemon.routing_config import restricted_patterns, routing_config
 from tiqo.daemon.store import Store
-from tiqo.daemon.upstream import AttemptFailed, UpstreamClient, sse_events
+from tiqo.daemon.upstream import AttemptFailed, UpstreamClient
+from tiqo.policy import budget as bp
 from tiqo.policy import cache as cachepol
 from tiqo.policy.breaker import HEALTH_FAILURES
 from tiqo.policy.classify import DATA_CLASSES, Classification, classify
-from tiqo.policy.routing import AUTO, LOCAL, CatalogModel, Decision, RoutingConfig, estimate_tokens, plan
+from tiqo.policy.ratelimit import RateLimiter, RateLimits
+from tiqo.policy.routing import (
+    AUTO,
+    LOCAL,
+    CatalogModel,
+    Decision,
+    RoutingConfig,
+    estimate_tokens,
+    plan,
+    prefer_local,
+)
 from tiqo.protocol import openai as oa
 from tiqo.sdk.engine import GenerationParams, Piece, Runner, StopFlag
-from tiqo.sdk.provider import UnsupportedRequest
 
 log = logging.getLogger("tiqo.gateway")
 DEFAULT_MAX_TOKENS = 1024  # for cost estimates and context checks when a request sets none
+# A budgeted external call without max_tokens is sent with this bound, so its reservation is a real worst case.
+BUDGET_MAX_TOKENS = 4096
 _BACKOFF_BASE, _BACKOFF_CAP = 0.05, 1.0
 
 
@@ -56,6 +76,7 @@ class RequestMeta:
     data_class: str | None = None
     cache: str = "use"  # use | refresh | off
     task: str | None = None
+    request_id: str = ""
 
 
 @dataclass
@@ -68,6 +89,9 @@ class Served:
     est_cost_usd: float = 0.0
     attempts: list[dict[str, Any]] = field(default_factory=list)
     route: str = ""
+    key: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
     def headers(self, final: bool) -> dict[str, str]:
         cost = self.cost_usd if final else self.est_cost_usd
@@ -89,12 +113,19 @@ class Gateway:
         hub: ProviderHub,
         store: Store,
         daemon: Any,  # tiqo.daemon.service.Daemon (for local generation); typed loosely to avoid a cycle
+        ledger: Ledger,
+        budgets: Budgets,
+        events: EventBus,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.hub = hub
         self.store = store
         self.daemon = daemon
+        self.ledger = ledger
+        self.budgets = budgets
+        self.events = events
+        self.limiter = RateLimiter()
         self.upstream = UpstreamClient()
         self.clock = time.time
         self._patterns = restricted_patterns(settings)
@@ -112,11 +143,12 @@ class Gateway:
 
     # ------------------------------------------------------------ decisions
     def classify(self, body: oa.ChatCompletionRequest, meta: RequestMeta) -> Classification:
-        tier = meta.tier or self.settings["routing.tier"]
-        tiers = self.settings.toml.get("tiers") or default_routing().get("tiers", {})
-        if tiers and tier != "default" and tier not in tiers:
+        _, config = self.catalog_and_config()
+        profile = config.users.get(meta.user)
+        tier = meta.tier or (profile.tier if profile else None) or self.settings["routing.tier"]
+        if config.tiers and tier != "default" and tier not in config.tiers:
             raise BadRequest(
-                f"unknown tier {tier!r}; configured tiers: {', '.join(tiers)}",
+                f"unknown tier {tier!r}; configured tiers: {', '.join(config.tiers)}",
                 param="tier",
                 hint="tiers are tables [tiers.NAME] in config.toml",
             )
@@ -130,15 +162,52 @@ class Gateway:
             has_tools=bool(body.tools),
             max_tokens=body.token_limit(),
             data_class=meta.data_class,
-            default_class=self.settings["routing.data_class"],
+            default_class=(profile.data_class if profile else None) or self.settings["routing.data_class"],
             restricted_patterns=self._patterns,
             user=meta.user,
             tier=tier,
             task=meta.task,
         )
 
-    def decide(self, body: oa.ChatCompletionRequest, meta: RequestMeta) -> Decision:
-        classification = self.classify(body, meta)
+    def rate_limits(self, classification: Classification) -> RateLimits:
+        """The user's limits: their tier's, with their own [users.NAME] values over them."""
+        _, config = self.catalog_and_config()
+        tier = config.tiers.get(classification.tier)
+        profile = config.users.get(classification.user)
+        limits = tier.limits if tier else RateLimits()
+        return limits.merged(profile.limits) if profile else limits
+
+    def admit(self, classification: Classification, limits: RateLimits, est_tokens: int) -> None:
+        """Per-user rate limits (requests and tokens per minute, requests per day): 429 + Retry-After when over."""
+        if not limits:
+            return
+        now = self.clock()
+        user = classification.user
+        verdict = self.limiter.admit(user, limits, est_tokens, now)
+        if not verdict.ok:
+            raise RateLimited(
+                f"rate limited: {verdict.reason} (tier {classification.tier})",
+                retry_after=verdict.retry_after,
+                hint="wait for Retry-After, or raise the limits in [tiers.NAME] / [users.NAME] of config.toml",
+            )
+        if limits.rpd is not None:
+            day, resets = bp.period_of("day", now, self.budgets.policy.timezone)
+            if self.ledger.count_request(user, day, limits.rpd) is None:
+                raise RateLimited(
+                    f"user {user} has used the {limits.rpd} requests per day of tier {classification.tier}",
+                    retry_after=max(1.0, resets - now),
+                    hint="the allowance resets at midnight (budget.timezone); [users.NAME] rpd raises it",
+                )
+
+    def decide(
+        self,
+        body: oa.ChatCompletionRequest,
+        meta: RequestMeta,
+        classification: Classification | None = None,
+        blocked: dict[str, bp.Charge] | None = None,
+    ) -> Decision:
+        """Route one request. ``blocked`` collects the budgets that dropped external candidates."""
+        classification = classification or self.classify(body, meta)
         catalog, config = self.catalog_and_config()
         requested = body.model
         if requested and requested not in AUTO and requested not in catalog and requested not in config.aliases:
@@ -151,13 +220,24 @@ class Gateway:
         texts = [m.text() for m in body.messages]
         est = estimate_tokens(texts)
         max_tokens = body.token_limit() or DEFAULT_MAX_TOKENS
+        now = self.clock()
+        demoted: dict[str, str] = {}
 
         def availability(model: CatalogModel) -> str | None:
             if model.local:
                 return None
-            return self.hub.unavailable(model.provider, est + max_tokens)
+            why = self.hub.unavailable(model.provider, est + max_tokens)
+            if why is None and self.budgets.active:
+                action, reason, charge = self.budgets.pressure(classification.user, model, now)
+                if action == "block-external":
+                    if blocked is not None and charge is not None:
+                        blocked[model.name] = charge
+                    return f"budget: {reason}"
+                if action == "prefer-local":
+                    demoted[model.name] = reason
+            return why
 
-        return plan(
+        decision = plan(
             classification,
             requested=requested,
             catalog=catalog,
@@ -167,18 +247,95 @@ class Gateway:
             max_tokens=max_tokens,
             needs=body.needs(),
         )
+        return prefer_local(decision, demoted)
 
     # ------------------------------------------------------------ serving
     async def chat(
         self, body: oa.ChatCompletionRequest, meta: RequestMeta, *, stream: bool
     ) -> tuple[Served, AsyncGenerator[Piece, None]]:
         """Pick a candidate that answers. Returns what served and the pieces, the first one already in hand
-        (streams) or all of them (JSON). Raises a TiqoError when nothing could serve."""
-        decision = self.decide(body, meta)
+        (streams) or all of them (JSON). Raises a TiqoError when nothing could serve. Either way the request gets
+        one ledger row, written when it ends."""
+        started = time.perf_counter()
+        row = RequestRow(id=meta.request_id or "req_" + uuid.uuid4().hex[:24], ts=self.clock(), user=meta.user)
+        limits = RateLimits()
+        try:
+            classification = self.classify(body, meta)
+            row.tier, row.task, row.data_class = classification.tier, classification.task, classification.data_class
+            limits = self.rate_limits(classification)
+            self.admit(classification, limits, estimate_tokens([m.text() for m in body.messages]))
+            served, pieces = await self._serve(body, meta, classification, row.id, stream=stream)
+        except TiqoError as exc:
+            row.outcome = "refused" if exc.status < 500 else "error"
+            row.error = exc.code
+            self._finish(row, None, started)
+            raise
+        return served, self._recorded(served, pieces, row, body, limits, started)
+
+    async def _recorded(
+        self,
+        served: Served,
+        pieces: AsyncGenerator[Piece, None],
+        row: RequestRow,
+        body: oa.ChatCompletionRequest,
+        limits: RateLimits,
+        started: float,
+    ) -> AsyncGenerator[Piece, None]:
+        text: list[str] = []
+        row.outcome = "cancelled"  # until the end arrives (a client that hangs up never lets it)
+        try:
+            async for piece in pieces:
+                if piece.text:
+                    text.append(piece.text)
+                if piece.finish_reason is not None:
+                    row.outcome = "ok"
+                yield piece
+        except TiqoError as exc:
+            row.outcome, row.error = "interrupted", exc.code
+            raise
+        except AttemptFailed:
+            row.outcome, row.error = "interrupted", "stream_interrupted"
+            raise
+        finally:
+            await pieces.aclose()
+            if limits.tpm:
+                self.limiter.charge_tokens(row.user, limits, served.completion_tokens, self.clock())
+            if self.settings["ledger.store_content"] and row.data_class != "restricted":
+                messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+                row.content = json.dumps({"messages": messages, "answer": "".join(text)})
+            self._finish(row, served, started)
+
+    def _finish(self, row: RequestRow, served: Served | None, started: float) -> None:
+        row.latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        if served is not None:
+            row.backend, row.provider, row.model, row.key = served.backend, served.provider, served.model, served.key
+            row.tokens_in, row.tokens_out = served.prompt_tokens, served.completion_tokens
+            row.cost_nusd, row.cache, row.route = bp.to_nano(served.cost_usd), served.cache, served.route
+            row.attempts = len(served.attempts) + 1
+        try:
+            self.ledger.record(row)
+        except Exception:  # the answer is already out; say loudly that the ledger missed it
+            log.exception("ledger write failed for %s", row.id)
+        if self.events.subscribers:
+            data = {k: v for k, v in row.__dict__.items() if k != "content"}
+            data["cost_usd"] = row.cost_nusd / bp.NANO
+            self.events.publish("request", data)
+
+    async def _serve(
+        self,
+        body: oa.ChatCompletionRequest,
+        meta: RequestMeta,
+        classification: Classification,
+        request_id: str,
+        *,
+        stream: bool,
+    ) -> tuple[Served, AsyncGenerator[Piece, None]]:
+        blocked: dict[str, bp.Charge] = {}
+        decision = self.decide(body, meta, classification, blocked)
         served = Served(route=decision.source)
         kept = decision.kept
         if not kept:
-            raise self._nothing_kept(decision)
+            raise self._nothing_kept(decision, blocked)
         wire = body.wire()
         scope = cachepol.scope_for(decision.classification.data_class, decision.classification.user)
         use_cache = meta.cache != "off" and cachepol.cacheable(self.settings["cache.mode"], wire)
@@ -188,6 +345,8 @@ class Gateway:
                 hit = self.store.cache_get(cachepol.cache_key(wire, cand.model, scope), now)
                 if hit is not None:
                     served.backend, served.provider, served.model, served.cache = "cache", "cache", cand.model, "hit"
+                    served.prompt_tokens = int(hit.get("prompt_tokens") or 0)
+                    served.completion_tokens = int(hit.get("completion_tokens") or 0)
                     return served, replay(hit)
             self.store.cache_miss()
         served.cache = "miss" if use_cache else "off"
@@ -205,6 +364,8 @@ class Gateway:
                 if last_provider_failed == model.provider:
                     await asyncio.sleep(_backoff(attempts))
                 key_name = None
+                call: CallRow | None = None
+                call_wire = wire
                 if not model.local:
                     provider = self.hub.providers[model.provider]
                     why = self.hub.unavailable(model.provider, decision.est_prompt_tokens + decision.max_tokens)
@@ -219,8 +380,14 @@ class Gateway:
                             )
                             break
                         tried_keys.add(key_name)
+                    call, call_wire, refusal = self._reserve(body, wire, model, key_name, decision, request_id)
+                    if refusal is not None:
+                        blocked[cand.model] = refusal.charge
+                        error = {"model": cand.model, "provider": model.provider, "error": refusal.message}
+                        served.attempts.append({**error, "kind": "budget"})
+                        break
                 try:
-                    pieces = self._attempt(model, key_name, body, wire, meta, decision, served, scope, use_cache)
+                    pieces = self._attempt(model, key_name, call, body, call_wire, decision, served, scope, use_cache)
                     ready = await prime(pieces, stream)
                 except (AttemptFailed, TiqoError) as exc:
                     failures.append(exc)
@@ -249,13 +416,70 @@ class Gateway:
                         continue  # same candidate, another key (never the one that just failed)
                     break
                 served.backend = f"local:{self.registry.resolve(model.name).engine}" if model.local else model.provider
-                served.provider, served.model = model.provider, model.name
+                served.provider, served.model, served.key = model.provider, model.name, key_name
                 served.est_cost_usd = cand.est_cost_usd
                 return served, ready
+        if blocked and not failures:
+            raise self._budget_error(blocked, served.attempts)
         raise self._all_failed(decision, failures, served)
 
-    def _nothing_kept(self, decision: Decision) -> TiqoError:
+    def _reserve(
+        self,
+        body: oa.ChatCompletionRequest,
+        wire: dict[str, Any],
+        model: CatalogModel,
+        key_name: str | None,
+        decision: Decision,
+        request_id: str,
+    ) -> tuple[CallRow, dict[str, Any], bp.Refusal | None]:
+        """The audit row of an external call, and its budget reservation at the worst-case cost: every prompt byte
+        a token (no tokenizer counts more), plus max_tokens (sent upstream when the request set none)."""
+        c = decision.classification
+        limit = body.token_limit()
+        now = self.clock()
+        if limit is None and self.budgets.charges(c.user, model, now):
+            limit = BUDGET_MAX_TOKENS
+            wire = {**wire, "max_tokens": limit}
+        prompt_bound = sum(len(m.text().encode()) + 8 for m in body.messages)
+        worst = model.cost(prompt_bound, limit or DEFAULT_MAX_TOKENS)
+        provider = self.hub.providers[model.provider]
+        reason = (
+            f"{decision.source}; class {c.data_class} allowed to {model.provider} (up to {provider.max_class}); "
+            f"tier {c.tier}; worst case ${worst:.6f}"
+        )
+        call = CallRow(
+            id="call_" + uuid.uuid4().hex[:24],
+            request_id=request_id,
+            ts=now,
+            user=c.user,
+            provider=model.provider,
+            model=model.name,
+            key=key_name,
+            data_class=c.data_class,
+            reason=reason,
+        )
+        return call, wire, self.budgets.reserve(call, model, worst, now)
+
+    def _budget_error(self, blocked: dict[str, bp.Charge], attempts: list[dict[str, Any]]) -> TiqoError:
+        charge = min(blocked.values(), key=lambda c: c.resets_at)
+        reasons = "; ".join(f"{a['model']}: {a['error']}" for a in attempts) or f"the {charge.label} budget is spent"
+        reset = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(charge.resets_at))
+        return BudgetExceeded(
+            f"budget exhausted for external models ({reasons}); the {charge.label} budget resets at {reset}",
+            retry_after=max(1.0, charge.resets_at - self.clock()),
+            hint="`tiqo budget show` lists the limits; `tiqo budget set` raises one; local models keep working",
+        )
+
+    def _nothing_kept(self, decision: Decision, blocked: dict[str, bp.Charge]) -> TiqoError:
         reasons = "; ".join(f"{c.model}: {c.reason}" for c in decision.candidates)
+        if decision.classification.data_class == "restricted":
+            return ClassificationRefused(
+                f"restricted data never leaves the machine, and no local model can serve this request ({reasons})",
+                hint="register a local model that can (`tiqo models add`), or name one with -m",
+            )
+        if blocked:
+            attempts = [{"model": m, "error": f"the {c.label} budget is spent"} for m, c in blocked.items()]
+            return self._budget_error(blocked, attempts)
         retry = [self.hub.retry_after(c.provider) for c in decision.candidates if c.provider not in (LOCAL, "?")]
         waits = [r for r in retry if r is not None]
         if waits:
@@ -297,9 +521,9 @@ class Gateway:
         self,
         model: CatalogModel,
         key_name: str | None,
+        call: CallRow | None,
         body: oa.ChatCompletionRequest,
         wire: dict[str, Any],
-        meta: RequestMeta,
         decision: Decision,
         served: Served,
         scope: str,
@@ -308,21 +532,24 @@ class Gateway:
         if model.local:
             inner = self._local(model, body)
         else:
-            inner = self._external(self.hub.providers[model.provider], model, key_name, wire)
-        return self._account(inner, model, key_name, wire, decision, served, scope, use_cache)
+            provider = self.hub.providers[model.provider]
+            secret = self.hub.secret(provider.name, key_name)
+            inner = stream_external(self.upstream, secret, provider, model, wire, call.id if call else None)
+        return self._account(inner, model, key_name, call, wire, decision, served, scope, use_cache)
 
     async def _account(
         self,
         pieces: AsyncGenerator[Piece, None],
         model: CatalogModel,
         key_name: str | None,
+        call: CallRow | None,
         wire: dict[str, Any],
         decision: Decision,
         served: Served,
         scope: str,
         use_cache: bool,
     ) -> AsyncGenerator[Piece, None]:
-        """Pass pieces through; on the end, record health, usage, cost and the cache entry."""
+        """Pass pieces through; on the end, record health, usage, cost, the cache entry and settle the budget."""
         provider = None if model.local else self.hub.providers[model.provider]
         if provider is not None:
             now = self.clock()
@@ -332,6 +559,7 @@ class Gateway:
         text: list[str] = []
         tools: list[dict[str, Any]] = []
         ok = False
+        error: str | None = None
         try:
             async for piece in pieces:
                 if piece.text:
@@ -339,16 +567,17 @@ class Gateway:
                 if piece.tool_calls:
                     tools.extend(piece.tool_calls)
                 if piece.finish_reason is not None:
-                    prompt_t = piece.prompt_tokens or decision.est_prompt_tokens
-                    completion_t = piece.completion_tokens or max(1, len("".join(text)) // 4)
-                    served.cost_usd = model.cost(prompt_t, completion_t)
+                    served.prompt_tokens = piece.prompt_tokens or decision.est_prompt_tokens
+                    served.completion_tokens = piece.completion_tokens or max(1, len("".join(text)) // 4)
+                    served.cost_usd = model.cost(served.prompt_tokens, served.completion_tokens)
                     ok = True
                     if use_cache:
                         self._store_cache(wire, model.name, scope, "".join(text), tools, piece, served)
                     if provider is not None:
-                        self._record_success(provider, key_name, prompt_t + completion_t)
+                        self._record_success(provider, key_name, served.prompt_tokens + served.completion_tokens)
                 yield piece
         except AttemptFailed as exc:
+            error = exc.kind
             if provider is not None:
                 self._record_failure(provider, key_name, exc)
             raise
@@ -358,6 +587,42 @@ class Gateway:
                 if key_name is not None:
                     provider.pool.release(key_name)
                     self.hub.persist(provider.name, key_name)
+            if call is not None:
+                self._settle(call, model, ok, error, served, decision, text)
+
+    def _settle(
+        self,
+        call: CallRow,
+        model: CatalogModel,
+        ok: bool,
+        error: str | None,
+        served: Served,
+        decision: Decision,
+        text: list[str],
+    ) -> None:
+        """Release the reservation and charge what the call cost: the reported usage; for a call cut off after
+        tokens arrived, the prompt plus what arrived (the provider bills those); nothing for one that never did."""
+        if ok:
+            t_in, t_out, status = served.prompt_tokens, served.completion_tokens, "ok"
+        elif text:
+            t_in, t_out, status = decision.est_prompt_tokens, max(1, len("".join(text)) // 4), "interrupted"
+            served.prompt_tokens, served.completion_tokens = t_in, t_out
+            served.cost_usd = model.cost(t_in, t_out)
+        else:
+            t_in, t_out, status = 0, 0, "failed"
+        try:
+            self.budgets.settle(
+                call.id,
+                call.user,
+                model,
+                status=status,
+                cost=bp.to_nano(model.cost(t_in, t_out)),
+                tokens_in=t_in,
+                tokens_out=t_out,
+                error=error if not ok else None,
+            )
+        except Exception:  # never lose the answer over the ledger; the call stays pending and start-up settles it
+            log.exception("settling %s failed", call.id)
 
     def _record_success(self, provider: Provider, key_name: str | None, tokens: int) -> None:
         provider.breaker.success()
@@ -413,65 +678,6 @@ class Gateway:
         async for piece in self.daemon.generate(spec, keep_alive, call):
             yield piece
 
-    async def _external(
-        self, provider: Provider, model: CatalogModel, key_name: str | None, wire: dict[str, Any]
-    ) -> AsyncGenerator[Piece, None]:
-        kind = provider.kind
-        assert kind is not None
-        upstream_model = model.upstream_model or model.name
-        body = {**wire, "model": upstream_model}
-        secret = self.hub.secret(provider.name, key_name)
-        try:
-            request = kind.chat_request(provider.config, upstream_model, body, secret)
-        except UnsupportedRequest as exc:
-            raise AttemptFailed("unsupported", f"{provider.config.kind} cannot express this request: {exc}") from None
-        try:
-            resp = await self.upstream.open(request, kind, provider.timeouts)
-        except AttemptFailed as exc:
-            exc.message = _scrub(exc.message, secret)
-            raise
-        translator = kind.translator(upstream_model)
-        finish: str | None = None
-        usage: dict[str, Any] = {}
-
-        def convert(chunks: list[dict[str, Any]]) -> Iterator[Piece]:
-            nonlocal finish, usage
-            for chunk in chunks:
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                for choice in chunk.get("choices") or ():
-                    delta = choice.get("delta") or {}
-                    content = delta.get("content") or ""
-                    calls = delta.get("tool_calls")
-                    if content or calls:
-                        yield Piece(content, tool_calls=calls)
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-
-        events = sse_events(resp, provider.timeouts)
-        try:
-            async for event, data in events:
-                try:
-                    chunks = translator.feed(event, data)
-                except Exception as exc:
-                    raise AttemptFailed("protocol", _scrub(_upstream_error_text(exc), secret)) from None
-                for piece in convert(chunks):
-                    yield piece
-            try:
-                tail = translator.close()
-            except Exception as exc:
-                raise AttemptFailed("protocol", _scrub(_upstream_error_text(exc), secret)) from None
-            for piece in convert(tail):
-                yield piece
-        finally:
-            await events.aclose()
-        yield Piece(
-            "",
-            finish_reason=finish or "stop",
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-        )
-
 
 def generation_params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> GenerationParams:
     return GenerationParams(
@@ -497,12 +703,3 @@ def _backoff(attempt: int) -> float:
 
 def _msg(exc: BaseException) -> str:
     return exc.message if isinstance(exc, (AttemptFailed, TiqoError)) else str(exc)
-
-
-def _scrub(text: str, secret: str | None) -> str:
-    """The daemon is the only side that knows the key: make sure no message carries it."""
-    return text.replace(secret, "[redacted]") if secret else text
-
-
-def _upstream_error_text(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]

@@ -181,6 +181,7 @@ class Registry:
         context: int | None = None,
         capabilities: list[str] | None = None,
         fallbacks: list[str] | None = None,
+        premium: bool = False,
         description: str | None = None,
     ) -> CatalogModel:
         self._check_new(name)
@@ -196,6 +197,8 @@ class Registry:
             entry["capabilities"] = capabilities
         if fallbacks:
             entry["fallbacks"] = fallbacks
+        if premium:
+            entry["premium"] = True
         if description:
             entry["description"] = description
         try:
@@ -322,4 +325,5 @@ def external_model(name: str, entry: dict[str, Any]) -> CatalogModel:
         capabilities=tuple(str(c) for c in caps),
         fallbacks=tuple(str(f) for f in fallbacks),
         description=str(entry.get("description", "")),
+        premium=bool(entry.get("premium", False)),
     )

@@ -70,6 +70,7 @@ def _external_row(model: CatalogModel) -> dict[str, Any]:
         "context": model.context,
         "capabilities": list(model.capabilities),
         "fallbacks": list(model.fallbacks),
+        "premium": model.premium,
         "description": model.description,
         "default": False,
         "loaded": None,
@@ -106,6 +107,7 @@ async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
             context=body.context,
             capabilities=body.capabilities,
             fallbacks=body.fallbacks,
+            premium=body.premium,
             description=body.description,
         )
         return _external_row(model)

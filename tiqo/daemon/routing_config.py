@@ -12,7 +12,9 @@ from typing import Any
 
 from tiqo.core.settings import Settings
 from tiqo.daemon.providers import ProviderHub
-from tiqo.policy.routing import RoutingConfig, Tier
+from tiqo.policy.classify import DATA_CLASSES
+from tiqo.policy.ratelimit import RateLimits
+from tiqo.policy.routing import RoutingConfig, Tier, UserProfile
 
 log = logging.getLogger("tiqo.gateway")
 
@@ -44,6 +46,8 @@ def routing_config(settings: Settings, hub: ProviderHub) -> RoutingConfig:
                 str(name),
                 None if providers is None else tuple(str(p) for p in providers),
                 str(entry.get("description", "")),
+                premium=bool(entry.get("premium", True)),
+                limits=_limits(f"tiers.{name}", entry),
             )
     return RoutingConfig(
         routes=routes,
@@ -51,11 +55,44 @@ def routing_config(settings: Settings, hub: ProviderHub) -> RoutingConfig:
         tiers=tiers,
         local_fallback=settings["llm.default_model"],
         provider_max_class={p.name: p.max_class for p in hub.providers.values()},
+        users=users_config(settings),
     )
 
 
+def users_config(settings: Settings) -> dict[str, UserProfile]:
+    """``[users.NAME]`` tables: tier, data_class (the user's default), rpm, tpm, rpd."""
+    out = {}
+    for name, entry in settings.toml.get("users", {}).items():
+        if not isinstance(entry, dict):
+            log.warning("users.%s ignored: not a table", name)
+            continue
+        data_class = entry.get("data_class")
+        if data_class is not None and data_class not in DATA_CLASSES:
+            log.warning("users.%s.data_class %r ignored: use one of %s", name, data_class, ", ".join(DATA_CLASSES))
+            data_class = None
+        tier = entry.get("tier")
+        out[str(name)] = UserProfile(
+            str(name), None if tier is None else str(tier), data_class, _limits(f"users.{name}", entry)
+        )
+    return out
+
+
+def _limits(where: str, entry: dict[str, Any]) -> RateLimits:
+    values: dict[str, int | None] = {}
+    for key in ("rpm", "tpm", "rpd"):
+        value = entry.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            log.warning("%s.%s = %r ignored: use a positive whole number", where, key, value)
+            value = None
+        values[key] = value
+    return RateLimits(**values)
+
+
 def restricted_patterns(settings: Settings) -> list[re.Pattern[str]]:
-    patterns = settings.toml.get("classification", {}).get("restricted_patterns", [])
+    """``[classification] restricted_patterns`` from config.toml, else the shipped ones (secrets, private keys,
+    card numbers, e-mail addresses)."""
+    table = settings.toml.get("classification", {})
+    patterns = table.get("restricted_patterns", default_routing().get("classification", {}).get("restricted_patterns"))
     out = []
     for p in patterns:
         try:

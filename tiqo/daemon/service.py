@@ -10,7 +10,10 @@ from typing import Any
 
 from tiqo import API_VERSION, __version__
 from tiqo.core.settings import Settings
+from tiqo.daemon.budgets import Budgets
+from tiqo.daemon.events import EventBus
 from tiqo.daemon.gateway import Gateway
+from tiqo.daemon.ledger import Ledger
 from tiqo.daemon.plugins import PluginReport, collect_engines, collect_providers, load_plugins
 from tiqo.daemon.providers import ProviderHub
 from tiqo.daemon.registry import Registry
@@ -58,7 +61,15 @@ class Daemon:
         self.registry = registry or Registry(settings)
         self.store = Store(settings.paths.db_file)
         self.hub = ProviderHub(settings, self.store, provider_kinds)
-        self.gateway = Gateway(settings, self.registry, self.hub, self.store, self)
+        self.events = EventBus()
+        self.ledger = Ledger(self.store, timezone=settings["budget.timezone"])
+        reconciled = self.ledger.reconcile()
+        if reconciled:
+            log.warning("settled %d external call(s) a previous run left in flight, at their reserved cost", reconciled)
+        self.budgets = Budgets(settings, self.ledger, self.events)
+        self.gateway = Gateway(
+            settings, self.registry, self.hub, self.store, self, self.ledger, self.budgets, self.events
+        )
         self.scheduler = Scheduler(
             engines,
             memory_budget=memory_budget(settings),
@@ -95,6 +106,7 @@ class Daemon:
 
     async def close(self) -> None:
         await self.gateway.close()
+        await self.budgets.close()
         await self.scheduler.close()
         self.hub.flush()
         self.store.close()

@@ -1,4 +1,5 @@
-"""The daemon's SQLite state (WAL): key usage and health, and the exact response cache.
+"""The daemon's SQLite state (WAL): key usage and health, the exact response cache, and the tables of the ledger
+(requests, calls, budget counters, alerts; see ledger.py).
 
 One connection, used from the event loop only (writes are small; WAL with synchronous=NORMAL survives kill -9 of the
 process and costs tens of microseconds per commit).
@@ -33,6 +34,73 @@ CREATE INDEX IF NOT EXISTS cache_expires ON cache (expires);
 CREATE TABLE IF NOT EXISTS cache_stats (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    user TEXT NOT NULL DEFAULT '',
+    tier TEXT NOT NULL DEFAULT '',
+    task TEXT NOT NULL DEFAULT '',
+    data_class TEXT NOT NULL DEFAULT '',
+    backend TEXT NOT NULL DEFAULT '',
+    provider TEXT NOT NULL DEFAULT '',
+    model TEXT NOT NULL DEFAULT '',
+    key TEXT,
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    cost_nusd INTEGER NOT NULL DEFAULT 0,
+    latency_ms REAL NOT NULL DEFAULT 0,
+    cache TEXT NOT NULL DEFAULT 'off',
+    outcome TEXT NOT NULL,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    route TEXT NOT NULL DEFAULT '',
+    content TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
+CREATE INDEX IF NOT EXISTS requests_user_ts ON requests (user, ts);
+CREATE TABLE IF NOT EXISTS calls (
+    id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    user TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    key TEXT,
+    class TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    reserved_nusd INTEGER NOT NULL,
+    charges TEXT NOT NULL,
+    status TEXT NOT NULL,
+    cost_nusd INTEGER NOT NULL DEFAULT 0,
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    ended REAL
+);
+CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
+CREATE INDEX IF NOT EXISTS calls_open ON calls (status) WHERE status IN ('pending', 'reserving');
+CREATE TABLE IF NOT EXISTS budget_usage (
+    counter TEXT NOT NULL,
+    period TEXT NOT NULL,
+    spent INTEGER NOT NULL DEFAULT 0,
+    reserved INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (counter, period)
+);
+CREATE TABLE IF NOT EXISTS request_counts (
+    user TEXT NOT NULL,
+    day TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (user, day)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    dedupe TEXT NOT NULL UNIQUE,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT NOT NULL
 );
 """
 

@@ -7,10 +7,11 @@ Pure: the daemon passes in the catalog, the routing config and what it knows abo
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tiqo.policy.classify import DATA_CLASSES, Classification, class_rank
+from tiqo.policy.ratelimit import RateLimits
 
 LOCAL = "local"  # the provider name of models served by the daemon's own engines
 AUTO = ("auto", "")  # model names that ask the router to choose
@@ -27,6 +28,7 @@ class CatalogModel:
     capabilities: tuple[str, ...] = ("chat",)
     fallbacks: tuple[str, ...] = ()
     description: str = ""
+    premium: bool = False  # tiers with premium = false may not use it
 
     @property
     def local(self) -> bool:
@@ -41,9 +43,21 @@ class Tier:
     name: str
     providers: tuple[str, ...] | None = None  # None = every provider; ("local",) = local models only
     description: str = ""
+    premium: bool = True  # may use models marked premium
+    limits: RateLimits = field(default_factory=RateLimits)  # per user of the tier
 
     def allows(self, provider: str) -> bool:
         return self.providers is None or provider in self.providers or "*" in self.providers
+
+
+@dataclass(frozen=True)
+class UserProfile:
+    """``[users.NAME]``: the user's tier and default data class, and rate limits over the tier's."""
+
+    name: str
+    tier: str | None = None
+    data_class: str | None = None
+    limits: RateLimits = field(default_factory=RateLimits)
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class RoutingConfig:
     tiers: Mapping[str, Tier] = field(default_factory=dict)
     local_fallback: str = ""  # appended as the last candidate of every route (the default local model)
     provider_max_class: Mapping[str, str] = field(default_factory=dict)  # provider -> highest data class it may see
+    users: Mapping[str, UserProfile] = field(default_factory=dict)
 
     def route_for(self, task: str, complexity: str) -> tuple[str, list[str]]:
         for t in (task, "chat"):
@@ -218,6 +233,8 @@ def _drop_reason(
             return f"{classification.data_class} data may not go to {model.provider} (allows up to {limit})"
     if tier is not None and not tier.allows(model.provider):
         return f"tier {tier.name} does not allow provider {model.provider}"
+    if tier is not None and model.premium and not tier.premium:
+        return f"tier {tier.name} does not allow premium models"
     # Local engines count tokens exactly before generating (a precise 400, or the next candidate); external ones
     # are checked here from an estimate, so a request is not sent (and billed) only to be rejected.
     if not model.local and model.context is not None and est_prompt_tokens + max_tokens > model.context:
@@ -228,3 +245,20 @@ def _drop_reason(
 def estimate_tokens(texts: Sequence[str]) -> int:
     """A cheap prompt-size estimate (about 4 characters per token, plus per-message overhead)."""
     return sum(len(t) for t in texts) // 4 + 4 * len(texts) + 1
+
+
+def prefer_local(decision: Decision, demoted: Mapping[str, str]) -> Decision:
+    """A budget's ``prefer-local`` action: the ``demoted`` external candidates (model → why) move after every other
+    candidate, cheapest first, so local models (and providers not under pressure) serve first."""
+    if not demoted:
+        return decision
+
+    def order(c: Candidate) -> tuple[bool, float]:
+        return (c.model in demoted, c.est_cost_usd if c.model in demoted else 0.0)
+
+    candidates = []
+    for c in sorted(decision.candidates, key=order):
+        if c.model in demoted and c.kept:
+            c = replace(c, reason=f"{c.reason}; moved after local models: {demoted[c.model]}")
+        candidates.append(c)
+    return replace(decision, candidates=tuple(candidates), source=f"{decision.source}, prefer-local")

@@ -36,6 +36,7 @@ class AddModelRequest(BaseModel):
     context: int | None = Field(default=None, ge=1)
     capabilities: list[str] | None = None
     fallbacks: list[str] | None = None
+    premium: bool = Field(default=False, description="only tiers with premium = true may use it")
 
     @model_validator(mode="after")
     def _one_source(self) -> AddModelRequest:
@@ -85,3 +86,13 @@ class RouteExplainRequest(BaseModel):
     task: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     tools: list[dict[str, Any]] | None = None
+
+
+class SetBudgetRequest(BaseModel):
+    """One limit of ``[budgets]``: ``usd`` null removes it."""
+
+    model_config = ConfigDict(extra="forbid")
+    scope: Literal["global", "user", "provider", "model"] = "global"
+    name: str | None = Field(default=None, description="user, provider or model name; * = each one separately")
+    period: Literal["day", "month"] = "day"
+    usd: float | None = Field(default=None, ge=0)

@@ -1,0 +1,89 @@
+"""The daemon's event bus: requests finishing, budget alerts, breakers and keys changing state.
+
+``publish`` never blocks the request path: each subscriber has a bounded queue and a slow one loses its oldest
+events (it is told how many with a ``dropped`` event). A ring buffer lets a reconnecting client resume from the
+``Last-Event-ID`` it saw. ``GET /tiqo/events`` streams this as server-sent events (the dashboard's feed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+HISTORY = 512
+QUEUE = 1024
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    ts: float
+    kind: str  # request | alert | breaker | key | model | budget
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "ts": self.ts, "kind": self.kind, "data": self.data}
+
+
+class EventBus:
+    def __init__(self, history: int = HISTORY) -> None:
+        self._next = 1
+        self.history: collections.deque[Event] = collections.deque(maxlen=history)
+        self._subscribers: set[_Subscriber] = set()
+
+    def publish(self, kind: str, data: dict[str, Any]) -> Event:
+        event = Event(self._next, time.time(), kind, data)
+        self._next += 1
+        self.history.append(event)
+        for sub in list(self._subscribers):
+            sub.put(event)
+        return event
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    async def subscribe(self, after: int | None = None, kinds: set[str] | None = None) -> AsyncIterator[Event]:
+        """Events from now on (or after the id ``after``, from the history), filtered by kind."""
+        sub = _Subscriber()
+        self._subscribers.add(sub)
+        try:
+            if after is not None:
+                for event in list(self.history):
+                    if event.id > after and (kinds is None or event.kind in kinds):
+                        yield event
+                if self.history and self.history[0].id > after + 1:
+                    yield Event(0, time.time(), "dropped", {"from": after + 1, "to": self.history[0].id - 1})
+            while True:
+                event = await sub.get()
+                if kinds is None or event.kind in kinds or event.kind == "dropped":
+                    yield event
+        finally:
+            self._subscribers.discard(sub)
+
+
+class _Subscriber:
+    def __init__(self) -> None:
+        self.queue: collections.deque[Event] = collections.deque()
+        self.ready = asyncio.Event()
+        self.dropped = 0
+
+    def put(self, event: Event) -> None:
+        if len(self.queue) >= QUEUE:
+            self.queue.popleft()
+            self.dropped += 1
+        self.queue.append(event)
+        self.ready.set()
+
+    async def get(self) -> Event:
+        while not self.queue:
+            self.ready.clear()
+            await self.ready.wait()
+        if self.dropped:
+            n, self.dropped = self.dropped, 0
+            return Event(0, time.time(), "dropped", {"count": n})
+        return self.queue.popleft()

@@ -1,0 +1,110 @@
+"""tiqo's routes for the ledger: usage, request logs, the audit trail of off-machine calls, budgets, alerts and the
+live event stream (server-sent events)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from tiqo.core.durations import parse_duration
+from tiqo.core.errors import BadRequest, ConfigError
+from tiqo.daemon.ledger import GROUPS
+from tiqo.daemon.service import Daemon
+from tiqo.protocol.tiqo import SetBudgetRequest
+
+router = APIRouter(prefix="/tiqo")
+HEARTBEAT_S = 15.0
+
+
+def _daemon(request: Request) -> Daemon:
+    daemon: Daemon = request.app.state.daemon
+    return daemon
+
+
+def _since(since: str) -> float:
+    try:
+        return time.time() - parse_duration(since)
+    except ValueError as exc:
+        raise BadRequest(f"since: {exc}", param="since", hint="use a duration such as 1h, 7d or 30d") from None
+
+
+@router.get("/usage")
+async def usage(request: Request, since: str = "7d", by: str = "day", user: str | None = None) -> dict[str, Any]:
+    """Requests, tokens, cost, cache hits and errors since a time, grouped by day, provider, model, user or key."""
+    if by not in GROUPS:
+        raise BadRequest(f"cannot group by {by!r}; use one of {', '.join(GROUPS)}", param="by")
+    daemon = _daemon(request)
+    result = daemon.ledger.usage(_since(since), by, user)
+    result["timezone"] = daemon.budgets.policy.timezone
+    return result
+
+
+@router.get("/logs")
+async def logs(request: Request, n: int = 20, user: str | None = None) -> dict[str, Any]:
+    """The most recent requests, newest first (no content unless ledger.store_content is on)."""
+    if not 0 < n <= 10_000:
+        raise BadRequest("n must be between 1 and 10000", param="n")
+    return {"data": _daemon(request).ledger.logs(n, user)}
+
+
+@router.get("/audit")
+async def audit(request: Request, n: int = 20, since: str = "3650d") -> dict[str, Any]:
+    """Every off-machine call, newest first: where it went, with which key, why it was allowed, what it cost."""
+    if not 0 < n <= 10_000:
+        raise BadRequest("n must be between 1 and 10000", param="n")
+    return {"data": _daemon(request).ledger.audit(n, _since(since))}
+
+
+@router.get("/budget")
+async def budget(request: Request) -> dict[str, Any]:
+    """Each limit: spent, reserved by calls in flight, left, percent, when it resets; thresholds and alerts."""
+    return _daemon(request).budgets.show(time.time())
+
+
+@router.put("/budget")
+async def set_budget(body: SetBudgetRequest, request: Request) -> dict[str, Any]:
+    """Set a limit (``usd``) or remove it (``usd`` null); written to config.toml and applied at once."""
+    daemon = _daemon(request)
+    try:
+        daemon.budgets.set_limit(body.scope, body.name or "", body.period, body.usd)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return daemon.budgets.show(time.time())
+
+
+@router.get("/alerts")
+async def alerts(request: Request, n: int = 50) -> dict[str, Any]:
+    return {"data": _daemon(request).ledger.alerts(n)}
+
+
+@router.get("/events")
+async def events(request: Request, kinds: str | None = None) -> StreamingResponse:
+    """Server-sent events: ``request`` (each ledger row), ``alert`` … A reconnecting client sends Last-Event-ID and
+    gets what it missed from a short history."""
+    daemon = _daemon(request)
+    last = request.headers.get("last-event-id")
+    after = int(last) if last and last.isdigit() else None
+    wanted = {k.strip() for k in kinds.split(",") if k.strip()} if kinds else None
+
+    async def stream() -> AsyncIterator[str]:
+        yield f": tiqo events, pid {daemon.health()['pid']}\nretry: 2000\n\n"
+        feed = daemon.events.subscribe(after, wanted).__aiter__()
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(anext(feed), HEARTBEAT_S)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                ident = f"id: {event.id}\n" if event.id else ""
+                yield f"{ident}event: {event.kind}\ndata: {json.dumps(event.as_dict(), separators=(',', ':'))}\n\n"
+        finally:
+            await feed.aclose()  # type: ignore[attr-defined]
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
