@@ -8,19 +8,16 @@ commit a failure is an explicit error event, and it still counts against the pro
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import (
     BadRequest,
-    BudgetExceeded,
     Busy,
     ClassificationRefused,
     ContextOverflow,
@@ -32,6 +29,7 @@ from tiqo.core.errors import (
     UpstreamFailed,
 )
 from tiqo.core.settings import Settings
+from tiqo.daemon.accounting import DEFAULT_MAX_TOKENS, Accounting
 from tiqo.daemon.budgets import Budgets
 from tiqo.daemon.events import EventBus
 from tiqo.daemon.external import stream_external
@@ -40,13 +38,14 @@ from tiqo.daemon.pieces import merge_tool_calls, prime, replay
 from tiqo.daemon.providers import Provider, ProviderHub
 from tiqo.daemon.registry import Registry
 from tiqo.daemon.routing_config import restricted_patterns, routing_config
+from tiqo.daemon.served import RequestMeta, Served
 from tiqo.daemon.store import Store
 from tiqo.daemon.upstream import AttemptFailed, UpstreamClient
 from tiqo.policy import budget as bp
 from tiqo.policy import cache as cachepol
 from tiqo.policy.breaker import HEALTH_FAILURES
 from tiqo.policy.classify import DATA_CLASSES, Classification, classify
-from tiqo.policy.ratelimit import RateLimiter, RateLimits
+from tiqo.policy.ratelimit import RateLimits
 from tiqo.policy.routing import (
     AUTO,
     LOCAL,
@@ -61,48 +60,10 @@ from tiqo.protocol import openai as oa
 from tiqo.sdk.engine import GenerationParams, Piece, Runner, StopFlag
 
 log = logging.getLogger("tiqo.gateway")
-DEFAULT_MAX_TOKENS = 1024  # for cost estimates and context checks when a request sets none
-# A budgeted external call without max_tokens is sent with this bound, so its reservation is a real worst case.
-BUDGET_MAX_TOKENS = 4096
 _BACKOFF_BASE, _BACKOFF_CAP = 0.05, 1.0
 
 
-@dataclass
-class RequestMeta:
-    """Who asks and how: from x-tiqo-* headers (or the OpenAI ``user`` field), else the settings."""
-
-    user: str = "local"
-    tier: str | None = None
-    data_class: str | None = None
-    cache: str = "use"  # use | refresh | off
-    task: str | None = None
-    request_id: str = ""
-
-
-@dataclass
-class Served:
-    backend: str = ""
-    provider: str = ""
-    model: str = ""
-    cache: str = "off"  # hit | miss | off
-    cost_usd: float = 0.0
-    est_cost_usd: float = 0.0
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    route: str = ""
-    key: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def headers(self, final: bool) -> dict[str, str]:
-        cost = self.cost_usd if final else self.est_cost_usd
-        return {
-            "x-tiqo-backend": self.backend,
-            "x-tiqo-model": self.model,
-            "x-tiqo-cost-usd": f"{cost:.8f}".rstrip("0").rstrip(".") or "0",
-            "x-tiqo-cache": self.cache,
-            "x-tiqo-attempts": str(len(self.attempts) + 1),
-            "x-tiqo-route": self.route,
-        }
+__all__ = ["Gateway", "RequestMeta", "Served", "generation_params"]
 
 
 class Gateway:
@@ -125,7 +86,7 @@ class Gateway:
         self.ledger = ledger
         self.budgets = budgets
         self.events = events
-        self.limiter = RateLimiter()
+        self.accounting = Accounting(settings, hub, ledger, budgets, events, lambda: self.clock())
         self.upstream = UpstreamClient()
         self.clock = time.time
         self._patterns = restricted_patterns(settings)
@@ -168,36 +129,6 @@ class Gateway:
             tier=tier,
             task=meta.task,
         )
-
-    def rate_limits(self, classification: Classification) -> RateLimits:
-        """The user's limits: their tier's, with their own [users.NAME] values over them."""
-        _, config = self.catalog_and_config()
-        tier = config.tiers.get(classification.tier)
-        profile = config.users.get(classification.user)
-        limits = tier.limits if tier else RateLimits()
-        return limits.merged(profile.limits) if profile else limits
-
-    def admit(self, classification: Classification, limits: RateLimits, est_tokens: int) -> None:
-        """Per-user rate limits (requests and tokens per minute, requests per day): 429 + Retry-After when over."""
-        if not limits:
-            return
-        now = self.clock()
-        user = classification.user
-        verdict = self.limiter.admit(user, limits, est_tokens, now)
-        if not verdict.ok:
-            raise RateLimited(
-                f"rate limited: {verdict.reason} (tier {classification.tier})",
-                retry_after=verdict.retry_after,
-                hint="wait for Retry-After, or raise the limits in [tiers.NAME] / [users.NAME] of config.toml",
-            )
-        if limits.rpd is not None:
-            day, resets = bp.period_of("day", now, self.budgets.policy.timezone)
-            if self.ledger.count_request(user, day, limits.rpd) is None:
-                raise RateLimited(
-                    f"user {user} has used the {limits.rpd} requests per day of tier {classification.tier}",
-                    retry_after=max(1.0, resets - now),
-                    hint="the allowance resets at midnight (budget.timezone); [users.NAME] rpd raises it",
-                )
 
     def decide(
         self,
@@ -262,64 +193,15 @@ class Gateway:
         try:
             classification = self.classify(body, meta)
             row.tier, row.task, row.data_class = classification.tier, classification.task, classification.data_class
-            limits = self.rate_limits(classification)
-            self.admit(classification, limits, estimate_tokens([m.text() for m in body.messages]))
+            limits = self.accounting.rate_limits(classification, self.catalog_and_config()[1])
+            self.accounting.admit(classification, limits, estimate_tokens([m.text() for m in body.messages]))
             served, pieces = await self._serve(body, meta, classification, row.id, stream=stream)
         except TiqoError as exc:
             row.outcome = "refused" if exc.status < 500 else "error"
             row.error = exc.code
-            self._finish(row, None, started)
+            self.accounting.finish(row, None, started)
             raise
-        return served, self._recorded(served, pieces, row, body, limits, started)
-
-    async def _recorded(
-        self,
-        served: Served,
-        pieces: AsyncGenerator[Piece, None],
-        row: RequestRow,
-        body: oa.ChatCompletionRequest,
-        limits: RateLimits,
-        started: float,
-    ) -> AsyncGenerator[Piece, None]:
-        text: list[str] = []
-        row.outcome = "cancelled"  # until the end arrives (a client that hangs up never lets it)
-        try:
-            async for piece in pieces:
-                if piece.text:
-                    text.append(piece.text)
-                if piece.finish_reason is not None:
-                    row.outcome = "ok"
-                yield piece
-        except TiqoError as exc:
-            row.outcome, row.error = "interrupted", exc.code
-            raise
-        except AttemptFailed:
-            row.outcome, row.error = "interrupted", "stream_interrupted"
-            raise
-        finally:
-            await pieces.aclose()
-            if limits.tpm:
-                self.limiter.charge_tokens(row.user, limits, served.completion_tokens, self.clock())
-            if self.settings["ledger.store_content"] and row.data_class != "restricted":
-                messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-                row.content = json.dumps({"messages": messages, "answer": "".join(text)})
-            self._finish(row, served, started)
-
-    def _finish(self, row: RequestRow, served: Served | None, started: float) -> None:
-        row.latency_ms = round((time.perf_counter() - started) * 1000, 2)
-        if served is not None:
-            row.backend, row.provider, row.model, row.key = served.backend, served.provider, served.model, served.key
-            row.tokens_in, row.tokens_out = served.prompt_tokens, served.completion_tokens
-            row.cost_nusd, row.cache, row.route = bp.to_nano(served.cost_usd), served.cache, served.route
-            row.attempts = len(served.attempts) + 1
-        try:
-            self.ledger.record(row)
-        except Exception:  # the answer is already out; say loudly that the ledger missed it
-            log.exception("ledger write failed for %s", row.id)
-        if self.events.subscribers:
-            data = {k: v for k, v in row.__dict__.items() if k != "content"}
-            data["cost_usd"] = row.cost_nusd / bp.NANO
-            self.events.publish("request", data)
+        return served, self.accounting.recorded(served, pieces, row, body, limits, started)
 
     async def _serve(
         self,
@@ -380,7 +262,9 @@ class Gateway:
                             )
                             break
                         tried_keys.add(key_name)
-                    call, call_wire, refusal = self._reserve(body, wire, model, key_name, decision, request_id)
+                    call, call_wire, refusal = self.accounting.reserve(
+                        body, wire, model, key_name, decision, request_id
+                    )
                     if refusal is not None:
                         blocked[cand.model] = refusal.charge
                         error = {"model": cand.model, "provider": model.provider, "error": refusal.message}
@@ -420,55 +304,8 @@ class Gateway:
                 served.est_cost_usd = cand.est_cost_usd
                 return served, ready
         if blocked and not failures:
-            raise self._budget_error(blocked, served.attempts)
+            raise self.accounting.budget_error(blocked, served.attempts)
         raise self._all_failed(decision, failures, served)
-
-    def _reserve(
-        self,
-        body: oa.ChatCompletionRequest,
-        wire: dict[str, Any],
-        model: CatalogModel,
-        key_name: str | None,
-        decision: Decision,
-        request_id: str,
-    ) -> tuple[CallRow, dict[str, Any], bp.Refusal | None]:
-        """The audit row of an external call, and its budget reservation at the worst-case cost: every prompt byte
-        a token (no tokenizer counts more), plus max_tokens (sent upstream when the request set none)."""
-        c = decision.classification
-        limit = body.token_limit()
-        now = self.clock()
-        if limit is None and self.budgets.charges(c.user, model, now):
-            limit = BUDGET_MAX_TOKENS
-            wire = {**wire, "max_tokens": limit}
-        prompt_bound = sum(len(m.text().encode()) + 8 for m in body.messages)
-        worst = model.cost(prompt_bound, limit or DEFAULT_MAX_TOKENS)
-        provider = self.hub.providers[model.provider]
-        reason = (
-            f"{decision.source}; class {c.data_class} allowed to {model.provider} (up to {provider.max_class}); "
-            f"tier {c.tier}; worst case ${worst:.6f}"
-        )
-        call = CallRow(
-            id="call_" + uuid.uuid4().hex[:24],
-            request_id=request_id,
-            ts=now,
-            user=c.user,
-            provider=model.provider,
-            model=model.name,
-            key=key_name,
-            data_class=c.data_class,
-            reason=reason,
-        )
-        return call, wire, self.budgets.reserve(call, model, worst, now)
-
-    def _budget_error(self, blocked: dict[str, bp.Charge], attempts: list[dict[str, Any]]) -> TiqoError:
-        charge = min(blocked.values(), key=lambda c: c.resets_at)
-        reasons = "; ".join(f"{a['model']}: {a['error']}" for a in attempts) or f"the {charge.label} budget is spent"
-        reset = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(charge.resets_at))
-        return BudgetExceeded(
-            f"budget exhausted for external models ({reasons}); the {charge.label} budget resets at {reset}",
-            retry_after=max(1.0, charge.resets_at - self.clock()),
-            hint="`tiqo budget show` lists the limits; `tiqo budget set` raises one; local models keep working",
-        )
 
     def _nothing_kept(self, decision: Decision, blocked: dict[str, bp.Charge]) -> TiqoError:
         reasons = "; ".join(f"{c.model}: {c.reason}" for c in decision.candidates)
@@ -479,7 +316,7 @@ class Gateway:
             )
         if blocked:
             attempts = [{"model": m, "error": f"the {c.label} budget is spent"} for m, c in blocked.items()]
-            return self._budget_error(blocked, attempts)
+            return self.accounting.budget_error(blocked, attempts)
         retry = [self.hub.retry_after(c.provider) for c in decision.candidates if c.provider not in (LOCAL, "?")]
         waits = [r for r in retry if r is not None]
         if waits:
@@ -588,41 +425,7 @@ class Gateway:
                     provider.pool.release(key_name)
                     self.hub.persist(provider.name, key_name)
             if call is not None:
-                self._settle(call, model, ok, error, served, decision, text)
-
-    def _settle(
-        self,
-        call: CallRow,
-        model: CatalogModel,
-        ok: bool,
-        error: str | None,
-        served: Served,
-        decision: Decision,
-        text: list[str],
-    ) -> None:
-        """Release the reservation and charge what the call cost: the reported usage; for a call cut off after
-        tokens arrived, the prompt plus what arrived (the provider bills those); nothing for one that never did."""
-        if ok:
-            t_in, t_out, status = served.prompt_tokens, served.completion_tokens, "ok"
-        elif text:
-            t_in, t_out, status = decision.est_prompt_tokens, max(1, len("".join(text)) // 4), "interrupted"
-            served.prompt_tokens, served.completion_tokens = t_in, t_out
-            served.cost_usd = model.cost(t_in, t_out)
-        else:
-            t_in, t_out, status = 0, 0, "failed"
-        try:
-            self.budgets.settle(
-                call.id,
-                call.user,
-                model,
-                status=status,
-                cost=bp.to_nano(model.cost(t_in, t_out)),
-                tokens_in=t_in,
-                tokens_out=t_out,
-                error=error if not ok else None,
-            )
-        except Exception:  # never lose the answer over the ledger; the call stays pending and start-up settles it
-            log.exception("settling %s failed", call.id)
+                self.accounting.settle(call, model, ok, error, served, decision, text)
 
     def _record_success(self, provider: Provider, key_name: str | None, tokens: int) -> None:
         provider.breaker.success()

@@ -1,0 +1,44 @@
+"""Who asks (RequestMeta) and what served (Served): shared by the gateway, its accounting and the routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RequestMeta:
+    """Who asks and how: from x-tiqo-* headers (or the OpenAI ``user`` field), else the settings."""
+
+    user: str = "local"
+    tier: str | None = None
+    data_class: str | None = None
+    cache: str = "use"  # use | refresh | off
+    task: str | None = None
+    request_id: str = ""
+
+
+@dataclass
+class Served:
+    backend: str = ""
+    provider: str = ""
+    model: str = ""
+    cache: str = "off"  # hit | miss | off
+    cost_usd: float = 0.0
+    est_cost_usd: float = 0.0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    route: str = ""
+    key: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def headers(self, final: bool) -> dict[str, str]:
+        cost = self.cost_usd if final else self.est_cost_usd
+        return {
+            "x-tiqo-backend": self.backend,
+            "x-tiqo-model": self.model,
+            "x-tiqo-cost-usd": f"{cost:.8f}".rstrip("0").rstrip(".") or "0",
+            "x-tiqo-cache": self.cache,
+            "x-tiqo-attempts": str(len(self.attempts) + 1),
+            "x-tiqo-route": self.route,
+        }
