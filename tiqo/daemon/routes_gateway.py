@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 
 from tiqo.core.errors import BadRequest
 from tiqo.daemon.gateway import RequestMeta
+from tiqo.daemon.served import OS_USER
 from tiqo.daemon.service import Daemon
 from tiqo.policy.cache import CONTROL
 from tiqo.protocol import openai as oa
@@ -36,7 +37,7 @@ async def route_explain(body: RouteExplainRequest, request: Request) -> dict[str
     if body.tools:
         chat["tools"] = body.tools
     request_body = oa.ChatCompletionRequest.model_validate(chat)
-    meta = RequestMeta(user=body.user or "local", tier=body.tier, data_class=body.data_class, task=body.task)
+    meta = RequestMeta(user=body.user or OS_USER, tier=body.tier, data_class=body.data_class, task=body.task)
     decision = daemon.gateway.decide(request_body, meta)
     result = decision.as_dict()
     result["needs"] = list(request_body.needs())

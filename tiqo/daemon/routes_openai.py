@@ -16,6 +16,7 @@ from tiqo.core.durations import parse_duration
 from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.gateway import RequestMeta, Served, generation_params
 from tiqo.daemon.pieces import merge_tool_calls
+from tiqo.daemon.served import OS_USER
 from tiqo.daemon.service import Daemon
 from tiqo.policy.cache import CONTROL
 from tiqo.protocol import openai as oa
@@ -63,11 +64,12 @@ def request_meta(request: Request, user_field: str | None = None) -> RequestMeta
     if cache not in CONTROL:
         raise BadRequest(f"x-tiqo-cache must be one of {', '.join(CONTROL)}", param="x-tiqo-cache")
     return RequestMeta(
-        user=h.get("x-tiqo-user") or user_field or "local",
+        user=h.get("x-tiqo-user") or user_field or OS_USER,
         tier=h.get("x-tiqo-tier") or None,
         data_class=(h.get("x-tiqo-class") or "").strip().lower() or None,
         cache=cache,
         task=h.get("x-tiqo-task") or None,
+        request_id=request.scope.get("state", {}).get("request_id", ""),
     )
 
 

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import getpass
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return "local"
+
+
+# The socket is private to the daemon's OS user (mode 0600), so whoever connects is that user unless an app that
+# serves many users says otherwise (x-tiqo-user, or the OpenAI ``user`` field).
+OS_USER = _os_user()
 
 
 @dataclass
 class RequestMeta:
     """Who asks and how: from x-tiqo-* headers (or the OpenAI ``user`` field), else the settings."""
 
-    user: str = "local"
+    user: str = OS_USER
     tier: str | None = None
     data_class: str | None = None
     cache: str = "use"  # use | refresh | off
