@@ -47,7 +47,9 @@ def test_classify_tools_max_tokens_and_explicit_values() -> None:
     ssn = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
     assert classify(["my ssn is 123-45-6789"], restricted_patterns=[ssn]).data_class == "restricted"
     # patterns only raise the class: saying "public" does not let a match leave the machine
-    assert classify(["my ssn is 123-45-6789"], data_class="public", restricted_patterns=[ssn]).data_class == "restricted"
+    assert (
+        classify(["my ssn is 123-45-6789"], data_class="public", restricted_patterns=[ssn]).data_class == "restricted"
+    )
     assert classify(["hello"], data_class="confidential", restricted_patterns=[ssn]).data_class == "confidential"
     with pytest.raises(ValueError, match="unknown data class"):
         classify(["hi"], data_class="secret")

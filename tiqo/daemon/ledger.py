@@ -175,6 +175,11 @@ class Ledger:
     # ------------------------------------------------------------ calls and reservations
     def reserve(self, call: CallRow, charges: Sequence[Charge], amount: int) -> Refusal | None:
         """Atomically check every limit and reserve ``amount`` against each; the call row records it."""
+        tightest: dict[CounterKey, Charge] = {}  # users.ann and users."*" both charge user:ann: once, at the lower
+        for c in charges:
+            if c.key not in tightest or c.limit.usd < tightest[c.key].limit.usd:
+                tightest[c.key] = c
+        charges = list(tightest.values())
         call.reserved_nusd, call.charges = amount, [c.key for c in charges]
         if self.local_counters:
             with self._tx():
