@@ -12,6 +12,7 @@ With ``state.backend = redis`` the counters move to Redis (daemons sharing budge
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sqlite3
@@ -86,6 +87,10 @@ class Counters(Protocol):
         """Move ``reserved`` out and add ``cost``; returns spent before and after for each counter."""
         ...
 
+    def periods(self, prefix: str) -> list[tuple[str, str, int, int]]:
+        """Counters whose name starts with ``prefix`` (``user:`` …): (counter, period, spent, reserved)."""
+        ...
+
 
 class SqliteCounters:
     """Counters in the ledger's own database. ``reserve`` and ``settle`` run inside the caller's transaction."""
@@ -126,6 +131,11 @@ class SqliteCounters:
             )
             out[key] = (before, before + cost)
         return out
+
+    def periods(self, prefix: str) -> list[tuple[str, str, int, int]]:
+        return self.db.execute(
+            "SELECT counter, period, spent, reserved FROM budget_usage WHERE counter LIKE ?", (prefix + "%",)
+        ).fetchall()
 
 
 class Ledger:
@@ -188,7 +198,13 @@ class Ledger:
                     self._insert_call(call)
             return refusal
         self._insert_call(call, status="reserving")  # a crash from here on is reconciled from this row
-        refusal = self.counters.reserve(call.id, charges, amount)
+        try:
+            refusal = self.counters.reserve(call.id, charges, amount)
+        except Exception:
+            with contextlib.suppress(Exception):  # release it in case the server reserved and the reply was lost
+                self.counters.settle(call.id, call.charges, amount, 0)
+                self.db.execute("DELETE FROM calls WHERE id = ?", (call.id,))
+            raise
         if refusal is not None:
             self.db.execute("DELETE FROM calls WHERE id = ?", (call.id,))
             return refusal
@@ -226,7 +242,10 @@ class Ledger:
         error: str | None = None,
         now: float | None = None,
     ) -> dict[CounterKey, tuple[int, int]]:
-        """End a call: release its reservation and charge ``cost``. Idempotent (a settled call stays settled)."""
+        """End a call: release its reservation and charge ``cost``. Idempotent (a settled call stays settled).
+
+        The counters move inside the row's transaction: if a shared counter server fails, the row stays pending
+        and start-up settles it (its settle is idempotent, so a commit that fails after it does no harm)."""
         with self._tx():
             row = self.db.execute(
                 "SELECT reserved_nusd, charges FROM calls WHERE id = ? AND status IN ('pending', 'reserving')",
@@ -235,14 +254,15 @@ class Ledger:
             if row is None:
                 return {}
             reserved, charges = row[0], [tuple(k) for k in json.loads(row[1])]
+            moved = self.counters.settle(call_id, charges, reserved, cost)
+            if charges and not moved and not self.local_counters:
+                cost = 0  # the shared server never held this reservation (a crash before it): nothing was charged
             self.db.execute(
                 "UPDATE calls SET status = ?, cost_nusd = ?, tokens_in = ?, tokens_out = ?, error = ?, ended = ? "
                 "WHERE id = ?",
                 (status, cost, tokens_in, tokens_out, error, time.time() if now is None else now, call_id),
             )
-            if self.local_counters:
-                return self.counters.settle(call_id, charges, reserved, cost)
-        return self.counters.settle(call_id, charges, reserved, cost)
+            return moved
 
     def reconcile(self) -> int:
         """Settle calls a crash left pending at their reserved worst case. Returns how many."""
@@ -271,9 +291,7 @@ class Ledger:
 
     def periods(self, prefix: str) -> list[tuple[str, str, int, int]]:
         """Counters of every subject of a ``*`` limit (``user:`` …): (counter, period, spent, reserved)."""
-        return self.db.execute(
-            "SELECT counter, period, spent, reserved FROM budget_usage WHERE counter LIKE ?", (prefix + "%",)
-        ).fetchall()
+        return self.counters.periods(prefix)
 
     # ------------------------------------------------------------ alerts
     def alert_once(self, dedupe: str, kind: str, level: str, message: str, data: Mapping[str, Any]) -> int | None:

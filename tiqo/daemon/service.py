@@ -62,7 +62,12 @@ class Daemon:
         self.store = Store(settings.paths.db_file)
         self.hub = ProviderHub(settings, self.store, provider_kinds)
         self.events = EventBus()
-        self.ledger = Ledger(self.store, timezone=settings["budget.timezone"])
+        counters = None
+        if settings["state.backend"] == "redis":  # redis-py is imported only for this backend
+            from tiqo.daemon.redis_counters import RedisCounters
+
+            counters = RedisCounters(settings["state.redis_url"])
+        self.ledger = Ledger(self.store, counters=counters, timezone=settings["budget.timezone"])
         reconciled = self.ledger.reconcile()
         if reconciled:
             log.warning("settled %d external call(s) a previous run left in flight, at their reserved cost", reconciled)
