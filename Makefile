@@ -9,7 +9,7 @@ PROMPT ?= Name three primary colours.
 # llama-cpp-python compiles from source where no wheel fits (7-20 minutes on 2 cores): use every core.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install install-test run test bench clean
+.PHONY: install install-test system-deps run test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +28,26 @@ install-test: install
 run: install
 	$(BIN)/tiqo ask "$(PROMPT)"
 
-test: install-test
+# Programs the tests start themselves (no system service needed): redis-server for the shared-budget tests.
+SYSTEM_DEPS := redis-server
+SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
+system-deps:
+	@missing=""; for p in $(SYSTEM_DEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (apt-get)"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing \
+		|| { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends $$missing; }; \
+	fi
+
+test: install-test system-deps
 	$(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python bench/llm_overhead.py
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/upstream_clients.py
+	$(BIN)/python bench/ledger.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info
