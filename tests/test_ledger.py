@@ -285,6 +285,14 @@ def test_block_external_and_local_keeps_working(homes: list[Path], stubs: tuple[
         r = ask(d, "alpha-m", "hi", headers={"x-tiqo-user": "bob"}, max_tokens=4)
         assert r.status_code == 200 and r.headers["x-tiqo-backend"] == "alpha"
         assert len(chat_requests(a)) == 1
+        # text completions (a named local model, no routing) are in the ledger too, streamed or not
+        for stream in (False, True):
+            body = {"model": "smollm2-135m", "prompt": "Once upon", "max_tokens": 3, "stream": stream}
+            r = d.client().post("/v1/completions", json=body, headers={"x-tiqo-user": "ann"})
+            assert r.status_code == 200, r.text
+        rows = d.client().get("/tiqo/logs", params={"n": 2, "user": "ann"}).json()["data"]
+        assert [(x["task"], x["outcome"], x["backend"]) for x in rows] == [("completion", "ok", "local:llama.cpp")] * 2
+        assert all(x["tokens_out"] == 3 and x["tokens_in"] > 0 for x in rows)
     finally:
         d.stop()
 

@@ -83,10 +83,11 @@ class Accounting:
         served: Served,
         pieces: AsyncGenerator[Piece, None],
         row: RequestRow,
-        body: oa.ChatCompletionRequest,
+        body: oa.ChatCompletionRequest | oa.CompletionRequest,
         limits: RateLimits,
         started: float,
     ) -> AsyncGenerator[Piece, None]:
+        """Pass pieces through and write the request's ledger row when they end (or the client goes away)."""
         text: list[str] = []
         row.outcome = "cancelled"  # until the end arrives (a client that hangs up never lets it)
         try:
@@ -95,6 +96,8 @@ class Accounting:
                     text.append(piece.text)
                 if piece.finish_reason is not None:
                     row.outcome = "ok"
+                    if not served.completion_tokens:  # served outside routing (text completions)
+                        served.prompt_tokens, served.completion_tokens = piece.prompt_tokens, piece.completion_tokens
                 yield piece
         except TiqoError as exc:
             row.outcome, row.error = "interrupted", exc.code
@@ -107,8 +110,11 @@ class Accounting:
             if limits.tpm:
                 self.limiter.charge_tokens(row.user, limits, served.completion_tokens, self.clock())
             if self.settings["ledger.store_content"] and row.data_class != "restricted":
-                messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-                row.content = json.dumps({"messages": messages, "answer": "".join(text)})
+                if isinstance(body, oa.CompletionRequest):
+                    asked: dict[str, Any] = {"prompt": body.prompt_text()}
+                else:
+                    asked = {"messages": [{"role": m.role, "content": m.text()} for m in body.messages]}
+                row.content = json.dumps({**asked, "answer": "".join(text)})
             self.finish(row, served, started)
 
     def finish(self, row: RequestRow, served: Served | None, started: float) -> None:

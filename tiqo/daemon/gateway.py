@@ -180,6 +180,24 @@ class Gateway:
         )
         return prefer_local(decision, demoted)
 
+    def admit_local(self, body: oa.CompletionRequest, meta: RequestMeta) -> tuple[RequestRow, RateLimits, float]:
+        """Classification, rate limits and the ledger row of a text completion (a named local model, no routing)."""
+        started = time.perf_counter()
+        as_chat = oa.ChatCompletionRequest.model_validate(
+            {"model": body.model, "messages": [{"role": "user", "content": body.prompt_text()}]}
+        )
+        row = RequestRow(id=meta.request_id or "req_" + uuid.uuid4().hex[:24], ts=self.clock(), user=meta.user)
+        try:
+            c = self.classify(as_chat, meta)
+            row.tier, row.task, row.data_class = c.tier, "completion", c.data_class
+            limits = self.accounting.rate_limits(c, self.catalog_and_config()[1])
+            self.accounting.admit(c, limits, estimate_tokens([body.prompt_text()]))
+        except TiqoError as exc:
+            row.outcome, row.error = "refused", exc.code
+            self.accounting.finish(row, None, started)
+            raise
+        return row, limits, started
+
     # ------------------------------------------------------------ serving
     async def chat(
         self, body: oa.ChatCompletionRequest, meta: RequestMeta, *, stream: bool

@@ -103,17 +103,22 @@ async def completions(body: oa.CompletionRequest, request: Request) -> JSONRespo
     keep_alive = None if body.keep_alive is None else parse_duration(body.keep_alive)
     rid = "cmpl-" + request.scope["state"]["request_id"].removeprefix("req_")
     served = Served(backend=f"local:{spec.engine}", provider="local", model=spec.name)
+    row, limits, started = daemon.gateway.admit_local(body, request_meta(request, body.user))
 
     def call(runner: Runner, stop: StopFlag) -> Iterator[Piece]:
         return runner.complete(prompt, params, stop)
 
+    def generate() -> AsyncGenerator[Piece, None]:
+        pieces = daemon.generate(spec, keep_alive, call)
+        return daemon.gateway.accounting.recorded(served, pieces, row, body, limits, started)
+
     if not body.stream:
 
         async def run() -> tuple[Served, list[Piece]]:
-            return served, [p async for p in daemon.generate(spec, keep_alive, call)]
+            return served, [p async for p in generate()]
 
         return await _collect(request, run, rid, chat=False)
-    pieces = daemon.generate(spec, keep_alive, call)
+    pieces = generate()
     # Pull the first piece before answering, so load errors and over-long prompts get a real HTTP status.
     try:
         first = await anext(pieces)
