@@ -122,6 +122,13 @@ SETTINGS: tuple[Setting, ...] = (
         "daemon.startup_timeout", "60s", parse_duration, "How long the CLI waits for a starting daemon", "duration"
     ),
     Setting("daemon.log_level", "info", _choice("debug", "info", "warning", "error"), "Daemon log level", "choice"),
+    Setting(
+        "daemon.listen",
+        "",
+        _str,
+        "Also serve the /v1 routes over TCP at HOST:PORT, with bearer tokens (`tiqo users token`); empty = off",
+        "str",
+    ),
     Setting("daemon.max_request_size", "16MiB", parse_size, "Largest request body; bigger ones get 413", "size"),
     Setting(
         "scheduler.keep_alive",

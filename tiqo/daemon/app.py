@@ -22,6 +22,7 @@ from tiqo.daemon.routes_ledger import router as ledger_router
 from tiqo.daemon.routes_manage import router as manage_router
 from tiqo.daemon.routes_openai import router as openai_router
 from tiqo.daemon.service import Daemon
+from tiqo.daemon.tcp import BearerAuth
 
 log = logging.getLogger("tiqo.http")
 
@@ -174,5 +175,6 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.include_router(manage_router)
     app.include_router(gateway_router)
     app.include_router(ledger_router)
+    app.add_middleware(BearerAuth, users=lambda: daemon.settings.toml.get("users", {}))
     app.add_middleware(RequestContext, max_body=daemon.settings["daemon.max_request_size"])
     return app

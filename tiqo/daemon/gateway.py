@@ -99,6 +99,10 @@ class Gateway:
             self._derived = (version, self.registry.catalog(), routing_config(self.settings, self.hub))
         return self._derived[1], self._derived[2]
 
+    def invalidate(self) -> None:
+        """Config changed outside the registry and the providers (users, tiers): rebuild the routing config."""
+        self._derived = None
+
     async def close(self) -> None:
         await self.upstream.close()
 

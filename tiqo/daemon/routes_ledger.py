@@ -14,8 +14,10 @@ from fastapi.responses import StreamingResponse
 
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import BadRequest, ConfigError
+from tiqo.core.settings import write_config_value
 from tiqo.daemon.ledger import GROUPS
 from tiqo.daemon.service import Daemon
+from tiqo.daemon.tcp import new_token
 from tiqo.protocol.tiqo import SetBudgetRequest
 
 router = APIRouter(prefix="/tiqo")
@@ -108,3 +110,66 @@ async def events(request: Request, kinds: str | None = None) -> StreamingRespons
             await feed.aclose()  # type: ignore[attr-defined]
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+# ---------------------------------------------------------------- users
+@router.get("/users")
+async def users(request: Request) -> dict[str, Any]:
+    """Configured users: tier, default data class, rate limits, whether a TCP token exists (never the token)."""
+    daemon = _daemon(request)
+    _, config = daemon.gateway.catalog_and_config()
+    table = daemon.settings.toml.get("users", {})
+    return {
+        "users": [
+            {
+                "name": name,
+                "tier": p.tier,
+                "data_class": p.data_class,
+                "rpm": p.limits.rpm,
+                "tpm": p.limits.tpm,
+                "rpd": p.limits.rpd,
+                "token": bool(isinstance(table.get(name), dict) and table[name].get("token_sha256")),
+            }
+            for name, p in sorted(config.users.items())
+        ],
+        "tiers": {
+            name: {
+                "providers": t.providers,
+                "premium": t.premium,
+                "rpm": t.limits.rpm,
+                "tpm": t.limits.tpm,
+                "rpd": t.limits.rpd,
+                "description": t.description,
+            }
+            for name, t in config.tiers.items()
+        },
+        "listen": daemon.settings["daemon.listen"] or None,
+    }
+
+
+@router.post("/users/{name}/token", status_code=201)
+async def create_token(name: str, request: Request) -> dict[str, Any]:
+    """A new bearer token for ``name`` on the TCP listener (replacing any old one). Shown once; only its hash is
+    kept."""
+    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise BadRequest("a user name is letters, digits, '-', '_' or '.' (at most 64)", param="name")
+    daemon = _daemon(request)
+    token, digest = new_token()
+    _set_user_field(daemon, name, "token_sha256", digest)
+    return {"user": name, "token": token}
+
+
+@router.delete("/users/{name}/token")
+async def revoke_token(name: str, request: Request) -> dict[str, Any]:
+    _set_user_field(_daemon(request), name, "token_sha256", None)
+    return {"user": name, "revoked": True}
+
+
+def _set_user_field(daemon: Daemon, name: str, field: str, value: Any) -> None:
+    write_config_value(daemon.settings.paths.config_file, ["users", name, field], value)
+    entry = daemon.settings.toml.setdefault("users", {}).setdefault(name, {})
+    if value is None:
+        entry.pop(field, None)
+    else:
+        entry[field] = value
+    daemon.gateway.invalidate()

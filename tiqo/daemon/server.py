@@ -108,6 +108,7 @@ def serve(settings: Settings) -> int:
 
     from tiqo.daemon.app import create_app
     from tiqo.daemon.service import Daemon
+    from tiqo.daemon.tcp import bind_tcp, parse_listen
 
     paths = settings.paths
     ensure_private_dir(paths.runtime_dir)
@@ -135,6 +136,22 @@ def serve(settings: Settings) -> int:
             http="httptools" if _has("httptools") else "h11",
         )
         server = uvicorn.Server(config)
+        sockets = [sock]
+        try:
+            listen = parse_listen(settings["daemon.listen"])
+        except ValueError as exc:
+            raise TiqoError(
+                str(exc), hint="use HOST:PORT, e.g. `tiqo config set daemon.listen 127.0.0.1:8311`"
+            ) from None
+        if listen is not None:
+            try:
+                sockets.append(bind_tcp(*listen))
+            except OSError as exc:
+                raise TiqoError(
+                    f"cannot listen on {listen[0]}:{listen[1]}: {exc.strerror}",
+                    hint="pick another port with `tiqo config set daemon.listen 127.0.0.1:PORT`, or unset it",
+                ) from None
+            log.info("also serving /v1 over TCP on %s:%d (bearer tokens required)", *listen)
         daemon.request_shutdown = lambda: setattr(server, "should_exit", True)
         write_status(settings, socket_path)
         log.info("tiqo %s serving on %s (pid %d)", __version__, socket_path, os.getpid())
@@ -143,7 +160,7 @@ def serve(settings: Settings) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _exit_cleanly)
         with contextlib.suppress(SystemExit):
-            server.run(sockets=[sock])
+            server.run(sockets=sockets)
         log.info("stopped")
         return 0
     except TiqoError as exc:
