@@ -124,17 +124,27 @@ class Policy:
         return out
 
 
+_PERIODS: dict[tuple[str, str], tuple[float, float, str]] = {}  # (period, tz) -> (start, end, id): the current one
+
+
 def period_of(period: str, now: float, tz: str) -> tuple[str, float]:
     """The calendar day or month containing ``now`` in ``tz``: its id and when it ends."""
+    hit = _PERIODS.get((period, tz))
+    if hit is not None and hit[0] <= now < hit[1]:  # time-zone arithmetic is most of a budget check: reuse it
+        return hit[2], hit[1]
     zone = ZoneInfo(tz)
     local = dt.datetime.fromtimestamp(now, zone)
     if period == "day":
         start = local.replace(hour=0, minute=0, second=0, microsecond=0)
         end = (start + dt.timedelta(days=1, hours=3)).replace(hour=0)  # +3h survives DST days of 23/25 h
-        return f"day:{start:%Y-%m-%d}", end.replace(tzinfo=zone).timestamp()
-    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (start + dt.timedelta(days=32)).replace(day=1)
-    return f"month:{start:%Y-%m}", end.replace(tzinfo=zone).timestamp()
+        pid = f"day:{start:%Y-%m-%d}"
+    else:
+        start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = (start + dt.timedelta(days=32)).replace(day=1)
+        pid = f"month:{start:%Y-%m}"
+    bounds = (start.replace(tzinfo=zone).timestamp(), end.replace(tzinfo=zone).timestamp(), pid)
+    _PERIODS[(period, tz)] = bounds
+    return pid, bounds[1]
 
 
 def check(charges: Sequence[Charge], usage: Mapping[tuple[str, str], Usage], amount: int) -> Refusal | None:
