@@ -77,3 +77,18 @@ def test_bad_listen_address_stops_the_daemon_with_a_hint() -> None:
         parse_listen("localhost:http")
     with pytest.raises(RuntimeError, match="HOST:PORT"):
         start_daemon(short_home(), TIQO_LISTEN="localhost:http")
+
+
+def test_users_cli_creates_lists_and_revokes_tokens(tcp: tuple[DaemonProc, str]) -> None:
+    d, url = tcp
+    r = d.cli("users", "token", "cli-user")
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    assert token.startswith("tq-") and "\n" not in token
+    body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    auth = {"authorization": f"Bearer {token}"}
+    assert httpx.post(url + "/v1/chat/completions", json=body, headers=auth, timeout=60).status_code == 200
+    r = d.cli("users", "list")
+    assert r.returncode == 0 and "cli-user" in r.stdout and "enterprise" in r.stdout and "127.0.0.1:" in r.stdout
+    assert d.cli("users", "revoke", "cli-user").returncode == 0
+    assert httpx.post(url + "/v1/chat/completions", json=body, headers=auth, timeout=60).status_code == 401
