@@ -72,6 +72,9 @@ def add(
         [], "--capability", help="External: chat, tools, json, vision… (repeatable; default chat, tools, json)."
     ),
     fallback: list[str] = typer.Option([], "--fallback", help="External: model to try next if it fails (repeatable)."),
+    premium: bool = typer.Option(
+        False, "--premium", help="External: a premium model, only for tiers with premium = true in [tiers]."
+    ),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Local: context window for this model."),
     keep_alive: Optional[str] = typer.Option(None, "--keep-alive", help="Local: default keep-alive for this model."),
     description: Optional[str] = typer.Option(None, "--description", "-d"),
@@ -83,7 +86,7 @@ def add(
 
       tiqo models add qwen2.5-7b ~/models/qwen2.5-7b-instruct-q4_k_m.gguf
 
-      tiqo models add gpt-4o --provider openai --upstream-model gpt-4o --price-in 2.5 --price-out 10
+      tiqo models add gpt-4o --provider openai --upstream-model gpt-4o --price-in 2.5 --price-out 10 --premium
     """
     if (path is None) == (provider is None):
         fail(
@@ -102,6 +105,7 @@ def add(
             "--context": context,
             "--capability": capability or None,
             "--fallback": fallback or None,
+            "--premium": premium or None,
         }
         wrong = [flag for flag, value in external.items() if value is not None]
         if wrong:
@@ -129,6 +133,7 @@ def add(
             context=context,
             capabilities=capability or None,
             fallbacks=fallback or None,
+            premium=premium or None,
             description=description,
         )
     if json_out:
@@ -137,6 +142,7 @@ def add(
     console.print(
         f"added {escape(row['name'])} → {escape(row['provider'])}/{escape(row['upstream_model'])} "
         f"(${row['price_in']:g} in / ${row['price_out']:g} out per 1M tokens)"
+        + (", premium" if row.get("premium") else "")
     )
     if not row["price_in"] and not row["price_out"]:
         console.print("[dim]no prices given: routing treats it as free; --price-in/--price-out set them[/]")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from tiqo.client import process
 from tiqo.core.settings import Settings
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     import httpx
 
 EXIT_ALREADY_RUNNING = 3  # the daemon's exit code when another one holds the lock
+RECONNECT_HEALTHY_S = 5.0  # an event stream open this long had been fine: reconnect at once when it drops
+RECONNECT_TRIES = 5  # reconnections in a row that each dropped quickly before events() gives up
 
 
 class DaemonUnavailable(Exception):
@@ -108,6 +111,35 @@ class Stream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Server-sent events from the lines of a stream (the WHATWG rules): ``{"id", "event", "data"}`` per event.
+
+    Comment lines (``:`` first, the daemon's keep-alives) and ``retry:`` are skipped; several ``data:`` lines join
+    with newlines; an event is dispatched at its blank line; ``id`` carries over to later events until set again."""
+    last_id: str | None = None
+    event: str | None = None
+    data: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line:
+            if data:
+                yield {"id": last_id, "event": event or "message", "data": "\n".join(data)}
+            event, data = None, []
+            continue
+        if line.startswith(":"):
+            continue
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+        elif name == "id" and "\0" not in value:
+            last_id = value
+    # an event without its closing blank line is incomplete: dropped, as the standard says
 
 
 class TiqoClient:
@@ -343,6 +375,134 @@ class TiqoClient:
         result: dict[str, Any] = self.request("DELETE", "/tiqo/cache", params={"expired": str(expired_only).lower()})
         return result
 
+    def users(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/tiqo/users")
+        return result
+
+    def create_token(self, user: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/tiqo/users/{quote(user, safe='')}/token")
+        return result
+
+    def revoke_token(self, user: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("DELETE", f"/tiqo/users/{quote(user, safe='')}/token")
+        return result
+
     def complete(self, payload: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", "/v1/completions", {**payload, "stream": False})
         return result
+
+    # ------------------------------------------------------------------ ledger and budgets
+    def usage(self, since: str = "7d", by: str = "day", user: str | None = None) -> dict[str, Any]:
+        """Requests, tokens, cost, cache hits and errors since ``since`` (24h, 7d…): a row per ``by`` group, a total."""
+        params = {"since": since, "by": by, **({"user": user} if user is not None else {})}
+        result: dict[str, Any] = self.request("GET", "/tiqo/usage", params=params)
+        return result
+
+    def logs(self, n: int = 20, user: str | None = None) -> list[dict[str, Any]]:
+        """The ``n`` most recent requests, newest first."""
+        params: dict[str, Any] = {"n": n, **({"user": user} if user is not None else {})}
+        return list(self.request("GET", "/tiqo/logs", params=params)["data"])
+
+    def audit(self, n: int = 20, since: str | None = None) -> list[dict[str, Any]]:
+        """Off-machine calls, newest first: provider, model, key, data class, why it was allowed, status, cost."""
+        params: dict[str, Any] = {"n": n, **({"since": since} if since is not None else {})}
+        return list(self.request("GET", "/tiqo/audit", params=params)["data"])
+
+    def budget(self) -> dict[str, Any]:
+        """Each limit (spent, reserved, left, percent, resets_at), thresholds and their actions, recent alerts."""
+        result: dict[str, Any] = self.request("GET", "/tiqo/budget")
+        return result
+
+    def set_budget(self, scope: str, name: str | None, period: str, usd: float | None) -> dict[str, Any]:
+        """Set one limit (``scope`` global|user|provider|model, ``period`` day|month); ``usd=None`` removes it.
+        Returns the budgets as :meth:`budget` does."""
+        body = {"scope": scope, "name": name, "period": period, "usd": usd}
+        result: dict[str, Any] = self.request("PUT", "/tiqo/budget", body)
+        return result
+
+    def alerts(self, n: int = 50) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/tiqo/alerts", params={"n": n})["data"])
+
+    def events(
+        self,
+        kinds: str | Iterable[str] | None = None,
+        last_event_id: int | str | None = None,
+        *,
+        reconnect: bool = True,
+    ) -> Iterator[dict[str, Any]]:
+        """Live events (``{"id", "ts", "kind", "data"}``) until the iterator is closed (which hangs up).
+
+        ``kinds`` filters them (``"request,alert"`` or a list); ``last_event_id`` first replays what came after it
+        from the daemon's short history. Keep-alive comments are skipped. With ``reconnect`` (what server-sent
+        events expect of a client) a dropped stream is opened again with the last id seen, as long as the daemon
+        answers (it is never started for that); otherwise :class:`DaemonUnavailable` is raised."""
+        last, failures, first = last_event_id, 0, True
+        gone: DaemonUnavailable | None = None
+        while True:
+            if first:
+                response = self._open_events(kinds, last)  # may start the daemon, like every other call
+            else:
+                autostart, self.autostart = self.autostart, False
+                try:
+                    response = self._open_events(kinds, last)
+                except DaemonUnavailable as exc:
+                    raise (gone or exc) from None
+                finally:
+                    self.autostart = autostart
+            first, opened = False, time.monotonic()
+            try:
+                for event in self._read_events(response):
+                    ident = event.get("id")
+                    if isinstance(ident, int) and ident > 0:
+                        last = ident
+                    yield event
+                gone = DaemonUnavailable(
+                    "the daemon ended the event stream (it is stopping)", hint="see `tiqo daemon status`"
+                )
+            except DaemonUnavailable as exc:
+                gone = exc
+            finally:
+                response.close()
+            failures = 0 if time.monotonic() - opened > RECONNECT_HEALTHY_S else failures + 1
+            if not reconnect or failures > RECONNECT_TRIES or not self.is_running():
+                raise gone
+            if failures:
+                time.sleep(min(2.0, 0.25 * 2 ** (failures - 1)))
+
+    def _open_events(self, kinds: str | Iterable[str] | None, last_event_id: int | str | None) -> httpx.Response:
+        params: dict[str, Any] = {}
+        if kinds is not None:
+            params["kinds"] = kinds if isinstance(kinds, str) else ",".join(kinds)
+        headers = {"accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["last-event-id"] = str(last_event_id)
+        response = self._send("GET", "/tiqo/events", stream=True, headers=headers, params=params)
+        if response.status_code >= 400:
+            try:
+                response.read()
+                self._decode(response)
+            finally:
+                response.close()
+        return response
+
+    @staticmethod
+    def _read_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
+        import httpx
+
+        try:
+            for raw in parse_sse(response.iter_lines()):
+                try:
+                    event = json.loads(raw["data"])
+                except ValueError:
+                    event = {"data": raw["data"]}
+                if not isinstance(event, dict):
+                    event = {"data": event}
+                event.setdefault("kind", raw["event"])
+                if raw["id"] is not None:
+                    event.setdefault("id", int(raw["id"]) if raw["id"].isdigit() else raw["id"])
+                yield event
+        except httpx.HTTPError as exc:
+            raise DaemonUnavailable(
+                f"the daemon went away in the middle of the event stream ({type(exc).__name__})",
+                hint="see `tiqo daemon logs`; run the command again once it is back",
+            ) from None

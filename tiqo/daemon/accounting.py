@@ -128,10 +128,9 @@ class Accounting:
             self.ledger.record(row)
         except Exception:  # the answer is already out; say loudly that the ledger missed it
             log.exception("ledger write failed for %s", row.id)
-        if self.events.subscribers:
-            data = {k: v for k, v in row.__dict__.items() if k != "content"}
-            data["cost_usd"] = row.cost_nusd / bp.NANO
-            self.events.publish("request", data)
+        data = {k: v for k, v in row.__dict__.items() if k not in ("content", "cost_nusd")}
+        data["cost_usd"] = row.cost_nusd / bp.NANO
+        self.events.publish("request", data)  # into the history too, so a reconnecting client can catch up
 
     def reserve(
         self,
@@ -173,9 +172,13 @@ class Accounting:
     def budget_error(self, blocked: dict[str, bp.Charge], attempts: list[dict[str, Any]]) -> TiqoError:
         charge = min(blocked.values(), key=lambda c: c.resets_at)
         reasons = "; ".join(f"{a['model']}: {a['error']}" for a in attempts) or f"the {charge.label} budget is spent"
-        reset = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(charge.resets_at))
+        message = f"budget exceeded for external models: {reasons}"
+        if "resets at" not in message:
+            message += f"; the {charge.label} budget resets at " + time.strftime(
+                "%Y-%m-%d %H:%M %Z", time.localtime(charge.resets_at)
+            )
         return BudgetExceeded(
-            f"budget exhausted for external models ({reasons}); the {charge.label} budget resets at {reset}",
+            message,
             retry_after=max(1.0, charge.resets_at - self.clock()),
             hint="`tiqo budget show` lists the limits; `tiqo budget set` raises one; local models keep working",
         )

@@ -94,19 +94,25 @@ async def events(request: Request, kinds: str | None = None) -> StreamingRespons
     after = int(last) if last and last.isdigit() else None
     wanted = {k.strip() for k in kinds.split(",") if k.strip()} if kinds else None
 
+    feed = daemon.events.subscribe(after, wanted).__aiter__()  # subscribed now: nothing published later is missed
+
     async def stream() -> AsyncIterator[str]:
         yield f": tiqo events, pid {daemon.health()['pid']}\nretry: 2000\n\n"
-        feed = daemon.events.subscribe(after, wanted).__aiter__()
+        pending: asyncio.Task[Any] | None = None
         try:
             while True:
-                try:
-                    event = await asyncio.wait_for(anext(feed), HEARTBEAT_S)
-                except TimeoutError:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(feed))
+                done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT_S)  # the read survives a keep-alive
+                if not done:
                     yield ": keep-alive\n\n"
                     continue
+                event, pending = pending.result(), None
                 ident = f"id: {event.id}\n" if event.id else ""
                 yield f"{ident}event: {event.kind}\ndata: {json.dumps(event.as_dict(), separators=(',', ':'))}\n\n"
         finally:
+            if pending is not None:
+                pending.cancel()
             await feed.aclose()  # type: ignore[attr-defined]
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})

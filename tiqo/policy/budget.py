@@ -91,9 +91,11 @@ class Refusal:
     def message(self) -> str:
         limit = self.charge.limit
         reset = dt.datetime.fromtimestamp(self.charge.resets_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        left = max(0, to_nano(limit.usd) - self.used) / NANO
         return (
-            f"the {self.charge.label} budget of ${limit.usd:g} is spent (${self.used / NANO:.4f} used or reserved; "
-            f"this call may cost up to ${self.amount / NANO:.4f}); it resets at {reset}"
+            f"this call's worst case (${self.amount / NANO:.6f}) does not fit in the ${left:.6f} left of the "
+            f"{self.charge.label} budget of ${limit.usd:g} (${self.used / NANO:.6f} spent or reserved by calls in "
+            f"flight); it resets at {reset}"
         )
 
 

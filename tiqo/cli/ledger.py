@@ -1,0 +1,601 @@
+"""``tiqo usage``, ``tiqo logs``, ``tiqo audit``, ``tiqo alerts``, ``tiqo events`` and ``tiqo budget show|set|rm``:
+what the daemon served, what left the machine and why, what it cost, and the limits on what external models may
+spend."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import math
+import sys
+import time
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tiqo.cli.output import (
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    client,
+    console,
+    err_console,
+    fail,
+    fmt_duration,
+    handle_errors,
+    print_json,
+)
+
+JSON = typer.Option(False, "--json", help="Print JSON.")
+budget_app = typer.Typer(
+    help="Show, set and remove spending limits on external models (local models are never limited).",
+    no_args_is_help=True,
+)
+
+
+class Group(enum.StrEnum):
+    day = "day"
+    provider = "provider"
+    model = "model"
+    user = "user"
+    key = "key"
+    backend = "backend"
+    outcome = "outcome"
+
+
+# --------------------------------------------------------------------------- formatting
+def usd(value: float | int | None) -> str:
+    """$5.00, $0.0123, $0.000042; $0 for nothing."""
+    if value is None:
+        return "-"
+    v = float(value)
+    if v == 0:
+        return "$0"
+    digits = 2 if abs(v) >= 1 else 4 if abs(v) >= 0.01 else 6
+    text = f"{abs(v):,.{digits}f}"
+    if digits > 2:
+        whole, _, frac = text.partition(".")
+        text = f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+    if text.strip("0.,") == "":
+        return "<$0.000001" if v > 0 else "-<$0.000001"
+    return ("-" if v < 0 else "") + "$" + text
+
+
+def clock(ts: float | None, now: float | None = None) -> str:
+    """A local wall-clock time: HH:MM:SS today, else with the date."""
+    if ts is None:
+        return "-"
+    moment = dt.datetime.fromtimestamp(ts)
+    today = dt.datetime.fromtimestamp(time.time() if now is None else now).date()
+    return moment.strftime("%H:%M:%S") if moment.date() == today else moment.strftime("%Y-%m-%d %H:%M")
+
+
+def latency(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
+
+
+def _count(n: int | float | None) -> str:
+    return "-" if n is None else f"{int(n):,}"
+
+
+def _since(value: str) -> str:
+    """Check a --since duration here: a typo is a usage error, not a failed request."""
+    from tiqo.core.durations import parse_duration
+
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        fail(f"--since: {exc}", "use a duration such as 24h, 7d or 30d", EXIT_USAGE)
+    return value
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    outcome, error = str(row.get("outcome") or "ok"), row.get("error")
+    if outcome == "ok":
+        return "[green]ok[/]"
+    colour = "yellow" if outcome in ("refused", "cancelled") else "red"
+    return f"[{colour}]{escape(outcome + (f': {error}' if error else ''))}[/]"
+
+
+# --------------------------------------------------------------------------- usage / logs / audit / alerts
+@handle_errors
+def usage(
+    since: str = typer.Option("7d", "--since", "-s", help="How far back to count: 24h, 7d, 30d…"),
+    by: Group = typer.Option(Group.day, "--by", "-b", help="One row per day, provider, model, user, key, …"),
+    user: Optional[str] = typer.Option(None, "--user", "-u", help="Only this user's requests."),
+    json_out: bool = JSON,
+) -> None:
+    """Requests, tokens, cost, cache hits and errors per group, with a total.
+
+    One row per day (calendar days in budget.timezone), provider, model, user, key, backend or outcome: requests,
+    tokens in and out, cost, cache hits, errors, calls sent off the machine and average latency.
+
+    Examples:
+
+      tiqo usage
+
+      tiqo usage --since 30d --by model
+
+      tiqo usage --by provider --user alice --json
+    """
+    with client() as c:
+        data = c.usage(_since(since), by.value, user)
+    if json_out:
+        print_json(data)
+        return
+    who = f" for user {escape(user)}" if user is not None else ""
+    zone = f" (days in {escape(str(data.get('timezone')))})" if by is Group.day else ""
+    console.print(f"[dim]since {clock(data['since'])} ({escape(since)}){who}, by {by.value}{zone}[/]")
+    rows: list[dict[str, Any]] = data.get("rows") or []
+    if not rows:
+        console.print("no requests in that time" + (" from that user" if user is not None else ""))
+        return
+    table = Table(box=None, pad_edge=False)
+    table.add_column(by.value.upper(), overflow="fold", no_wrap=by is Group.day)
+    for name in ("REQS", "TOK IN", "TOK OUT", "COST", "CACHED", "ERRORS", "EXT", "LATENCY"):
+        table.add_column(name, justify="right", no_wrap=True)
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        return [
+            _count(r["requests"]),
+            _count(r["tokens_in"]),
+            _count(r["tokens_out"]),
+            usd(r["cost_usd"]),
+            _count(r["cache_hits"]),
+            _count(r["errors"]),
+            _count(r["external"]),
+            latency(r["avg_latency_ms"]),
+        ]
+
+    for r in rows:
+        group = r.get("group")
+        table.add_row(escape(str(group)) if group not in (None, "") else "[dim](none)[/]", *cells(r))
+    table.add_section()
+    table.add_row("total", *cells(data["total"]), style="bold")
+    console.print(table)
+    console.print("[dim]TOK: tokens; CACHED: from the cache; EXT: sent off the machine; LATENCY: average[/]")
+
+
+@handle_errors
+def logs(
+    n: int = typer.Option(20, "--lines", "-n", min=1, max=10_000, help="How many requests to show."),
+    user: Optional[str] = typer.Option(None, "--user", "-u", help="Only this user's requests."),
+    json_out: bool = JSON,
+) -> None:
+    """The most recent requests, newest last.
+
+    Time, user, model, what served it, tokens, cost, latency, cache and outcome (or error) of each; --json has
+    every field, newest first.
+
+    Example: tiqo logs -n 50 --user alice
+    """
+    with client() as c:
+        rows = c.logs(n, user)
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no requests yet" + (f" from {escape(user)}" if user is not None else ""))
+        return
+    now = time.time()
+    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("TIME", no_wrap=True)
+    table.add_column("USER", overflow="fold")
+    table.add_column("MODEL", overflow="fold")
+    table.add_column("BACKEND", overflow="fold")
+    table.add_column("TOKENS", justify="right", no_wrap=True)
+    table.add_column("COST", justify="right", no_wrap=True)
+    table.add_column("LATENCY", justify="right", no_wrap=True)
+    table.add_column("CACHE", no_wrap=True)
+    table.add_column("OUTCOME", overflow="fold")
+    for r in reversed(rows):
+        table.add_row(
+            clock(r.get("ts"), now),
+            escape(str(r.get("user") or "-")),
+            escape(str(r.get("model") or "-")),
+            escape(str(r.get("backend") or "-")),
+            f"{_count(r.get('tokens_in'))}→{_count(r.get('tokens_out'))}",
+            usd(r.get("cost_usd")),
+            latency(r.get("latency_ms")),
+            escape(str(r.get("cache") or "-")),
+            _outcome(r),
+        )
+    console.print(table)
+    console.print("[dim]TOKENS: prompt→answer; --json shows every field[/]")
+
+
+_CALL_COLOURS = {"ok": "green", "pending": "yellow", "reserving": "yellow"}
+
+
+@handle_errors
+def audit(
+    n: int = typer.Option(20, "--lines", "-n", min=1, max=10_000, help="How many calls to show."),
+    since: str = typer.Option("30d", "--since", "-s", help="How far back: 24h, 7d, 30d…"),
+    json_out: bool = JSON,
+) -> None:
+    """Every call that left the machine, and why it was allowed, newest last.
+
+    When, for whom, which provider, model and key, the data class, the reason policy allowed it, its status and
+    cost. Local answers never appear here.
+
+    Example: tiqo audit --since 7d -n 100
+    """
+    with client() as c:
+        rows = c.audit(n, _since(since))
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        console.print(f"no off-machine calls in the last {escape(since)}")
+        console.print("[dim]every call to an external provider is listed here, with the reason it was allowed[/]")
+        return
+    now = time.time()
+    table = Table(box=None, pad_edge=False)
+    table.add_column("TIME", no_wrap=True)
+    table.add_column("USER", overflow="fold")
+    table.add_column("MODEL", overflow="fold")
+    table.add_column("KEY", overflow="fold")
+    table.add_column("CLASS", no_wrap=True)
+    table.add_column("STATUS", overflow="fold")
+    table.add_column("COST", justify="right", no_wrap=True)
+    table.add_column("REASON", overflow="fold", ratio=1)
+    for r in reversed(rows):
+        status = str(r.get("status") or "-")
+        if r.get("error") and status != "ok":
+            status += f": {r['error']}"
+        colour = _CALL_COLOURS.get(str(r.get("status")), "red")
+        pending = r.get("status") in ("pending", "reserving")
+        cost = f"≤{usd(r.get('reserved_usd'))}" if pending else usd(r.get("cost_usd"))
+        table.add_row(
+            clock(r.get("ts"), now),
+            escape(str(r.get("user") or "-")),
+            escape(f"{r.get('provider')}/{r.get('model')}"),
+            escape(str(r.get("key") or "-")),
+            escape(str(r.get("class") or "-")),
+            f"[{colour}]{escape(status)}[/]",
+            cost,
+            escape(str(r.get("reason") or "-")),
+        )
+    console.print(table)
+    console.print("[dim]MODEL: provider/model; ≤ marks what a call still in flight has reserved[/]")
+
+
+_LEVEL_COLOURS = {"critical": "red", "error": "red", "warning": "yellow", "info": "cyan"}
+
+
+def _level(level: str) -> str:
+    return f"[{_LEVEL_COLOURS.get(level, 'white')}]{escape(level)}[/]"
+
+
+@handle_errors
+def alerts(
+    n: int = typer.Option(20, "--lines", "-n", min=1, max=10_000, help="How many alerts to show."),
+    json_out: bool = JSON,
+) -> None:
+    """Recent alerts, newest last: budget thresholds crossed, and other things the daemon raised.
+
+    Example: tiqo alerts -n 5
+    """
+    with client() as c:
+        rows = c.alerts(n)
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no alerts")
+        return
+    now = time.time()
+    table = Table(box=None, pad_edge=False)
+    table.add_column("TIME", no_wrap=True)
+    table.add_column("LEVEL", no_wrap=True)
+    table.add_column("KIND", no_wrap=True)
+    table.add_column("MESSAGE", overflow="fold", ratio=1)
+    for r in reversed(rows):
+        table.add_row(
+            clock(r.get("ts"), now), _level(str(r.get("level"))), escape(str(r.get("kind"))), escape(str(r["message"]))
+        )
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- events
+def event_line(event: dict[str, Any], now: float | None = None) -> str:
+    """One line of plain text (rich markup escaped) for one event."""
+    kind, data = str(event.get("kind")), event.get("data")
+    data = data if isinstance(data, dict) else {"data": data}
+    when = clock(event.get("ts"), now)
+    if kind == "request":
+        tail = _outcome(data)
+        return (
+            f"{when} request {escape(str(data.get('user') or '-'))} {escape(str(data.get('model') or '-'))} "
+            f"via {escape(str(data.get('backend') or '-'))} "
+            f"{_count(data.get('tokens_in'))}→{_count(data.get('tokens_out'))} tok {usd(data.get('cost_usd'))} "
+            f"{latency(data.get('latency_ms'))} cache {escape(str(data.get('cache') or '-'))} {tail}"
+        )
+    if kind == "alert":
+        return f"{when} alert {_level(str(data.get('level')))}: {escape(str(data.get('message')))}"
+    if kind == "dropped":
+        missed = f"{data['count']} events" if "count" in data else f"events {data.get('from')}-{data.get('to')}"
+        return f"{when} [yellow]dropped[/]: missed {missed} (too slow, or gone from the daemon's history)"
+    return f"{when} {escape(kind)} {escape(json.dumps(data, separators=(',', ':'), ensure_ascii=False))}"
+
+
+@handle_errors
+def events(
+    kinds: Optional[str] = typer.Option(
+        None, "--kinds", "-k", help="Only these kinds, comma-separated: request, alert, breaker, key, model, budget."
+    ),
+    after: Optional[int] = typer.Option(
+        None, "--after", min=0, help="First replay the events after this id (from the daemon's short history)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print each event as one line of JSON (for pipes)."),
+) -> None:
+    """Tail the daemon's live events until Ctrl-C, one line each.
+
+    Each request as it finishes, budget alerts, breakers and keys changing state; --json prints each event as
+    one line of JSON. A dropped connection is opened again while the daemon is up, resuming after the last event
+    seen; when the daemon stops, so does the tail (exit code 3).
+
+    Examples:
+
+      tiqo events
+
+      tiqo events --kinds request,alert --json | jq -c 'select(.kind == "alert")'
+    """
+    wanted = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
+    if kinds is not None and not wanted:
+        fail("--kinds is empty", "name one or more kinds: --kinds request,alert", EXIT_USAGE)
+    if sys.stderr.isatty():
+        err_console.print("[dim]waiting for events (Ctrl-C to stop)…[/]")
+    try:
+        with client() as c:
+            stream = c.events(wanted, after)
+            try:
+                for event in stream:
+                    if json_out:
+                        sys.stdout.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
+                        sys.stdout.flush()
+                    else:
+                        console.print(event_line(event), soft_wrap=True)
+            finally:
+                stream.close()
+    except KeyboardInterrupt:  # the way to stop tailing: not an error
+        return
+    # the client raises DaemonUnavailable when the stream ends for good; this is only a safety net
+    fail("the daemon ended the event stream (it is stopping)", "see `tiqo daemon status`", EXIT_UNAVAILABLE)
+
+
+# --------------------------------------------------------------------------- budget
+SCOPE_HELP = "; * = each one separately"
+USER_SCOPE = typer.Option(None, "--user", "-u", help="A user's limit" + SCOPE_HELP + ".")
+PROVIDER_SCOPE = typer.Option(None, "--provider", "-p", help="A provider's limit" + SCOPE_HELP + ".")
+MODEL_SCOPE = typer.Option(None, "--model", "-m", help="An external model's limit" + SCOPE_HELP + ".")
+PERIOD_WORD = {"day": "daily", "month": "monthly"}
+
+
+def _scope(user: str | None, provider: str | None, model: str | None) -> tuple[str, str | None, str]:
+    """(scope, name, the flags that say it) from --user/--provider/--model; global when none is given."""
+    given = [(s, f"--{s}", v) for s, v in (("user", user), ("provider", provider), ("model", model)) if v is not None]
+    if len(given) > 1:
+        fail(
+            f"give at most one of --user, --provider and --model (got {', '.join(g[1] for g in given)})",
+            "each limit has one scope; run the command once per scope",
+            EXIT_USAGE,
+        )
+    if not given:
+        return "global", None, ""
+    scope, flag, name = given[0]
+    name = name.strip()
+    if not name:
+        fail(f"{flag} needs a name", f"e.g. {flag} alice, or {flag} '*' for each {scope} separately", EXIT_USAGE)
+    return scope, name, f" {flag} {name if name != '*' else repr(name)}"
+
+
+def limit_label(row: dict[str, Any]) -> str:
+    """global daily, user alice monthly, user bob daily (each user), each provider daily (none yet)."""
+    period = PERIOD_WORD.get(str(row.get("period")), str(row.get("period")))
+    scope, name, counter = str(row["scope"]), str(row.get("name") or ""), str(row.get("counter") or "")
+    if scope == "global":
+        return f"global {period}"
+    if name == "*":
+        subject = counter.partition(":")[2]
+        if subject in ("", "*"):
+            return f"each {scope} {period}"
+        return f"{scope} {subject} {period} (each {scope})"
+    return f"{scope} {name} {period}"
+
+
+def _scope_label(scope: str, name: str | None, period: str) -> str:
+    if scope == "global":
+        return f"global {PERIOD_WORD[period]}"
+    return f"{'each ' + scope if name == '*' else f'{scope} {name}'} {PERIOD_WORD[period]}"
+
+
+def _bar(percent: float, thresholds: list[int], width: int = 10) -> str:
+    filled = max(0, min(width, math.floor(percent / 100 * width + 1e-9)))
+    top = max(thresholds) if thresholds else 100
+    low = min(thresholds) if thresholds else 100
+    colour = "red" if percent >= min(top, 100) else "yellow" if percent >= low else "green"
+    return f"[{colour}]{'█' * filled}{'░' * (width - filled)}[/] {percent:.0f}%"
+
+
+def _resets(ts: float | None, now: float) -> str:
+    """Local time: 00:00 (in 8h17m) within a day, else 2026-12-01 00:00."""
+    if ts is None:
+        return "-"
+    moment = dt.datetime.fromtimestamp(ts)
+    if ts - now < 86_400:
+        return f"{moment:%H:%M} (in {fmt_duration(max(0.0, ts - now))})"
+    return f"{moment:%Y-%m-%d %H:%M}"
+
+
+def _matching(data: dict[str, Any], scope: str, name: str | None, period: str) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in data.get("limits") or []
+        if r["scope"] == scope and (scope == "global" or r.get("name") == name) and r["period"] == period
+    ]
+
+
+@budget_app.command("show")
+@handle_errors
+def show(json_out: bool = JSON) -> None:
+    """Spending limits: spent, reserved, left, how much is used, when each resets.
+
+    Reserved is what calls in flight may still cost. Also the thresholds and what happens at each, and recent
+    alerts.
+
+    Example: tiqo budget show
+    """
+    with client() as c:
+        data = c.budget()
+    if json_out:
+        print_json(data)
+        return
+    now = time.time()
+    thresholds: list[int] = list(data.get("thresholds") or [])
+    actions: dict[str, str] = data.get("actions") or {}
+    steps = ", ".join(f"{t}% {actions.get(str(t), 'warn')}" for t in thresholds)
+    console.print(f"[dim]thresholds: {escape(steps + ', ' if steps else '')}100% no external calls[/]")
+    console.print(f"[dim]days and months in {escape(str(data.get('timezone')))}; local models are never limited[/]")
+    if data.get("error"):
+        console.print(f"[red]{escape(str(data['error']))}[/]", soft_wrap=True)
+        console.print("[dim]fix [budgets] in config.toml (`tiqo config path` shows where it is)[/]")
+    rows: list[dict[str, Any]] = data.get("limits") or []
+    if not rows:
+        console.print("no budgets: external models may spend without a limit")
+        console.print(
+            "[dim]set one with `tiqo budget set --daily 5` (or per user, provider or model: --user NAME, "
+            "--provider NAME, --model NAME)[/]"
+        )
+    else:
+        table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0))
+        table.add_column("LIMIT", overflow="fold")
+        table.add_column("BUDGET", justify="right", no_wrap=True)
+        table.add_column("SPENT", justify="right", no_wrap=True)
+        table.add_column("RESERVED", justify="right", no_wrap=True)
+        table.add_column("LEFT", justify="right", no_wrap=True)
+        table.add_column("USED", no_wrap=True)
+        table.add_column("RESETS", overflow="fold")
+        for r in rows:
+            table.add_row(
+                escape(limit_label(r)),
+                usd(r["limit_usd"]),
+                usd(r["spent_usd"]),
+                usd(r["reserved_usd"]),
+                usd(r["left_usd"]),
+                _bar(float(r["percent"]), thresholds),
+                _resets(r.get("resets_at"), now),
+            )
+        console.print(table)
+    if data.get("reserved_usd"):
+        console.print(f"reserved by calls in flight: {usd(data['reserved_usd'])}")
+    recent: list[dict[str, Any]] = (data.get("alerts") or [])[:5]
+    if recent:
+        console.print("recent alerts (`tiqo alerts` lists more):")
+        for a in reversed(recent):
+            console.print(f"  {clock(a.get('ts'), now)} {_level(str(a.get('level')))} {escape(str(a.get('message')))}")
+
+
+def _finite(flag: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        fail(f"{flag} must be a number of USD, not {value}", f"e.g. {flag} 5 (0 allows no external calls)", EXIT_USAGE)
+
+
+@budget_app.command("set")
+@handle_errors
+def set_budget(
+    user: Optional[str] = USER_SCOPE,
+    provider: Optional[str] = PROVIDER_SCOPE,
+    model: Optional[str] = MODEL_SCOPE,
+    daily: Optional[float] = typer.Option(None, "--daily", min=0.0, help="USD per calendar day."),
+    monthly: Optional[float] = typer.Option(None, "--monthly", min=0.0, help="USD per calendar month."),
+    json_out: bool = JSON,
+) -> None:
+    """Set a spending limit on external models, global or per user, provider or model.
+
+    Global without a scope option; the name * means each user, provider or model separately. Written to
+    config.toml and applied at once; 0 allows no external call.
+
+    Examples:
+
+      tiqo budget set --daily 5 --monthly 100
+
+      tiqo budget set --user alice --daily 1
+
+      tiqo budget set --user '*' --daily 0.5
+    """
+    scope, name, flags = _scope(user, provider, model)
+    if daily is None and monthly is None:
+        fail("give --daily USD, --monthly USD or both", f"e.g. tiqo budget set{flags} --daily 5", EXIT_USAGE)
+    _finite("--daily", daily)
+    _finite("--monthly", monthly)
+    changes = [(period, amount) for period, amount in (("day", daily), ("month", monthly)) if amount is not None]
+    with client() as c:
+        for period, amount in changes:
+            result = c.set_budget(scope, name, period, amount)
+    if json_out:
+        print_json(result)
+        return
+    now = time.time()
+    for period, amount in changes:
+        console.print(f"{_scope_label(scope, name, period)} budget set to {usd(amount)}")
+        for r in _matching(result, scope, name, period):
+            if r.get("counter", "").endswith(":*"):
+                continue
+            console.print(
+                f"  {escape(limit_label(r))}: {usd(r['spent_usd'])} spent, {usd(r['left_usd'])} left, "
+                f"resets {_resets(r.get('resets_at'), now)}",
+                soft_wrap=True,
+            )
+    if result.get("error"):
+        console.print(f"[red]{escape(str(result['error']))}[/]", soft_wrap=True)
+
+
+@budget_app.command("rm")
+@handle_errors
+def rm_budget(
+    user: Optional[str] = USER_SCOPE,
+    provider: Optional[str] = PROVIDER_SCOPE,
+    model: Optional[str] = MODEL_SCOPE,
+    daily: bool = typer.Option(False, "--daily", help="Remove the daily limit."),
+    monthly: bool = typer.Option(False, "--monthly", help="Remove the monthly limit."),
+    json_out: bool = JSON,
+) -> None:
+    """Remove a spending limit: daily, monthly, or both.
+
+    Both when neither --daily nor --monthly is given; global when no scope option is given. Removed from
+    config.toml too.
+
+    Examples:
+
+      tiqo budget rm --user alice
+
+      tiqo budget rm --daily
+    """
+    scope, name, _ = _scope(user, provider, model)
+    periods = [p for p, wanted in (("day", daily), ("month", monthly)) if wanted] or ["day", "month"]
+    with client() as c:
+        current = c.budget()
+        # when the daemon could not read [budgets] it lists no limits: then remove what was asked, blind
+        present = periods if current.get("error") else [p for p in periods if _matching(current, scope, name, p)]
+        if not present:
+            which = " or ".join(PERIOD_WORD[p] for p in periods)
+            what = "global" if scope == "global" else f"{scope} {name}"
+            fail(
+                f"there is no {which} {what} budget to remove",
+                "`tiqo budget show` lists the limits",
+            )
+        for period in present:
+            result = c.set_budget(scope, name, period, None)
+    if json_out:
+        print_json(result)
+        return
+    for period in present:
+        console.print(f"removed the {_scope_label(scope, name, period)} budget")
+    missing = [p for p in periods if p not in present]
+    if missing and (daily or monthly):
+        console.print(f"[dim](there was no {' or '.join(PERIOD_WORD[p] for p in missing)} one)[/]")
