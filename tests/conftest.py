@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.upstreams import Upstream
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -114,6 +116,23 @@ def start_daemon(home: Path | None = None, **extra_env: str) -> DaemonProc:
         time.sleep(0.05)
     d.stop()
     raise RuntimeError(f"daemon did not start:\n{d.log_text()}")
+
+
+@pytest.fixture(scope="module")
+def ups() -> Iterator[tuple[Upstream, Upstream]]:
+    """Two stub providers (tests/upstreams.py) shared by a module's tests."""
+    a, b = Upstream().start(), Upstream().start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+@pytest.fixture
+def stubs(ups: tuple[Upstream, Upstream]) -> tuple[Upstream, Upstream]:
+    """The module's stub providers, with faults, quotas and request logs reset for this test."""
+    for u in ups:
+        u.reset()
+    return ups
 
 
 @pytest.fixture(scope="session")

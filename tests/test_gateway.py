@@ -29,21 +29,6 @@ SECRETS = {
 }
 
 
-@pytest.fixture(scope="module")
-def ups() -> Iterator[tuple[Upstream, Upstream]]:
-    a, b = Upstream().start(), Upstream().start()
-    yield a, b
-    a.stop()
-    b.stop()
-
-
-@pytest.fixture
-def stubs(ups: tuple[Upstream, Upstream]) -> tuple[Upstream, Upstream]:
-    for u in ups:
-        u.reset()
-    return ups
-
-
 def write_home(home: Path, a: Upstream, b: Upstream, extra: dict[str, Any] | None = None) -> None:
     """Provider alpha (OpenAI wire, keys a1 a2) on stub A; bravo (OpenAI, b1), gem (Gemini, g1) and claude
     (Anthropic, c1) on stub B. Alias `ext` = alpha-m then bravo-m (then the local model)."""

@@ -26,21 +26,6 @@ from tests.upstreams import Upstream
 NANO = 1_000_000_000
 
 
-@pytest.fixture(scope="module")
-def ups() -> Iterator[tuple[Upstream, Upstream]]:
-    a, b = Upstream().start(), Upstream().start()
-    yield a, b
-    a.stop()
-    b.stop()
-
-
-@pytest.fixture
-def stubs(ups: tuple[Upstream, Upstream]) -> tuple[Upstream, Upstream]:
-    for u in ups:
-        u.reset()
-    return ups
-
-
 @pytest.fixture
 def homes() -> Iterator[list[Path]]:
     made: list[Path] = []
