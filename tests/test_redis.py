@@ -198,7 +198,7 @@ def test_a_refusal_names_the_charge_that_does_not_fit_and_reserves_nothing(count
     before = counters.usage([c.key for c in cs])
     refusal = counters.reserve("c2", cs, to_nano(0.5))
     assert refusal == Refusal(cs[tight], to_nano(0.75), to_nano(0.5))
-    assert refusal.charge.limit.usd == 1.0 and "$1 is spent" in refusal.message
+    assert refusal.charge.limit.usd == 1.0 and "budget of $1 (" in refusal.message
     assert counters.usage([c.key for c in cs]) == before  # all or nothing
 
 
