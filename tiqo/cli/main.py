@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from tiqo import __version__
-from tiqo.cli import ask, config, daemon, gateway_misc, keys, ledger, models, providers, route, users
+from tiqo.cli import ask, budget, config, daemon, gateway_misc, keys, ledger, models, providers, route, users
 from tiqo.cli.output import state
 
 app = typer.Typer(
@@ -49,7 +49,7 @@ app.add_typer(gateway_misc.cache_app, name="cache")
 app.command("usage")(ledger.usage)
 app.command("logs")(ledger.logs)
 app.command("audit")(ledger.audit)
-app.add_typer(ledger.budget_app, name="budget")
+app.add_typer(budget.budget_app, name="budget")
 app.add_typer(users.app, name="users")
 app.command("alerts")(ledger.alerts)
 app.command("events")(ledger.events)
