@@ -151,6 +151,15 @@ class Accounting:
             wire = {**wire, "max_tokens": limit}
         prompt_bound = sum(len(m.text().encode()) + 8 for m in body.messages)
         worst = model.cost(prompt_bound, limit or DEFAULT_MAX_TOKENS)
+        call, refusal = self.open_call(model, key_name, decision, request_id, worst)
+        return call, wire, refusal
+
+    def open_call(
+        self, model: CatalogModel, key_name: str | None, decision: Decision, request_id: str, worst: float
+    ) -> tuple[CallRow, bp.Refusal | None]:
+        """The audit row of one external call and its budget reservation of ``worst`` USD (None: it fits)."""
+        c = decision.classification
+        now = self.clock()
         provider = self.hub.providers[model.provider]
         reason = (
             f"{decision.source}; class {c.data_class} allowed to {model.provider} (up to {provider.max_class}); "
@@ -167,7 +176,7 @@ class Accounting:
             data_class=c.data_class,
             reason=reason,
         )
-        return call, wire, self.budgets.reserve(call, model, worst, now)
+        return call, self.budgets.reserve(call, model, worst, now)
 
     def budget_error(self, blocked: dict[str, bp.Charge], attempts: list[dict[str, Any]]) -> TiqoError:
         charge = min(blocked.values(), key=lambda c: c.resets_at)

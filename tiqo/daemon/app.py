@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tiqo import __version__
 from tiqo.core.errors import TiqoError
+from tiqo.daemon.routes_audio import router as audio_router
 from tiqo.daemon.routes_gateway import router as gateway_router
 from tiqo.daemon.routes_ledger import router as ledger_router
 from tiqo.daemon.routes_manage import router as manage_router
@@ -30,9 +31,10 @@ log = logging.getLogger("tiqo.http")
 class RequestContext:
     """Pure ASGI middleware: request id header, body size limit (413) and one access-log line per request."""
 
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, max_audio: int | None = None) -> None:
         self.app = app
         self.max_body = max_body
+        self.max_audio = max_body if max_audio is None else max_audio
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,9 +44,12 @@ class RequestContext:
         scope.setdefault("state", {})["request_id"] = rid
         started = time.perf_counter()
         status = 0
+        audio = scope["path"].startswith("/v1/audio/")
+        limit = self.max_audio if audio else self.max_body
+        setting = "stt.max_upload" if audio else "daemon.max_request_size"
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            await _too_large(send, rid, int(declared), self.max_body)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(send, rid, int(declared), limit, setting)
             return
         seen = 0
 
@@ -53,8 +58,8 @@ class RequestContext:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise HTTPException(413, f"request body is larger than {self.max_body} bytes")
+                if seen > limit:
+                    raise HTTPException(413, f"request body is larger than {limit} bytes (setting {setting})")
             return message
 
         async def send_with_id(message: Message) -> None:
@@ -78,10 +83,10 @@ class RequestContext:
             )
 
 
-async def _too_large(send: Send, rid: str, size: int, limit: int) -> None:
+async def _too_large(send: Send, rid: str, size: int, limit: int, setting: str) -> None:
     body = TiqoError(
         f"request body is {size} bytes; the limit is {limit}",
-        hint="raise it with `tiqo config set daemon.max_request_size 64MiB`",
+        hint=f"raise it with `tiqo config set {setting} {max(64, 2 * size >> 20)}MiB`",
     ).to_body()
     body["error"].update(type="invalid_request_error", code="payload_too_large")
     response = JSONResponse(body, status_code=413, headers={"x-tiqo-request-id": rid})
@@ -140,7 +145,8 @@ def install_error_handlers(app: FastAPI) -> None:
         message = messages.get(exc.status_code) or str(exc.detail)
         hint = "see the routes at GET /openapi.json" if exc.status_code in (404, 405) else None
         if exc.status_code == 413:
-            hint = "raise it with `tiqo config set daemon.max_request_size 64MiB`"
+            setting = "stt.max_upload" if request.url.path.startswith("/v1/audio/") else "daemon.max_request_size"
+            hint = f"raise it with `tiqo config set {setting} 1GiB`"
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "error")
         return error_response(exc.status_code, message, type_="invalid_request_error", code=code, hint=hint)
 
@@ -172,9 +178,14 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.state.daemon = daemon
     install_error_handlers(app)
     app.include_router(openai_router)
+    app.include_router(audio_router)
     app.include_router(manage_router)
     app.include_router(gateway_router)
     app.include_router(ledger_router)
     app.add_middleware(BearerAuth, users=lambda: daemon.settings.toml.get("users", {}))
-    app.add_middleware(RequestContext, max_body=daemon.settings["daemon.max_request_size"])
+    app.add_middleware(
+        RequestContext,
+        max_body=daemon.settings["daemon.max_request_size"],
+        max_audio=daemon.settings["stt.max_upload"],
+    )
     return app

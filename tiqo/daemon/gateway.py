@@ -12,7 +12,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
 from tiqo.core.durations import parse_duration
@@ -108,6 +108,13 @@ class Gateway:
 
     # ------------------------------------------------------------ decisions
     def classify(self, body: oa.ChatCompletionRequest, meta: RequestMeta) -> Classification:
+        texts = [m.text() for m in body.messages if m.role in ("system", "developer", "user")]
+        return self.classify_texts(texts, meta, has_tools=bool(body.tools), max_tokens=body.token_limit())
+
+    def classify_texts(
+        self, texts: list[str], meta: RequestMeta, *, has_tools: bool = False, max_tokens: int | None = None
+    ) -> Classification:
+        """Who asks (user, tier) and how sensitive it is (data class, from the caller, the user or the patterns)."""
         _, config = self.catalog_and_config()
         profile = config.users.get(meta.user)
         tier = meta.tier or (profile.tier if profile else None) or self.settings["routing.tier"]
@@ -121,11 +128,10 @@ class Gateway:
             raise BadRequest(
                 f"unknown data class {meta.data_class!r}; use one of {', '.join(DATA_CLASSES)}", param="class"
             )
-        texts = [m.text() for m in body.messages if m.role in ("system", "developer", "user")]
         return classify(
             texts,
-            has_tools=bool(body.tools),
-            max_tokens=body.token_limit(),
+            has_tools=has_tools,
+            max_tokens=max_tokens,
             data_class=meta.data_class,
             default_class=(profile.data_class if profile else None) or self.settings["routing.data_class"],
             restricted_patterns=self._patterns,
@@ -143,8 +149,19 @@ class Gateway:
     ) -> Decision:
         """Route one request. ``blocked`` collects the budgets that dropped external candidates."""
         classification = classification or self.classify(body, meta)
+        self.check_requested(body.model)
+        texts = [m.text() for m in body.messages]
+        return self.plan_route(
+            classification,
+            requested=body.model,
+            est_prompt_tokens=estimate_tokens(texts),
+            max_tokens=body.token_limit() or DEFAULT_MAX_TOKENS,
+            needs=body.needs(),
+            blocked=blocked,
+        )
+
+    def check_requested(self, requested: str | None) -> None:
         catalog, config = self.catalog_and_config()
-        requested = body.model
         if requested and requested not in AUTO and requested not in catalog and requested not in config.aliases:
             names = ", ".join([*catalog, *config.aliases]) or "none"
             raise ModelNotFound(
@@ -152,16 +169,28 @@ class Gateway:
                 param="model",
                 hint="`tiqo models list` shows models and aliases; `tiqo models add` registers one",
             )
-        texts = [m.text() for m in body.messages]
-        est = estimate_tokens(texts)
-        max_tokens = body.token_limit() or DEFAULT_MAX_TOKENS
+
+    def plan_route(
+        self,
+        classification: Classification,
+        *,
+        requested: str | None,
+        est_prompt_tokens: int,
+        max_tokens: int,
+        needs: Sequence[str],
+        blocked: dict[str, bp.Charge] | None = None,
+        config: RoutingConfig | None = None,
+    ) -> Decision:
+        """Candidates for a classified request: routing policy, provider health and keys, budget pressure."""
+        catalog, default_config = self.catalog_and_config()
+        config = config or default_config
         now = self.clock()
         demoted: dict[str, str] = {}
 
         def availability(model: CatalogModel) -> str | None:
             if model.local:
                 return None
-            why = self.hub.unavailable(model.provider, est + max_tokens)
+            why = self.hub.unavailable(model.provider, est_prompt_tokens + max_tokens)
             if why is None and self.budgets.active:
                 action, reason, charge = self.budgets.pressure(classification.user, model, now)
                 if action == "block-external":
@@ -178,9 +207,9 @@ class Gateway:
             catalog=catalog,
             config=config,
             availability=availability,
-            est_prompt_tokens=est,
+            est_prompt_tokens=est_prompt_tokens,
             max_tokens=max_tokens,
-            needs=body.needs(),
+            needs=needs,
         )
         return prefer_local(decision, demoted)
 
@@ -239,7 +268,7 @@ class Gateway:
         served = Served(route=decision.source)
         kept = decision.kept
         if not kept:
-            raise self._nothing_kept(decision, blocked)
+            raise self.nothing_kept(decision, blocked)
         wire = body.wire()
         scope = cachepol.scope_for(decision.classification.data_class, decision.classification.user)
         use_cache = meta.cache != "off" and cachepol.cacheable(self.settings["cache.mode"], wire)
@@ -327,9 +356,9 @@ class Gateway:
                 return served, ready
         if blocked and not failures:
             raise self.accounting.budget_error(blocked, served.attempts)
-        raise self._all_failed(decision, failures, served)
+        raise self.all_failed(decision, failures, served)
 
-    def _nothing_kept(self, decision: Decision, blocked: dict[str, bp.Charge]) -> TiqoError:
+    def nothing_kept(self, decision: Decision, blocked: dict[str, bp.Charge]) -> TiqoError:
         reasons = "; ".join(f"{c.model}: {c.reason}" for c in decision.candidates)
         if decision.classification.data_class == "restricted":
             return ClassificationRefused(
@@ -352,7 +381,7 @@ class Gateway:
             hint=f"`tiqo route explain` shows the decision; routes come from {decision.source}",
         )
 
-    def _all_failed(self, decision: Decision, failures: list[AttemptFailed | TiqoError], served: Served) -> TiqoError:
+    def all_failed(self, decision: Decision, failures: list[AttemptFailed | TiqoError], served: Served) -> TiqoError:
         if not failures:
             waits = [w for w in (self.hub.retry_after(c.provider) for c in decision.kept) if w is not None]
             summary = "; ".join(f"{a['model']}: {a['error']}" for a in served.attempts)
@@ -433,12 +462,12 @@ class Gateway:
                     if use_cache:
                         self._store_cache(wire, model.name, scope, "".join(text), tools, piece, served)
                     if provider is not None:
-                        self._record_success(provider, key_name, served.prompt_tokens + served.completion_tokens)
+                        self.record_success(provider, key_name, served.prompt_tokens + served.completion_tokens)
                 yield piece
         except AttemptFailed as exc:
             error = exc.kind
             if provider is not None:
-                self._record_failure(provider, key_name, exc)
+                self.record_failure(provider, key_name, exc)
             raise
         finally:
             if provider is not None and not ok:
@@ -449,13 +478,13 @@ class Gateway:
             if call is not None:
                 self.accounting.settle(call, model, ok, error, served, decision, text)
 
-    def _record_success(self, provider: Provider, key_name: str | None, tokens: int) -> None:
+    def record_success(self, provider: Provider, key_name: str | None, tokens: int) -> None:
         provider.breaker.success()
         if key_name is not None:
             provider.pool.success(key_name, tokens, self.clock())
             self.hub.persist(provider.name, key_name)
 
-    def _record_failure(self, provider: Provider, key_name: str | None, exc: AttemptFailed) -> None:
+    def record_failure(self, provider: Provider, key_name: str | None, exc: AttemptFailed) -> None:
         now = self.clock()
         if exc.kind in HEALTH_FAILURES:
             provider.breaker.failure(now, f"{exc.kind}: {exc.message}"[:120])

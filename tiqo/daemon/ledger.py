@@ -55,6 +55,7 @@ class RequestRow:
     attempts: int = 0
     route: str = ""
     content: str | None = None  # only with ledger.store_content, never for restricted requests
+    audio_s: float = 0.0  # seconds of audio heard (stt) or spoken (tts); for tts, tokens_in counts characters
 
 
 @dataclass

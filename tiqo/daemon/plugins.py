@@ -20,8 +20,12 @@ class _Builtins:
     @hookimpl
     def register_engines(self, register: Any) -> None:
         from tiqo.daemon.engines.llama import LlamaEngine
+        from tiqo.daemon.engines.piper import PiperEngine
+        from tiqo.daemon.engines.whisper import WhisperEngine
 
         register(LlamaEngine())
+        register(WhisperEngine())
+        register(PiperEngine())
 
 
 @dataclass

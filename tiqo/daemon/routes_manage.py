@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tiqo.core.errors import BadRequest, Conflict
+from tiqo.daemon.registry import KIND_DEFAULTS
 from tiqo.daemon.service import Daemon
 from tiqo.policy.routing import CatalogModel
 from tiqo.protocol.tiqo import AddModelRequest, LoadRequest
@@ -33,7 +34,7 @@ def _model_row(daemon: Daemon, spec: ModelSpec) -> dict[str, Any]:
         "size_bytes": spec.size_bytes,
         "description": spec.description,
         "capabilities": list(spec.capabilities),
-        "default": spec.name == daemon.settings["llm.default_model"],
+        "default": spec.name == daemon.settings[KIND_DEFAULTS.get(spec.kind, "llm.default_model")],
         "loaded": loaded is not None,
         "options": {k: v for k, v in spec.options.items()},
     }
@@ -60,13 +61,15 @@ async def ps(request: Request) -> dict[str, Any]:
 def _external_row(model: CatalogModel) -> dict[str, Any]:
     return {
         "name": model.name,
-        "kind": "llm",
+        "kind": "stt" if "stt" in model.capabilities else "tts" if "tts" in model.capabilities else "llm",
         "engine": None,
         "provider": model.provider,
         "upstream_model": model.upstream_model,
         "source": f"provider:{model.provider}",
         "price_in": model.price_in,
         "price_out": model.price_out,
+        "price_minute": model.price_minute,
+        "price_mchar": model.price_mchar,
         "context": model.context,
         "capabilities": list(model.capabilities),
         "fallbacks": list(model.fallbacks),
@@ -109,6 +112,8 @@ async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
             fallbacks=body.fallbacks,
             premium=body.premium,
             description=body.description,
+            price_minute=body.price_minute,
+            price_mchar=body.price_mchar,
         )
         return _external_row(model)
     assert body.path is not None
@@ -130,7 +135,7 @@ async def remove_model(name: str, request: Request) -> dict[str, Any]:
     if daemon.registry.is_external(name):
         daemon.registry.remove(name)
         return {"removed": name}
-    spec = daemon.registry.resolve(name)
+    spec = daemon.registry.resolve(name, None)
     daemon.registry.ensure_removable(spec.name)
     await daemon.scheduler.unload(spec.name)
     daemon.registry.remove(spec.name)
@@ -141,7 +146,7 @@ async def remove_model(name: str, request: Request) -> dict[str, Any]:
 async def load_model(name: str, request: Request, body: LoadRequest | None = None) -> dict[str, Any]:
     daemon = _daemon(request)
     body = body or LoadRequest()
-    spec = daemon.registry.resolve(name)
+    spec = daemon.registry.resolve(name, None)
     try:
         keep_alive = body.keep_alive_seconds()
     except ValueError as exc:
@@ -154,7 +159,7 @@ async def load_model(name: str, request: Request, body: LoadRequest | None = Non
 @router.post("/models/{name}/unload")
 async def unload_model(name: str, request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
-    spec = daemon.registry.resolve(name)
+    spec = daemon.registry.resolve(name, None)
     return {"name": spec.name, "unloaded": await daemon.scheduler.unload(spec.name)}
 
 

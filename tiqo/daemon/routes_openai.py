@@ -53,7 +53,7 @@ async def get_model(name: str, request: Request) -> dict[str, Any]:
     external = daemon.registry.external().get(name)
     if external is not None:
         return {"id": name, "object": "model", "created": int(daemon.started_at), "owned_by": external.provider}
-    spec = daemon.registry.resolve(name)
+    spec = daemon.registry.resolve(name, None)
     return {"id": spec.name, "object": "model", "created": int(daemon.started_at), "owned_by": "tiqo"}
 
 

@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS requests (
     error TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     route TEXT NOT NULL DEFAULT '',
-    content TEXT
+    content TEXT,
+    audio_s REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 CREATE INDEX IF NOT EXISTS requests_user_ts ON requests (user, ts);
@@ -114,7 +115,17 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
+        self._migrate()
         path.chmod(0o600)
+
+    # Columns added after a table first shipped: (table, column, definition). CREATE TABLE has them for new files.
+    MIGRATIONS = (("requests", "audio_s", "REAL NOT NULL DEFAULT 0"),)
+
+    def _migrate(self) -> None:
+        for table, column, definition in self.MIGRATIONS:
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def close(self) -> None:
         self.db.close()

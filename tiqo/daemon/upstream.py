@@ -13,10 +13,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
-from tiqo.sdk.provider import ProviderKind, UpstreamRequest
+from tiqo.sdk.provider import FormFile, ProviderKind, UpstreamRequest
 
 log = logging.getLogger("tiqo.upstream")
 MAX_ERROR_BODY = 64 * 1024
@@ -81,13 +82,14 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(timeouts.first_byte + timeouts.connect):
                 session = self.session()
+                body: dict[str, Any] = {"json": req.json} if req.form is None else {"data": _form_data(req.form)}
                 resp = await session.request(
                     req.method,
                     req.url,
                     headers=req.headers,
-                    json=req.json,
                     timeout=timeout,
                     proxy=self._proxy_for(req.url),
+                    **body,
                 )
                 if resp.status < 400:
                     return resp
@@ -103,6 +105,53 @@ class UpstreamClient:
             raise AttemptFailed("connection", f"{type(exc).__name__}: {exc}") from None
         failure = kind.failure(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
         raise AttemptFailed(failure.kind, failure.message, status=failure.status, retry_after=failure.retry_after)
+
+
+def _form_data(parts: tuple[tuple[str, str | FormFile], ...]) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    for name, value in parts:
+        if isinstance(value, FormFile):
+            form.add_field(name, value.content, filename=value.filename, content_type=value.content_type)
+        else:
+            form.add_field(name, value)
+    return form
+
+
+async def read_body(resp: aiohttp.ClientResponse, timeouts: Timeouts, limit: int = 64 * 1024 * 1024) -> bytes:
+    """A whole (non-SSE) answer, with the first-byte timeout for the wait and the idle timeout between chunks."""
+    out = bytearray()
+    try:
+        async for chunk in iter_body(resp, timeouts):
+            out += chunk
+            if len(out) > limit:
+                raise AttemptFailed("protocol", f"answer larger than {limit} bytes")
+    finally:
+        resp.release()
+    return bytes(out)
+
+
+async def iter_body(
+    resp: aiohttp.ClientResponse, timeouts: Timeouts, size: int = 64 * 1024
+) -> AsyncGenerator[bytes, None]:
+    """The body in chunks as they arrive (streamed audio). Timeouts and dropped connections raise AttemptFailed."""
+    wait = timeouts.first_byte
+    try:
+        while True:
+            async with asyncio.timeout(wait):
+                chunk = await resp.content.readany()
+            if not chunk:
+                break
+            wait = timeouts.idle
+            yield chunk
+    except TimeoutError:
+        raise AttemptFailed("timeout", f"provider went silent for {wait:g}s mid-answer") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise AttemptFailed("connection", f"connection lost mid-answer ({type(exc).__name__})") from None
+    finally:
+        if resp.content.at_eof():
+            resp.release()
+        else:
+            resp.close()
 
 
 async def sse_events(resp: aiohttp.ClientResponse, timeouts: Timeouts) -> AsyncGenerator[tuple[str | None, str], None]:

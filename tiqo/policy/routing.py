@@ -29,6 +29,8 @@ class CatalogModel:
     fallbacks: tuple[str, ...] = ()
     description: str = ""
     premium: bool = False  # tiers with premium = false may not use it
+    price_minute: float = 0.0  # USD per minute of audio heard (speech-to-text)
+    price_mchar: float = 0.0  # USD per 1M characters spoken (text-to-speech)
 
     @property
     def local(self) -> bool:
@@ -36,6 +38,9 @@ class CatalogModel:
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1_000_000
+
+    def audio_cost(self, seconds: float = 0.0, chars: int = 0) -> float:
+        return seconds / 60 * self.price_minute + chars * self.price_mchar / 1_000_000
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,16 @@ class AddModelRequest(BaseModel):
     capabilities: list[str] | None = None
     fallbacks: list[str] | None = None
     premium: bool = Field(default=False, description="only tiers with premium = true may use it")
+    price_minute: float = Field(default=0.0, ge=0, description="USD per minute of audio (speech-to-text)")
+    price_mchar: float = Field(default=0.0, ge=0, description="USD per 1M characters (text-to-speech)")
 
     @model_validator(mode="after")
     def _one_source(self) -> AddModelRequest:
         if (self.path is None) == (self.provider is None):
-            raise ValueError("give either path (a local GGUF file) or provider (an external model)")
+            raise ValueError(
+                "give either path (a GGUF file, a Whisper folder or a Piper .onnx voice) or provider (an external "
+                "model)"
+            )
         return self
 
 

@@ -3,7 +3,9 @@
 from tiqo.sdk.engine import Engine, GenerationParams, ModelSpec, Piece, Runner, StopFlag
 from tiqo.sdk.hookspecs import hookimpl
 from tiqo.sdk.provider import (
+    AudioProviderKind,
     FailureKind,
+    FormFile,
     ProviderConfig,
     ProviderKind,
     StreamTranslator,
@@ -16,8 +18,10 @@ from tiqo.sdk.provider import (
 )
 
 __all__ = [
+    "AudioProviderKind",
     "Engine",
     "FailureKind",
+    "FormFile",
     "GenerationParams",
     "ModelSpec",
     "Piece",

@@ -39,11 +39,22 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True)
+class FormFile:
+    """A file part of a multipart/form-data request."""
+
+    filename: str
+    content: bytes
+    content_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
 class UpstreamRequest:
     method: str
     url: str
     headers: dict[str, str]
     json: dict[str, Any]
+    # multipart/form-data instead of JSON (audio uploads): (field name, text or file) pairs, sent in this order
+    form: tuple[tuple[str, str | FormFile], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,27 @@ class StreamTranslator(Protocol):
     def feed(self, event: str | None, data: str) -> list[dict[str, Any]]: ...
 
     def close(self) -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class AudioProviderKind(Protocol):
+    """Optional: a kind that also speaks an audio API (OpenAI's /audio/transcriptions and /audio/speech). Answers
+    are not SSE: a transcription answer is one body (JSON or text), a speech answer is audio bytes, streamed."""
+
+    def transcription_request(
+        self,
+        config: ProviderConfig,
+        upstream_model: str,
+        fields: Mapping[str, str | list[str]],
+        audio: FormFile,
+        key: str | None,
+        *,
+        translate: bool = False,
+    ) -> UpstreamRequest: ...
+
+    def speech_request(
+        self, config: ProviderConfig, upstream_model: str, body: Mapping[str, Any], key: str | None
+    ) -> UpstreamRequest: ...
 
 
 @runtime_checkable

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tiqo.sdk import (
+    FormFile,
     ProviderConfig,
     UpstreamFailure,
     UpstreamProtocolError,
@@ -65,7 +66,54 @@ class OpenAITranslator:
 class OpenAIKind:
     kind = "openai"
     default_base_url = "https://api.openai.com/v1"
-    capabilities: tuple[str, ...] = ("chat", "tools", "json", "vision")
+    capabilities: tuple[str, ...] = ("chat", "tools", "json", "vision", "stt", "tts")
+
+    def _headers(self, config: ProviderConfig, key: str | None, accept: str) -> dict[str, str]:
+        headers = {"Accept": accept}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return with_option_headers(headers, config.options)
+
+    def transcription_request(
+        self,
+        config: ProviderConfig,
+        upstream_model: str,
+        fields: Mapping[str, str | list[str]],
+        audio: FormFile,
+        key: str | None,
+        *,
+        translate: bool = False,
+    ) -> UpstreamRequest:
+        """OpenAI's multipart ``/audio/transcriptions`` (or ``/audio/translations``); Groq and vLLM speak it too."""
+        form: list[tuple[str, str | FormFile]] = [("model", upstream_model)]
+        for name, value in fields.items():
+            if name == "model" or name.startswith("tiqo"):
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                form.append((name, str(item)))
+        form.append(("file", audio))
+        path = "/audio/translations" if translate else "/audio/transcriptions"
+        return UpstreamRequest(
+            method="POST",
+            url=endpoint(config.base_url, self.default_base_url, path),
+            headers=self._headers(config, key, "application/json"),
+            json={},
+            form=tuple(form),
+        )
+
+    def speech_request(
+        self, config: ProviderConfig, upstream_model: str, body: Mapping[str, Any], key: str | None
+    ) -> UpstreamRequest:
+        payload = {k: v for k, v in body.items() if not k.startswith("tiqo") and k != "stream"}
+        payload["model"] = upstream_model
+        headers = self._headers(config, key, "*/*")
+        headers["Content-Type"] = "application/json"
+        return UpstreamRequest(
+            method="POST",
+            url=endpoint(config.base_url, self.default_base_url, "/audio/speech"),
+            headers=headers,
+            json=payload,
+        )
 
     def chat_request(
         self, config: ProviderConfig, upstream_model: str, body: Mapping[str, Any], key: str | None

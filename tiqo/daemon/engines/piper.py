@@ -1,0 +1,115 @@
+"""Text-to-speech through piper-tts (ONNX voices). Sentence by sentence, so audio starts before the text is done.
+
+Piper speaks with the voice it was trained on; it cannot clone a voice from a sample (the routes say so).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tiqo.core.errors import BadRequest
+from tiqo.sdk.engine import ModelSpec, StopFlag
+
+log = logging.getLogger("tiqo.engine.piper")
+OVERHEAD = 48 * 1024 * 1024
+
+
+def voice_config_path(model: Path) -> Path:
+    """Piper's convention: ``NAME.onnx`` with ``NAME.onnx.json`` beside it."""
+    return model.with_name(model.name + ".json")
+
+
+def voice_info(model: Path) -> dict[str, Any]:
+    """Language, quality, sample rate and speakers of a voice, read from its JSON (no model load)."""
+    config_path = voice_config_path(model)
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise BadRequest(
+            f"{config_path} is missing: a Piper voice is NAME.onnx plus NAME.onnx.json",
+            param="path",
+            hint="download both files of the voice and keep them side by side",
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise BadRequest(f"cannot read the voice config {config_path}: {exc}", param="path") from None
+    if not isinstance(config, dict) or "audio" not in config or "phoneme_id_map" not in config:
+        raise BadRequest(f"{config_path} is not a Piper voice config (no audio / phoneme_id_map)", param="path")
+    language = config.get("language") or {}
+    espeak = config.get("espeak") or {}
+    return {
+        "language": language.get("code") or espeak.get("voice") or "",
+        "language_name": language.get("name_english") or "",
+        "quality": (config.get("audio") or {}).get("quality") or _quality_from_name(model.stem),
+        "sample_rate": int((config.get("audio") or {}).get("sample_rate") or 22050),
+        "speakers": sorted((config.get("speaker_id_map") or {}).keys()),
+        "num_speakers": int(config.get("num_speakers") or 1),
+    }
+
+
+def _quality_from_name(stem: str) -> str:
+    tail = stem.rsplit("-", 1)[-1]
+    return tail if tail in ("x_low", "low", "medium", "high") else ""
+
+
+@dataclass(frozen=True)
+class TtsJob:
+    speed: float = 1.0  # 0.25-4.0, OpenAI's range
+    speaker: str | None = None
+
+
+class PiperRunner:
+    def __init__(self, spec: ModelSpec, options: dict[str, Any]) -> None:
+        from piper import PiperVoice
+
+        assert spec.path is not None
+        use_cuda = options.get("use_cuda")
+        if use_cuda is None:
+            import onnxruntime
+
+            use_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        self.voice = PiperVoice.load(spec.path, config_path=voice_config_path(spec.path), use_cuda=bool(use_cuda))
+        self.name = spec.name
+        self.sample_rate = int(self.voice.config.sample_rate)
+        self.memory_bytes = 0
+        self.details = {"sample_rate": self.sample_rate, "cuda": bool(use_cuda)}
+
+    def speak(self, pieces: Iterable[str], job: TtsJob, stop: StopFlag) -> Iterator[bytes]:
+        """16-bit mono PCM at ``self.sample_rate``, one chunk per sentence."""
+        from piper import SynthesisConfig
+
+        speaker_id = None
+        if job.speaker is not None:
+            ids = self.voice.config.speaker_id_map or {}
+            if job.speaker not in ids:
+                known = ", ".join(sorted(ids)) or "none (a single-speaker voice)"
+                raise BadRequest(f"voice {self.name} has no speaker {job.speaker!r}; speakers: {known}")
+            speaker_id = ids[job.speaker]
+        config = SynthesisConfig(
+            speaker_id=speaker_id, length_scale=(self.voice.config.length_scale or 1.0) / job.speed
+        )
+        for text in pieces:
+            for chunk in self.voice.synthesize(text, config):
+                yield chunk.audio_int16_bytes
+                if stop.is_set():
+                    return
+
+    def close(self) -> None:
+        if getattr(self, "voice", None) is not None:
+            del self.voice
+
+
+class PiperEngine:
+    name = "piper"
+    kinds = ("tts",)
+
+    def estimate_memory(self, spec: ModelSpec, options: dict[str, Any]) -> int:
+        size = spec.path.stat().st_size if spec.path is not None and spec.path.exists() else spec.size_bytes
+        return 2 * size + OVERHEAD
+
+    def load(self, spec: ModelSpec, options: dict[str, Any]) -> PiperRunner:
+        return PiperRunner(spec, options)
