@@ -20,6 +20,7 @@ from tiqo.daemon.registry import Registry
 from tiqo.daemon.scheduler import Scheduler
 from tiqo.daemon.store import Store
 from tiqo.daemon.streaming import iterate_in_thread
+from tiqo.daemon.voice import Voice
 from tiqo.sdk.engine import Engine, ModelSpec, Piece, Runner, StopFlag
 from tiqo.sdk.provider import ProviderKind
 
@@ -75,6 +76,7 @@ class Daemon:
         self.gateway = Gateway(
             settings, self.registry, self.hub, self.store, self, self.ledger, self.budgets, self.events
         )
+        self.voice = Voice(self.gateway, self)
         self.scheduler = Scheduler(
             engines,
             memory_budget=memory_budget(settings),
