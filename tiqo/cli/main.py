@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from tiqo import __version__
-from tiqo.cli import ask, budget, config, daemon, gateway_misc, keys, ledger, models, providers, route, users
+from tiqo.cli import ask, budget, config, daemon, gateway_misc, keys, ledger, models, providers, route, users, voice
 from tiqo.cli.output import state
 
 app = typer.Typer(
@@ -37,6 +37,9 @@ def root(
 
 app.command("ask")(ask.ask)
 app.command("chat")(ask.chat)
+app.command("transcribe")(voice.transcribe)
+app.command("speak")(voice.speak)
+app.add_typer(voice.voices_app, name="voices")
 app.command("ps")(models.ps)
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(models.app, name="models")

@@ -183,6 +183,8 @@ class TiqoClient:
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         params: dict[str, Any] | None = None,
+        files: Any = None,
+        data: Any = None,
     ) -> httpx.Response:
         import httpx
 
@@ -194,6 +196,8 @@ class TiqoClient:
                     json=json_body,
                     headers=headers,
                     params=params,
+                    files=files,
+                    data=data,
                     timeout=httpx.Timeout(timeout, connect=5.0) if timeout else httpx.USE_CLIENT_DEFAULT,
                 )
                 return self.http.send(request, stream=stream)
@@ -392,6 +396,57 @@ class TiqoClient:
         return result
 
     # ------------------------------------------------------------------ ledger and budgets
+    # ------------------------------------------------------------------ voice
+    def transcribe(
+        self,
+        audio: bytes,
+        filename: str = "audio",
+        fields: dict[str, Any] | None = None,
+        *,
+        translate: bool = False,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+    ) -> Any:
+        """``/v1/audio/transcriptions`` (or ``translations``). ``fields``: model, language, response_format,
+        timestamp_granularities (a list), prompt, temperature, sample_rate / channels / sample_format (raw PCM).
+        JSON formats return a dict, text formats a str; ``stream=True`` returns a Stream of transcript events."""
+        path = "/v1/audio/translations" if translate else "/v1/audio/transcriptions"
+        form: dict[str, str | list[str]] = {}
+        for name, value in (fields or {}).items():
+            if isinstance(value, (list, tuple)):
+                form[f"{name}[]"] = [str(v) for v in value]
+            elif value is not None:
+                form[name] = str(value)
+        if stream:
+            form["stream"] = "true"
+        files = {"file": (filename, audio, "application/octet-stream")}
+        response = self._send("POST", path, files=files, data=form, headers=headers, stream=stream)
+        if stream:
+            if response.status_code >= 400:
+                response.read()
+                self._decode(response)
+            return Stream(response)
+        if response.status_code < 400 and not response.headers.get("content-type", "").startswith("application/json"):
+            return response.text
+        return self._decode(response)
+
+    def speech(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+        """``/v1/audio/speech``: an open streaming response (iterate ``iter_bytes()``, then ``close()``)."""
+        response = self._send("POST", "/v1/audio/speech", json_body=payload, headers=headers, stream=True)
+        if response.status_code >= 400:
+            response.read()
+            self._decode(response)
+        return response
+
+    def voices(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/tiqo/voices")
+        return result
+
+    def add_voice(self, path: str, name: str | None = None, description: str | None = None) -> dict[str, Any]:
+        body = {k: v for k, v in {"path": path, "name": name, "description": description}.items() if v is not None}
+        result: dict[str, Any] = self.request("POST", "/tiqo/voices", body)
+        return result
+
     def usage(self, since: str = "7d", by: str = "day", user: str | None = None) -> dict[str, Any]:
         """Requests, tokens, cost, cache hits and errors since ``since`` (24h, 7d…): a row per ``by`` group, a total."""
         params = {"since": since, "by": by, **({"user": user} if user is not None else {})}

@@ -50,9 +50,17 @@ class RawPcm:
                 hint="convert it first, e.g. `ffmpeg -i IN -f s16le -ac 1 -ar 16000 -`",
             )
         if not 1000 <= self.rate <= 384_000:
-            raise BadRequest(f"raw sample rate {self.rate} Hz is out of range (1000-384000)", param="sample_rate")
+            raise BadRequest(
+                f"raw sample rate {self.rate} Hz is out of range (1000-384000)",
+                param="sample_rate",
+                hint="pass the rate the audio was recorded at, e.g. `--rate 16000`",
+            )
         if not 1 <= self.channels <= 8:
-            raise BadRequest(f"raw PCM with {self.channels} channels is not supported (1-8)", param="channels")
+            raise BadRequest(
+                f"raw PCM with {self.channels} channels is not supported (1-8)",
+                param="channels",
+                hint="pass the channel count the audio was recorded with, e.g. `--channels 1`",
+            )
 
     def as_wav(self, data: bytes) -> bytes:
         """The samples behind a WAV header, so one FFmpeg path decodes and resamples both."""
@@ -89,6 +97,7 @@ def decode(data: bytes, raw: RawPcm | None = None) -> Decoded:
         raise BadRequest("the audio file is empty (0 bytes)", param="file", hint=FORMAT_HINT)
     if raw is not None:
         data = raw.as_wav(data)
+    _check_wav_length(data)
     try:
         container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, IndexError, ValueError, OSError) as exc:
@@ -133,6 +142,29 @@ def decode(data: bytes, raw: RawPcm | None = None) -> Decoded:
             hint="the upload or download was cut short; send the whole file",
         )
     return Decoded(audio, duration, source)
+
+
+def _check_wav_length(data: bytes) -> None:
+    """FFmpeg reads a WAV cut short without complaint (it sizes the stream by the file): compare the data chunk's
+    declared size with what is there. A streamed WAV (size 0 or 0xFFFFFFFF: unknown) passes."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return
+    pos, byte_rate = 12, 0
+    while pos + 8 <= len(data):
+        tag, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        if tag == b"fmt " and pos + 20 <= len(data):
+            byte_rate = struct.unpack_from("<I", data, pos + 16)[0]
+        if tag == b"data":
+            have = len(data) - pos - 8
+            if size not in (0, 0xFFFFFFFF) and byte_rate and size - have > byte_rate // 2:
+                raise BadRequest(
+                    f"the audio is truncated: its header says {size / byte_rate:.1f} s but the file holds "
+                    f"{have / byte_rate:.1f} s (wav)",
+                    param="file",
+                    hint="the upload or download was cut short; send the whole file",
+                )
+            return
+        pos += 8 + size + (size & 1)
 
 
 def _declared_seconds(container: Any, stream: Any) -> float | None:

@@ -219,6 +219,7 @@ async def _stt_sse(events: AsyncGenerator[dict[str, Any], None]) -> AsyncIterato
             else:
                 continue
             yield "data: " + _dumps(out) + "\n\n"
+        yield "data: [DONE]\n\n"
     except TiqoError as exc:
         yield "data: " + _dumps({"type": "error", **exc.to_body()}) + "\n\n"
     except Exception as exc:  # never a silently truncated transcript
