@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tiqo.cli import complete
 from tiqo.cli.daemon import ps_table
 from tiqo.cli.output import EXIT_USAGE, client, console, fail, fmt_size, handle_errors, print_json
 
@@ -58,7 +59,9 @@ def list_models(json_out: bool = JSON) -> None:
 @handle_errors
 def add(
     name: str = typer.Argument(..., help="Name to use for it, e.g. qwen2.5-7b or gpt-4o."),
-    path: Optional[Path] = typer.Argument(None, help="Path of a local .gguf file (not with --provider)."),
+    path: Optional[Path] = typer.Argument(
+        None, help="A local .gguf file, CTranslate2 Whisper folder or Piper .onnx voice (not with --provider)."
+    ),
     provider: Optional[str] = typer.Option(
         None, "--provider", "-p", help="External: the provider that serves it (see `tiqo providers list`)."
     ),
@@ -68,8 +71,16 @@ def add(
     price_in: Optional[float] = typer.Option(None, "--price-in", min=0.0, help="External: USD per 1M input tokens."),
     price_out: Optional[float] = typer.Option(None, "--price-out", min=0.0, help="External: USD per 1M output tokens."),
     context: Optional[int] = typer.Option(None, "--context", min=1, help="External: context window in tokens."),
+    price_minute: Optional[float] = typer.Option(
+        None, "--price-minute", min=0.0, help="External speech-to-text: USD per minute of audio."
+    ),
+    price_mchar: Optional[float] = typer.Option(
+        None, "--price-mchar", min=0.0, help="External text-to-speech: USD per 1M characters."
+    ),
     capability: list[str] = typer.Option(
-        [], "--capability", help="External: chat, tools, json, vision… (repeatable; default chat, tools, json)."
+        [],
+        "--capability",
+        help="External: chat, tools, json, vision, stt, tts… (repeatable; default chat, tools, json).",
     ),
     fallback: list[str] = typer.Option([], "--fallback", help="External: model to try next if it fails (repeatable)."),
     premium: bool = typer.Option(
@@ -80,7 +91,8 @@ def add(
     description: Optional[str] = typer.Option(None, "--description", "-d"),
     json_out: bool = JSON,
 ) -> None:
-    """Register a local GGUF file (checked: magic, header, no truncation), or a model an external provider serves.
+    """Register a local GGUF file (checked: magic, header, no truncation), a Whisper folder, a Piper voice, or a model
+    an external provider serves.
 
     Examples:
 
@@ -103,6 +115,8 @@ def add(
             "--price-in": price_in,
             "--price-out": price_out,
             "--context": context,
+            "--price-minute": price_minute,
+            "--price-mchar": price_mchar,
             "--capability": capability or None,
             "--fallback": fallback or None,
             "--premium": premium or None,
@@ -135,6 +149,8 @@ def add(
             fallbacks=fallback or None,
             premium=premium or None,
             description=description,
+            price_minute=price_minute,
+            price_mchar=price_mchar,
         )
     if json_out:
         print_json(row)
@@ -144,13 +160,13 @@ def add(
         f"(${row['price_in']:g} in / ${row['price_out']:g} out per 1M tokens)"
         + (", premium" if row.get("premium") else "")
     )
-    if not row["price_in"] and not row["price_out"]:
+    if not row["price_in"] and not row["price_out"] and not row.get("price_minute") and not row.get("price_mchar"):
         console.print("[dim]no prices given: routing treats it as free; --price-in/--price-out set them[/]")
 
 
 @app.command("rm")
 @handle_errors
-def rm(name: str = typer.Argument(..., help="Model to remove.")) -> None:
+def rm(name: str = typer.Argument(..., help="Model to remove.", autocompletion=complete.models)) -> None:
     """Unregister a model you added (the file stays on disk). Example: tiqo models rm qwen2.5-7b"""
     with client() as c:
         c.remove_model(name)
@@ -160,7 +176,7 @@ def rm(name: str = typer.Argument(..., help="Model to remove.")) -> None:
 @app.command("load")
 @handle_errors
 def load(
-    name: str = typer.Argument(..., help="Model to load."),
+    name: str = typer.Argument(..., help="Model to load.", autocompletion=complete.local_models),
     keep_alive: Optional[str] = typer.Option(None, "--keep-alive", help="How long to keep it loaded (10m, 1h, -1)."),
     json_out: bool = JSON,
 ) -> None:
@@ -176,7 +192,7 @@ def load(
 
 @app.command("unload")
 @handle_errors
-def unload(name: str = typer.Argument(..., help="Model to unload.")) -> None:
+def unload(name: str = typer.Argument(..., help="Model to unload.", autocompletion=complete.local_models)) -> None:
     """Unload a model now (after its running requests). Example: tiqo models unload smollm2-135m"""
     with client() as c:
         result = c.unload(name)
