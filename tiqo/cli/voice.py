@@ -114,6 +114,9 @@ def _print_transcript(stream: Any, fmt: str, out: IO[str], granularities: tuple[
         for event in stream:
             kind = event.get("type")
             if kind == "transcript.info":
+                if err_console.is_terminal and out is sys.stdout and not sys.stdout.isatty():
+                    seconds = float(event.get("duration") or 0.0)
+                    err_console.print(f"[dim]language {event.get('language')}, {seconds:.1f} s of audio[/]")
                 if progress is not None:
                     task = progress.add_task("stt", total=max(0.1, float(event.get("duration") or 0.1)))
                 if fmt == "vtt":
