@@ -3,7 +3,11 @@
 One aiohttp app serves all three, so tests (and benchmarks) can point the tiqo daemon at it as if it were the
 provider:
 
-* OpenAI     ``POST /v1/chat/completions`` (``Authorization: Bearer KEY``), ``GET /v1/models``
+* OpenAI     ``POST /v1/chat/completions`` (``Authorization: Bearer KEY``), ``GET /v1/models``,
+  ``POST /v1/audio/transcriptions`` and ``/v1/audio/translations`` (multipart: ``file`` and ``model``; answers
+  ``TRANSCRIPT`` or ``Upstream.reply`` as json, text, srt, vtt or verbose_json with segments and words) and
+  ``POST /v1/audio/speech`` (JSON; answers a 440 Hz tone in the asked format, streamed in several chunks, or
+  ``Upstream.speech``)
 * Anthropic  ``POST /v1/messages`` (``x-api-key``; ``anthropic-version`` header and ``max_tokens`` required)
 * Gemini     ``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``
   (``x-goog-api-key``; a ``key=`` query parameter is a recorded violation answered with 400)
@@ -21,11 +25,15 @@ object from any thread, or through ``POST /_stub/control`` when the stub runs as
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import contextlib
 import functools
+import hashlib
+import io
 import itertools
 import json
+import math
 import os
 import re
 import select
@@ -36,12 +44,13 @@ import subprocess
 import sys
 import threading
 import time
+import wave
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -281,6 +290,187 @@ def _bad_request(protocol: str, message: str) -> web.Response:
     return _json_response(400, _gemini_error(400, "INVALID_ARGUMENT", message))
 
 
+# -------------------------------------------------------------------------------------------------- audio
+
+#: What OpenAI's /audio/transcriptions accepts, judged (as OpenAI does) by the file name's extension.
+STT_EXTENSIONS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
+STT_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+#: /audio/speech formats and the Content-Type OpenAI answers them with.
+SPEECH_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
+SPEECH_RATE = 24_000  # OpenAI's speech (and its raw pcm) is 24 kHz, 16-bit, mono
+SPEECH_CHUNK = 4096
+#: What the stub "hears" in any upload (``Upstream.reply`` replaces it).
+TRANSCRIPT = "The quick brown fox jumps over the lazy dog. It was heard by the stub."
+_LANGUAGE_NAMES = {"en": "english", "fr": "french", "de": "german", "es": "spanish", "it": "italian", "nl": "dutch"}
+# PyAV muxer, encoder and sample rate of the compressed speech formats
+_SPEECH_CODECS = {
+    "mp3": ("mp3", "libmp3lame", SPEECH_RATE),
+    "opus": ("ogg", "libopus", 48_000),
+    "aac": ("adts", "aac", SPEECH_RATE),
+    "flac": ("flac", "flac", SPEECH_RATE),
+}
+
+
+def speech_seconds(text: str, speed: float = 1.0) -> float:
+    """How long the stub "speaks" ``text``: 50 ms a character at speed 1, between 0.2 s and 8 s."""
+    return round(min(8.0, max(0.2, 0.05 * len(text))) / speed, 3)
+
+
+def _tone(seconds: float, rate: int, freq: float = 440.0) -> bytes:
+    """A sine tone as 16-bit little-endian mono PCM."""
+    n = max(1, int(seconds * rate))
+    step = 2 * math.pi * freq / rate
+    return array.array("h", (int(8000 * math.sin(i * step)) for i in range(n))).tobytes()
+
+
+@functools.lru_cache(maxsize=64)
+def speech_audio(fmt: str, seconds: float) -> bytes:
+    """A valid ``fmt`` file (see ``SPEECH_TYPES``) holding ``seconds`` of a 440 Hz tone: WAV and raw PCM with the
+    stdlib, compressed formats with PyAV."""
+    if fmt == "pcm":
+        return _tone(seconds, SPEECH_RATE)
+    if fmt == "wav":
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(SPEECH_RATE)
+            out.writeframes(_tone(seconds, SPEECH_RATE))
+        return buf.getvalue()
+    import av
+    import numpy as np
+
+    muxer, codec, rate = _SPEECH_CODECS[fmt]
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=muxer) as out:
+        stream: Any = out.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        samples = np.frombuffer(_tone(seconds, rate), dtype="<i2")
+        for start in range(0, samples.size, rate // 10):
+            frame = av.AudioFrame.from_ndarray(
+                samples[start : start + rate // 10].reshape(1, -1), format="s16", layout="mono"
+            )
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def audio_seconds(data: bytes) -> float:
+    """The duration of an uploaded file: WAV with the stdlib, anything else with PyAV when it is installed (else an
+    estimate from the size, as if it were 16 kHz 16-bit mono)."""
+    with contextlib.suppress(wave.Error, EOFError, ValueError), wave.open(io.BytesIO(data), "rb") as w:
+        width = w.getsampwidth() * w.getnchannels()
+        frames = len(w.readframes(w.getnframes())) // max(1, width)  # streamed WAVs claim 0xFFFFFFFF frames
+        return frames / w.getframerate()
+    with contextlib.suppress(Exception):
+        import av
+
+        with av.open(io.BytesIO(data), mode="r") as c:
+            stream = c.streams.audio[0]
+            samples = sum(frame.samples for frame in c.decode(stream))
+            return samples / (stream.codec_context.sample_rate or 1)
+    return len(data) / 32_000
+
+
+def _transcript_body(
+    fmt: str, text: str, *, task: str, language: str, duration: float, granularities: list[str]
+) -> tuple[str, str | dict[str, Any]]:
+    """(content type, body) of a transcription answer in ``fmt``, as OpenAI's whisper-1 answers it."""
+    words = text.split()
+    step = duration / max(1, len(words))
+    timed = [
+        {"word": w.strip(".,!?"), "start": round(i * step, 2), "end": round((i + 1) * step, 2)}
+        for i, w in enumerate(words)
+    ]
+    segments: list[dict[str, Any]] = []
+    for n, first in enumerate(range(0, len(words), 6)):
+        chunk = words[first : first + 6]
+        segments.append(
+            {
+                "id": n,
+                "seek": 0,
+                "start": timed[first]["start"],
+                "end": timed[first + len(chunk) - 1]["end"],
+                "text": " " + " ".join(chunk),
+                "tokens": [50364 + first + i for i in range(len(chunk))],
+                "temperature": 0.0,
+                "avg_logprob": -0.25,
+                "compression_ratio": 1.2,
+                "no_speech_prob": 0.01,
+            }
+        )
+    usage = {"type": "duration", "seconds": math.ceil(duration)}
+    if fmt == "text":
+        return "text/plain; charset=utf-8", text + "\n"
+    if fmt in ("srt", "vtt"):
+
+        def stamp(t: float) -> str:
+            ms = round(t * 1000)
+            sep = "," if fmt == "srt" else "."
+            return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
+
+        cues = [f"{stamp(s['start'])} --> {stamp(s['end'])}\n{s['text'].strip()}\n\n" for s in segments]
+        if fmt == "srt":
+            return "application/x-subrip", "".join(f"{i}\n{c}" for i, c in enumerate(cues, 1))
+        return "text/vtt", "WEBVTT\n\n" + "".join(cues)
+    if fmt == "json":
+        return _JSON, {"text": text, "usage": usage}
+    body: dict[str, Any] = {"task": task, "language": language, "duration": round(duration, 2), "text": text}
+    if "segment" in granularities or not granularities:
+        body["segments"] = segments
+    if "word" in granularities:
+        body["words"] = timed
+    body["usage"] = usage
+    return _JSON, body
+
+
+async def _read_multipart(request: web.Request) -> tuple[dict[str, Any], dict[str, Any] | None, bytes, str | None]:
+    """(fields, file info or None, file bytes, problem or None) of a multipart/form-data body, read with aiohttp's
+    multipart reader. Names ending in ``[]`` collect lists, as OpenAI's SDK sends arrays."""
+    fields: dict[str, Any] = {}
+    info: dict[str, Any] | None = None
+    data = b""
+    if request.content_type != "multipart/form-data":
+        await request.read()
+        return fields, None, b"", f"Invalid Content-Type header ({request.content_type}), expected multipart/form-data."
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, BodyPartReader) or not part.name:
+                return fields, info, data, "Could not parse multipart form: unnamed or nested part."
+            if part.filename is not None:
+                content = bytes(await part.read())
+                if part.name == "file":
+                    data = content
+                    info = {
+                        "filename": part.filename,
+                        "size": len(content),
+                        "content_type": part.headers.get("Content-Type"),
+                        "sha256": hashlib.sha256(content).hexdigest(),
+                    }
+                    continue
+                value: Any = {"filename": part.filename, "size": len(content)}
+            else:
+                value = await part.text()
+            if part.name.endswith("[]"):
+                fields.setdefault(part.name, []).append(value)
+            else:
+                fields[part.name] = value
+    except Exception as exc:  # a malformed body: whatever the reader raises is the client's problem
+        return fields, info, data, f"Could not parse multipart form: {exc}"
+    return fields, info, data, None
+
+
 # ---------------------------------------------------------------------------------------------- transport
 
 
@@ -328,6 +518,7 @@ class Upstream:
         self.host, self.port = host, port
         self.valid_keys: set[str] | None = set(valid_keys) if valid_keys is not None else None
         self.reply: str | None = reply
+        self.speech: bytes | None = None  # fixed /audio/speech answer instead of the generated tone (b"": empty)
         self.delay_s: float = float(delay_s)
         self.models: list[str] = list(models)
         self.requests: list[dict[str, Any]] = []
@@ -385,6 +576,7 @@ class Upstream:
             self.requests.clear()
             self.violations.clear()
             keys, self.reply, self.delay_s = self._defaults
+            self.speech = None
             self.valid_keys = set(keys) if keys is not None else None
             self.mode = None
 
@@ -434,6 +626,9 @@ class Upstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._openai_chat)
         app.router.add_get("/v1/models", self._openai_models)
+        app.router.add_post("/v1/audio/transcriptions", self._openai_transcriptions)
+        app.router.add_post("/v1/audio/translations", self._openai_translations)
+        app.router.add_post("/v1/audio/speech", self._openai_speech)
         app.router.add_post("/v1/messages", self._anthropic_messages)
         app.router.add_post("/v1beta/models/{name}", self._gemini)
         app.router.add_post("/v1/models/{name}", self._gemini)
@@ -521,6 +716,16 @@ class Upstream:
                 body = json.loads(raw)
             except ValueError:
                 bad_json = True
+        rec = self._record(request, protocol, key, body)
+        early, fault, kw = await self._gate(request, rec, protocol, key)
+        if early is not None:
+            return rec, body, early, None, {}
+        if bad_json or (request.method == "POST" and not isinstance(body, dict)):
+            rec["status"] = 400
+            return rec, body, _bad_request(protocol, "We could not parse the JSON body of your request."), None, {}
+        return rec, body, None, fault, kw
+
+    def _record(self, request: web.Request, protocol: str, key: str | None, body: Any) -> dict[str, Any]:
         rec: dict[str, Any] = {
             "protocol": protocol,
             "method": request.method,
@@ -533,6 +738,13 @@ class Upstream:
             "fault": None,
         }
         self.requests.append(rec)
+        return rec
+
+    async def _gate(
+        self, request: web.Request, rec: dict[str, Any], protocol: str, key: str | None
+    ) -> tuple[web.StreamResponse | None, str | None, dict[str, Any]]:
+        """What every request goes through whatever its body: keys in the URL, the delay, faults, the key check.
+        Returns (early response or None, delivery fault or None, its kwargs)."""
         if request.query_string:
             query = request.query
             for name in _URL_KEY_PARAMS:
@@ -541,28 +753,19 @@ class Upstream:
                         f"{protocol}: API key sent in the URL ({name}= query parameter) {request.path}"
                     )
                     rec["status"] = 400
-                    return (
-                        rec,
-                        body,
-                        _bad_request(protocol, f"API keys must not be sent in the URL ({name}=)."),
-                        None,
-                        {},
-                    )
+                    return _bad_request(protocol, f"API keys must not be sent in the URL ({name}=)."), None, {}
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         fault, kw = self._take_fault()
         if fault is not None:
             rec["fault"] = fault
             if fault not in DELIVERY_FAULTS:
-                return rec, body, await self._apply_fault(request, rec, protocol, fault, kw), None, {}
+                return await self._apply_fault(request, rec, protocol, fault, kw), None, {}
         if key is None or (self.valid_keys is not None and key not in self.valid_keys):
             resp = _auth_error(protocol, missing=key is None)
             rec["status"] = resp.status
-            return rec, body, resp, None, {}
-        if bad_json or (request.method == "POST" and not isinstance(body, dict)):
-            rec["status"] = 400
-            return rec, body, _bad_request(protocol, "We could not parse the JSON body of your request."), None, {}
-        return rec, body, None, fault, kw
+            return resp, None, {}
+        return None, fault, kw
 
     async def _apply_fault(
         self, request: web.Request, rec: dict[str, Any], protocol: str, fault: str, kw: dict[str, Any]
@@ -787,6 +990,124 @@ class Upstream:
             await resp.write_eof()
             return resp
         await _flush_then_abort(request, bool(kw.get("rst", False)))
+        return resp
+
+    # ---------------------------------------------------------------- OpenAI audio
+
+    async def _openai_transcriptions(self, request: web.Request) -> web.StreamResponse:
+        return await self._openai_stt(request, "transcribe")
+
+    async def _openai_translations(self, request: web.Request) -> web.StreamResponse:
+        return await self._openai_stt(request, "translate")
+
+    async def _openai_stt(self, request: web.Request, task: str) -> web.StreamResponse:
+        """``/v1/audio/transcriptions`` and ``/translations``: multipart (``file`` and ``model`` required)."""
+        key = _bearer(request)
+        fields, info, data, problem = await _read_multipart(request)  # read before any answer, as a server does
+        rec = self._record(request, "openai", key, None)
+        rec.update(form=fields, file=info, client_request_id=request.headers.get("X-Client-Request-Id"))
+        early, fault, kw = await self._gate(request, rec, "openai", key)
+        if early is not None:
+            return early
+        fmt = fields.get("response_format") or "json"
+        granularities = fields.get("timestamp_granularities[]") or []
+        if problem is None:
+            if info is None:
+                problem = "Missing required parameter: 'file'."
+            elif not isinstance(fields.get("model"), str) or not fields["model"]:
+                problem = "you must provide a model parameter"
+            elif info["filename"].rpartition(".")[2].lower() not in STT_EXTENSIONS or "." not in info["filename"]:
+                problem = f"Invalid file format. Supported formats: {list(STT_EXTENSIONS)}"
+            elif not data:
+                problem = "Audio file is too short. Minimum audio length is 0.1 seconds."
+            elif fmt not in STT_FORMATS:
+                problem = f"Invalid value for 'response_format': {fmt!r}. Supported values are: {list(STT_FORMATS)}."
+            elif granularities and fmt != "verbose_json":
+                problem = "response_format must be set verbose_json to use timestamp granularities."
+            elif any(g not in ("word", "segment") for g in granularities):
+                problem = f"Invalid value for 'timestamp_granularities[]': {granularities}."
+        if problem is not None:
+            rec["status"] = 400
+            return _bad_request("openai", problem)
+        refused = self._allow(rec, "openai", key)
+        if refused is not None:
+            return refused
+        duration = await asyncio.to_thread(audio_seconds, data)
+        language = "english" if task == "translate" else _LANGUAGE_NAMES.get(fields.get("language") or "en", "english")
+        text = self.reply if self.reply is not None else TRANSCRIPT
+        ctype, body = _transcript_body(
+            fmt, text, task=task, language=language, duration=duration, granularities=granularities
+        )
+        payload = body.encode() if isinstance(body, str) else _dumps(body).encode()
+        rec["duration"] = duration
+        if fault == "slow":
+            await asyncio.sleep(float(kw.get("first_delay", 0.0)) + float(kw.get("delay", 0.2)))
+        elif fault == "midstream":
+            resp = web.StreamResponse(status=200, headers={"Content-Type": ctype})
+            resp.content_length = len(payload)
+            try:
+                await resp.prepare(request)
+                await resp.write(payload[: len(payload) // 2])
+            except ConnectionError:
+                return resp
+            await _flush_then_abort(request, bool(kw.get("rst", False)))
+            return resp
+        return web.Response(body=payload, headers={"Content-Type": ctype})
+
+    async def _openai_speech(self, request: web.Request) -> web.StreamResponse:
+        """``/v1/audio/speech``: JSON in, audio bytes out (chunked, in several writes)."""
+        key = _bearer(request)
+        rec, body, early, fault, kw = await self._begin(request, "openai", key)
+        rec["client_request_id"] = request.headers.get("X-Client-Request-Id")
+        if early is not None:
+            return early
+        fmt = body.get("response_format", "mp3")
+        speed = body.get("speed", 1.0)
+        problem = None
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            problem = "you must provide a model parameter"
+        elif not isinstance(body.get("input"), str) or not body["input"]:
+            problem = "Missing required parameter: 'input'."
+        elif len(body["input"]) > 4096:
+            problem = "'input': string too long. Expected a string with maximum length 4096."
+        elif not isinstance(body.get("voice"), str) or not body["voice"]:
+            problem = "Missing required parameter: 'voice'."
+        elif fmt not in SPEECH_TYPES:
+            problem = f"Invalid value for 'response_format': {fmt!r}. Supported values are: {list(SPEECH_TYPES)}."
+        elif isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.25 <= speed <= 4.0:
+            problem = f"Invalid value for 'speed': {speed!r}. It must be between 0.25 and 4.0."
+        if problem is not None:
+            rec["status"] = 400
+            return _bad_request("openai", problem)
+        refused = self._allow(rec, "openai", key)
+        if refused is not None:
+            return refused
+        if self.speech is not None:
+            audio = self.speech
+        else:
+            audio = await asyncio.to_thread(speech_audio, fmt, speech_seconds(body["input"], float(speed)))
+        rec["audio"] = {"size": len(audio), "sha256": hashlib.sha256(audio).hexdigest()}
+        size = max(1, min(SPEECH_CHUNK, -(-len(audio) // 3)))  # at least three writes
+        chunks = [audio[i : i + size] for i in range(0, len(audio), size)]
+        delay, cut_after = self._plan(fault, kw)
+        try:
+            if fault == "slow" and kw.get("first_delay"):
+                await asyncio.sleep(float(kw["first_delay"]))
+            resp = web.StreamResponse(status=200, headers={"Content-Type": SPEECH_TYPES[fmt]})
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            for i, chunk in enumerate(chunks):
+                if cut_after is not None and i >= cut_after:
+                    break
+                if delay and i:
+                    await asyncio.sleep(delay)
+                await resp.write(chunk)
+            if cut_after is not None:
+                await _flush_then_abort(request, bool(kw.get("rst", False)))
+                return resp
+            await resp.write_eof()
+        except ConnectionError:
+            return web.Response()
         return resp
 
     # ---------------------------------------------------------------- Anthropic

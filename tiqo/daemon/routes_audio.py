@@ -191,17 +191,9 @@ def _public_segment(event: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in event.items() if k != "type"}
 
 
-_LANGUAGES = {
-    "en": "english", "fr": "french", "de": "german", "es": "spanish", "it": "italian", "pt": "portuguese",
-    "nl": "dutch", "sv": "swedish", "da": "danish", "no": "norwegian", "fi": "finnish", "pl": "polish",
-    "cs": "czech", "ru": "russian", "uk": "ukrainian", "tr": "turkish", "ar": "arabic", "he": "hebrew",
-    "hi": "hindi", "ja": "japanese", "ko": "korean", "zh": "chinese", "el": "greek", "ro": "romanian",
-}  # fmt: skip
-
-
 def _language_name(code: str) -> str:
     """verbose_json names the language as OpenAI does ("english"); other codes pass through."""
-    return _LANGUAGES.get(code, code)
+    return pa.LANGUAGE_NAMES.get(code, code)
 
 
 async def _stt_sse(events: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[str]:

@@ -15,8 +15,10 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+import numpy as np
+
 from tiqo.core.errors import BadRequest, Busy, ModelLoadFailed, TiqoError
-from tiqo.daemon.audio import Decoded, RawPcm, SpeechEncoder, decode, sentences
+from tiqo.daemon.audio import WHISPER_RATE, Decoded, RawPcm, SpeechEncoder, decode, sentences, wav_header
 from tiqo.daemon.engines.piper import TtsJob
 from tiqo.daemon.engines.whisper import SttJob
 from tiqo.daemon.ledger import CallRow, RequestRow
@@ -27,7 +29,7 @@ from tiqo.policy import budget as bp
 from tiqo.policy.classify import Classification
 from tiqo.policy.ratelimit import RateLimits
 from tiqo.policy.routing import AUTO, CatalogModel, Decision
-from tiqo.protocol.audio import OPENAI_STT_MODELS, OPENAI_TTS_MODELS, OPENAI_VOICES
+from tiqo.protocol.audio import LANGUAGE_CODES, OPENAI_STT_MODELS, OPENAI_TTS_MODELS, OPENAI_VOICES
 from tiqo.sdk.provider import FormFile
 
 log = logging.getLogger("tiqo.voice")
@@ -141,7 +143,7 @@ class Voice:
                 blocked,
                 request_id,
                 worst=model.audio_cost(seconds=decoded.duration),
-                call=lambda secret, p, call_id, model=model: self._stt_call(secret, p, model, req, call_id),
+                call=lambda secret, p, call_id, model=model: self._stt_call(secret, p, model, req, decoded, call_id),
             )
             if result is not None:
                 served.cost_usd = model.audio_cost(seconds=decoded.duration)
@@ -149,16 +151,25 @@ class Voice:
         raise self._none_served(decision, blocked, failures, served)
 
     async def _stt_call(
-        self, secret: str | None, provider: Any, model: CatalogModel, req: SttRequest, call_id: str
+        self, secret: str | None, provider: Any, model: CatalogModel, req: SttRequest, decoded: Decoded, call_id: str
     ) -> Any:
-        fields = {k: v for k, v in req.fields.items() if k not in ("file", "model", "stream", "response_format")}
+        # tiqo's own form fields (raw PCM layout, VAD, the ledger's user) are not the provider's: sending them could
+        # get the request rejected, and the raw layout would be wrong for the WAV sent in its place.
+        fields = {k: v for k, v in req.fields.items() if k not in _NOT_FORWARDED}
         fields["response_format"] = "verbose_json" if req.response_format in ("srt", "vtt", "verbose_json") else "json"
-        if req.raw is not None:  # providers take files, not headerless samples
-            audio = FormFile("audio.wav", req.raw.as_wav(req.audio), "audio/wav")
-        else:
-            audio = FormFile(req.filename or "audio", req.audio, req.content_type or "application/octet-stream")
+        if fields["response_format"] == "verbose_json":
+            # the parsed granularities, whichever way the client spelled the field; a list goes out as the form
+            # array OpenAI reads (timestamp_granularities[]); word timings exist only in verbose_json
+            fields["timestamp_granularities"] = list(req.granularities)
         return await transcribe_external(
-            self.gateway.upstream, secret, provider, model, fields, audio, translate=req.translate, call_id=call_id
+            self.gateway.upstream,
+            secret,
+            provider,
+            model,
+            fields,
+            _upload(req, decoded),
+            translate=req.translate,
+            call_id=call_id,
         )
 
     # ------------------------------------------------------------ text-to-speech
@@ -251,7 +262,10 @@ class Voice:
                 holder: dict[str, Any] = holder,
             ) -> Any:
                 stream = speak_external(self.gateway.upstream, secret, provider, model, body, call_id)
-                holder["first"] = await anext(stream)  # a failure before the first byte falls back
+                try:
+                    holder["first"] = await anext(stream)  # a failure before the first byte falls back
+                except StopAsyncIteration:  # a 200 with an empty body: no audio is a failed attempt, not a crash
+                    raise AttemptFailed("protocol", "the provider answered with no audio") from None
                 return stream
 
             stream = await self._external(
@@ -385,12 +399,21 @@ class Voice:
                 if exc.kind in KEY_LEVEL and key_name is not None:
                     continue
                 return None
+            except BaseException:
+                # Cancelled (the client hung up mid-call) or an unexpected error: it says nothing about the provider's
+                # health, but the probe slot, the key's slot and the budget reservation must not stay taken (the
+                # reservation would otherwise count against the budget until the daemon restarts).
+                provider.breaker.release()
+                if key_name is not None:
+                    provider.pool.release(key_name)
+                self._settle(row, model, 0.0, "failed", "cancelled")
+                raise
             self.gateway.record_success(provider, key_name, 0)
             self._served_by(served, model, model.provider, key_name)
             if settle_now:
                 self._settle(row, model, worst, "ok", None)
             else:  # a speech stream: settled when it ends (the provider bills the whole input either way)
-                result = _with_settle(result, _Settler(self, row, model, worst))
+                result = _with_settle(result, _Settler(self, row, model, worst, provider, key_name))
             return result
         return None
 
@@ -434,11 +457,18 @@ class Voice:
 
 
 class _Settler:
-    def __init__(self, voice: Voice, call: CallRow, model: CatalogModel, cost: float) -> None:
+    def __init__(
+        self, voice: Voice, call: CallRow, model: CatalogModel, cost: float, provider: Any, key: str | None
+    ) -> None:
         self.voice, self.call, self.model, self.cost = voice, call, model, cost
+        self.provider, self.key = provider, key
 
     def __call__(self, ok: bool) -> None:
         self.voice._settle(self.call, self.model, self.cost, "ok" if ok else "interrupted", None if ok else "cut off")
+
+    def failed(self, exc: AttemptFailed) -> None:
+        """A provider that dies after the first bytes still counts against its and the key's health (as in chat)."""
+        self.voice.gateway.record_failure(self.provider, self.key, exc)
 
 
 async def _with_settle(stream: AsyncGenerator[bytes, None], settle: _Settler) -> AsyncGenerator[bytes, None]:
@@ -447,9 +477,41 @@ async def _with_settle(stream: AsyncGenerator[bytes, None], settle: _Settler) ->
         async for chunk in stream:
             yield chunk
         ok = True
+    except AttemptFailed as exc:
+        settle.failed(exc)
+        raise
     finally:
         await stream.aclose()
         settle(ok)
+
+
+# form fields of /v1/audio/transcriptions that stay in tiqo (the rest pass through to the provider)
+_NOT_FORWARDED = (
+    "file", "model", "stream", "response_format", "timestamp_granularities",
+    "sample_rate", "channels", "sample_format", "vad_filter", "user",
+)  # fmt: skip
+# What OpenAI's transcription API accepts, judged by the upload's file name (Groq's list is the same)
+_UPLOAD_EXTENSIONS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
+# FFmpeg container (the first name of decode()'s source) -> an extension providers accept for it
+_CONTAINER_EXTENSIONS = {"wav": "wav", "mp3": "mp3", "ogg": "ogg", "flac": "flac", "mov": "m4a", "matroska": "webm"}
+
+
+def _upload(req: SttRequest, decoded: Decoded) -> FormFile:
+    """The file a provider gets. Providers judge the format by the name's extension, so an upload named without a
+    usable one ("stdin" from `tiqo transcribe -`, "audio", talk.opus) is renamed after its container, or sent as
+    WAV of the decoded audio when the container has no accepted name; headerless PCM always goes as WAV."""
+    if req.raw is not None:  # providers take files, not headerless samples
+        return FormFile("audio.wav", req.raw.as_wav(req.audio), "audio/wav")
+    name = req.filename or "audio"
+    stem, dot, ext = name.rpartition(".")
+    if dot and stem and ext.lower() in _UPLOAD_EXTENSIONS:
+        return FormFile(name, req.audio, req.content_type or "application/octet-stream")
+    container = decoded.source.split("/", 1)[0]
+    if container in _CONTAINER_EXTENSIONS:
+        ext = _CONTAINER_EXTENSIONS[container]
+        return FormFile(f"{stem or name}.{ext}", req.audio, req.content_type or "application/octet-stream")
+    pcm = (np.clip(decoded.audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    return FormFile("audio.wav", wav_header(WHISPER_RATE, len(pcm)) + pcm, "audio/wav")
 
 
 def _never(item: object) -> bool:
@@ -497,6 +559,7 @@ async def _stt_from_answer(
 ) -> AsyncGenerator[dict[str, Any], None]:
     """An external provider's JSON answer as the same events a local engine yields."""
     language = str(answer.get("language") or req.language or "")
+    language = LANGUAGE_CODES.get(language.lower(), language)  # OpenAI says "english"; local engines say "en"
     duration = float(answer.get("duration") or duration)
     yield {"type": "info", "language": language, "language_probability": None, "duration": round(duration, 3)}
     segments = []

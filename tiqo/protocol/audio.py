@@ -29,6 +29,15 @@ OPENAI_VOICES = (
     "alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
 )  # fmt: skip
 
+# ISO 639-1 codes (what Whisper reports) and the names OpenAI's verbose_json uses for them
+LANGUAGE_NAMES = {
+    "en": "english", "fr": "french", "de": "german", "es": "spanish", "it": "italian", "pt": "portuguese",
+    "nl": "dutch", "sv": "swedish", "da": "danish", "no": "norwegian", "fi": "finnish", "pl": "polish",
+    "cs": "czech", "ru": "russian", "uk": "ukrainian", "tr": "turkish", "ar": "arabic", "he": "hebrew",
+    "hi": "hindi", "ja": "japanese", "ko": "korean", "zh": "chinese", "el": "greek", "ro": "romanian",
+}  # fmt: skip
+LANGUAGE_CODES = {name: code for code, name in LANGUAGE_NAMES.items()}
+
 
 def timestamp(seconds: float, sep: str = ",") -> str:
     """``HH:MM:SS,mmm`` (SRT) or ``HH:MM:SS.mmm`` (WebVTT, ``sep="."``)."""

@@ -89,8 +89,12 @@ class OpenAIKind:
         for name, value in fields.items():
             if name == "model" or name.startswith("tiqo"):
                 continue
-            for item in value if isinstance(value, list) else [value]:
-                form.append((name, str(item)))
+            if isinstance(value, list):
+                # OpenAI reads form arrays as repeated `name[]` fields (its SDKs send timestamp_granularities[] and
+                # include[] so); a bare repeated `name` is not read as the array and the words would be missing.
+                form.extend((name.removesuffix("[]") + "[]", str(item)) for item in value)
+            else:
+                form.append((name, str(value)))
         form.append(("file", audio))
         path = "/audio/translations" if translate else "/audio/transcriptions"
         return UpstreamRequest(
