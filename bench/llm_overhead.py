@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 import llama_cpp
+from _daemon import start_daemon
 
 MODEL, GGUF_NAME = "smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"
 # ChatML (the model's own format), sent as a raw completion: a bare "Round 0: Write..." often makes this small
@@ -40,32 +41,6 @@ MODEL, GGUF_NAME = "smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "<|im_start|>user\n{tag}: Write a long story about a lighthouse keeper.<|im_end|>\n<|im_start|>assistant\n"
 GOAL_RATIO, GOAL_TTFT_MS = 0.95, 15.0
 TIQO = Path(sys.executable).parent / "tiqo"
-
-
-def start_daemon(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], httpx.Client]:
-    (home / "logs").mkdir(parents=True, exist_ok=True)
-    with (home / "logs" / "daemon.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tiqo.daemon"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    sock = str(home / "run" / "tiqo.sock")
-    client = httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://tiqo", timeout=300)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"daemon exited with {proc.returncode}; see {home}/logs/daemon.log")
-        try:
-            if client.get("/tiqo/health").status_code == 200:
-                return proc, client
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    sys.exit(f"daemon did not answer within 60 s; see {home}/logs/daemon.log")
 
 
 def daemon_pieces(client: httpx.Client, prompt: str, n: int, usage: dict[str, Any]) -> Iterator[str]:
@@ -145,7 +120,7 @@ def main() -> None:
     gguf = Path(spec.submodule_search_locations[0]) / GGUF_NAME
     home = Path(tempfile.mkdtemp(prefix="tqb", dir="/tmp"))
     env = {**os.environ, "TIQO_HOME": str(home)}
-    proc, client = start_daemon(home, env)
+    proc, client = start_daemon(home, env, timeout=300)
     try:
         client.post(f"/tiqo/models/{MODEL}/load", json={"keep_alive": "-1"}).raise_for_status()
         details = client.get("/tiqo/ps").json()["models"][0]["details"]

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from typing import Any
 
 import httpx
 import psutil
+from _daemon import start_daemon
 from faster_whisper import WhisperModel, decode_audio
 from piper import PiperVoice
 
@@ -56,28 +56,6 @@ TTS_TEXT = (
 )
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # faster-whisper's and the daemon's fallback schedule
 GOAL_STT_RATIO = 0.95
-
-
-def start_daemon(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], httpx.Client]:
-    (home / "logs").mkdir(parents=True, exist_ok=True)
-    with (home / "logs" / "daemon.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tiqo.daemon"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-        )
-    sock = str(home / "run" / "tiqo.sock")
-    client = httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://tiqo", timeout=600)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"daemon exited with {proc.returncode}; see {home}/logs/daemon.log")
-        try:
-            if client.get("/tiqo/health").status_code == 200:
-                return proc, client
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    sys.exit(f"daemon did not answer within 60 s; see {home}/logs/daemon.log")
 
 
 def to_wav(pcm: bytes, rate: int) -> bytes:

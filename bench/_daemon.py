@@ -1,0 +1,33 @@
+"""Start a tiqo daemon for a benchmark: a private TIQO_HOME, its log in that home, ready once /tiqo/health answers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def start_daemon(home: Path, env: dict[str, str], timeout: float = 600) -> tuple[subprocess.Popen[bytes], httpx.Client]:
+    """The daemon process and an httpx client on its socket (``timeout``: per request)."""
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    with (home / "logs" / "daemon.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tiqo.daemon"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
+    sock = str(home / "run" / "tiqo.sock")
+    client = httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://tiqo", timeout=timeout)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"daemon exited with {proc.returncode}; see {home}/logs/daemon.log")
+        try:
+            if client.get("/tiqo/health").status_code == 200:
+                return proc, client
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    sys.exit(f"daemon did not answer within 60 s; see {home}/logs/daemon.log")
