@@ -9,9 +9,16 @@ from typing import Any, Optional
 
 import typer
 
+from tiqo.cli import complete
 from tiqo.cli.output import EXIT_USAGE, client, err_console, fail, handle_errors, print_json
 
-MODEL = typer.Option(None, "--model", "-m", help="Model name (see `tiqo models list`); default: llm.default_model.")
+MODEL = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help="Model name (see `tiqo models list`); default: llm.default_model.",
+    autocompletion=complete.models,
+)
 SYSTEM = typer.Option(None, "--system", "-s", help="System prompt.")
 TEMPERATURE = typer.Option(None, "--temperature", "-t", min=0.0, max=2.0, help="Sampling temperature (0 = greedy).")
 MAX_TOKENS = typer.Option(None, "--max-tokens", min=1, help="Most tokens to generate.")

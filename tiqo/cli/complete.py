@@ -86,3 +86,10 @@ def keys(ctx: Any, incomplete: str) -> list[tuple[str, str]]:
     data = fetch(path) or {}
     pairs = [(str(k["name"]), f"{k['provider']} · {k.get('status')}") for k in data.get("keys") or []]
     return _matching(pairs, incomplete)
+
+
+def voices(incomplete: str) -> list[tuple[str, str]]:
+    """Voice names for `tiqo speak --voice` (local Piper voices the daemon has)."""
+    data = fetch("/tiqo/voices") or {}
+    pairs = [(str(v["name"]), str(v.get("description") or v.get("language") or "")) for v in data.get("voices") or []]
+    return _matching(pairs, incomplete)

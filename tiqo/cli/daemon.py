@@ -1,4 +1,4 @@
-"""``tiqo daemon start|stop|restart|status|logs|run``."""
+"""``tiqo daemon start|stop|restart|status|logs|run|install|uninstall``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -166,6 +167,151 @@ def run() -> None:
     """Run the daemon in the foreground, logging to the terminal (Ctrl-C stops it). Example: tiqo daemon run"""
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", "tiqo.daemon"])
+
+
+# --------------------------------------------------------------------------- systemd user unit
+UNIT = "tiqo.service"
+
+
+def say(*args: Any) -> None:
+    console.print(*args, soft_wrap=True)  # paths and commands stay on one line, to be copied
+
+
+NEXT_STEP = "systemctl --user daemon-reload && systemctl --user enable --now tiqo"
+
+
+def unit_path() -> Path:
+    """$XDG_CONFIG_HOME/systemd/user/tiqo.service (~/.config by default), where `systemctl --user` looks."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "systemd" / "user" / UNIT
+
+
+def _quote(value: str) -> str:
+    """A value for a unit file line: quoted for systemd's parser, with % (specifiers) and \\ escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
+def unit_text(settings: Any) -> str:
+    """The unit: the daemon exactly as the CLI starts it (this Python, `-m tiqo.daemon`, logging to the daemon
+    log), with the TIQO_* variables of this shell so that the CLI and the service agree on every folder."""
+    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("TIQO_") and k != "TIQO_NO_AUTOSTART"}
+    env["PATH"] = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")  # ffmpeg, espeak-ng … as this shell finds
+    log = str(settings.paths.log_file)
+    lines = [
+        "# Written by `tiqo daemon install`; `tiqo daemon uninstall` removes it.",
+        "[Unit]",
+        "Description=tiqo daemon: local AI models behind an OpenAI-compatible API on a Unix socket",
+        "Documentation=man:tiqo(1)",
+        "",
+        "[Service]",
+        "Type=simple",
+        f"ExecStart={_quote(sys.executable).replace('$', '$$')} -m tiqo.daemon",
+        *(f"Environment={_quote(f'{k}={v}')}" for k, v in env.items()),
+        f"StandardOutput=append:{log}",
+        f"StandardError=append:{log}",
+        "Restart=on-failure",
+        "RestartSec=2",
+        "# 2: bad settings, 3: another daemon already runs (started by the CLI): restarting would not help",
+        "RestartPreventExitStatus=2 3",
+        "TimeoutStopSec=30",
+        "",
+        "[Install]",
+        "WantedBy=default.target",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _systemctl(*args: str) -> bool:
+    """Run `systemctl --user ARGS`; False (after saying why and what to do) when it is missing or fails."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("systemctl")
+    if exe is None:
+        say(
+            "[yellow]systemctl not found[/]: this system does not run systemd; start the daemon at login another "
+            "way, e.g. `tiqo daemon start` in your shell profile"
+        )
+        return False
+    done = subprocess.run([exe, "--user", *args], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        why = (done.stderr or done.stdout).strip().splitlines()
+        say(f"[red]`systemctl --user {' '.join(args)}` failed[/]: {why[-1] if why else done.returncode}")
+        say("[dim]hint: without a user session bus (containers, ssh without lingering) run "
+                      "`loginctl enable-linger $USER`, or start the daemon with `tiqo daemon start`[/]")  # fmt: skip
+        return False
+    return True
+
+
+@app.command()
+@handle_errors
+def install(
+    now: bool = typer.Option(False, "--now", help="Also run systemctl: reload, enable and start it now."),
+) -> None:
+    """Write a systemd user unit so that the daemon starts at login (~/.config/systemd/user/tiqo.service).
+
+    It runs this Python with `-m tiqo.daemon`, the TIQO_* variables of this shell and the daemon log file. The
+    next step is printed (`--now` runs it).
+
+    Examples:
+
+      tiqo daemon install
+
+      tiqo daemon install --now
+    """
+    settings = _settings()
+    path = unit_path()
+    text = unit_text(settings)
+    existed = path.exists()
+    if existed and path.read_text() == text:
+        say(f"unchanged: {path}")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        settings.paths.log_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        say(f"{'updated' if existed else 'wrote'} {path}")
+    from tiqo.client import process
+
+    running = process.read_status(settings)
+    if running.alive:
+        say(
+            f"[yellow]note[/]: a daemon started by the CLI runs (pid {running.pid}); the service cannot start "
+            "beside it: `tiqo daemon stop` first"
+        )
+    if not now:
+        say(f"next: {NEXT_STEP}")
+        return
+    if not (_systemctl("daemon-reload") and _systemctl("enable", "--now", UNIT)):
+        raise typer.Exit(1)
+    say("enabled and started: the daemon now starts at login (`systemctl --user status tiqo`)")
+
+
+@app.command()
+@handle_errors
+def uninstall(
+    now: bool = typer.Option(False, "--now", help="Also run systemctl: stop and disable it, then reload."),
+) -> None:
+    """Remove the systemd user unit that `tiqo daemon install` wrote.
+
+    Without --now, the unit file (and its enablement link) is removed and the systemctl step is printed.
+
+    Example: tiqo daemon uninstall --now
+    """
+    path = unit_path()
+    if now and path.exists() and not _systemctl("disable", "--now", UNIT):
+        raise typer.Exit(1)
+    link = path.parent / "default.target.wants" / UNIT
+    if link.is_symlink():
+        link.unlink()
+    if not path.exists():
+        say(f"not installed ({path} does not exist)")
+        return
+    path.unlink()
+    say(f"removed {path}")
+    if now:
+        _systemctl("daemon-reload")
+    else:
+        say("next: systemctl --user stop tiqo; systemctl --user daemon-reload")
 
 
 __all__ = ["app", "client", "ps_table"]

@@ -12,12 +12,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tiqo.cli import complete
 from tiqo.cli.output import EXIT_USAGE, client, console, fail, handle_errors, print_json
 
 app = typer.Typer(help="List, add, remove, enable and disable providers' API keys.", no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON.")
-PROVIDER = typer.Argument(..., help="Provider the key belongs to (see `tiqo providers list`).")
-KEY_NAME = typer.Argument(..., help="Name of the key (see `tiqo keys list`).")
+PROVIDER = typer.Argument(
+    ..., help="Provider the key belongs to (see `tiqo providers list`).", autocompletion=complete.providers
+)
+KEY_NAME = typer.Argument(..., help="Name of the key (see `tiqo keys list`).", autocompletion=complete.keys)
 
 
 def _read_secret(provider: str) -> str:
@@ -104,7 +107,9 @@ def _print_key(row: dict[str, Any], verb: str) -> None:
 @app.command("list")
 @handle_errors
 def list_keys(
-    provider: Optional[str] = typer.Argument(None, help="Only this provider's keys."),
+    provider: Optional[str] = typer.Argument(
+        None, help="Only this provider's keys.", autocompletion=complete.providers
+    ),
     json_out: bool = JSON,
 ) -> None:
     """List keys (redacted) with their status, today's and this minute's usage against their limits, and when

@@ -6,6 +6,8 @@ import typer
 
 from tiqo import __version__
 from tiqo.cli import ask, budget, config, daemon, gateway_misc, keys, ledger, models, providers, route, users, voice
+from tiqo.cli.dash import dash as dash_command
+from tiqo.cli.doctor import doctor as doctor_command
 from tiqo.cli.output import state
 
 app = typer.Typer(
@@ -56,6 +58,8 @@ app.add_typer(budget.budget_app, name="budget")
 app.add_typer(users.app, name="users")
 app.command("alerts")(ledger.alerts)
 app.command("events")(ledger.events)
+app.command("dash")(dash_command)
+app.command("doctor")(doctor_command)
 
 
 def main() -> None:

@@ -52,7 +52,10 @@ def list_models(json_out: bool = JSON) -> None:
         console.print("aliases:")
         for alias, targets in aliases.items():
             console.print(f"  {escape(alias)} → {escape(', '.join(targets))}", soft_wrap=True)
-    console.print("[dim]* default model (llm.default_model); --json shows every field[/]")
+    console.print(
+        "[dim]* default of its kind (llm.default_model, stt.default_model, tts.default_voice); "
+        "--json shows every field[/]"
+    )
 
 
 @app.command("add")

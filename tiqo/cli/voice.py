@@ -10,6 +10,7 @@ from typing import IO, Any, Optional
 
 import typer
 
+from tiqo.cli import complete
 from tiqo.cli.ask import DATA_CLASS, TIER, USER, routing_headers
 from tiqo.cli.output import EXIT_USAGE, client, console, err_console, fail, handle_errors, print_json
 from tiqo.protocol import audio as pa
@@ -37,7 +38,9 @@ def _read_input(path: str) -> tuple[bytes, str]:
 @handle_errors
 def transcribe(
     file: str = typer.Argument("-", help="Audio file, or - to read stdin."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Speech-to-text model; default stt.default_model."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Speech-to-text model; default stt.default_model.", autocompletion=complete.models
+    ),
     language: Optional[str] = typer.Option(
         None, "--language", "-l", help="Spoken language (en, fr…); default: detect."
     ),
@@ -167,7 +170,9 @@ def _json(body: Any) -> str:
 def speak(
     text: str = typer.Argument("-", help="Text to say, or - to read stdin."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Audio file to write (default: stdout)."),
-    voice: Optional[str] = typer.Option(None, "--voice", "-v", help="Voice (`tiqo voices list`); default voice."),
+    voice: Optional[str] = typer.Option(
+        None, "--voice", "-v", help="Voice (`tiqo voices list`); default voice.", autocompletion=complete.voices
+    ),
     speed: float = typer.Option(1.0, "--speed", min=0.25, max=4.0, help="Speaking rate (0.25-4, 1 = normal)."),
     fmt: Optional[str] = typer.Option(
         None, "--format", "-f", help="wav, mp3, ogg, flac, aac or pcm (24 kHz s16le); default: from -o, else wav."

@@ -4,142 +4,25 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from tiqo.client import process
+from tiqo.client.streams import ApiError, DaemonUnavailable, Stream, parse_sse
 from tiqo.core.settings import Settings
 
 if TYPE_CHECKING:
+    import asyncio
+
     import httpx
+
+__all__ = ["ApiError", "DaemonUnavailable", "Stream", "TiqoClient", "parse_sse"]
 
 EXIT_ALREADY_RUNNING = 3  # the daemon's exit code when another one holds the lock
 RECONNECT_HEALTHY_S = 5.0  # an event stream open this long had been fine: reconnect at once when it drops
 RECONNECT_TRIES = 5  # reconnections in a row that each dropped quickly before events() gives up
-
-
-class DaemonUnavailable(Exception):
-    """The daemon is not running (and could not be started)."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-
-class ApiError(Exception):
-    """The daemon answered with an error (OpenAI's error shape plus tiqo's ``hint``)."""
-
-    def __init__(self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None) -> None:
-        err = (body or {}).get("error") or {}
-        self.status = status
-        self.message = str(err.get("message") or f"HTTP {status}")
-        self.code = err.get("code")
-        self.type = err.get("type")
-        self.param = err.get("param")
-        self.hint = err.get("hint")
-        self.headers = headers or {}
-        super().__init__(self.message)
-
-
-class Stream:
-    """Server-sent events of one streaming response. Iterating yields each event's JSON; closing it (or
-    leaving the ``with`` block early) hangs up, which makes the daemon stop generating."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self.headers = dict(response.headers)
-        self.usage: dict[str, int] | None = None
-        self.finish_reason: str | None = None
-        self.served: dict[str, Any] = {}  # backend, cost_usd, cache: from the daemon's final usage chunk
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        import httpx
-
-        try:
-            yield from self._events()
-        except httpx.HTTPError as exc:  # the daemon died or was stopped mid-answer
-            raise DaemonUnavailable(
-                f"the daemon went away in the middle of the answer ({type(exc).__name__})",
-                hint="see `tiqo daemon logs`; the next command starts it again",
-            ) from None
-
-    def _events(self) -> Iterator[dict[str, Any]]:
-        for line in self.response.iter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                return
-            event = json.loads(data)
-            if "error" in event:
-                raise ApiError(200, event)
-            if event.get("usage"):
-                self.usage = event["usage"]
-            if event.get("x_tiqo"):
-                self.served = event["x_tiqo"]
-            for choice in event.get("choices") or ():
-                if choice.get("finish_reason"):
-                    self.finish_reason = choice["finish_reason"]
-            yield event
-        raise ApiError(
-            502,
-            {
-                "error": {
-                    "message": "the stream ended without [DONE] (the daemon went away?)",
-                    "code": "stream_truncated",
-                    "hint": "see `tiqo daemon logs`",
-                }
-            },
-        )
-
-    def text(self) -> Iterator[str]:
-        """Just the generated text, chunk by chunk (chat or text completions)."""
-        for event in self:
-            for choice in event.get("choices") or ():
-                piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
-                if piece:
-                    yield piece
-
-    def close(self) -> None:
-        self.response.close()
-
-    def __enter__(self) -> Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def parse_sse(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """Server-sent events from the lines of a stream (the WHATWG rules): ``{"id", "event", "data"}`` per event.
-
-    Comment lines (``:`` first, the daemon's keep-alives) and ``retry:`` are skipped; several ``data:`` lines join
-    with newlines; an event is dispatched at its blank line; ``id`` carries over to later events until set again."""
-    last_id: str | None = None
-    event: str | None = None
-    data: list[str] = []
-    for raw in lines:
-        line = raw.rstrip("\r\n")
-        if not line:
-            if data:
-                yield {"id": last_id, "event": event or "message", "data": "\n".join(data)}
-            event, data = None, []
-            continue
-        if line.startswith(":"):
-            continue
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            event = value
-        elif name == "id" and "\0" not in value:
-            last_id = value
-    # an event without its closing blank line is incomplete: dropped, as the standard says
 
 
 class TiqoClient:
@@ -561,3 +444,66 @@ class TiqoClient:
                 f"the daemon went away in the middle of the event stream ({type(exc).__name__})",
                 hint="see `tiqo daemon logs`; run the command again once it is back",
             ) from None
+
+    # ------------------------------------------------------------------ asyncio (the dashboard)
+    async def aevents(
+        self,
+        kinds: str | Iterable[str] | None = None,
+        last_event_id: int | str | None = None,
+        *,
+        connect_timeout: float = 3.0,
+        opened: asyncio.Event | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Live events as :meth:`events` yields them, for asyncio programs (``tiqo dash``). One connection: it never
+        starts the daemon and never reconnects by itself; when the daemon cannot be reached or the stream ends it
+        raises :class:`DaemonUnavailable`, so the caller can say so and open it again after the last id it saw.
+        ``opened`` is set once the daemon has answered: it has subscribed this stream, so nothing published from
+        then on is missed (fetch a snapshot after that, not before). Cancelling the iteration hangs up at once."""
+        import httpx
+
+        params: dict[str, Any] = {}
+        if kinds is not None:
+            params["kinds"] = kinds if isinstance(kinds, str) else ",".join(kinds)
+        headers = {"accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["last-event-id"] = str(last_event_id)
+        transport = httpx.AsyncHTTPTransport(uds=str(self.socket_path))
+        timeout = httpx.Timeout(connect_timeout, read=None)
+        try:
+            async with (
+                httpx.AsyncClient(transport=transport, base_url="http://tiqo", timeout=timeout) as http,
+                http.stream("GET", "/tiqo/events", params=params, headers=headers) as response,
+            ):
+                if response.status_code >= 400:
+                    await response.aread()
+                    self._decode(response)
+                if opened is not None:
+                    opened.set()
+                block: list[str] = []
+                async for line in response.aiter_lines():
+                    if line.strip("\r\n"):
+                        block.append(line)
+                        continue
+                    for raw in parse_sse([*block, ""]):  # one event at its blank line
+                        yield self._event_of(raw)
+                    block = []
+        except (httpx.HTTPError, OSError) as exc:
+            raise DaemonUnavailable(
+                f"cannot reach the tiqo daemon at {self.socket_path} ({type(exc).__name__})",
+                hint="start it with `tiqo daemon start`; see `tiqo daemon logs`",
+            ) from None
+        raise DaemonUnavailable("the daemon ended the event stream (it is stopping)", hint="see `tiqo daemon status`")
+
+    @staticmethod
+    def _event_of(raw: dict[str, Any]) -> dict[str, Any]:
+        """``{"id", "ts", "kind", "data"}`` of one server-sent event as :func:`parse_sse` gives it."""
+        try:
+            event = json.loads(raw["data"])
+        except ValueError:
+            event = {"data": raw["data"]}
+        if not isinstance(event, dict):
+            event = {"data": event}
+        event.setdefault("kind", raw["event"])
+        if raw["id"] is not None:
+            event.setdefault("id", int(raw["id"]) if raw["id"].isdigit() else raw["id"])
+        return event

@@ -43,6 +43,12 @@ class EventBus:
             sub.put(event)
         return event
 
+    def publish_named(self, name: str, data: dict[str, Any]) -> Event:
+        """``model.loaded`` becomes a ``model`` event with ``{"event": "loaded", ...}``, so that kinds stay a short
+        list to filter on (the scheduler's ``on_event`` hook names its events this way)."""
+        kind, _, what = name.partition(".")
+        return self.publish(kind, {"event": what or kind, **data})
+
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)

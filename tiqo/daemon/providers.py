@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tiqo.core.durations import parse_duration
@@ -47,6 +47,31 @@ def redact(secret: str) -> str:
     return "…" + secret[-2:] if len(secret) >= 8 else "…"
 
 
+# (kind, data) of an event for the bus; (dedupe, kind, level, message, data) of an alert
+Publish = Callable[[str, dict[str, Any]], Any]
+Alert = Callable[[str, str, str, str, dict[str, Any]], Any]
+_ALERT_LEVELS = {"disabled": "error", "exhausted": "warning", "circuit-open": "warning"}
+
+
+@dataclass
+class WatchedBreaker(CircuitBreaker):
+    """A provider's breaker that says when it opens (or closes again), for alerts and the dashboard."""
+
+    on_change: Callable[[str, CircuitBreaker], None] | None = field(default=None, repr=False, compare=False)
+
+    def failure(self, now: float, error: str = "") -> None:
+        before = self.opened_at
+        super().failure(now, error)
+        if self.on_change is not None and self.opened_at is not None and self.opened_at != before:
+            self.on_change("open", self)
+
+    def success(self) -> None:
+        was_open = self.opened_at is not None
+        super().success()
+        if was_open and self.on_change is not None:
+            self.on_change("closed", self)
+
+
 @dataclass
 class Provider:
     config: ProviderConfig
@@ -78,7 +103,15 @@ class ProviderHub:
         self._dirty: set[tuple[str, str]] = set()
         self.version = 0  # bumped when providers change (routing caches what it derives from them)
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._publish: Publish | None = None
+        self._alert: Alert | None = None
+        self._key_status: dict[tuple[str, str], str] = {}  # last status told, to publish only changes
         self.reload()
+
+    def watch(self, publish: Publish, alert: Alert) -> None:
+        """Publish breaker and key state changes as events, and raise alerts when a breaker opens or a key is
+        disabled, exhausted or tripped (the daemon wires its event bus and budget alerts here)."""
+        self._publish, self._alert = publish, alert
 
     # ------------------------------------------------------------ loading
     def reload(self) -> None:
@@ -131,7 +164,11 @@ class ProviderHub:
             first_byte=parse_duration(entry.get("timeout_first_byte", s["routing.timeout_first_byte"])),
             idle=parse_duration(entry.get("timeout_idle", s["routing.timeout_idle"])),
         )
-        breaker = CircuitBreaker(s["routing.breaker_failures"], s["routing.breaker_cooldown"])
+        breaker = WatchedBreaker(s["routing.breaker_failures"], s["routing.breaker_cooldown"])
+        breaker.on_change = lambda state, b: self._breaker_changed(name, state, b)
+        now = self.clock()
+        for key_name in limits:
+            self._key_status[(name, key_name)] = pool.describe(key_name, now)["status"]
         max_class = str(entry.get("max_class", "confidential"))
         self.providers[name] = Provider(config, kind, pool, breaker, timeouts, max_class)
         self._secrets[name] = secrets
@@ -183,6 +220,8 @@ class ProviderHub:
         """Save a key's state. Usage counters are written at most every FLUSH_S (batched, off the hot path);
         health changes (``now=True``: cooldowns, exhaustion, disabling) at once."""
         self._dirty.add((provider, key_name))
+        if now or self._key_status.get((provider, key_name), "healthy") != "healthy":
+            self._key_changed(provider, key_name)
         if now:
             self.flush()
             return
@@ -203,6 +242,55 @@ class ProviderHub:
             p = self.providers.get(provider)
             if p is not None and key_name in p.pool.states:
                 self.store.save_key_state(provider, key_name, p.pool.states[key_name].to_dict())
+
+    def _breaker_changed(self, name: str, state: str, breaker: CircuitBreaker) -> None:
+        if self._publish is None:
+            return
+        until = breaker.open_until()
+        data = {"provider": name, "state": state, "failures": breaker.failures, "error": breaker.last_error}
+        data["until"] = until if state == "open" else None
+        self._publish("breaker", data)
+        if state == "open" and self._alert is not None:
+            probe = time.strftime("%H:%M:%S", time.localtime(until)) if until else "later"
+            self._alert(
+                f"breaker:{name}:{breaker.opened_at}",
+                "breaker",
+                "error",
+                f"circuit breaker of provider {name} opened after {breaker.failures} failure(s) "
+                f"({breaker.last_error or 'error'}); next probe at {probe}; see `tiqo providers list`",
+                data,
+            )
+
+    def _key_changed(self, provider: str, key_name: str) -> None:
+        p = self.providers.get(provider)
+        if p is None or key_name not in p.pool.limits or self._publish is None:
+            return
+        row = p.pool.describe(key_name, self.clock())
+        status, before = row["status"], self._key_status.get((provider, key_name), "healthy")
+        if status == before:
+            return
+        self._key_status[(provider, key_name)] = status
+        data = {"provider": provider, "name": key_name, "status": status, "previous": before}
+        data.update(reason=row["reason"], until=row["until"])
+        self._publish("key", data)
+        level = _ALERT_LEVELS.get(status)
+        if level is None or self._alert is None or row["reason"].endswith("by user"):
+            return
+        until = row["until"]
+        when = f" until {time.strftime('%Y-%m-%d %H:%M', time.localtime(until))}" if until else ""
+        why = str(row["reason"]).removeprefix("disabled: ")
+        fix = (
+            f"after fixing it, `tiqo keys enable {provider} {key_name}`"
+            if status == "disabled"
+            else "other keys take over meanwhile; see `tiqo keys list`"
+        )
+        self._alert(
+            f"key:{provider}:{key_name}:{status}:{self.clock():.3f}",
+            "key",
+            level,
+            f"key {provider}/{key_name} is {status.replace('-', ' ')}{when} ({why}); {fix}",
+            data,
+        )
 
     def describe(self) -> list[dict[str, Any]]:
         now = self.clock()
@@ -249,6 +337,9 @@ class ProviderHub:
             for key_name in p.pool.limits:
                 row = p.pool.describe(key_name, now)
                 row["key"] = redact(self._secrets[p.name][key_name])
+                state = p.pool.states[key_name]
+                cooled = state.cooldown_reason if state.cooldown_until else ""
+                row["last_error"] = state.last_error or state.disabled_reason or cooled or None
                 rows.append(row)
         return rows
 

@@ -73,6 +73,7 @@ class Daemon:
         if reconciled:
             log.warning("settled %d external call(s) a previous run left in flight, at their reserved cost", reconciled)
         self.budgets = Budgets(settings, self.ledger, self.events)
+        self.hub.watch(self.events.publish, self.budgets.alert)  # breakers opening, keys failing: events + alerts
         self.gateway = Gateway(
             settings, self.registry, self.hub, self.store, self, self.ledger, self.budgets, self.events
         )
@@ -85,6 +86,7 @@ class Daemon:
             default_keep_alive=settings["scheduler.keep_alive"],
             options_for=self.registry.options_for,
             prepare=self.registry.prepare,
+            on_event=self.events.publish_named,  # model loading / loaded / unloaded, for the dashboard
         )
         self.request_shutdown: Callable[[], None] = lambda: None
 

@@ -15,22 +15,26 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-import numpy as np
-
 from tiqo.core.errors import BadRequest, Busy, ModelLoadFailed, TiqoError
-from tiqo.daemon.audio import WHISPER_RATE, Decoded, RawPcm, SpeechEncoder, decode, sentences, wav_header
+from tiqo.daemon.audio import Decoded, RawPcm, SpeechEncoder, decode, sentences
 from tiqo.daemon.engines.piper import TtsJob
 from tiqo.daemon.engines.whisper import SttJob
 from tiqo.daemon.ledger import CallRow, RequestRow
 from tiqo.daemon.served import RequestMeta, Served
 from tiqo.daemon.upstream import AttemptFailed
-from tiqo.daemon.voice_upstream import speak_external, transcribe_external
+from tiqo.daemon.voice_upstream import (
+    NOT_FORWARDED,
+    done_event,
+    speak_external,
+    stt_from_answer,
+    transcribe_external,
+    upload_for,
+)
 from tiqo.policy import budget as bp
 from tiqo.policy.classify import Classification
 from tiqo.policy.ratelimit import RateLimits
 from tiqo.policy.routing import AUTO, CatalogModel, Decision
-from tiqo.protocol.audio import LANGUAGE_CODES, OPENAI_STT_MODELS, OPENAI_TTS_MODELS, OPENAI_VOICES
-from tiqo.sdk.provider import FormFile
+from tiqo.protocol.audio import OPENAI_STT_MODELS, OPENAI_TTS_MODELS, OPENAI_VOICES
 
 log = logging.getLogger("tiqo.voice")
 T = TypeVar("T")
@@ -147,7 +151,7 @@ class Voice:
             )
             if result is not None:
                 served.cost_usd = model.audio_cost(seconds=decoded.duration)
-                return served, _stt_from_answer(result, req, decoded.duration)
+                return served, stt_from_answer(result, req, decoded.duration)
         raise self._none_served(decision, blocked, failures, served)
 
     async def _stt_call(
@@ -155,7 +159,7 @@ class Voice:
     ) -> Any:
         # tiqo's own form fields (raw PCM layout, VAD, the ledger's user) are not the provider's: sending them could
         # get the request rejected, and the raw layout would be wrong for the WAV sent in its place.
-        fields = {k: v for k, v in req.fields.items() if k not in _NOT_FORWARDED}
+        fields = {k: v for k, v in req.fields.items() if k not in NOT_FORWARDED}
         fields["response_format"] = "verbose_json" if req.response_format in ("srt", "vtt", "verbose_json") else "json"
         if fields["response_format"] == "verbose_json":
             # the parsed granularities, whichever way the client spelled the field; a list goes out as the form
@@ -167,7 +171,7 @@ class Voice:
             provider,
             model,
             fields,
-            _upload(req, decoded),
+            upload_for(req, decoded),
             translate=req.translate,
             call_id=call_id,
         )
@@ -485,35 +489,6 @@ async def _with_settle(stream: AsyncGenerator[bytes, None], settle: _Settler) ->
         settle(ok)
 
 
-# form fields of /v1/audio/transcriptions that stay in tiqo (the rest pass through to the provider)
-_NOT_FORWARDED = (
-    "file", "model", "stream", "response_format", "timestamp_granularities",
-    "sample_rate", "channels", "sample_format", "vad_filter", "user",
-)  # fmt: skip
-# What OpenAI's transcription API accepts, judged by the upload's file name (Groq's list is the same)
-_UPLOAD_EXTENSIONS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
-# FFmpeg container (the first name of decode()'s source) -> an extension providers accept for it
-_CONTAINER_EXTENSIONS = {"wav": "wav", "mp3": "mp3", "ogg": "ogg", "flac": "flac", "mov": "m4a", "matroska": "webm"}
-
-
-def _upload(req: SttRequest, decoded: Decoded) -> FormFile:
-    """The file a provider gets. Providers judge the format by the name's extension, so an upload named without a
-    usable one ("stdin" from `tiqo transcribe -`, "audio", talk.opus) is renamed after its container, or sent as
-    WAV of the decoded audio when the container has no accepted name; headerless PCM always goes as WAV."""
-    if req.raw is not None:  # providers take files, not headerless samples
-        return FormFile("audio.wav", req.raw.as_wav(req.audio), "audio/wav")
-    name = req.filename or "audio"
-    stem, dot, ext = name.rpartition(".")
-    if dot and stem and ext.lower() in _UPLOAD_EXTENSIONS:
-        return FormFile(name, req.audio, req.content_type or "application/octet-stream")
-    container = decoded.source.split("/", 1)[0]
-    if container in _CONTAINER_EXTENSIONS:
-        ext = _CONTAINER_EXTENSIONS[container]
-        return FormFile(f"{stem or name}.{ext}", req.audio, req.content_type or "application/octet-stream")
-    pcm = (np.clip(decoded.audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-    return FormFile("audio.wav", wav_header(WHISPER_RATE, len(pcm)) + pcm, "audio/wav")
-
-
 def _never(item: object) -> bool:
     return False
 
@@ -541,61 +516,7 @@ async def _stt_stream(
             yield event
     finally:
         await rest.aclose()
-    yield _done(info.get("language") or "", duration, segments)
-
-
-def _done(language: str, duration: float, segments: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "type": "done",
-        "language": language,
-        "duration": round(duration, 3),
-        "text": "".join(s["text"] for s in segments).strip(),
-        "segments": segments,
-    }
-
-
-async def _stt_from_answer(
-    answer: dict[str, Any], req: SttRequest, duration: float
-) -> AsyncGenerator[dict[str, Any], None]:
-    """An external provider's JSON answer as the same events a local engine yields."""
-    language = str(answer.get("language") or req.language or "")
-    language = LANGUAGE_CODES.get(language.lower(), language)  # OpenAI says "english"; local engines say "en"
-    duration = float(answer.get("duration") or duration)
-    yield {"type": "info", "language": language, "language_probability": None, "duration": round(duration, 3)}
-    segments = []
-    raw = answer.get("segments")
-    if isinstance(raw, list) and raw:
-        for i, s in enumerate(raw):
-            if isinstance(s, dict):
-                seg = {
-                    "type": "segment",
-                    "id": int(s.get("id", i)),
-                    "start": float(s.get("start", 0.0)),
-                    "end": float(s.get("end", duration)),
-                    "text": str(s.get("text", "")),
-                    "words": [],
-                }
-                segments.append(seg)
-    elif str(answer.get("text", "")).strip():
-        segments.append(
-            {
-                "type": "segment",
-                "id": 0,
-                "start": 0.0,
-                "end": round(duration, 3),
-                "text": " " + str(answer["text"]).strip(),
-                "words": [],
-            }
-        )
-    words = answer.get("words")
-    if isinstance(words, list) and segments:
-        for w in words:
-            if isinstance(w, dict):
-                holder = next((s for s in segments if s["start"] <= float(w.get("start", 0)) < s["end"]), segments[-1])
-                holder["words"].append(w)
-    for seg in segments:
-        yield seg
-    yield _done(language, duration, segments)
+    yield done_event(info.get("language") or "", duration, segments)
 
 
 def _encode(runner: Any, pieces: list[str], job: TtsJob, stop: Any, fmt: str, spoken: Spoken) -> Iterator[bytes]:

@@ -6,10 +6,14 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import numpy as np
+
+from tiqo.daemon.audio import WHISPER_RATE, Decoded, wav_header
 from tiqo.daemon.external import scrub
 from tiqo.daemon.providers import Provider
 from tiqo.daemon.upstream import AttemptFailed, UpstreamClient, iter_body, read_body
 from tiqo.policy.routing import CatalogModel
+from tiqo.protocol.audio import LANGUAGE_CODES
 from tiqo.sdk.provider import FormFile, UpstreamRequest
 
 
@@ -82,3 +86,84 @@ async def speak_external(
             yield chunk
     finally:
         await chunks.aclose()
+
+
+# form fields of /v1/audio/transcriptions that stay in tiqo (the rest pass through to the provider)
+NOT_FORWARDED = (
+    "file", "model", "stream", "response_format", "timestamp_granularities",
+    "sample_rate", "channels", "sample_format", "vad_filter", "user",
+)  # fmt: skip
+# What OpenAI's transcription API accepts, judged by the upload's file name (Groq's list is the same)
+_UPLOAD_EXTENSIONS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
+# FFmpeg container (the first name of decode()'s source) -> an extension providers accept for it
+_CONTAINER_EXTENSIONS = {"wav": "wav", "mp3": "mp3", "ogg": "ogg", "flac": "flac", "mov": "m4a", "matroska": "webm"}
+
+
+def upload_for(req: Any, decoded: Decoded) -> FormFile:
+    """The file a provider gets. Providers judge the format by the name's extension, so an upload named without a
+    usable one ("stdin" from `tiqo transcribe -`, "audio", talk.opus) is renamed after its container, or sent as
+    WAV of the decoded audio when the container has no accepted name; headerless PCM always goes as WAV."""
+    if req.raw is not None:  # providers take files, not headerless samples
+        return FormFile("audio.wav", req.raw.as_wav(req.audio), "audio/wav")
+    name = req.filename or "audio"
+    stem, dot, ext = name.rpartition(".")
+    if dot and stem and ext.lower() in _UPLOAD_EXTENSIONS:
+        return FormFile(name, req.audio, req.content_type or "application/octet-stream")
+    container = decoded.source.split("/", 1)[0]
+    if container in _CONTAINER_EXTENSIONS:
+        ext = _CONTAINER_EXTENSIONS[container]
+        return FormFile(f"{stem or name}.{ext}", req.audio, req.content_type or "application/octet-stream")
+    pcm = (np.clip(decoded.audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    return FormFile("audio.wav", wav_header(WHISPER_RATE, len(pcm)) + pcm, "audio/wav")
+
+
+def done_event(language: str, duration: float, segments: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "type": "done",
+        "language": language,
+        "duration": round(duration, 3),
+        "text": "".join(s["text"] for s in segments).strip(),
+        "segments": segments,
+    }
+
+
+async def stt_from_answer(answer: dict[str, Any], req: Any, duration: float) -> AsyncGenerator[dict[str, Any], None]:
+    """An external provider's JSON answer as the same events a local engine yields."""
+    language = str(answer.get("language") or req.language or "")
+    language = LANGUAGE_CODES.get(language.lower(), language)  # OpenAI says "english"; local engines say "en"
+    duration = float(answer.get("duration") or duration)
+    yield {"type": "info", "language": language, "language_probability": None, "duration": round(duration, 3)}
+    segments = []
+    raw = answer.get("segments")
+    if isinstance(raw, list) and raw:
+        for i, s in enumerate(raw):
+            if isinstance(s, dict):
+                seg = {
+                    "type": "segment",
+                    "id": int(s.get("id", i)),
+                    "start": float(s.get("start", 0.0)),
+                    "end": float(s.get("end", duration)),
+                    "text": str(s.get("text", "")),
+                    "words": [],
+                }
+                segments.append(seg)
+    elif str(answer.get("text", "")).strip():
+        segments.append(
+            {
+                "type": "segment",
+                "id": 0,
+                "start": 0.0,
+                "end": round(duration, 3),
+                "text": " " + str(answer["text"]).strip(),
+                "words": [],
+            }
+        )
+    words = answer.get("words")
+    if isinstance(words, list) and segments:
+        for w in words:
+            if isinstance(w, dict):
+                holder = next((s for s in segments if s["start"] <= float(w.get("start", 0)) < s["end"]), segments[-1])
+                holder["words"].append(w)
+    for seg in segments:
+        yield seg
+    yield done_event(language, duration, segments)
