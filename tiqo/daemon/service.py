@@ -11,6 +11,7 @@ from typing import Any
 from tiqo import API_VERSION, __version__
 from tiqo.core.settings import Settings
 from tiqo.daemon.budgets import Budgets
+from tiqo.daemon.embeddings import Embeddings
 from tiqo.daemon.events import EventBus
 from tiqo.daemon.gateway import Gateway
 from tiqo.daemon.ledger import Ledger
@@ -78,6 +79,7 @@ class Daemon:
             settings, self.registry, self.hub, self.store, self, self.ledger, self.budgets, self.events
         )
         self.voice = Voice(self.gateway, self)
+        self.embeddings = Embeddings(self.gateway, self)
         self.scheduler = Scheduler(
             engines,
             memory_budget=memory_budget(settings),
