@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tiqo.core.errors import BadRequest, Busy, ModelLoadFailed, TiqoError
 from tiqo.daemon.audio import Decoded, RawPcm, SpeechEncoder, decode, sentences
+from tiqo.daemon.dispatch import Dispatch, _never, _prepend
 from tiqo.daemon.engines.piper import TtsJob
 from tiqo.daemon.engines.whisper import SttJob
-from tiqo.daemon.ledger import CallRow, RequestRow
 from tiqo.daemon.served import RequestMeta, Served
 from tiqo.daemon.upstream import AttemptFailed
 from tiqo.daemon.voice_upstream import (
@@ -31,9 +29,8 @@ from tiqo.daemon.voice_upstream import (
     upload_for,
 )
 from tiqo.policy import budget as bp
-from tiqo.policy.classify import Classification
 from tiqo.policy.ratelimit import RateLimits
-from tiqo.policy.routing import AUTO, CatalogModel, Decision
+from tiqo.policy.routing import CatalogModel, Decision
 from tiqo.protocol.audio import OPENAI_STT_MODELS, OPENAI_TTS_MODELS, OPENAI_VOICES
 
 log = logging.getLogger("tiqo.voice")
@@ -78,15 +75,7 @@ class Spoken:
     samples: int = 0
 
 
-class Voice:
-    def __init__(self, gateway: Any, daemon: Any) -> None:
-        self.gateway = gateway  # tiqo.daemon.gateway.Gateway
-        self.daemon = daemon  # tiqo.daemon.service.Daemon
-        self.settings = gateway.settings
-        self.registry = gateway.registry
-        self.accounting = gateway.accounting
-        self.hub = gateway.hub
-
+class Voice(Dispatch):
     # ------------------------------------------------------------ speech-to-text
     async def transcribe(
         self, req: SttRequest, meta: RequestMeta
@@ -289,217 +278,6 @@ class Voice:
                 served.cost_usd = model.audio_cost(chars=len(req.input))
                 return served, _prepend(holder["first"], stream)
         raise self._none_served(decision, blocked, failures, served)
-
-    # ------------------------------------------------------------ shared steps
-    def _row(self, meta: RequestMeta, task: str) -> tuple[RequestRow, float]:
-        rid = meta.request_id or "req_" + uuid.uuid4().hex[:24]
-        return RequestRow(id=rid, ts=self.gateway.clock(), user=meta.user, task=task), time.perf_counter()
-
-    def _admit(
-        self, row: RequestRow, meta: RequestMeta, task: str, texts: list[str], est_tokens: int
-    ) -> tuple[Classification, RateLimits]:
-        c = self.gateway.classify_texts(texts, replace(meta, task=task))
-        row.tier, row.data_class = c.tier, c.data_class
-        limits = self.accounting.rate_limits(c, self.gateway.catalog_and_config()[1])
-        self.accounting.admit(c, limits, est_tokens)
-        return c, limits
-
-    def _refused(self, row: RequestRow, exc: TiqoError, started: float) -> None:
-        row.outcome = "refused" if exc.status < 500 else "error"
-        row.error = exc.code
-        self.accounting.finish(row, None, started)
-
-    def _openai_name(self, requested: str | None, defaults: tuple[str, ...]) -> str | None:
-        """OpenAI's default model names mean "the local default" unless a model of that name is registered."""
-        if not requested or requested in AUTO:
-            return None
-        catalog, config = self.gateway.catalog_and_config()
-        if requested in defaults and requested not in catalog and requested not in config.aliases:
-            return None
-        return requested
-
-    def _decide(
-        self, c: Classification, task: str, requested: str | None, needs: tuple[str, ...], blocked: dict[str, bp.Charge]
-    ) -> Decision:
-        self.gateway.check_requested(requested)
-        _, config = self.gateway.catalog_and_config()
-        # [routes.stt] / [routes.tts] when configured; the default local model is always the last candidate
-        table = config.routes.get(task) or {"default": ()}
-        default_key = "stt.default_model" if task == "stt" else "tts.default_voice"
-        voice_config = replace(config, routes={task: table}, local_fallback=self.settings[default_key])
-        return self.gateway.plan_route(
-            c, requested=requested, est_prompt_tokens=0, max_tokens=0, needs=needs, blocked=blocked, config=voice_config
-        )
-
-    def _served_by(self, served: Served, model: CatalogModel, backend: str, key: str | None) -> None:
-        served.backend, served.provider, served.model, served.key = backend, model.provider, model.name, key
-
-    def _none_served(
-        self,
-        decision: Decision,
-        blocked: dict[str, bp.Charge],
-        failures: list[AttemptFailed | TiqoError],
-        served: Served,
-    ) -> TiqoError:
-        if not decision.kept:
-            return self.gateway.nothing_kept(decision, blocked)  # type: ignore[no-any-return]
-        if blocked and not failures:
-            return self.accounting.budget_error(blocked, served.attempts)  # type: ignore[no-any-return]
-        return self.gateway.all_failed(decision, failures, served)  # type: ignore[no-any-return]
-
-    async def _external(
-        self,
-        name: str,
-        model: CatalogModel,
-        decision: Decision,
-        served: Served,
-        failures: list[AttemptFailed | TiqoError],
-        blocked: dict[str, bp.Charge],
-        request_id: str,
-        *,
-        worst: float,
-        call: Callable[[str | None, Any, str], Any],
-        settle_now: bool = True,
-    ) -> Any:
-        """Try one external candidate with each usable key (a key-level failure moves to the next key). Returns the
-        call's result, or None when this candidate cannot serve (the reason is in ``served.attempts``)."""
-        provider = self.hub.providers[model.provider]
-        tried: set[str] = set()
-        for _ in range(max(1, self.settings["routing.max_attempts"])):
-            why = self.hub.unavailable(model.provider, 0)
-            if why is not None:
-                served.attempts.append({"model": name, "provider": model.provider, "error": why})
-                return None
-            key_name = None
-            if self.hub.has_keys(model.provider):
-                key_name = provider.pool.pick(self.gateway.clock(), 0, tried)
-                if key_name is None:
-                    served.attempts.append(
-                        {"model": name, "provider": model.provider, "error": "no untried usable key"}
-                    )
-                    return None
-                tried.add(key_name)
-            row, refusal = self.accounting.open_call(model, key_name, decision, request_id, worst)
-            if refusal is not None:
-                blocked[name] = refusal.charge
-                served.attempts.append({"model": name, "provider": model.provider, "error": refusal.message})
-                return None
-            now = self.gateway.clock()
-            provider.breaker.begin(now)
-            if key_name is not None:
-                provider.pool.begin(key_name, now)
-            try:
-                result = await call(self.hub.secret(provider.name, key_name), provider, row.id)
-            except AttemptFailed as exc:
-                failures.append(exc)
-                served.attempts.append(
-                    {"model": name, "provider": model.provider, "key": key_name, "error": exc.message, "kind": exc.kind}
-                )
-                log.info("%s via %s failed (%s): %s", name, model.provider, exc.kind, exc.message)
-                self.gateway.record_failure(provider, key_name, exc)
-                self._settle(row, model, 0.0, "failed", exc.kind)
-                if exc.kind == "bad_request":
-                    raise BadRequest(f"{model.provider} rejected the request: {exc.message}") from None
-                if exc.kind in KEY_LEVEL and key_name is not None:
-                    continue
-                return None
-            except BaseException:
-                # Cancelled (the client hung up mid-call) or an unexpected error: it says nothing about the provider's
-                # health, but the probe slot, the key's slot and the budget reservation must not stay taken (the
-                # reservation would otherwise count against the budget until the daemon restarts).
-                provider.breaker.release()
-                if key_name is not None:
-                    provider.pool.release(key_name)
-                self._settle(row, model, 0.0, "failed", "cancelled")
-                raise
-            self.gateway.record_success(provider, key_name, 0)
-            self._served_by(served, model, model.provider, key_name)
-            if settle_now:
-                self._settle(row, model, worst, "ok", None)
-            else:  # a speech stream: settled when it ends (the provider bills the whole input either way)
-                result = _with_settle(result, _Settler(self, row, model, worst, provider, key_name))
-            return result
-        return None
-
-    def _settle(self, call: CallRow, model: CatalogModel, cost: float, status: str, error: str | None) -> None:
-        try:
-            self.accounting.budgets.settle(
-                call.id, call.user, model, status=status, cost=bp.to_nano(cost), tokens_in=0, tokens_out=0, error=error
-            )
-        except Exception:  # the call stays pending; start-up reconciles it at its reservation
-            log.exception("settling %s failed", call.id)
-
-    async def _recorded(
-        self,
-        served: Served,
-        items: AsyncGenerator[T, None],
-        row: RequestRow,
-        limits: RateLimits,
-        started: float,
-        is_end: Callable[[T], bool],
-        *,
-        ends_ok: bool = False,
-    ) -> AsyncGenerator[T, None]:
-        """Pass items through; write the ledger row when they end, are cut off, or the client goes away."""
-        row.outcome = "cancelled"
-        try:
-            async for item in items:
-                if is_end(item):
-                    row.outcome = "ok"
-                yield item
-            if ends_ok:
-                row.outcome = "ok"
-        except TiqoError as exc:
-            row.outcome, row.error = "interrupted", exc.code
-            raise
-        except AttemptFailed:
-            row.outcome, row.error = "interrupted", "stream_interrupted"
-            raise
-        finally:
-            await items.aclose()
-            self.accounting.finish(row, served, started)
-
-
-class _Settler:
-    def __init__(
-        self, voice: Voice, call: CallRow, model: CatalogModel, cost: float, provider: Any, key: str | None
-    ) -> None:
-        self.voice, self.call, self.model, self.cost = voice, call, model, cost
-        self.provider, self.key = provider, key
-
-    def __call__(self, ok: bool) -> None:
-        self.voice._settle(self.call, self.model, self.cost, "ok" if ok else "interrupted", None if ok else "cut off")
-
-    def failed(self, exc: AttemptFailed) -> None:
-        """A provider that dies after the first bytes still counts against its and the key's health (as in chat)."""
-        self.voice.gateway.record_failure(self.provider, self.key, exc)
-
-
-async def _with_settle(stream: AsyncGenerator[bytes, None], settle: _Settler) -> AsyncGenerator[bytes, None]:
-    ok = False
-    try:
-        async for chunk in stream:
-            yield chunk
-        ok = True
-    except AttemptFailed as exc:
-        settle.failed(exc)
-        raise
-    finally:
-        await stream.aclose()
-        settle(ok)
-
-
-def _never(item: object) -> bool:
-    return False
-
-
-async def _prepend(first: T, rest: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
-    try:
-        yield first
-        async for item in rest:
-            yield item
-    finally:
-        await rest.aclose()
 
 
 async def _stt_stream(
