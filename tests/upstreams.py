@@ -629,6 +629,7 @@ class Upstream:
         app.router.add_post("/v1/audio/transcriptions", self._openai_transcriptions)
         app.router.add_post("/v1/audio/translations", self._openai_translations)
         app.router.add_post("/v1/audio/speech", self._openai_speech)
+        app.router.add_post("/v1/embeddings", self._openai_embeddings)
         app.router.add_post("/v1/messages", self._anthropic_messages)
         app.router.add_post("/v1beta/models/{name}", self._gemini)
         app.router.add_post("/v1/models/{name}", self._gemini)
@@ -1109,6 +1110,36 @@ class Upstream:
         except ConnectionError:
             return web.Response()
         return resp
+
+    async def _openai_embeddings(self, request: web.Request) -> web.StreamResponse:
+        """``/v1/embeddings``: one deterministic unit vector per input (8 dims, or ``dimensions``), usage in tokens."""
+        key = _bearer(request)
+        rec, body, early, _, _ = await self._begin(request, "openai", key)
+        rec["client_request_id"] = request.headers.get("X-Client-Request-Id")
+        if early is not None:
+            return early
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) and t for t in inputs):
+            rec["status"] = 400
+            return _bad_request("openai", "'input' must be a non-empty string or array of non-empty strings.")
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            rec["status"] = 400
+            return _bad_request("openai", "you must provide a model parameter")
+        refused = self._allow(rec, "openai", key)
+        if refused is not None:
+            return refused
+        dims = int(body.get("dimensions") or 8)
+        data = []
+        for i, text in enumerate(inputs):
+            digest = hashlib.sha256(text.encode()).digest()
+            raw = [b - 127.5 for b in (digest * (dims // 32 + 1))[:dims]]
+            norm = sum(x * x for x in raw) ** 0.5
+            data.append({"object": "embedding", "index": i, "embedding": [x / norm for x in raw]})
+        tokens = sum(_words(t) for t in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return _json_response(200, {"object": "list", "data": data, "model": body["model"], "usage": usage})
 
     # ---------------------------------------------------------------- Anthropic
 

@@ -5,7 +5,21 @@ from __future__ import annotations
 import typer
 
 from tiqo import __version__
-from tiqo.cli import ask, budget, config, daemon, gateway_misc, keys, ledger, models, providers, route, users, voice
+from tiqo.cli import (
+    ask,
+    budget,
+    config,
+    daemon,
+    embed,
+    gateway_misc,
+    keys,
+    ledger,
+    models,
+    providers,
+    route,
+    users,
+    voice,
+)
 from tiqo.cli.dash import dash as dash_command
 from tiqo.cli.doctor import doctor as doctor_command
 from tiqo.cli.output import state
@@ -41,6 +55,7 @@ app.command("ask")(ask.ask)
 app.command("chat")(ask.chat)
 app.command("transcribe")(voice.transcribe)
 app.command("speak")(voice.speak)
+app.command("embed")(embed.embed)
 app.add_typer(voice.voices_app, name="voices")
 app.command("ps")(models.ps)
 app.add_typer(daemon.app, name="daemon")

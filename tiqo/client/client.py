@@ -330,6 +330,22 @@ class TiqoClient:
         result: dict[str, Any] = self.request("POST", "/tiqo/voices", body)
         return result
 
+    def embed(
+        self,
+        inputs: str | list[str],
+        model: str | None = None,
+        dimensions: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """``/v1/embeddings``: one vector per input (OpenAI's answer: data[i].embedding, model, usage)."""
+        body: dict[str, Any] = {"input": inputs}
+        if model is not None:
+            body["model"] = model
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        result: dict[str, Any] = self.request("POST", "/v1/embeddings", body, headers=headers)
+        return result
+
     def usage(self, since: str = "7d", by: str = "day", user: str | None = None) -> dict[str, Any]:
         """Requests, tokens, cost, cache hits and errors since ``since`` (24h, 7d…): a row per ``by`` group, a total."""
         params = {"since": since, "by": by, **({"user": user} if user is not None else {})}

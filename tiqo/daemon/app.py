@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tiqo import __version__
 from tiqo.core.errors import TiqoError
 from tiqo.daemon.routes_audio import router as audio_router
+from tiqo.daemon.routes_embeddings import router as embeddings_router
 from tiqo.daemon.routes_gateway import router as gateway_router
 from tiqo.daemon.routes_ledger import router as ledger_router
 from tiqo.daemon.routes_manage import router as manage_router
@@ -179,6 +180,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(audio_router)
+    app.include_router(embeddings_router)
     app.include_router(manage_router)
     app.include_router(gateway_router)
     app.include_router(ledger_router)

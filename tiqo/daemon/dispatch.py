@@ -115,6 +115,7 @@ class Dispatch:
         worst: float,
         call: Callable[[str | None, Any, str], Any],
         settle_now: bool = True,
+        actual: Callable[[Any], float] | None = None,
     ) -> Any:
         """Try one external candidate with each usable key (a key-level failure moves to the next key). Returns the
         call's result, or None when this candidate cannot serve (the reason is in ``served.attempts``)."""
@@ -169,8 +170,8 @@ class Dispatch:
                 raise
             self.gateway.record_success(provider, key_name, 0)
             self._served_by(served, model, model.provider, key_name)
-            if settle_now:
-                self._settle(row, model, worst, "ok", None)
+            if settle_now:  # at the real cost when the answer says it (usage), else the reserved one
+                self._settle(row, model, worst if actual is None else actual(result), "ok", None)
             else:  # a speech stream: settled when it ends (the provider bills the whole input either way)
                 result = _with_settle(result, _Settler(self, row, model, worst, provider, key_name))
             return result

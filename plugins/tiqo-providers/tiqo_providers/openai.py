@@ -66,7 +66,7 @@ class OpenAITranslator:
 class OpenAIKind:
     kind = "openai"
     default_base_url = "https://api.openai.com/v1"
-    capabilities: tuple[str, ...] = ("chat", "tools", "json", "vision", "stt", "tts")
+    capabilities: tuple[str, ...] = ("chat", "tools", "json", "vision", "stt", "tts", "embed")
 
     def _headers(self, config: ProviderConfig, key: str | None, accept: str) -> dict[str, str]:
         headers = {"Accept": accept}
@@ -103,6 +103,21 @@ class OpenAIKind:
             headers=self._headers(config, key, "application/json"),
             json={},
             form=tuple(form),
+        )
+
+    def embeddings_request(
+        self, config: ProviderConfig, upstream_model: str, body: Mapping[str, Any], key: str | None
+    ) -> UpstreamRequest:
+        """OpenAI's ``/embeddings`` (JSON in, JSON out; float vectors)."""
+        payload = {k: v for k, v in body.items() if not k.startswith("tiqo") and k != "encoding_format"}
+        payload["model"] = upstream_model
+        headers = self._headers(config, key, "application/json")
+        headers["Content-Type"] = "application/json"
+        return UpstreamRequest(
+            method="POST",
+            url=endpoint(config.base_url, self.default_base_url, "/embeddings"),
+            headers=headers,
+            json=payload,
         )
 
     def speech_request(
