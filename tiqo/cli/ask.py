@@ -110,6 +110,7 @@ def _stream_answer(
         "latency_s": round(ended - started, 4),
         "ttft_s": round((first_at or ended) - started, 4),
         "request_id": got.get("x-tiqo-request-id"),
+        "sources": served.get("sources") or [],
     }
 
 
@@ -130,6 +131,10 @@ def ask(
         False, "--json", help="Print one JSON object (text, model, backend, usage, latency)."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Say on stderr what served the answer and its cost."),
+    rag: Optional[str] = typer.Option(
+        None, "--rag", help="Answer from this vector collection (`tiqo vec list`); its sources print after the answer."
+    ),
+    top_k: int = typer.Option(4, "--top-k", min=1, max=20, help="With --rag: how many chunks to give the model."),
 ) -> None:
     """Ask one question and stream the answer.
 
@@ -140,6 +145,8 @@ def ask(
       cat notes.txt | tiqo ask "Summarise this"
 
       tiqo ask --json -m smollm2-135m "What is the capital of France?" | jq -r .text
+
+      tiqo ask --rag notes "When is the team meeting?"
     """
     text = " ".join(prompt or []).strip()
     if not sys.stdin.isatty():
@@ -151,7 +158,16 @@ def ask(
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     with client() as c:
         payload = _payload(model, messages, temperature, max_tokens, seed, keep_alive)
+        if rag:
+            payload["tiqo"] = {"rag": {"collection": rag, "top_k": top_k}}
         result = _stream_answer(c, payload, not json_out, routing_headers(user, tier, data_class, no_cache))
+    if rag and not json_out:
+        sources = result.get("sources") or []
+        sys.stdout.write("\nSources:\n" if sources else "\n(no sources found in the collection)\n")
+        for src in sources:
+            where = f"{src['source']}#{src['chunk']}" if src.get("chunk") is not None else str(src["source"])
+            sys.stdout.write(f"  [{src['n']}] {where}  (score {float(src.get('score') or 0):.2f})\n")
+        sys.stdout.flush()
     if json_out:
         print_json(result)
     if verbose:

@@ -18,6 +18,7 @@ from tiqo.cli import (
     providers,
     route,
     users,
+    vec,
     voice,
 )
 from tiqo.cli.dash import dash as dash_command
@@ -57,6 +58,7 @@ app.command("transcribe")(voice.transcribe)
 app.command("speak")(voice.speak)
 app.command("embed")(embed.embed)
 app.add_typer(voice.voices_app, name="voices")
+app.add_typer(vec.app, name="vec")
 app.command("ps")(models.ps)
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(models.app, name="models")

@@ -330,6 +330,57 @@ class TiqoClient:
         result: dict[str, Any] = self.request("POST", "/tiqo/voices", body)
         return result
 
+    # ------------------------------------------------------------------ vectors
+    @staticmethod
+    def _as_user(user: str | None) -> dict[str, str] | None:
+        return {"x-tiqo-user": user} if user else None
+
+    def vec_list(self, user: str | None = None) -> list[dict[str, Any]]:
+        """Collections the user owns or that others share: name, owner, model, dimension, rows, indexed."""
+        return list(self.request("GET", "/tiqo/vectors", headers=self._as_user(user))["collections"])
+
+    def vec_create(
+        self,
+        name: str,
+        model: str | None = None,
+        shared: bool = False,
+        dimension: int | None = None,
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        body = {"name": name, "model": model, "shared": shared, "dimension": dimension}
+        result: dict[str, Any] = self.request("POST", "/tiqo/vectors", body, headers=self._as_user(user))
+        return result
+
+    def vec_remove(self, name: str, user: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "DELETE", f"/tiqo/vectors/{quote(name, safe='')}", headers=self._as_user(user)
+        )
+        return result
+
+    def vec_ingest(self, name: str, documents: list[dict[str, Any]], user: str | None = None, **chunking: Any) -> Any:
+        """Documents ({source, text, metadata}) chunked and embedded; counts added / unchanged / replaced."""
+        body = {"documents": documents, **{k: v for k, v in chunking.items() if v is not None}}
+        return self.request("POST", f"/tiqo/vectors/{quote(name, safe='')}/ingest", body, headers=self._as_user(user))
+
+    def vec_upsert(self, name: str, body: dict[str, Any], user: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST", f"/tiqo/vectors/{quote(name, safe='')}/upsert", body, headers=self._as_user(user)
+        )
+        return result
+
+    def vec_query(self, name: str, body: dict[str, Any], user: str | None = None) -> dict[str, Any]:
+        """{"text" or "vector", "top_k", "filter", "hybrid"} → {"matches": [{id, score, text, metadata}]}."""
+        result: dict[str, Any] = self.request(
+            "POST", f"/tiqo/vectors/{quote(name, safe='')}/query", body, headers=self._as_user(user)
+        )
+        return result
+
+    def vec_delete(self, name: str, body: dict[str, Any], user: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST", f"/tiqo/vectors/{quote(name, safe='')}/delete", body, headers=self._as_user(user)
+        )
+        return result
+
     def embed(
         self,
         inputs: str | list[str],

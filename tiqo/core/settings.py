@@ -336,6 +336,38 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         env_var="TIQO_REDIS_URL",
     ),
+    Setting(
+        "vectors.chunk_size",
+        1000,
+        _int,
+        "Largest chunk `tiqo vec add` makes of a document (in vectors.chunk_unit)",
+        "int",
+        env_var="TIQO_VECTORS_CHUNK_SIZE",
+    ),
+    Setting(
+        "vectors.chunk_overlap",
+        200,
+        _int,
+        "How much of a chunk's end the next chunk repeats (whole sentences or words)",
+        "int",
+        env_var="TIQO_VECTORS_CHUNK_OVERLAP",
+    ),
+    Setting(
+        "vectors.chunk_unit",
+        "chars",
+        _choice("chars", "tokens"),
+        "What chunk sizes count: chars, or tokens (words and punctuation)",
+        "choice",
+        env_var="TIQO_VECTORS_CHUNK_UNIT",
+    ),
+    Setting(
+        "vectors.index_threshold",
+        50000,
+        _int,
+        "Rows from which a collection gets an ANN index, built in the background (0 = never)",
+        "int",
+        env_var="TIQO_VECTORS_INDEX_THRESHOLD",
+    ),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 

@@ -23,6 +23,7 @@ from tiqo.daemon.routes_gateway import router as gateway_router
 from tiqo.daemon.routes_ledger import router as ledger_router
 from tiqo.daemon.routes_manage import router as manage_router
 from tiqo.daemon.routes_openai import router as openai_router
+from tiqo.daemon.routes_vectors import router as vectors_router
 from tiqo.daemon.service import Daemon
 from tiqo.daemon.tcp import BearerAuth
 
@@ -184,6 +185,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.include_router(manage_router)
     app.include_router(gateway_router)
     app.include_router(ledger_router)
+    app.include_router(vectors_router)
     app.add_middleware(BearerAuth, users=lambda: daemon.settings.toml.get("users", {}))
     app.add_middleware(
         RequestContext,

@@ -16,6 +16,7 @@ from tiqo.core.durations import parse_duration
 from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.gateway import RequestMeta, Served, generation_params
 from tiqo.daemon.pieces import merge_tool_calls
+from tiqo.daemon.rag import augment
 from tiqo.daemon.served import OS_USER
 from tiqo.daemon.service import Daemon
 from tiqo.policy.cache import CONTROL
@@ -78,14 +79,17 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> 
     daemon = _daemon(request)
     meta = request_meta(request, body.user)
     rid = "chatcmpl-" + request.scope["state"]["request_id"].removeprefix("req_")
+    body, sources = await augment(daemon, body, meta)
     if not body.stream:
 
         async def run() -> tuple[Served, list[Piece]]:
             served, pieces = await daemon.gateway.chat(body, meta, stream=False)
+            served.sources = sources
             return served, [p async for p in pieces]
 
         return await _collect(request, run, rid, chat=True)
     served, pieces = await daemon.gateway.chat(body, meta, stream=True)
+    served.sources = sources
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return StreamingResponse(
         _sse(pieces, served, rid, True, include_usage),
@@ -179,6 +183,8 @@ async def _collect(
             message = body["choices"][0]["message"]
             message["tool_calls"] = calls
             message["content"] = text or None
+        if served.sources:
+            body["x_tiqo"] = {"sources": served.sources}
     else:
         body = oa.completion_response(rid, served.model, text, finish, use)
     return JSONResponse(body, headers=served.headers(final=True))
@@ -222,7 +228,12 @@ async def _sse(
             use = oa.usage(last.prompt_tokens, last.completion_tokens)
             chunk = oa.usage_chunk(rid, model, created, obj, use)
             chunk["x_tiqo"] = {"backend": served.backend, "cost_usd": round(served.cost_usd, 8), "cache": served.cache}
+            if served.sources:
+                chunk["x_tiqo"]["sources"] = served.sources
             yield "data: " + _dumps(chunk) + "\n\n"
+        elif served.sources:
+            chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": []}
+            yield "data: " + _dumps({**chunk, "x_tiqo": {"sources": served.sources}}) + "\n\n"
         yield "data: [DONE]\n\n"
     except TiqoError as exc:
         yield "data: " + _dumps(exc.to_body()) + "\n\n"

@@ -44,6 +44,7 @@ class Served:
     key: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    sources: list[dict[str, Any]] = field(default_factory=list)  # retrieval-augmented answers: what was given
 
     def headers(self, final: bool) -> dict[str, str]:
         cost = self.cost_usd if final else self.est_cost_usd

@@ -21,6 +21,7 @@ from tiqo.daemon.registry import Registry
 from tiqo.daemon.scheduler import Scheduler
 from tiqo.daemon.store import Store
 from tiqo.daemon.streaming import iterate_in_thread
+from tiqo.daemon.vectors import VectorStore
 from tiqo.daemon.voice import Voice
 from tiqo.sdk.engine import Engine, ModelSpec, Piece, Runner, StopFlag
 from tiqo.sdk.provider import ProviderKind
@@ -80,6 +81,7 @@ class Daemon:
         )
         self.voice = Voice(self.gateway, self)
         self.embeddings = Embeddings(self.gateway, self)
+        self.vectors = VectorStore(settings.paths.state_dir / "vectors", self.store, self.embeddings, settings)
         self.scheduler = Scheduler(
             engines,
             memory_budget=memory_budget(settings),

@@ -103,6 +103,16 @@ CREATE TABLE IF NOT EXISTS alerts (
     message TEXT NOT NULL,
     data TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS vector_collections (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    tbl TEXT NOT NULL UNIQUE,
+    model TEXT,
+    dimension INTEGER,
+    shared INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    PRIMARY KEY (owner, name)
+);
 """
 
 

@@ -1,0 +1,489 @@
+"""The vector store: collections of chunks and vectors in LanceDB (embedded, under <state dir>/vectors/), their
+owners and sharing in the daemon's SQLite store.
+
+lancedb is imported on first use, never at start-up. Its calls block, so they run in worker threads; writes to one
+collection are serialised by a lock. Scores are cosine similarity (higher is better). A collection that reaches
+``vectors.index_threshold`` rows gets an ANN index built in the background; until it exists, search is exact (flat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tiqo.core.errors import BadRequest, Conflict, NotFound, TiqoError
+from tiqo.core.paths import ensure_private_dir
+from tiqo.daemon.chunking import chunk_text
+from tiqo.daemon.vector_search import FILTER_HINT, build_index, search, valid_filter
+
+log = logging.getLogger("tiqo.vectors")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_TOP_K = 1000
+
+
+class Forbidden(TiqoError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+@dataclass
+class Collection:
+    owner: str
+    name: str
+    tbl: str
+    model: str | None
+    dimension: int | None
+    shared: bool
+    created: float
+
+    def as_dict(self, rows: int, indexed: bool) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "owner": self.owner,
+            "model": self.model,
+            "dimension": self.dimension,
+            "shared": self.shared,
+            "created": self.created,
+            "rows": rows,
+            "indexed": indexed,
+        }
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def chunk_ids(source: str, chunks: list[str]) -> list[str]:
+    """A chunk's key is a hash of its source and content (plus which repeat of that content it is)."""
+    seen: dict[str, int] = {}
+    out = []
+    for chunk in chunks:
+        n = seen.get(chunk, 0)
+        seen[chunk] = n + 1
+        out.append(_digest(source, str(n), chunk))
+    return out
+
+
+class VectorStore:
+    def __init__(self, root: Path, store: Any, embeddings: Any, settings: Any) -> None:
+        self.root = root
+        self.store = store  # tiqo.daemon.store.Store: the catalog table lives there
+        self.embeddings = embeddings  # tiqo.daemon.embeddings.Embeddings
+        self.settings = settings
+        self._db: Any = None
+        self._tables: dict[str, Any] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._indexed: dict[str, bool] = {}
+        self._building: dict[str, asyncio.Task[None]] = {}
+        self._fts_version: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ catalog (SQLite, event loop)
+    def _row(self, row: tuple[Any, ...]) -> Collection:
+        owner, name, tbl, model, dimension, shared, created = row
+        return Collection(owner, name, tbl, model, dimension, bool(shared), created)
+
+    def _visible(self, user: str) -> list[Collection]:
+        rows = self.store.db.execute(
+            "SELECT owner, name, tbl, model, dimension, shared, created FROM vector_collections "
+            "WHERE owner = ? OR shared = 1 ORDER BY name, owner",
+            (user,),
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def get(self, user: str, name: str) -> Collection:
+        """``user``'s collection ``name``, else one another user shares under that name."""
+        found = [c for c in self._visible(user) if c.name == name]
+        found.sort(key=lambda c: c.owner != user)
+        if not found:
+            raise NotFound(
+                f"no collection {name!r}",
+                param="name",
+                hint=f"`tiqo vec list` shows your collections; make it with `tiqo vec create {name}`",
+            )
+        return found[0]
+
+    def writable(self, user: str, name: str) -> Collection:
+        c = self.get(user, name)
+        if c.owner != user:
+            raise Forbidden(
+                f"collection {name!r} belongs to {c.owner}, who shares it read-only",
+                hint=f"ask {c.owner} to change it, or make your own with `tiqo vec create {name}`",
+            )
+        return c
+
+    async def list(self, user: str) -> list[dict[str, Any]]:
+        out = []
+        for c in self._visible(user):
+            rows, indexed = await asyncio.to_thread(self._stats, c)
+            out.append(c.as_dict(rows, indexed))
+        return out
+
+    async def describe(self, c: Collection) -> dict[str, Any]:
+        rows, indexed = await asyncio.to_thread(self._stats, c)
+        return c.as_dict(rows, indexed)
+
+    async def create(
+        self, user: str, name: str, model: str | None, shared: bool, dimension: int | None
+    ) -> dict[str, Any]:
+        if not NAME.match(name):
+            raise BadRequest(
+                f"bad collection name {name!r}",
+                param="name",
+                hint="use letters, digits, '-', '_' or '.' (at most 64, starting with a letter or digit)",
+            )
+        if dimension is not None and not 0 < dimension <= 16384:
+            raise BadRequest(
+                "dimension must be between 1 and 16384", param="dimension", hint="give the length of your vectors"
+            )
+        if model is not None or dimension is None:
+            model = self.embeddings.spec(model).name  # 400/404 for a model that is not a local embedding model
+        exists = self.store.db.execute(
+            "SELECT 1 FROM vector_collections WHERE owner = ? AND name = ?", (user, name)
+        ).fetchone()
+        if exists:
+            raise Conflict(
+                f"collection {name!r} already exists",
+                param="name",
+                hint=f"add to it with `tiqo vec add {name} FILE`, or remove it first with `tiqo vec rm {name}`",
+            )
+        c = Collection(user, name, "c_" + _digest(user, name)[:24], model, dimension, shared, time.time())
+        await asyncio.to_thread(self._drop_table, c.tbl)  # leftovers of a collection removed by a crash
+        self.store.db.execute(
+            "INSERT INTO vector_collections (owner, name, tbl, model, dimension, shared, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (c.owner, c.name, c.tbl, c.model, c.dimension, int(c.shared), c.created),
+        )
+        return c.as_dict(0, False)
+
+    async def remove(self, user: str, name: str) -> dict[str, Any]:
+        c = self.writable(user, name)
+        async with self._lock(c):
+            task = self._building.pop(c.tbl, None)
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+            await asyncio.to_thread(self._drop_table, c.tbl)
+            self.store.db.execute("DELETE FROM vector_collections WHERE owner = ? AND name = ?", (c.owner, c.name))
+        return {"name": name, "deleted": True}
+
+    def _set_dimension(self, c: Collection, dim: int) -> None:
+        if c.dimension is None:
+            c.dimension = dim
+            self.store.db.execute("UPDATE vector_collections SET dimension = ? WHERE tbl = ?", (dim, c.tbl))
+        elif c.dimension != dim:
+            raise BadRequest(
+                f"vectors have {dim} dimensions; collection {c.name!r} holds {c.dimension}",
+                param="values",
+                code="dimension_mismatch",
+                hint=f"send {c.dimension}-dimensional vectors, or create another collection with --dimension {dim}",
+            )
+
+    # ------------------------------------------------------------------ LanceDB (worker threads)
+    def _lock(self, c: Collection) -> asyncio.Lock:
+        return self._locks.setdefault(c.tbl, asyncio.Lock())
+
+    def _connect(self) -> Any:
+        if self._db is None:
+            import lancedb
+
+            ensure_private_dir(self.root)
+            self._db = lancedb.connect(str(self.root))
+        return self._db
+
+    def _table(self, c: Collection, create_dim: int | None = None) -> Any:
+        table = self._tables.get(c.tbl)
+        if table is not None:
+            return table
+        db = self._connect()
+        try:
+            table = db.open_table(c.tbl)
+        except ValueError:  # not created yet: the first write creates it
+            if create_dim is None:
+                return None
+            import pyarrow as pa
+
+            schema = pa.schema(
+                [
+                    pa.field("id", pa.string()),
+                    pa.field("text", pa.string()),
+                    pa.field("source", pa.string()),
+                    pa.field("chunk", pa.int32()),
+                    pa.field("doc_hash", pa.string()),
+                    pa.field("meta", pa.string()),
+                    pa.field("vector", pa.list_(pa.float32(), create_dim)),
+                ]
+            )
+            table = db.create_table(c.tbl, schema=schema)
+        self._tables[c.tbl] = table
+        if c.tbl not in self._indexed:
+            self._indexed[c.tbl] = any(i.index_type != "FTS" for i in table.list_indices())
+        return table
+
+    def _drop_table(self, tbl: str) -> None:
+        self._tables.pop(tbl, None)
+        self._indexed.pop(tbl, None)
+        self._fts_version.pop(tbl, None)
+        db = self._connect()
+        with contextlib.suppress(ValueError, FileNotFoundError):
+            db.drop_table(tbl)
+
+    def _stats(self, c: Collection) -> tuple[int, bool]:
+        table = self._table(c)
+        return (0, False) if table is None else (int(table.count_rows()), self._indexed.get(c.tbl, False))
+
+    def _scan(self, table: Any, where: str, columns: list[str]) -> list[dict[str, Any]]:
+        limit = max(1, int(table.count_rows(where)))
+        rows: list[dict[str, Any]] = table.search().where(where).select(columns).limit(limit).to_list()
+        return rows
+
+    def _merge(self, c: Collection, rows: list[dict[str, Any]], replace_where: str | None = None) -> int:
+        table = self._table(c, c.dimension)
+        op = table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        if replace_where is not None:
+            op = op.when_not_matched_by_source_delete(replace_where)
+        op.execute(rows)
+        return int(table.count_rows())
+
+    # ------------------------------------------------------------------ writes
+    async def _embed(self, c: Collection, texts: list[str]) -> Any:
+        if c.model is None:
+            raise BadRequest(
+                f"collection {c.name!r} has no embedding model: it takes raw vectors only",
+                hint='send {"vectors": [{"id", "values"}]} to upsert and {"vector": [...]} to query',
+            )
+        _, embedded = await self.embeddings.local(texts, c.model)
+        return embedded.vectors
+
+    async def upsert_vectors(self, c: Collection, items: list[dict[str, Any]]) -> dict[str, Any]:
+        rows = []
+        for i, item in enumerate(items):
+            values = item.get("values")
+            if not isinstance(values, list) or not values:
+                raise BadRequest(
+                    f"vectors[{i}].values must be a non-empty list of numbers",
+                    param="values",
+                    hint='{"id": "a", "values": [0.1, 0.2, …]}',
+                )
+            self._set_dimension(c, len(values))
+            meta = dict(item.get("metadata") or {})
+            text, source = str(meta.pop("text", "")), str(meta.pop("source", ""))
+            rows.append(self._row_for(str(item["id"]), text, source, 0, "", meta, values))
+        return await self._write(c, rows)
+
+    async def upsert_documents(self, c: Collection, docs: list[dict[str, Any]]) -> dict[str, Any]:
+        for i, doc in enumerate(docs):
+            if not str(doc.get("text") or "").strip():
+                raise BadRequest(f"documents[{i}].text is empty", param="text", hint="send some text to embed")
+        vectors = await self._embed(c, [str(d["text"]) for d in docs])
+        self._set_dimension(c, int(vectors.shape[1]))
+        rows = []
+        for doc, vector in zip(docs, vectors, strict=True):
+            meta = dict(doc.get("metadata") or {})
+            source = str(meta.pop("source", ""))
+            ident = str(doc.get("id") or _digest(source, doc["text"]))
+            rows.append(self._row_for(ident, doc["text"], source, 0, "", meta, vector))
+        return await self._write(c, rows)
+
+    def _row_for(
+        self, ident: str, text: str, source: str, chunk: int, doc_hash: str, meta: dict[str, Any], vector: Any
+    ) -> dict[str, Any]:
+        try:
+            meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False)
+            values = [float(v) for v in vector]
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"record {ident!r}: {exc}", hint="metadata is a JSON object; values are numbers") from None
+        return {
+            "id": ident,
+            "text": text,
+            "source": source,
+            "chunk": chunk,
+            "doc_hash": doc_hash,
+            "meta": meta_json,
+            "vector": values,
+        }
+
+    async def _write(self, c: Collection, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        async with self._lock(c):
+            total = await asyncio.to_thread(self._merge, c, rows)
+        self._maybe_index(c, total)
+        return {"upserted": len(rows), "rows": total}
+
+    async def ingest(
+        self, c: Collection, docs: list[dict[str, Any]], size: int, overlap: int, unit: str
+    ) -> dict[str, Any]:
+        """Chunk, embed and store documents keyed by source: an unchanged document is skipped; a changed one
+        replaces every chunk of its source (vectors of chunks that did not change are reused)."""
+        plans = []
+        for i, doc in enumerate(docs):
+            source, text = str(doc.get("source") or ""), str(doc.get("text") or "")
+            if not source:
+                raise BadRequest(f"documents[{i}].source is empty", param="source", hint="name where the text is from")
+            if not text.strip():
+                raise BadRequest(f"{source}: the text is empty", param="text", hint="skip empty files")
+            try:
+                chunks = chunk_text(text, size, overlap, unit)
+            except ValueError as exc:
+                raise BadRequest(str(exc), hint="check vectors.chunk_size and vectors.chunk_overlap") from None
+            meta = dict(doc.get("metadata") or {})
+            doc_hash = _digest(json.dumps([text, meta, size, overlap, unit], sort_keys=True))
+            plans.append((source, chunks, meta, doc_hash))
+        if len({p[0] for p in plans}) != len(plans):
+            raise BadRequest("two documents have the same source", param="source", hint="one document per source")
+        async with self._lock(c):
+            counts = {"added": 0, "unchanged": 0, "replaced": 0, "chunks": 0, "embedded": 0}
+            existing: dict[str, dict[str, Any]] = {}
+            hashes: dict[str, set[str]] = {}
+            table = await asyncio.to_thread(self._table, c)
+            if table is not None and plans:
+                where = "source IN (" + ", ".join(_quote(p[0]) for p in plans) + ")"
+                for row in await asyncio.to_thread(self._scan, table, where, ["id", "source", "doc_hash", "vector"]):
+                    existing[row["id"]] = row
+                    hashes.setdefault(row["source"], set()).add(row["doc_hash"])
+            todo = []
+            for source, chunks, meta, doc_hash in plans:
+                if hashes.get(source) == {doc_hash}:
+                    counts["unchanged"] += 1
+                    continue
+                counts["replaced" if source in hashes else "added"] += 1
+                todo.append((source, chunks, meta, doc_hash, chunk_ids(source, chunks)))
+            wanted = {ident: chunk for plan in todo for ident, chunk in zip(plan[4], plan[1], strict=True)}
+            new_texts = [(ident, chunk) for ident, chunk in wanted.items() if ident not in existing]
+            fresh: dict[str, Any] = {}
+            if new_texts:
+                vectors = await self._embed(c, [t for _, t in new_texts])
+                self._set_dimension(c, int(vectors.shape[1]))
+                fresh = {ident: v for (ident, _), v in zip(new_texts, vectors, strict=True)}
+            rows = []
+            for source, chunks, meta, doc_hash, ids in todo:
+                for n, (ident, chunk) in enumerate(zip(ids, chunks, strict=True)):
+                    vector = fresh[ident] if ident in fresh else existing[ident]["vector"]
+                    rows.append(self._row_for(ident, chunk, source, n, doc_hash, meta, vector))
+            counts["chunks"], counts["embedded"] = len(rows), len(fresh)
+            total = 0
+            if rows:
+                replaced = [s for s, *_ in todo if s in hashes]
+                where = "source IN (" + ", ".join(_quote(s) for s in replaced) + ")" if replaced else None
+                total = await asyncio.to_thread(self._merge, c, rows, where)
+        if rows:
+            self._maybe_index(c, total)
+        return counts
+
+    async def delete(
+        self, c: Collection, ids: list[str] | None, where: str | None, source: str | None
+    ) -> dict[str, Any]:
+        clauses = []
+        if ids:
+            clauses.append("id IN (" + ", ".join(_quote(str(i)) for i in ids) + ")")
+        if source:
+            clauses.append(f"source = {_quote(source)}")
+        if where:
+            clauses.append(f"({where})")
+        if not clauses:
+            raise BadRequest("say what to delete", hint='send {"ids": [...]}, {"source": "..."} or {"filter": "..."}')
+        condition = " OR ".join(clauses)
+        async with self._lock(c):
+            table = await asyncio.to_thread(self._table, c)
+            if table is None:
+                return {"deleted": 0, "rows": 0}
+
+            def run() -> tuple[int, int]:
+                before = int(table.count_rows())
+                table.delete(condition)
+                after = int(table.count_rows())
+                return before - after, after
+
+            try:
+                deleted, rows = await asyncio.to_thread(run)
+            except (ValueError, RuntimeError) as exc:
+                raise BadRequest(f"bad filter: {exc}", param="filter", hint=FILTER_HINT) from None
+        return {"deleted": deleted, "rows": rows}
+
+    # ------------------------------------------------------------------ search
+    async def query(
+        self,
+        c: Collection,
+        *,
+        vector: list[float] | None,
+        text: str | None,
+        top_k: int,
+        where: str | None,
+        include_metadata: bool,
+        hybrid: bool,
+        exact: bool = False,
+    ) -> dict[str, Any]:
+        if not 0 < top_k <= MAX_TOP_K:
+            raise BadRequest(
+                f"top_k must be between 1 and {MAX_TOP_K}", param="top_k", hint="ask for fewer matches (-k)"
+            )
+        if (vector is None) == (text is None):
+            raise BadRequest(
+                "send either a vector or a text to search for", hint='{"text": "..."} or {"vector": [...]}'
+            )
+        if text is not None and not text.strip():
+            raise BadRequest("the query text is empty", param="text", hint="search for some words")
+        if hybrid and text is None:
+            raise BadRequest("hybrid search needs a text query", param="hybrid", hint='send {"text": "..."}')
+        if vector is None:
+            vector = [float(v) for v in (await self._embed(c, [str(text)]))[0]]
+        if c.dimension is not None and len(vector) != c.dimension:
+            self._set_dimension(c, len(vector))  # raises the 400 that names both sizes
+        table = await asyncio.to_thread(self._table, c)
+        if table is None:
+            return {"matches": [], "namespace": c.name}
+        try:
+            matches = await asyncio.to_thread(self._search, c, table, vector, text, top_k, where, hybrid, exact)
+        except (ValueError, RuntimeError) as exc:
+            if where and not await asyncio.to_thread(valid_filter, table, where):
+                raise BadRequest(f"bad filter {where!r}: {exc}", param="filter", hint=FILTER_HINT) from None
+            raise
+        for m in matches:
+            meta = json.loads(m.pop("meta") or "{}")
+            source, chunk = m.pop("source"), m.pop("chunk")
+            if include_metadata:
+                m["metadata"] = {**meta, **({"source": source, "chunk": chunk} if source else {})}
+        return {"matches": matches, "namespace": c.name}
+
+    def _search(self, c: Collection, table: Any, *args: Any) -> list[dict[str, Any]]:
+        indexed = bool(self._indexed.get(c.tbl))
+        fts_version = self._fts_version.get(c.tbl)
+        matches, self._fts_version[c.tbl] = search(table, *args, indexed=indexed, fts_version=fts_version)
+        return matches
+
+    # ------------------------------------------------------------------ ANN index
+    def _maybe_index(self, c: Collection, rows: int) -> None:
+        threshold = int(self.settings["vectors.index_threshold"])
+        if threshold <= 0 or rows < threshold or self._indexed.get(c.tbl) or c.tbl in self._building:
+            return
+        task = asyncio.get_running_loop().create_task(self._build(c, rows))
+        self._building[c.tbl] = task
+
+    async def _build(self, c: Collection, rows: int) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._build_index, c, rows)
+            self._indexed[c.tbl] = True
+            log.info("built the ANN index of %s (%d rows) in %.1fs", c.name, rows, time.perf_counter() - started)
+        except Exception:
+            log.exception("building the ANN index of %s failed; search stays exact", c.name)
+        finally:
+            self._building.pop(c.tbl, None)
+
+    def _build_index(self, c: Collection, rows: int) -> None:
+        build_index(self._table(c), rows, int(c.dimension or 0))
+
+    async def wait_for_index(self, c: Collection) -> None:
+        task = self._building.get(c.tbl)
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
