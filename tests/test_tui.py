@@ -265,7 +265,7 @@ def test_alerts_for_a_disabled_key_an_open_breaker_and_a_budget(d: DaemonProc, u
             answers = [await off_loop(lambda: chat(d, "stub-m")) for _ in range(2)]
             assert all(a["status"] == 200 for a in answers), answers
             await until(pilot, lambda: "key" in kinds(), "the key alert")
-            assert any("key stub/bad is disabled" in t for t in toasts(app)), toasts(app)
+            await until(pilot, lambda: any("key stub/bad is disabled" in t for t in toasts(app)), "the key toast")
             await until(pilot, lambda: "disabled" in {r[2][:8] for r in cells(app.query_one(KeysTable))}, "state")
             key = {r[0]: r for r in cells(app.query_one(KeysTable))}["stub/bad"]
             assert "upstream rejected the key" in key[2] + key[4] and bad not in "".join(key), key
@@ -274,14 +274,16 @@ def test_alerts_for_a_disabled_key_an_open_breaker_and_a_budget(d: DaemonProc, u
             for _ in range(2):
                 await off_loop(lambda: chat(d, "down-m"))
             await until(pilot, lambda: "breaker" in kinds(), "the breaker alert")
-            assert any("circuit breaker of provider down opened" in t for t in toasts(app)), toasts(app)
+            # a toast mounts a frame or more after its alert lands in the state: wait for it, do not race it
+            opened = "circuit breaker of provider down opened"
+            await until(pilot, lambda: any(opened in t for t in toasts(app)), "the breaker toast")
 
             # a budget crossing 70 %: 8 tokens at $1000/1M = $0.008 of $0.01
             limit = {"scope": "provider", "name": "stub", "period": "day", "usd": 0.01}
             assert http.put("/tiqo/budget", json=limit).status_code == 200
             assert (await off_loop(lambda: chat(d, "stub-m", PROMPT, 8)))["status"] == 200
             await until(pilot, lambda: "budget" in kinds(), "the budget alert")
-            assert any("80% spent" in t for t in toasts(app)), toasts(app)
+            await until(pilot, lambda: any("80% spent" in t for t in toasts(app)), "the budget toast")
 
             await pilot.press("2")
             await until(pilot, lambda: any(g.percent >= 80 for g in app.query(Gauge)), "the budget gauge")
