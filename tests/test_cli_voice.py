@@ -58,10 +58,10 @@ def test_text_from_stdin_and_audio_to_a_file(d: DaemonProc, tmp_path: Path) -> N
 def test_format_follows_the_file_name(d: DaemonProc, tmp_path: Path) -> None:
     for name, magic in (("a.mp3", (b"ID3", b"\xff\xf3", b"\xff\xfb", b"\xff\xf2")), ("a.ogg", (b"OggS",))):
         target = tmp_path / name
-        assert shell(d, f'{TIQO} speak "One two three." -o {target}').returncode == 0
+        assert shell(d, f'{TIQO} speak "Bring the blue cheese." -o {target}').returncode == 0
         assert target.read_bytes().startswith(magic)
     out = shell(d, f"{TIQO} transcribe {tmp_path / 'a.ogg'}")
-    assert words(out.stdout.decode()) == ["one", "two", "three"]
+    assert words(out.stdout.decode()) == ["bring", "the", "blue", "cheese"]
 
 
 def test_raw_pcm_from_a_pipe(d: DaemonProc) -> None:

@@ -234,7 +234,7 @@ def test_models_load_pin_and_unload(d: DaemonProc) -> None:
             await pilot.press("u")
             await until(pilot, lambda: MODEL not in rows(), "the unloaded model")
             assert MODEL not in ps()
-            assert any("unloaded" in t for t in toasts(app)), toasts(app)
+            await until(pilot, lambda: any("unloaded" in t for t in toasts(app)), "the unload toast")
 
             await pilot.press("1")
             assert not app.check_action("unload", ())  # model actions belong to the Models tab
@@ -321,10 +321,11 @@ def test_says_when_the_daemon_goes_away_and_reconnects(ups: tuple[Upstream, Upst
                 first = app.state.health["pid"]
                 await off_loop(daemon.stop)
                 await until(pilot, lambda: not app.connected, "the feed noticing")
-                status = static_text(app.query_one("#status"))
-                assert "reconnecting" in status and "✗" in status, status
-                assert app.query_one("#status").has_class("down")
-                assert any("daemon gone" in t or "reconnecting" in t for t in toasts(app)), toasts(app)
+                await until(pilot, lambda: "reconnecting" in static_text(app.query_one("#status")), "the status line")
+                assert "✗" in static_text(app.query_one("#status"))
+                await until(pilot, lambda: app.query_one("#status").has_class("down"), "the down style")
+                gone = ("daemon gone", "reconnecting")
+                await until(pilot, lambda: any(g in t for t in toasts(app) for g in gone), "the daemon-gone toast")
 
                 again = await off_loop(lambda: start_daemon(daemon.home, TIQO_NO_AUTOSTART="1"))
                 daemon.proc = again.proc

@@ -13,6 +13,7 @@ from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
@@ -226,10 +227,14 @@ class DashApp(App[None]):
         status.update(text)
 
     def _tick(self) -> None:
-        if self.connected:
+        if not self.connected:
+            return
+        try:
             self.query_one(Overview).show(self.state)
             if self.state.ps.get("models"):
                 self.query_one(ModelsTable).show(self.state)
+        except NoMatches:  # the timer can fire while a screen is still composing or already being torn down
+            return
 
     # ------------------------------------------------------------ actions
     def action_show_tab(self, tab: str) -> None:
