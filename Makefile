@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python bench/upstream_clients.py
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/voice.py
+	$(BIN)/python bench/vectors.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info
