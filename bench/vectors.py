@@ -300,14 +300,8 @@ def main() -> None:
         t0 = time.perf_counter()
         np.argpartition(-(vecs @ q), k - 1)[:k]
         brute.append(time.perf_counter() - t0)
-    res: dict[str, Any] = {
-        "rows": args.rows,
-        "dim": int(vecs.shape[1]),
-        "queries": args.queries,
-        "cpus": os.cpu_count(),
-    }
-    res["embed_inproc"] = embedded
-    res["numpy_brute_p50_ms"] = statistics.median(brute) * 1000
+    res: dict[str, Any] = {"rows": args.rows, "dim": vecs.shape[1], "queries": args.queries, "cpus": os.cpu_count()}
+    res.update(embed_inproc=embedded, numpy_brute_p50_ms=statistics.median(brute) * 1000)
 
     import lancedb
     import psutil
@@ -315,10 +309,8 @@ def main() -> None:
     env = {**os.environ, "TIQO_HOME": str(home), "TIQO_VECTORS_INDEX_THRESHOLD": str(args.rows)}
     proc, client = start_daemon(home, env)
     try:
-        text_s = ingest_texts(client, texts[: args.text_rows], 100)
-        res["ingest_text_per_s"] = args.text_rows / text_s
-        vec_s = ingest_vectors(client, vecs, texts, topics, args.batch)
-        res["ingest_vectors_per_s"] = args.rows / vec_s
+        res["ingest_text_per_s"] = args.text_rows / ingest_texts(client, texts[: args.text_rows], 100)
+        res["ingest_vectors_per_s"] = args.rows / ingest_vectors(client, vecs, texts, topics, args.batch)
         res["index_build_s"] = wait_indexed(client, "bench")  # the last upsert reached the threshold
         db = lancedb.connect(str(home / "state" / "vectors"))
         tbl = max((db.open_table(t) for t in db.list_tables().tables), key=lambda t: t.count_rows())
@@ -345,11 +337,8 @@ def main() -> None:
     shutil.rmtree(home, ignore_errors=True)
     from tiqo.daemon.vector_search import NPROBES, REFINE_FACTOR, index_config
 
-    res["daemon_index"] = {
-        "type": describe(index_config(args.rows, int(vecs.shape[1]))),
-        "nprobes": NPROBES,
-        "refine_factor": REFINE_FACTOR,
-    }
+    cfg = describe(index_config(args.rows, int(vecs.shape[1])))
+    res["daemon_index"] = {"type": cfg, "nprobes": NPROBES, "refine_factor": REFINE_FACTOR}
     ann = res["ann"]
     res["goals"] = {
         "p50_le_20ms": ann["daemon"]["p50_ms"] <= GOAL_P50_MS,
@@ -380,10 +369,8 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"  the daemon's table: {res['daemon_table_fragments']} fragments (the sweep's table: 1)")
     print(f"  daemon RSS after the searches: {res['daemon_rss_mib']:.0f} MiB")
     di = res["daemon_index"]
-    for mode, label in (
-        ("flat", "flat (exact: true)"),
-        ("ann", f"{di['type']} nprobes {di['nprobes']} refine {di['refine_factor']}"),
-    ):
+    ann_label = f"{di['type']} nprobes {di['nprobes']} refine {di['refine_factor']}"
+    for mode, label in (("flat", "flat (exact: true)"), ("ann", ann_label)):
         r = res[mode]
         print(f"search top-10, {label}:")
         for side, name in (("daemon", "daemon    "), ("inproc", "in-process"), ("inproc_ids", "  ids only")):
