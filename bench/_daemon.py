@@ -31,3 +31,14 @@ def start_daemon(home: Path, env: dict[str, str], timeout: float = 600) -> tuple
         time.sleep(0.1)
     proc.kill()
     sys.exit(f"daemon did not answer within 60 s; see {home}/logs/daemon.log")
+
+
+def stop_daemon(proc: subprocess.Popen[bytes], client: httpx.Client) -> None:
+    """Ask the daemon to shut down (models unload cleanly); kill it if it does not within 30 s."""
+    try:
+        client.post("/tiqo/shutdown")
+        proc.wait(timeout=30)
+    except Exception:
+        proc.kill()
+        proc.wait()
+    client.close()

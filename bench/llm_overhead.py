@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 import llama_cpp
-from _daemon import start_daemon
+from _daemon import start_daemon, stop_daemon
 
 MODEL, GGUF_NAME = "smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"
 # ChatML (the model's own format), sent as a raw completion: a bare "Round 0: Write..." often makes this small
@@ -143,13 +143,7 @@ def main() -> None:
         print(f"benchmark failed; daemon log kept at {home}/logs/daemon.log", file=sys.stderr)
         raise
     finally:
-        try:
-            client.post("/tiqo/shutdown")
-            proc.wait(timeout=30)
-        except Exception:
-            proc.kill()
-            proc.wait()
-        client.close()
+        stop_daemon(proc, client)
 
     res: dict[str, Any] = {
         "model": MODEL,

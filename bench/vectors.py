@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _daemon import start_daemon
+from _daemon import start_daemon, stop_daemon
 
 from tiqo.daemon.engines.embed import EmbedRunner
 from tiqo.daemon.registry import MINILM, bundled_models
@@ -327,13 +327,7 @@ def main() -> None:
         print(f"benchmark failed; daemon log kept at {home}/logs/daemon.log", file=sys.stderr)
         raise
     finally:
-        try:
-            client.post("/tiqo/shutdown")
-            proc.wait(timeout=30)
-        except Exception:
-            proc.kill()
-            proc.wait()
-        client.close()
+        stop_daemon(proc, client)
     shutil.rmtree(home, ignore_errors=True)
     from tiqo.daemon.vector_search import NPROBES, REFINE_FACTOR, index_config
 

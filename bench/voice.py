@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 import psutil
-from _daemon import start_daemon
+from _daemon import start_daemon, stop_daemon
 from faster_whisper import WhisperModel, decode_audio
 from piper import PiperVoice
 
@@ -175,13 +175,7 @@ def main() -> None:
         print(f"benchmark failed; daemon log kept at {home}/logs/daemon.log", file=sys.stderr)
         raise
     finally:
-        try:
-            client.post("/tiqo/shutdown")
-            proc.wait(timeout=30)
-        except Exception:
-            proc.kill()
-            proc.wait()
-        client.close()
+        stop_daemon(proc, client)
     shutil.rmtree(home, ignore_errors=True)
 
     d_rtf, p_rtf = statistics.median(stt["daemon"]), statistics.median(stt["inproc"])

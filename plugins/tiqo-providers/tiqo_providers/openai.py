@@ -105,34 +105,26 @@ class OpenAIKind:
             form=tuple(form),
         )
 
+    def _json_post(
+        self, config: ProviderConfig, key: str | None, path: str, payload: dict[str, Any], accept: str
+    ) -> UpstreamRequest:
+        headers = self._headers(config, key, accept)
+        headers["Content-Type"] = "application/json"
+        url = endpoint(config.base_url, self.default_base_url, path)
+        return UpstreamRequest(method="POST", url=url, headers=headers, json=payload)
+
     def embeddings_request(
         self, config: ProviderConfig, upstream_model: str, body: Mapping[str, Any], key: str | None
     ) -> UpstreamRequest:
         """OpenAI's ``/embeddings`` (JSON in, JSON out; float vectors)."""
         payload = {k: v for k, v in body.items() if not k.startswith("tiqo") and k != "encoding_format"}
-        payload["model"] = upstream_model
-        headers = self._headers(config, key, "application/json")
-        headers["Content-Type"] = "application/json"
-        return UpstreamRequest(
-            method="POST",
-            url=endpoint(config.base_url, self.default_base_url, "/embeddings"),
-            headers=headers,
-            json=payload,
-        )
+        return self._json_post(config, key, "/embeddings", {**payload, "model": upstream_model}, "application/json")
 
     def speech_request(
         self, config: ProviderConfig, upstream_model: str, body: Mapping[str, Any], key: str | None
     ) -> UpstreamRequest:
         payload = {k: v for k, v in body.items() if not k.startswith("tiqo") and k != "stream"}
-        payload["model"] = upstream_model
-        headers = self._headers(config, key, "*/*")
-        headers["Content-Type"] = "application/json"
-        return UpstreamRequest(
-            method="POST",
-            url=endpoint(config.base_url, self.default_base_url, "/audio/speech"),
-            headers=headers,
-            json=payload,
-        )
+        return self._json_post(config, key, "/audio/speech", {**payload, "model": upstream_model}, "*/*")
 
     def chat_request(
         self, config: ProviderConfig, upstream_model: str, body: Mapping[str, Any], key: str | None
