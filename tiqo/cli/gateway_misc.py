@@ -45,7 +45,8 @@ def _rate(rate: float | None) -> str:
 @cache_app.command("stats")
 @handle_errors
 def stats(json_out: bool = JSON) -> None:
-    """Entries, size, hits, misses and hit rate of the response cache, its mode and TTL, entries per scope.
+    """Entries, size, hits (exact and semantic), misses and hit rate of the response cache, its mode, TTL and
+    semantic setting, entries per scope.
 
     Example: tiqo cache stats
     """
@@ -60,10 +61,12 @@ def stats(json_out: bool = JSON) -> None:
     expired = f" (+{data['expired']} expired)" if data.get("expired") else ""
     table.add_row("entries", f"{data['entries']}{expired}")
     table.add_row("size", fmt_size(data.get("bytes") or 0))
-    table.add_row("hits", str(data["hits"]))
+    table.add_row("hits", f"{data['hits']} exact, {data.get('semantic_hits', 0)} semantic")
     table.add_row("misses", str(data["misses"]))
     table.add_row("hit rate", _rate(data.get("hit_rate")))
     table.add_row("mode", escape(str(data.get("mode"))))
+    semantic = f"on, similarity ≥ {data.get('semantic_threshold')}" if data.get("semantic") else "off"
+    table.add_row("semantic", semantic)
     ttl = data.get("ttl_s")
     table.add_row("ttl", fmt_duration(float(ttl)) if isinstance(ttl, (int, float)) else escape(str(ttl)))
     scopes = data.get("scopes") or {}

@@ -52,6 +52,13 @@ def _str(value: Any) -> str:
     return str(value)
 
 
+def _similarity(value: Any) -> float:
+    number = float(value)
+    if not 0.0 < number <= 1.0:
+        raise ValueError(f"{value!r} is not a cosine similarity in (0, 1]")
+    return number
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).strip().lower()
@@ -278,6 +285,23 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("cache.ttl", "24h", parse_duration, "How long a cached answer stays valid", "duration", "TIQO_CACHE_TTL"),
     Setting(
+        "cache.semantic",
+        False,
+        _bool,
+        "Also serve a cached answer to a question that means the same (embedding similarity, see the threshold)",
+        "bool",
+        env_var="TIQO_CACHE_SEMANTIC",
+    ),
+    Setting(
+        "cache.semantic_threshold",
+        0.93,
+        _similarity,
+        "Cosine similarity of the last user message at or above which the semantic cache answers (paraphrases "
+        "measure 0.94-0.99 with the bundled model, near but different questions up to 0.84)",
+        "float",
+        env_var="TIQO_CACHE_SEMANTIC_THRESHOLD",
+    ),
+    Setting(
         "budget.timezone",
         "local",
         _timezone,
@@ -464,6 +488,8 @@ def typed_for_toml(setting: Setting, value: str) -> Any:
         return _int(value)
     if setting.kind == "int|auto" and value.strip().lower() != "auto":
         return _int(value)
+    if setting.kind == "float":
+        return float(value)
     return value
 
 

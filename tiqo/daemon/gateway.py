@@ -13,6 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tiqo.core.durations import parse_duration
@@ -38,6 +39,7 @@ from tiqo.daemon.pieces import merge_tool_calls, prime, replay
 from tiqo.daemon.providers import Provider, ProviderHub
 from tiqo.daemon.registry import Registry
 from tiqo.daemon.routing_config import restricted_patterns, routing_config
+from tiqo.daemon.semantic_cache import Probe, SemanticCache
 from tiqo.daemon.served import RequestMeta, Served
 from tiqo.daemon.store import Store
 from tiqo.daemon.upstream import AttemptFailed, UpstreamClient
@@ -49,6 +51,7 @@ from tiqo.policy.ratelimit import RateLimits
 from tiqo.policy.routing import (
     AUTO,
     LOCAL,
+    Candidate,
     CatalogModel,
     Decision,
     RoutingConfig,
@@ -91,6 +94,7 @@ class Gateway:
         self.clock = time.time
         self._patterns = restricted_patterns(settings)
         self._derived: tuple[tuple[int, int], dict[str, CatalogModel], RoutingConfig] | None = None
+        self.semantic: SemanticCache | None = None  # set by the daemon once its embeddings exist
 
     def catalog_and_config(self) -> tuple[dict[str, CatalogModel], RoutingConfig]:
         """The catalog and routing config, rebuilt only when models or providers changed."""
@@ -270,19 +274,13 @@ class Gateway:
         if not kept:
             raise self.nothing_kept(decision, blocked)
         wire = body.wire()
-        scope = cachepol.scope_for(decision.classification.data_class, decision.classification.user)
-        use_cache = meta.cache != "off" and cachepol.cacheable(self.settings["cache.mode"], wire)
-        if use_cache and meta.cache == "use":
-            now = self.clock()
-            for cand in kept:
-                hit = self.store.cache_get(cachepol.cache_key(wire, cand.model, scope), now)
-                if hit is not None:
-                    served.backend, served.provider, served.model, served.cache = "cache", "cache", cand.model, "hit"
-                    served.prompt_tokens = int(hit.get("prompt_tokens") or 0)
-                    served.completion_tokens = int(hit.get("completion_tokens") or 0)
-                    return served, replay(hit)
+        cache = await self._cache_for(wire, decision, meta)
+        if cache is not None and meta.cache == "use":
+            hit = self._cached(wire, kept, cache, served)
+            if hit is not None:
+                return served, replay(hit)
             self.store.cache_miss()
-        served.cache = "miss" if use_cache else "off"
+        served.cache = "off" if cache is None else "miss"
 
         failures: list[AttemptFailed | TiqoError] = []
         attempts = 0
@@ -322,7 +320,7 @@ class Gateway:
                         served.attempts.append({**error, "kind": "budget"})
                         break
                 try:
-                    pieces = self._attempt(model, key_name, call, body, call_wire, decision, served, scope, use_cache)
+                    pieces = self._attempt(model, key_name, call, body, call_wire, decision, served, cache)
                     ready = await prime(pieces, stream)
                 except (AttemptFailed, TiqoError) as exc:
                     failures.append(exc)
@@ -414,8 +412,7 @@ class Gateway:
         wire: dict[str, Any],
         decision: Decision,
         served: Served,
-        scope: str,
-        use_cache: bool,
+        cache: CacheWrite | None,
     ) -> AsyncGenerator[Piece, None]:
         if model.local:
             inner = self._local(model, body)
@@ -423,7 +420,7 @@ class Gateway:
             provider = self.hub.providers[model.provider]
             secret = self.hub.secret(provider.name, key_name)
             inner = stream_external(self.upstream, secret, provider, model, wire, call.id if call else None)
-        return self._account(inner, model, key_name, call, wire, decision, served, scope, use_cache)
+        return self._account(inner, model, key_name, call, wire, decision, served, cache)
 
     async def _account(
         self,
@@ -434,8 +431,7 @@ class Gateway:
         wire: dict[str, Any],
         decision: Decision,
         served: Served,
-        scope: str,
-        use_cache: bool,
+        cache: CacheWrite | None,
     ) -> AsyncGenerator[Piece, None]:
         """Pass pieces through; on the end, record health, usage, cost, the cache entry and settle the budget."""
         provider = None if model.local else self.hub.providers[model.provider]
@@ -459,8 +455,8 @@ class Gateway:
                     served.completion_tokens = piece.completion_tokens or max(1, len("".join(text)) // 4)
                     served.cost_usd = model.cost(served.prompt_tokens, served.completion_tokens)
                     ok = True
-                    if use_cache:
-                        self._store_cache(wire, model.name, scope, "".join(text), tools, piece, served)
+                    if cache is not None:
+                        self._store_cache(wire, model.name, cache, "".join(text), tools, piece)
                     if provider is not None:
                         self.record_success(provider, key_name, served.prompt_tokens + served.completion_tokens)
                 yield piece
@@ -494,15 +490,39 @@ class Gateway:
             provider.pool.failure(key_name, exc.kind, now, exc.retry_after, exc.message)
             self.hub.persist(provider.name, key_name, now=True)
 
+    # ------------------------------------------------------------ cache
+    async def _cache_for(self, wire: dict[str, Any], decision: Decision, meta: RequestMeta) -> CacheWrite | None:
+        """How this request uses the cache: None when it does not (x-tiqo-cache: off, or cache.mode excludes it);
+        with the question embedded when the semantic cache is on."""
+        if meta.cache == "off" or not cachepol.cacheable(self.settings["cache.mode"], wire):
+            return None
+        c = decision.classification
+        semantic = self.semantic
+        probe = await semantic.probe(wire) if semantic is not None and semantic.enabled else None
+        return CacheWrite(cachepol.scope_for(c.data_class, c.user), probe)
+
+    def _cached(
+        self, wire: dict[str, Any], kept: Sequence[Candidate], cache: CacheWrite, served: Served
+    ) -> dict[str, Any] | None:
+        """The cached answer for the first candidate that has one: the same request exactly, else (semantic cache)
+        the same question in other words."""
+        now = self.clock()
+        for cand in kept:
+            hit = self.store.cache_get(cachepol.cache_key(wire, cand.model, cache.scope), now)
+            if hit is not None:
+                return _from_cache(served, cand.model, "hit", hit)
+        if cache.probe is None or self.semantic is None:
+            return None
+        for cand in kept:
+            near = self.semantic.lookup(cache.probe, cand.model, cache.scope)
+            hit = None if near is None else self.store.cache_get(near.key, now, "semantic_hits")
+            if near is not None and hit is not None:
+                served.similarity = round(near.similarity, 4)
+                return _from_cache(served, cand.model, "semantic", hit)
+        return None
+
     def _store_cache(
-        self,
-        wire: dict[str, Any],
-        model: str,
-        scope: str,
-        text: str,
-        tools: list[dict[str, Any]],
-        last: Piece,
-        served: Served,
+        self, wire: dict[str, Any], model: str, cache: CacheWrite, text: str, tools: list[dict[str, Any]], last: Piece
     ) -> None:
         entry = {
             "text": text,
@@ -514,7 +534,13 @@ class Gateway:
         }
         try:
             self.store.cache_put(
-                cachepol.cache_key(wire, model, scope), scope, model, entry, self.settings["cache.ttl"], self.clock()
+                cachepol.cache_key(wire, model, cache.scope),
+                cache.scope,
+                model,
+                entry,
+                self.settings["cache.ttl"],
+                self.clock(),
+                **SemanticCache.columns(cache.probe, model, cache.scope),
             )
         except Exception:  # the cache is an optimisation: never fail an answer because of it
             log.exception("cache write failed")
@@ -533,6 +559,15 @@ class Gateway:
             yield piece
 
 
+@dataclass
+class CacheWrite:
+    """A request that may be answered from and stored in the cache: its scope, and its embedded question when the
+    semantic cache is on."""
+
+    scope: str
+    probe: Probe | None
+
+
 def generation_params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> GenerationParams:
     return GenerationParams(
         max_tokens=body.token_limit(),
@@ -544,6 +579,13 @@ def generation_params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> 
         frequency_penalty=body.frequency_penalty,
         logit_bias=body.logit_bias,
     )
+
+
+def _from_cache(served: Served, model: str, kind: str, hit: dict[str, Any]) -> dict[str, Any]:
+    served.backend, served.provider, served.model, served.cache = "cache", "cache", model, kind
+    served.prompt_tokens = int(hit.get("prompt_tokens") or 0)
+    served.completion_tokens = int(hit.get("completion_tokens") or 0)
+    return hit
 
 
 def _local_retryable(exc: TiqoError) -> bool:

@@ -323,7 +323,7 @@ class Ledger:
             args.append(user)
         select = (
             "COUNT(*), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), COALESCE(SUM(cost_nusd), 0), "
-            "COALESCE(SUM(cache = 'hit'), 0), COALESCE(SUM(outcome != 'ok'), 0), "
+            "COALESCE(SUM(cache IN ('hit', 'semantic')), 0), COALESCE(SUM(outcome != 'ok'), 0), "
             "COALESCE(SUM(provider NOT IN ('local', 'cache', '')), 0), COALESCE(AVG(latency_ms), 0)"
         )
         rows = self.db.execute(

@@ -124,6 +124,8 @@ async def cache_stats(request: Request) -> dict[str, Any]:
     stats = daemon.store.cache_stats(time.time())
     stats["mode"] = daemon.settings["cache.mode"]
     stats["ttl_s"] = daemon.settings["cache.ttl"]
+    stats["semantic"] = daemon.settings["cache.semantic"]
+    stats["semantic_threshold"] = daemon.settings["cache.semantic_threshold"]
     stats["controls"] = list(CONTROL)
     return stats
 

@@ -36,7 +36,8 @@ class Served:
     backend: str = ""
     provider: str = ""
     model: str = ""
-    cache: str = "off"  # hit | miss | off
+    cache: str = "off"  # hit (exact) | semantic | miss | off
+    similarity: float | None = None  # a semantic hit's cosine similarity to the cached question
     cost_usd: float = 0.0
     est_cost_usd: float = 0.0
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -55,4 +56,4 @@ class Served:
             "x-tiqo-cache": self.cache,
             "x-tiqo-attempts": str(len(self.attempts) + 1),
             "x-tiqo-route": self.route,
-        }
+        } | ({} if self.similarity is None else {"x-tiqo-cache-similarity": f"{self.similarity:.4f}"})

@@ -28,7 +28,9 @@ CREATE TABLE IF NOT EXISTS cache (
     created REAL NOT NULL,
     expires REAL NOT NULL,
     hits INTEGER NOT NULL DEFAULT 0,
-    response TEXT NOT NULL
+    response TEXT NOT NULL,
+    sem_group TEXT,
+    vector BLOB
 );
 CREATE INDEX IF NOT EXISTS cache_expires ON cache (expires);
 CREATE TABLE IF NOT EXISTS cache_stats (
@@ -129,13 +131,18 @@ class Store:
         path.chmod(0o600)
 
     # Columns added after a table first shipped: (table, column, definition). CREATE TABLE has them for new files.
-    MIGRATIONS = (("requests", "audio_s", "REAL NOT NULL DEFAULT 0"),)
+    MIGRATIONS = (
+        ("requests", "audio_s", "REAL NOT NULL DEFAULT 0"),
+        ("cache", "sem_group", "TEXT"),  # the semantic cache: which entries' questions may be compared
+        ("cache", "vector", "BLOB"),  # and the question's embedding, float32
+    )
 
     def _migrate(self) -> None:
         for table, column, definition in self.MIGRATIONS:
             have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        self.db.execute("CREATE INDEX IF NOT EXISTS cache_sem_group ON cache (sem_group) WHERE sem_group IS NOT NULL")
 
     def close(self) -> None:
         self.db.close()
@@ -159,21 +166,38 @@ class Store:
             self.db.execute("DELETE FROM key_state WHERE provider = ? AND name = ?", (provider, name))
 
     # ------------------------------------------------------------ cache
-    def cache_get(self, key: str, now: float) -> dict[str, Any] | None:
+    def cache_get(self, key: str, now: float, counter: str = "hits") -> dict[str, Any] | None:
+        """The live entry ``key``, counted as a hit under ``counter`` (``hits`` exact, ``semantic_hits``)."""
         row = self.db.execute("SELECT response FROM cache WHERE key = ? AND expires > ?", (key, now)).fetchone()
         if row is None:
             return None
         self.db.execute("UPDATE cache SET hits = hits + 1 WHERE key = ?", (key,))
-        self._bump("hits")
+        self._bump(counter)
         result: dict[str, Any] = json.loads(row[0])
         return result
 
-    def cache_put(self, key: str, scope: str, model: str, response: dict[str, Any], ttl: float, now: float) -> None:
+    def cache_put(
+        self,
+        key: str,
+        scope: str,
+        model: str,
+        response: dict[str, Any],
+        ttl: float,
+        now: float,
+        sem_group: str | None = None,
+        vector: bytes | None = None,
+    ) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO cache (key, scope, model, created, expires, hits, response) "
-            "VALUES (?, ?, ?, ?, ?, 0, ?)",
-            (key, scope, model, now, now + ttl, json.dumps(response, separators=(",", ":"))),
+            "INSERT OR REPLACE INTO cache (key, scope, model, created, expires, hits, response, sem_group, vector) "
+            "VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
+            (key, scope, model, now, now + ttl, json.dumps(response, separators=(",", ":")), sem_group, vector),
         )
+
+    def cache_vectors(self, sem_group: str, now: float) -> list[tuple[str, bytes]]:
+        """(key, question embedding) of the live entries of one semantic group."""
+        return self.db.execute(
+            "SELECT key, vector FROM cache WHERE sem_group = ? AND expires > ? AND vector IS NOT NULL", (sem_group, now)
+        ).fetchall()
 
     def cache_miss(self) -> None:
         self._bump("misses")
@@ -190,14 +214,16 @@ class Store:
         ).fetchone()
         stats = dict(self.db.execute("SELECT name, value FROM cache_stats").fetchall())
         scopes = dict(self.db.execute("SELECT scope, COUNT(*) FROM cache WHERE expires > ? GROUP BY scope", (now,)))
-        hits, misses = stats.get("hits", 0), stats.get("misses", 0)
+        hits, semantic, misses = stats.get("hits", 0), stats.get("semantic_hits", 0), stats.get("misses", 0)
+        served = hits + semantic
         return {
             "entries": entries - expired,
             "expired": expired,
             "bytes": size,
             "hits": hits,
+            "semantic_hits": semantic,
             "misses": misses,
-            "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+            "hit_rate": round(served / (served + misses), 4) if served + misses else None,
             "scopes": scopes,
         }
 

@@ -36,3 +36,38 @@ def cacheable(mode: str, body: Mapping[str, Any]) -> bool:
     if mode == "all":
         return True
     return body.get("temperature") == 0 or body.get("seed") is not None
+
+
+def _text_of(content: Any) -> str | None:
+    """A message's text; None when it carries anything but text (an image is not compared by its caption)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, Mapping) or part.get("type") != "text":
+                return None
+            texts.append(str(part.get("text") or ""))
+        return "\n".join(texts)
+    return None
+
+
+def semantic_parts(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Split a chat request into (context digest, question) for the semantic cache, or None when it has no place there.
+
+    Only the last message, a user's text, is compared by meaning; everything else (earlier messages, system prompt,
+    tools, sampling parameters) has to match exactly, so its canonical form is hashed into the digest."""
+    messages = body.get("messages") or []
+    if not messages or not isinstance(messages[-1], Mapping) or messages[-1].get("role") != "user":
+        return None
+    question = _text_of(messages[-1].get("content"))
+    if question is None or not question.strip():
+        return None
+    rest = {**body, "messages": [*messages[:-1], {"role": "user"}]}
+    return hashlib.sha256(canonical_request(rest).encode()).hexdigest(), question
+
+
+def semantic_group(context: str, resolved_model: str, scope: str, embed_model: str) -> str:
+    """Entries whose questions may be compared: same answering model, class scope, context and embedding model."""
+    raw = f"chat\x00{resolved_model}\x00{scope}\x00{embed_model}\x00{context}"
+    return hashlib.sha256(raw.encode()).hexdigest()

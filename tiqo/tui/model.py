@@ -59,7 +59,7 @@ class Overview:
         cost = float(row.get("cost_usd") or 0.0)
         self.cost_usd += cost
         self.spend_per_hour[min(23, int((ts - self.day_start) // 3600))] += cost
-        self.cache_hits += row.get("cache") == "hit"
+        self.cache_hits += row.get("cache") in ("hit", "semantic")
         self.errors += (row.get("outcome") or "ok") != "ok"
         setattr(self, served_by(row), getattr(self, served_by(row)) + 1)
 
