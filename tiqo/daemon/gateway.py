@@ -13,7 +13,6 @@ import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from tiqo.core.durations import parse_duration
@@ -35,23 +34,21 @@ from tiqo.daemon.budgets import Budgets
 from tiqo.daemon.events import EventBus
 from tiqo.daemon.external import stream_external
 from tiqo.daemon.ledger import CallRow, Ledger, RequestRow
-from tiqo.daemon.pieces import merge_tool_calls, prime, replay
+from tiqo.daemon.pieces import prime, replay
 from tiqo.daemon.providers import Provider, ProviderHub
 from tiqo.daemon.registry import Registry
+from tiqo.daemon.response_cache import CacheUse, ResponseCache
 from tiqo.daemon.routing_config import restricted_patterns, routing_config
-from tiqo.daemon.semantic_cache import Probe, SemanticCache
 from tiqo.daemon.served import RequestMeta, Served
 from tiqo.daemon.store import Store
 from tiqo.daemon.upstream import AttemptFailed, UpstreamClient
 from tiqo.policy import budget as bp
-from tiqo.policy import cache as cachepol
 from tiqo.policy.breaker import HEALTH_FAILURES
 from tiqo.policy.classify import DATA_CLASSES, Classification, classify
 from tiqo.policy.ratelimit import RateLimits
 from tiqo.policy.routing import (
     AUTO,
     LOCAL,
-    Candidate,
     CatalogModel,
     Decision,
     RoutingConfig,
@@ -94,7 +91,7 @@ class Gateway:
         self.clock = time.time
         self._patterns = restricted_patterns(settings)
         self._derived: tuple[tuple[int, int], dict[str, CatalogModel], RoutingConfig] | None = None
-        self.semantic: SemanticCache | None = None  # set by the daemon once its embeddings exist
+        self.cache = ResponseCache(store, settings, lambda: self.clock())
 
     def catalog_and_config(self) -> tuple[dict[str, CatalogModel], RoutingConfig]:
         """The catalog and routing config, rebuilt only when models or providers changed."""
@@ -274,12 +271,11 @@ class Gateway:
         if not kept:
             raise self.nothing_kept(decision, blocked)
         wire = body.wire()
-        cache = await self._cache_for(wire, decision, meta)
+        cache = await self.cache.use(wire, decision.classification, meta.cache)
         if cache is not None and meta.cache == "use":
-            hit = self._cached(wire, kept, cache, served)
+            hit = self.cache.lookup(wire, [c.model for c in kept], cache, served)
             if hit is not None:
                 return served, replay(hit)
-            self.store.cache_miss()
         served.cache = "off" if cache is None else "miss"
 
         failures: list[AttemptFailed | TiqoError] = []
@@ -412,7 +408,7 @@ class Gateway:
         wire: dict[str, Any],
         decision: Decision,
         served: Served,
-        cache: CacheWrite | None,
+        cache: CacheUse | None,
     ) -> AsyncGenerator[Piece, None]:
         if model.local:
             inner = self._local(model, body)
@@ -431,7 +427,7 @@ class Gateway:
         wire: dict[str, Any],
         decision: Decision,
         served: Served,
-        cache: CacheWrite | None,
+        cache: CacheUse | None,
     ) -> AsyncGenerator[Piece, None]:
         """Pass pieces through; on the end, record health, usage, cost, the cache entry and settle the budget."""
         provider = None if model.local else self.hub.providers[model.provider]
@@ -456,7 +452,7 @@ class Gateway:
                     served.cost_usd = model.cost(served.prompt_tokens, served.completion_tokens)
                     ok = True
                     if cache is not None:
-                        self._store_cache(wire, model.name, cache, "".join(text), tools, piece)
+                        self.cache.put(wire, model.name, cache, "".join(text), tools, piece)
                     if provider is not None:
                         self.record_success(provider, key_name, served.prompt_tokens + served.completion_tokens)
                 yield piece
@@ -490,61 +486,6 @@ class Gateway:
             provider.pool.failure(key_name, exc.kind, now, exc.retry_after, exc.message)
             self.hub.persist(provider.name, key_name, now=True)
 
-    # ------------------------------------------------------------ cache
-    async def _cache_for(self, wire: dict[str, Any], decision: Decision, meta: RequestMeta) -> CacheWrite | None:
-        """How this request uses the cache: None when it does not (x-tiqo-cache: off, or cache.mode excludes it);
-        with the question embedded when the semantic cache is on."""
-        if meta.cache == "off" or not cachepol.cacheable(self.settings["cache.mode"], wire):
-            return None
-        c = decision.classification
-        semantic = self.semantic
-        probe = await semantic.probe(wire) if semantic is not None and semantic.enabled else None
-        return CacheWrite(cachepol.scope_for(c.data_class, c.user), probe)
-
-    def _cached(
-        self, wire: dict[str, Any], kept: Sequence[Candidate], cache: CacheWrite, served: Served
-    ) -> dict[str, Any] | None:
-        """The cached answer for the first candidate that has one: the same request exactly, else (semantic cache)
-        the same question in other words."""
-        now = self.clock()
-        for cand in kept:
-            hit = self.store.cache_get(cachepol.cache_key(wire, cand.model, cache.scope), now)
-            if hit is not None:
-                return _from_cache(served, cand.model, "hit", hit)
-        if cache.probe is None or self.semantic is None:
-            return None
-        for cand in kept:
-            near = self.semantic.lookup(cache.probe, cand.model, cache.scope)
-            hit = None if near is None else self.store.cache_get(near.key, now, "semantic_hits")
-            if near is not None and hit is not None:
-                served.similarity = round(near.similarity, 4)
-                return _from_cache(served, cand.model, "semantic", hit)
-        return None
-
-    def _store_cache(
-        self, wire: dict[str, Any], model: str, cache: CacheWrite, text: str, tools: list[dict[str, Any]], last: Piece
-    ) -> None:
-        entry = {
-            "text": text,
-            "tool_calls": merge_tool_calls(tools) or None,
-            "finish_reason": last.finish_reason,
-            "prompt_tokens": last.prompt_tokens,
-            "completion_tokens": last.completion_tokens,
-            "model": model,
-        }
-        try:
-            self.store.cache_put(
-                cachepol.cache_key(wire, model, cache.scope),
-                cache.scope,
-                model,
-                entry,
-                self.settings["cache.ttl"],
-                self.clock(),
-                **SemanticCache.columns(cache.probe, model, cache.scope),
-            )
-        except Exception:  # the cache is an optimisation: never fail an answer because of it
-            log.exception("cache write failed")
-
     # ------------------------------------------------------------ backends
     async def _local(self, model: CatalogModel, body: oa.ChatCompletionRequest) -> AsyncGenerator[Piece, None]:
         spec = self.registry.resolve(model.name)
@@ -559,15 +500,6 @@ class Gateway:
             yield piece
 
 
-@dataclass
-class CacheWrite:
-    """A request that may be answered from and stored in the cache: its scope, and its embedded question when the
-    semantic cache is on."""
-
-    scope: str
-    probe: Probe | None
-
-
 def generation_params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> GenerationParams:
     return GenerationParams(
         max_tokens=body.token_limit(),
@@ -579,13 +511,6 @@ def generation_params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> 
         frequency_penalty=body.frequency_penalty,
         logit_bias=body.logit_bias,
     )
-
-
-def _from_cache(served: Served, model: str, kind: str, hit: dict[str, Any]) -> dict[str, Any]:
-    served.backend, served.provider, served.model, served.cache = "cache", "cache", model, kind
-    served.prompt_tokens = int(hit.get("prompt_tokens") or 0)
-    served.completion_tokens = int(hit.get("completion_tokens") or 0)
-    return hit
 
 
 def _local_retryable(exc: TiqoError) -> bool:

@@ -19,7 +19,6 @@ from tiqo.daemon.plugins import PluginReport, collect_engines, collect_providers
 from tiqo.daemon.providers import ProviderHub
 from tiqo.daemon.registry import Registry
 from tiqo.daemon.scheduler import Scheduler
-from tiqo.daemon.semantic_cache import SemanticCache
 from tiqo.daemon.store import Store
 from tiqo.daemon.streaming import iterate_in_thread
 from tiqo.daemon.vectors import VectorStore
@@ -82,7 +81,7 @@ class Daemon:
         )
         self.voice = Voice(self.gateway, self)
         self.embeddings = Embeddings(self.gateway, self)
-        self.gateway.semantic = SemanticCache(self.store, self.embeddings, settings, self.gateway.clock)
+        self.gateway.cache.embeddings = self.embeddings  # the semantic cache embeds questions with it
         self.vectors = VectorStore(settings.paths.state_dir / "vectors", self.store, self.embeddings, settings)
         self.scheduler = Scheduler(
             engines,

@@ -1,0 +1,148 @@
+"""The response cache: exact, and optionally semantic.
+
+Exact: the canonical request plus the model that answered it (tiqo.policy.cache), in SQLite for ``cache.ttl``.
+
+Semantic (``cache.semantic = true``): a request whose last user message means the same as a cached one's (cosine
+similarity of their embeddings ≥ ``cache.semantic_threshold``), for the same answering model, class scope, earlier
+messages and parameters, gets that entry's answer. Its question's float32 vector and a ``sem_group`` (the entries whose
+questions may be compared at all) sit beside the answer in the same SQLite row, so TTL, ``tiqo cache clear`` and scopes
+apply to both alike. A group is scanned with one matrix product (a thousand 384-dimensional entries take well under a
+millisecond), which needs no index to keep in step with expiry. Questions are embedded by the local embedding model
+only: restricted text never leaves the machine for the cache either.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tiqo.core.errors import TiqoError
+from tiqo.daemon.pieces import merge_tool_calls
+from tiqo.daemon.served import Served
+from tiqo.policy import cache as cachepol
+from tiqo.policy.classify import Classification
+from tiqo.sdk.engine import Piece
+
+log = logging.getLogger("tiqo.cache")
+
+
+@dataclass
+class Probe:
+    """A request's question, embedded, and what else an entry must share with it."""
+
+    context: str
+    embed_model: str
+    vector: Any  # numpy float32, unit length (numpy comes with the embed extra, so it is imported late)
+
+    def group(self, model: str, scope: str) -> str:
+        return cachepol.semantic_group(self.context, model, scope, self.embed_model)
+
+
+@dataclass
+class CacheUse:
+    """A request that may be answered from and stored in the cache: its scope, and its embedded question when the
+    semantic cache is on."""
+
+    scope: str
+    probe: Probe | None
+
+
+class ResponseCache:
+    def __init__(self, store: Any, settings: Any, clock: Callable[[], float]) -> None:
+        self.store = store  # tiqo.daemon.store.Store
+        self.settings = settings
+        self.clock = clock
+        self.embeddings: Any = None  # tiqo.daemon.embeddings.Embeddings, set by the daemon once it exists
+        self._warned = False
+
+    async def use(self, wire: Mapping[str, Any], c: Classification, control: str) -> CacheUse | None:
+        """How this request uses the cache: None when it does not (``x-tiqo-cache: off``, or ``cache.mode`` excludes
+        it); with its question embedded when the semantic cache is on."""
+        if control == "off" or not cachepol.cacheable(self.settings["cache.mode"], wire):
+            return None
+        semantic = self.settings["cache.semantic"] and self.embeddings is not None
+        return CacheUse(cachepol.scope_for(c.data_class, c.user), await self._probe(wire) if semantic else None)
+
+    def lookup(
+        self, wire: Mapping[str, Any], models: Sequence[str], use: CacheUse, served: Served
+    ) -> dict[str, Any] | None:
+        """The cached answer for the first model that has one: the same request exactly, else (semantic cache) the
+        same question in other words. A miss is counted once."""
+        now = self.clock()
+        for model in models:
+            hit = self.store.cache_get(cachepol.cache_key(wire, model, use.scope), now)
+            if hit is not None:
+                return _served_from(served, model, "hit", hit)
+        for model in models:
+            near = None if use.probe is None else self._nearest(use.probe, model, use.scope)
+            hit = None if near is None else self.store.cache_get(near[0], now, "semantic_hits")
+            if near is not None and hit is not None:
+                served.similarity = round(near[1], 4)
+                return _served_from(served, model, "semantic", hit)
+        self.store.cache_miss()
+        return None
+
+    def put(
+        self, wire: Mapping[str, Any], model: str, use: CacheUse, text: str, tools: list[dict[str, Any]], last: Piece
+    ) -> None:
+        entry = {
+            "text": text,
+            "tool_calls": merge_tool_calls(tools) or None,
+            "finish_reason": last.finish_reason,
+            "prompt_tokens": last.prompt_tokens,
+            "completion_tokens": last.completion_tokens,
+            "model": model,
+        }
+        semantic = {}
+        if use.probe is not None:
+            semantic = {"sem_group": use.probe.group(model, use.scope), "vector": use.probe.vector.tobytes()}
+        try:
+            key = cachepol.cache_key(wire, model, use.scope)
+            self.store.cache_put(key, use.scope, model, entry, self.settings["cache.ttl"], self.clock(), **semantic)
+        except Exception:  # the cache is an optimisation: never fail an answer because of it
+            log.exception("cache write failed")
+
+    # ------------------------------------------------------------ semantic
+    async def _probe(self, wire: Mapping[str, Any]) -> Probe | None:
+        """Embed the request's question; None when it has none, or the embedding model cannot run (logged once: the
+        cache never fails an answer)."""
+        parts = cachepol.semantic_parts(wire)
+        if parts is None:
+            return None
+        context, question = parts
+        try:
+            spec, done = await self.embeddings.local([question])
+        except TiqoError as exc:
+            if not self._warned:
+                log.warning("semantic cache off for now: %s (%s)", exc.message, exc.hint or "see `tiqo doctor`")
+                self._warned = True
+            return None
+        self._warned = False
+        import numpy as np
+
+        return Probe(context, spec.name, np.asarray(done.vectors[0], dtype=np.float32))
+
+    def _nearest(self, probe: Probe, model: str, scope: str) -> tuple[str, float] | None:
+        """(key, similarity) of the most similar live entry at or above the threshold, if any."""
+        rows = self.store.cache_vectors(probe.group(model, scope), self.clock())
+        if not rows:
+            return None
+        import numpy as np
+
+        matrix = np.frombuffer(b"".join(vector for _, vector in rows), dtype=np.float32)
+        if matrix.size != len(rows) * probe.vector.size:  # an entry from another dimension: not comparable
+            return None
+        scores = matrix.reshape(len(rows), -1) @ probe.vector
+        best = int(np.argmax(scores))
+        if float(scores[best]) < self.settings["cache.semantic_threshold"]:
+            return None
+        return rows[best][0], float(scores[best])
+
+
+def _served_from(served: Served, model: str, kind: str, hit: dict[str, Any]) -> dict[str, Any]:
+    served.backend, served.provider, served.model, served.cache = "cache", "cache", model, kind
+    served.prompt_tokens = int(hit.get("prompt_tokens") or 0)
+    served.completion_tokens = int(hit.get("completion_tokens") or 0)
+    return hit
