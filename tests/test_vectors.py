@@ -265,6 +265,14 @@ def test_ann_index_builds_in_the_background_and_agrees_with_flat_search() -> Non
             assert math.isclose(got[0]["score"], want[0]["score"], abs_tol=1e-3)
         ok(c.post("/tiqo/vectors/big/upsert", json={"documents": [{"id": "new", "text": "Zebras graze."}]}))
         assert search(c, "big", "zebras grazing on the savanna", top_k=1)[0]["id"] == "new"  # unindexed rows too
+        assert ok(c.get("/tiqo/vectors/big"))["unindexed"] == 1
+        # Once rows written since reach the threshold (or a tenth of the index), a refresh folds them in.
+        more = [{"id": f"m{i}", "text": f"Penguins huddle on the ice, note {i}."} for i in range(300)]
+        ok(c.post("/tiqo/vectors/big/upsert", json={"documents": more}))
+        assert wait_for(lambda: ok(c.get("/tiqo/vectors/big"))["unindexed"] == 0, timeout=300)
+        assert ok(c.get("/tiqo/vectors/big"))["rows"] == 661
+        assert search(c, "big", "penguins on the ice", top_k=1)[0]["id"].startswith("m")
+        assert "refreshed the ANN index of big (661 rows)" in d.log_text()
     finally:
         d.stop()
         shutil.rmtree(d.home, ignore_errors=True)

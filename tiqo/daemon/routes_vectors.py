@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiqo.core.errors import BadRequest
 from tiqo.daemon.routes_openai import request_meta
 from tiqo.daemon.vectors import VectorStore
 
 router = APIRouter(prefix="/tiqo/vectors")
+M = TypeVar("M", bound=BaseModel)
 MAX_ITEMS = 10_000
 
 
@@ -51,6 +54,9 @@ class Query(BaseModel):
     exact: bool = False  # skip the ANN index: flat, exact search
 
 
+QUERY_SCHEMA = Query.model_json_schema()
+
+
 class Delete(BaseModel):
     ids: list[str] | None = None
     filter: str | None = None
@@ -79,6 +85,16 @@ def _user(request: Request) -> str:
     return request_meta(request).user
 
 
+def parse_json(model: type[M], raw: bytes) -> M:
+    """``raw`` parsed and validated as ``model``; a bad body is the same 400/422 FastAPI's own parsing gives."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
 def _check_size(n: int, what: str) -> None:
     if n > MAX_ITEMS:
         raise BadRequest(f"{n} {what} in one request; the most is {MAX_ITEMS}", hint="send them in batches")
@@ -87,7 +103,7 @@ def _check_size(n: int, what: str) -> None:
 @router.get("")
 async def list_collections(request: Request) -> dict[str, Any]:
     """Your collections and the ones other users share: rows, model, dimension, whether an ANN index exists."""
-    return {"collections": await _vectors(request).list(_user(request))}
+    return {"collections": await _vectors(request).list_collections(_user(request))}
 
 
 @router.post("", status_code=201)
@@ -126,13 +142,20 @@ async def upsert(name: str, body: Upsert, request: Request) -> dict[str, Any]:
     return await store.upsert_documents(c, [d.model_dump() for d in body.documents])
 
 
-@router.post("/{name}/query")
-async def query(name: str, body: Query, request: Request) -> dict[str, Any]:
+@router.post(
+    "/{name}/query",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": QUERY_SCHEMA}}}},
+)
+async def query(name: str, request: Request) -> JSONResponse:
     """Nearest records by cosine similarity (``score``, higher is better), optionally filtered by a SQL WHERE clause;
-    ``hybrid`` fuses vector and full-text results with reciprocal rank fusion."""
+    ``hybrid`` fuses vector and full-text results with reciprocal rank fusion.
+
+    The hot path of the vector store: the body is parsed and validated in one step by pydantic-core and the answer
+    is plain JSON (FastAPI's own body handling and response encoding cost ~0.7 ms a query, see bench/vectors.py)."""
+    body = parse_json(Query, await request.body())
     store = _vectors(request)
     c = store.get(_user(request), name)
-    return await store.query(
+    result = await store.query(
         c,
         vector=body.vector,
         text=body.text,
@@ -142,6 +165,7 @@ async def query(name: str, body: Query, request: Request) -> dict[str, Any]:
         hybrid=body.hybrid,
         exact=body.exact,
     )
+    return JSONResponse(result)
 
 
 @router.post("/{name}/delete")

@@ -22,7 +22,7 @@ from typing import Any
 from tiqo.core.errors import BadRequest, Conflict, NotFound, TiqoError
 from tiqo.core.paths import ensure_private_dir
 from tiqo.daemon.chunking import chunk_text
-from tiqo.daemon.vector_search import FILTER_HINT, build_index, search, valid_filter
+from tiqo.daemon.vector_search import FILTER_HINT, build_index, refresh_index, search, valid_filter
 
 log = logging.getLogger("tiqo.vectors")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -45,7 +45,7 @@ class Collection:
     shared: bool
     created: float
 
-    def as_dict(self, rows: int, indexed: bool) -> dict[str, Any]:
+    def as_dict(self, rows: int, indexed: bool, unindexed: int = 0) -> dict[str, Any]:
         return {
             "name": self.name,
             "owner": self.owner,
@@ -55,6 +55,7 @@ class Collection:
             "created": self.created,
             "rows": rows,
             "indexed": indexed,
+            "unindexed": unindexed,  # rows written since the ANN index was built or refreshed: searched flat
         }
 
 
@@ -89,6 +90,7 @@ class VectorStore:
         self._indexed: dict[str, bool] = {}
         self._building: dict[str, asyncio.Task[None]] = {}
         self._fts_version: dict[str, int] = {}
+        self._covered: dict[str, int] = {}  # rows the ANN index held when it was built or last refreshed
 
     # ------------------------------------------------------------------ catalog (SQLite, event loop)
     def _row(self, row: tuple[Any, ...]) -> Collection:
@@ -124,16 +126,14 @@ class VectorStore:
             )
         return c
 
-    async def list(self, user: str) -> list[dict[str, Any]]:
+    async def list_collections(self, user: str) -> list[dict[str, Any]]:
         out = []
         for c in self._visible(user):
-            rows, indexed = await asyncio.to_thread(self._stats, c)
-            out.append(c.as_dict(rows, indexed))
+            out.append(c.as_dict(*await asyncio.to_thread(self._stats, c)))
         return out
 
     async def describe(self, c: Collection) -> dict[str, Any]:
-        rows, indexed = await asyncio.to_thread(self._stats, c)
-        return c.as_dict(rows, indexed)
+        return c.as_dict(*await asyncio.to_thread(self._stats, c))
 
     async def create(
         self, user: str, name: str, model: str | None, shared: bool, dimension: int | None
@@ -228,20 +228,30 @@ class VectorStore:
             table = db.create_table(c.tbl, schema=schema)
         self._tables[c.tbl] = table
         if c.tbl not in self._indexed:
-            self._indexed[c.tbl] = any(i.index_type != "FTS" for i in table.list_indices())
+            vector_index = next((i.name for i in table.list_indices() if i.index_type != "FTS"), None)
+            self._indexed[c.tbl] = vector_index is not None
+            if vector_index is not None:
+                stats = table.index_stats(vector_index)
+                self._covered[c.tbl] = int(stats.num_indexed_rows) if stats is not None else 0
         return table
 
     def _drop_table(self, tbl: str) -> None:
         self._tables.pop(tbl, None)
         self._indexed.pop(tbl, None)
+        self._covered.pop(tbl, None)
         self._fts_version.pop(tbl, None)
         db = self._connect()
         with contextlib.suppress(ValueError, FileNotFoundError):
             db.drop_table(tbl)
 
-    def _stats(self, c: Collection) -> tuple[int, bool]:
+    def _stats(self, c: Collection) -> tuple[int, bool, int]:
+        """Rows, whether an ANN index exists, and rows written since it was built or refreshed (an estimate: rows
+        replaced in place count as neither)."""
         table = self._table(c)
-        return (0, False) if table is None else (int(table.count_rows()), self._indexed.get(c.tbl, False))
+        if table is None:
+            return 0, False, 0
+        rows, indexed = int(table.count_rows()), self._indexed.get(c.tbl, False)
+        return rows, indexed, max(0, rows - self._covered.get(c.tbl, rows)) if indexed else 0
 
     def _scan(self, table: Any, where: str, columns: list[str]) -> list[dict[str, Any]]:
         limit = max(1, int(table.count_rows(where)))
@@ -374,8 +384,8 @@ class VectorStore:
             total = 0
             if rows:
                 replaced = [s for s, *_ in todo if s in hashes]
-                where = "source IN (" + ", ".join(_quote(s) for s in replaced) + ")" if replaced else None
-                total = await asyncio.to_thread(self._merge, c, rows, where)
+                stale = "source IN (" + ", ".join(_quote(s) for s in replaced) + ")" if replaced else None
+                total = await asyncio.to_thread(self._merge, c, rows, stale)
         if rows:
             self._maybe_index(c, total)
         return counts
@@ -439,15 +449,7 @@ class VectorStore:
             vector = [float(v) for v in (await self._embed(c, [str(text)]))[0]]
         if c.dimension is not None and len(vector) != c.dimension:
             self._set_dimension(c, len(vector))  # raises the 400 that names both sizes
-        table = await asyncio.to_thread(self._table, c)
-        if table is None:
-            return {"matches": [], "namespace": c.name}
-        try:
-            matches = await asyncio.to_thread(self._search, c, table, vector, text, top_k, where, hybrid, exact)
-        except (ValueError, RuntimeError) as exc:
-            if where and not await asyncio.to_thread(valid_filter, table, where):
-                raise BadRequest(f"bad filter {where!r}: {exc}", param="filter", hint=FILTER_HINT) from None
-            raise
+        matches = await asyncio.to_thread(self._search, c, vector, text, top_k, where, hybrid, exact)
         for m in matches:
             meta = json.loads(m.pop("meta") or "{}")
             source, chunk = m.pop("source"), m.pop("chunk")
@@ -455,33 +457,61 @@ class VectorStore:
                 m["metadata"] = {**meta, **({"source": source, "chunk": chunk} if source else {})}
         return {"matches": matches, "namespace": c.name}
 
-    def _search(self, c: Collection, table: Any, *args: Any) -> list[dict[str, Any]]:
+    def _search(
+        self, c: Collection, vector: list[float], text: str | None, k: int, where: str | None, *flags: bool
+    ) -> list[dict[str, Any]]:
+        """One query in one worker thread (each hop to a thread costs the event loop a wake-up)."""
+        table = self._table(c)
+        if table is None:
+            return []
         indexed = bool(self._indexed.get(c.tbl))
         fts_version = self._fts_version.get(c.tbl)
-        matches, self._fts_version[c.tbl] = search(table, *args, indexed=indexed, fts_version=fts_version)
+        try:
+            matches, fts_version = search(
+                table, vector, text, k, where, *flags, indexed=indexed, fts_version=fts_version
+            )
+        except (ValueError, RuntimeError) as exc:
+            if where and not valid_filter(table, where):
+                raise BadRequest(f"bad filter {where!r}: {exc}", param="filter", hint=FILTER_HINT) from None
+            raise
+        if fts_version is not None:
+            self._fts_version[c.tbl] = fts_version
         return matches
 
     # ------------------------------------------------------------------ ANN index
     def _maybe_index(self, c: Collection, rows: int) -> None:
+        """Build the ANN index once a collection has ``vectors.index_threshold`` rows; later, once rows written since
+        (searched flat until then) reach the threshold or a tenth of the index, fold them in. In the background:
+        search stays correct meanwhile."""
         threshold = int(self.settings["vectors.index_threshold"])
-        if threshold <= 0 or rows < threshold or self._indexed.get(c.tbl) or c.tbl in self._building:
+        if threshold <= 0 or rows < threshold or c.tbl in self._building:
             return
+        if self._indexed.get(c.tbl):
+            covered = self._covered.get(c.tbl, rows)
+            if rows - covered < max(threshold, covered // 10):
+                return
         task = asyncio.get_running_loop().create_task(self._build(c, rows))
         self._building[c.tbl] = task
 
     async def _build(self, c: Collection, rows: int) -> None:
         started = time.perf_counter()
+        what = "refreshed" if self._indexed.get(c.tbl) else "built"
         try:
             await asyncio.to_thread(self._build_index, c, rows)
             self._indexed[c.tbl] = True
-            log.info("built the ANN index of %s (%d rows) in %.1fs", c.name, rows, time.perf_counter() - started)
+            self._covered[c.tbl] = rows
+            log.info("%s the ANN index of %s (%d rows) in %.1fs", what, c.name, rows, time.perf_counter() - started)
         except Exception:
             log.exception("building the ANN index of %s failed; search stays exact", c.name)
         finally:
             self._building.pop(c.tbl, None)
 
     def _build_index(self, c: Collection, rows: int) -> None:
-        build_index(self._table(c), rows, int(c.dimension or 0))
+        table = self._table(c)
+        if self._indexed.get(c.tbl):
+            refresh_index(table)
+        else:
+            build_index(table, rows, int(c.dimension or 0))
 
     async def wait_for_index(self, c: Collection) -> None:
         task = self._building.get(c.tbl)
