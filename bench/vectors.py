@@ -10,10 +10,10 @@ the embeddings cluster like real text), embeds them in this process with the bun
 * search through the daemon: p50/p95 per query and recall@10 vs exact, flat (``exact: true``, the scan a collection
   gets before its index) and ANN, once the daemon has built its index (TIQO_VECTORS_INDEX_THRESHOLD = N at daemon
   start: the last upsert starts the build, after the ingest was timed);
-* the same LanceDB queries in this process on the daemon's own table (its index, its nprobes), taking turns with
-  the daemon -> the daemon's overhead, with httpx (tiqo's client, the OpenAI SDK's) and with a bare http.client
-  (the daemon's own cost; the goal is checked on it), beside the round trip of GET /tiqo/health; and selecting ids
-  only -> what fetching text costs;
+* the same queries in this process on the daemon's own table (its index, its nprobes), taking turns with the
+  daemon: its own search function on LanceDB's async API, as the daemon runs it -> the daemon's overhead, with
+  httpx (tiqo's client, the OpenAI SDK's) and with a bare http.client (the daemon's own cost; the goal is checked
+  on it), beside the round trip of GET /tiqo/health; and LanceDB's sync API, for comparison;
 * an index sweep in this process on a fresh copy of the table: the daemon's index config (IVF_FLAT) and
   IVF_HNSW_SQ, IVF_PQ (partitions, sub-vectors) x nprobes / refine_factor / ef: build time, p50 and recall@10 of
   each, so the daemon's choice rests on numbers (about 10 minutes at 100k rows on 2 cores; --no-sweep skips it).
@@ -252,10 +252,23 @@ def wait_indexed(client: Any, name: str, timeout: float = 1800) -> float:
     raise RuntimeError(f"no ANN index after {timeout:.0f} s")
 
 
+def open_reader(folder: Path, name: str) -> Any:
+    """The table on LanceDB's async API, as the daemon queries it."""
+    import asyncio
+
+    import lancedb
+
+    async def go() -> Any:
+        return await (await lancedb.connect_async(str(folder))).open_table(name)
+
+    return asyncio.run(go())
+
+
 def compare(
     client: Any,
     raw: RawClient,
     tbl: Any,
+    reader: Any,
     queries: np.ndarray,
     kth: np.ndarray,
     vecs: np.ndarray,
@@ -263,12 +276,16 @@ def compare(
     exact: bool,
 ) -> dict[str, dict[str, float]]:
     """The same queries through the daemon (httpx, as tiqo's client and the OpenAI SDK use; and a bare http.client)
-    and on its table in this process (as the daemon makes them, and selecting ids only), taking turns; plus the
-    round trip of GET /tiqo/health on the bare client: what any request to the daemon costs."""
-    from tiqo.daemon.vector_search import COLUMNS, NPROBES
+    and on its table in this process: the daemon's own search function on LanceDB's async API (``reader``, an
+    AsyncTable, driven by one event loop), and LanceDB's sync API; taking turns. Plus the round trip of GET
+    /tiqo/health on the bare client: what any request to the daemon costs."""
+    import asyncio
+
+    from tiqo.daemon.vector_search import COLUMNS, NPROBES, search
 
     params = {} if exact else {"nprobes": NPROBES}
-    sides = ("daemon", "daemon_raw", "inproc", "inproc_ids", "health")
+    sides = ("daemon", "daemon_raw", "inproc", "inproc_sync", "health")
+    loop = asyncio.new_event_loop()
     lat: dict[str, list[float]] = {side: [] for side in sides}
     rec: dict[str, list[float]] = {side: [] for side in sides}
     for i, (q, cut) in enumerate(zip(queries, kth, strict=True)):
@@ -283,8 +300,11 @@ def compare(
             elif side == "health":
                 raw.request("GET", "/tiqo/health")
                 got = []
+            elif side == "inproc":
+                found = loop.run_until_complete(search(reader, values, None, k, None, False, exact, indexed=not exact))
+                got = [m["id"] for m in found]
             else:
-                got = lance_query(tbl, values, k, COLUMNS if side == "inproc" else ["id"], exact, **params)
+                got = lance_query(tbl, values, k, COLUMNS, exact, **params)
             lat[side].append(time.perf_counter() - t0)
             rec[side].append(recall(got, q, vecs, float(cut), k) if side != "health" else 0.0)
     out = {side: summary(lat[side], rec[side]) for side in lat}
@@ -294,6 +314,7 @@ def compare(
         "httpx_p50": out["daemon"]["p50_ms"] - inproc,
         "round_trip_p50": out["health"]["p50_ms"],
     }
+    loop.close()
     return out
 
 
@@ -345,8 +366,9 @@ def main() -> None:
             post(client, "/tiqo/vectors/bench/query", {"vector": q.tolist(), "top_k": k})
             lance_query(tbl, q.tolist(), k, ["id"])
         nf = min(args.flat_queries, args.queries)
-        res["flat"] = compare(client, raw, tbl, queries[:nf], kth[:nf], vecs, k, exact=True)
-        res["ann"] = compare(client, raw, tbl, queries, kth, vecs, k, exact=False)
+        reader = open_reader(home / "state" / "vectors", tbl.name)
+        res["flat"] = compare(client, raw, tbl, reader, queries[:nf], kth[:nf], vecs, k, exact=True)
+        res["ann"] = compare(client, raw, tbl, reader, queries, kth, vecs, k, exact=False)
         res["daemon_rss_mib"] = psutil.Process(proc.pid).memory_info().rss / 2**20
     except BaseException:
         print(f"benchmark failed; daemon log kept at {home}/logs/daemon.log", file=sys.stderr)
@@ -397,7 +419,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
             "daemon": "daemon, httpx",
             "daemon_raw": "daemon, bare",
             "inproc": "in-process",
-            "inproc_ids": "  ids only",
+            "inproc_sync": "  sync API",
         }
         for side, name in names.items():
             s = r[side]

@@ -217,6 +217,13 @@ def test_bad_input_gets_clear_errors(d: DaemonProc) -> None:
     error(c.post("/tiqo/vectors/texts/ingest", json={"documents": [{"source": "a", "text": ""}]}), 400)
     error(c.post("/tiqo/vectors/texts/query", json={"text": ""}), 400)
     error(c.post("/tiqo/vectors/texts/query", json={"text": "x", "top_k": 0}), 400)
+    # The query route parses its own body: broken JSON and wrong types get the same errors as every other route.
+    broken = c.post("/tiqo/vectors/texts/query", content=b'{"text": "x",', headers={"content-type": "application/json"})
+    assert error(broken, 400)["code"] == "invalid_json"
+    wrong = error(c.post("/tiqo/vectors/texts/query", json={"vector": ["a", 1]}), 422)
+    assert wrong["code"] == "validation_error" and wrong["param"] == "vector.0"
+    schema = c.get("/openapi.json").json()["paths"]["/tiqo/vectors/{name}/query"]["post"]["requestBody"]
+    assert "top_k" in schema["content"]["application/json"]["schema"]["properties"]
     error(c.post("/tiqo/vectors", json={"name": "m", "model": "no-such-model"}), 404)
 
 

@@ -139,7 +139,14 @@ def install_error_handlers(app: FastAPI) -> None:
         message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-        return error_response(422, message, type_="invalid_request_error", code="validation_error", param=field)
+        return error_response(
+            422,
+            message,
+            type_="invalid_request_error",
+            code="validation_error",
+            param=field,
+            hint="the request's schema is in GET /openapi.json",
+        )
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -1,5 +1,5 @@
-"""Searching one LanceDB table (blocking; called from worker threads): cosine vector search, lance's native full-text
-search (no tantivy, works offline) fused with reciprocal rank fusion, and the ANN index build.
+"""Searching one LanceDB table: cosine vector search and lance's native full-text search (no tantivy, works offline)
+fused with reciprocal rank fusion, on LanceDB's async API; the index builds (blocking, called from worker threads).
 
 Index choice, measured by bench/vectors.py on 100,000 real all-MiniLM-L6-v2 embeddings (200 queries, recall@10
 against exact search; flat search 68 ms a query on 2 cores): IVF_FLAT with sqrt(N) partitions builds in 9 s and
@@ -46,7 +46,7 @@ def ensure_fts(table: Any, built_version: int | None) -> int:
     return int(table.version)
 
 
-def search(
+async def search(
     table: Any,
     vector: list[float],
     text: str | None,
@@ -56,30 +56,32 @@ def search(
     exact: bool = False,
     *,
     indexed: bool = False,
-    fts_version: int | None = None,
-) -> tuple[list[dict[str, Any]], int | None]:
-    """The ``k`` best rows (id, score = cosine similarity, text, source, chunk, meta) and the full-text index's
-    version (hybrid search builds or refreshes it)."""
+) -> list[dict[str, Any]]:
+    """The ``k`` best rows (id, score = cosine similarity, text, source, chunk, meta) of an ``AsyncTable``; hybrid
+    search needs the full-text index (``ensure_fts``) first.
+
+    LanceDB's async API runs the query on its own runtime and wakes the event loop when done: 3 ms a query less than
+    its sync API (which hops to a background loop thread for the query and again for each batch) from a worker
+    thread, measured on 20k rows (6.7 ms vs 3.7-4.0 ms)."""
     import numpy as np
 
     want = k * 4 if hybrid else k
-    q = table.search(vector, vector_column_name="vector").distance_type("cosine").limit(want)
+    q = table.query().nearest_to(vector).column("vector").distance_type("cosine").limit(want)
     if where:
-        q = q.where(where, prefilter=True)
+        q = q.where(where)  # a prefilter: the k best of the rows that match
     if exact:
         q = q.bypass_vector_index()
     elif indexed:
         q = q.nprobes(NPROBES)
-    dense = q.select([*COLUMNS, "_distance"]).to_list()
+    dense = await q.select([*COLUMNS, "_distance"]).to_list()
     for row in dense:
         row["score"] = 1.0 - float(row.pop("_distance"))
     if not hybrid:
-        return [_match(r) for r in dense[:k]], fts_version
-    fts_version = ensure_fts(table, fts_version)
-    fq = table.search(text, query_type="fts").limit(want)
+        return [_match(r) for r in dense[:k]]
+    fq = table.query().nearest_to_text(str(text), columns="text").limit(want)
     if where:
-        fq = fq.where(where, prefilter=True)
-    sparse = fq.select([*COLUMNS, "vector", "_score"]).to_list()
+        fq = fq.where(where)
+    sparse = await fq.select([*COLUMNS, "vector", "_score"]).to_list()
     fused: dict[str, dict[str, Any]] = {}
     query = np.asarray(vector, dtype=np.float32)
     query /= max(float(np.linalg.norm(query)), 1e-12)
@@ -91,7 +93,7 @@ def search(
                 v = np.asarray(row["vector"], dtype=np.float32)
                 entry["score"] = float(v @ query / max(float(np.linalg.norm(v)), 1e-12))
     best = sorted(fused.values(), key=lambda r: -r["rrf"])[:k]
-    return [{**_match(r), "rrf": round(r["rrf"], 6)} for r in best], fts_version
+    return [{**_match(r), "rrf": round(r["rrf"], 6)} for r in best]
 
 
 def index_config(rows: int, dim: int) -> Any:

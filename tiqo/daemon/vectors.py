@@ -16,13 +16,14 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from tiqo.core.errors import BadRequest, Conflict, NotFound, TiqoError
 from tiqo.core.paths import ensure_private_dir
 from tiqo.daemon.chunking import chunk_text
-from tiqo.daemon.vector_search import FILTER_HINT, build_index, refresh_index, search, valid_filter
+from tiqo.daemon.vector_search import FILTER_HINT, build_index, ensure_fts, refresh_index, search, valid_filter
 
 log = logging.getLogger("tiqo.vectors")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -90,6 +91,8 @@ class VectorStore:
         self._indexed: dict[str, bool] = {}
         self._building: dict[str, asyncio.Task[None]] = {}
         self._fts_version: dict[str, int] = {}
+        self._readers: dict[str, Any] = {}  # tbl -> AsyncTable, for queries
+        self._async_db: Any = None
         self._covered: dict[str, int] = {}  # rows the ANN index held when it was built or last refreshed
 
     # ------------------------------------------------------------------ catalog (SQLite, event loop)
@@ -237,6 +240,7 @@ class VectorStore:
 
     def _drop_table(self, tbl: str) -> None:
         self._tables.pop(tbl, None)
+        self._readers.pop(tbl, None)
         self._indexed.pop(tbl, None)
         self._covered.pop(tbl, None)
         self._fts_version.pop(tbl, None)
@@ -449,7 +453,7 @@ class VectorStore:
             vector = [float(v) for v in (await self._embed(c, [str(text)]))[0]]
         if c.dimension is not None and len(vector) != c.dimension:
             self._set_dimension(c, len(vector))  # raises the 400 that names both sizes
-        matches = await asyncio.to_thread(self._search, c, vector, text, top_k, where, hybrid, exact)
+        matches = await self._search(c, vector, text, top_k, where, hybrid, exact)
         for m in matches:
             meta = json.loads(m.pop("meta") or "{}")
             source, chunk = m.pop("source"), m.pop("chunk")
@@ -457,26 +461,38 @@ class VectorStore:
                 m["metadata"] = {**meta, **({"source": source, "chunk": chunk} if source else {})}
         return {"matches": matches, "namespace": c.name}
 
-    def _search(
+    async def _search(
         self, c: Collection, vector: list[float], text: str | None, k: int, where: str | None, *flags: bool
     ) -> list[dict[str, Any]]:
-        """One query in one worker thread (each hop to a thread costs the event loop a wake-up)."""
-        table = self._table(c)
+        """One query on the event loop through LanceDB's async API (no worker-thread hop)."""
+        table = await self._reader(c)
         if table is None:
             return []
-        indexed = bool(self._indexed.get(c.tbl))
-        fts_version = self._fts_version.get(c.tbl)
+        if flags[0]:  # hybrid: the full-text index must cover the table's current version
+            await asyncio.to_thread(self._ensure_fts, c)
         try:
-            matches, fts_version = search(
-                table, vector, text, k, where, *flags, indexed=indexed, fts_version=fts_version
-            )
+            return await search(table, vector, text, k, where, *flags, indexed=bool(self._indexed.get(c.tbl)))
         except (ValueError, RuntimeError) as exc:
-            if where and not valid_filter(table, where):
+            if where and not await asyncio.to_thread(valid_filter, self._table(c), where):
                 raise BadRequest(f"bad filter {where!r}: {exc}", param="filter", hint=FILTER_HINT) from None
             raise
-        if fts_version is not None:
-            self._fts_version[c.tbl] = fts_version
-        return matches
+
+    async def _reader(self, c: Collection) -> Any:
+        """The collection's table on LanceDB's async API, or None before its first write. Its connection checks for
+        a newer version on every query (read_consistency_interval 0): writes go through the sync tables."""
+        if c.tbl not in self._tables and await asyncio.to_thread(self._table, c) is None:
+            return None
+        table = self._readers.get(c.tbl)
+        if table is None:
+            if self._async_db is None:
+                import lancedb
+
+                self._async_db = await lancedb.connect_async(str(self.root), read_consistency_interval=timedelta(0))
+            table = self._readers[c.tbl] = await self._async_db.open_table(c.tbl)
+        return table
+
+    def _ensure_fts(self, c: Collection) -> None:
+        self._fts_version[c.tbl] = ensure_fts(self._table(c), self._fts_version.get(c.tbl))
 
     # ------------------------------------------------------------------ ANN index
     def _maybe_index(self, c: Collection, rows: int) -> None:
