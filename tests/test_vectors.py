@@ -174,8 +174,11 @@ def test_users_are_isolated_unless_shared(d: DaemonProc) -> None:
     error(c.delete("/tiqo/vectors/team", headers=bob), 403)
     ok(c.post("/tiqo/vectors", json={"name": "private"}, headers=bob))  # bob's own, same name: no conflict
     assert ok(c.post("/tiqo/vectors/private/query", json={"text": "tomatoes"}, headers=bob))["matches"] == []
+    ok(c.post("/tiqo/vectors", json={"name": "team"}, headers=bob))  # his own wins over the one shared as "team"
+    assert ok(c.post("/tiqo/vectors/team/query", json={"text": "tomatoes"}, headers=bob))["matches"] == []
     assert ok(c.delete("/tiqo/vectors/team", headers=alice))["deleted"]
-    assert "team" not in {x["name"] for x in ok(c.get("/tiqo/vectors", headers=bob))["collections"]}
+    teams = [x for x in ok(c.get("/tiqo/vectors", headers=bob))["collections"] if x["name"] == "team"]
+    assert [x["owner"] for x in teams] == ["bob"]
 
 
 def test_raw_vectors_pinecone_style(d: DaemonProc) -> None:

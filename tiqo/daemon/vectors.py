@@ -110,15 +110,18 @@ class VectorStore:
 
     def get(self, user: str, name: str) -> Collection:
         """``user``'s collection ``name``, else one another user shares under that name."""
-        found = [c for c in self._visible(user) if c.name == name]
-        found.sort(key=lambda c: c.owner != user)
-        if not found:
+        row = self.store.db.execute(
+            "SELECT owner, name, tbl, model, dimension, shared, created FROM vector_collections "
+            "WHERE name = ? AND (owner = ? OR shared = 1) ORDER BY owner != ?, owner LIMIT 1",
+            (name, user, user),
+        ).fetchone()
+        if row is None:
             raise NotFound(
                 f"no collection {name!r}",
                 param="name",
                 hint=f"`tiqo vec list` shows your collections; make it with `tiqo vec create {name}`",
             )
-        return found[0]
+        return self._row(row)
 
     def writable(self, user: str, name: str) -> Collection:
         c = self.get(user, name)
