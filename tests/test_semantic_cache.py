@@ -4,20 +4,28 @@ daemon whose questions are embedded by the real bundled model (all-MiniLM-L6-v2)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.conftest import DaemonProc, run_cli, short_home, start_daemon
 from tests.test_gateway import ask, served_by, write_home
 from tests.upstreams import Upstream
+from tiqo.daemon.response_cache import ResponseCache
+from tiqo.daemon.served import Served
 from tiqo.daemon.store import Store
+from tiqo.policy import cache as cachepol
 from tiqo.policy.cache import semantic_group, semantic_parts
+from tiqo.policy.classify import Classification
+from tiqo.sdk.engine import Piece
 
 # ------------------------------------------------------------------ pure
 
@@ -80,6 +88,55 @@ def test_store_keeps_vectors_beside_answers_and_migrates_old_files(tmp_path: Pat
     assert (stats["hits"], stats["semantic_hits"], stats["misses"]) == (1, 1, 0) and stats["hit_rate"] == 1.0
     store.cache_clear()
     assert store.cache_vectors("g", 10.5) == [] and store.cache_stats(20.0)["semantic_hits"] == 0
+    store.close()
+
+
+class CountingEmbedder:
+    """Embeds every question as the same unit vector and counts the calls (the ordering test needs no real model)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def local(self, texts: list[str], model: str | None = None) -> tuple[Any, Any]:
+        import numpy as np
+
+        from tiqo.daemon.engines.embed import Embedded
+
+        self.calls.append(list(texts))
+        return SimpleNamespace(name="e"), Embedded(np.ones((len(texts), 4), np.float32) / 2, len(texts), 0)
+
+
+def test_an_exact_hit_costs_no_embedding(tmp_path: Path) -> None:
+    settings = {"cache.mode": "deterministic", "cache.semantic": True, "cache.semantic_threshold": 0.9, "cache.ttl": 60}
+    store = Store(tmp_path / "c.db")
+    cache = ResponseCache(store, settings, lambda: 100.0)
+    cache.embeddings = embedder = CountingEmbedder()
+    who = Classification("chat", "simple", "internal", "ann", "free")
+    wire = chat("What is the capital of France?", temperature=0)
+
+    async def ask(body: dict[str, Any], control: str = "use") -> str:
+        use = await cache.use(body, who, control)
+        assert use is not None
+        served = Served()
+        if control == "use" and await cache.lookup(body, ["m"], use, served) is not None:
+            return served.cache
+        cache.put(body, "m", use, "Paris", [], Piece("", "stop", 7, 1))
+        return "miss"
+
+    assert asyncio.run(ask(wire)) == "miss" and len(embedder.calls) == 1  # embedded once, stored with its answer
+    assert asyncio.run(ask(wire)) == "hit" and len(embedder.calls) == 1  # the exact hit skipped the embedding
+    assert asyncio.run(ask(chat("Capital of France?", temperature=0))) == "semantic" and len(embedder.calls) == 2
+    assert asyncio.run(ask(chat("France's capital?", temperature=0), "refresh")) == "miss"  # written, not looked up
+    assert (
+        embedder.calls[-1] == ["France's capital?"]
+        and store.cache_vectors(
+            cachepol.semantic_group(cachepol.semantic_parts(wire)[0], "m", "internal", "e"),  # type: ignore[index]
+            100.0,
+        )[-1][1]
+        == (np.ones(4, np.float32) / 2).tobytes()
+    )
+    settings["cache.semantic"] = False
+    assert asyncio.run(ask(chat("Capital of France, please?", temperature=0))) == "miss" and len(embedder.calls) == 3
     store.close()
 
 

@@ -273,7 +273,7 @@ class Gateway:
         wire = body.wire()
         cache = await self.cache.use(wire, decision.classification, meta.cache)
         if cache is not None and meta.cache == "use":
-            hit = self.cache.lookup(wire, [c.model for c in kept], cache, served)
+            hit = await self.cache.lookup(wire, [c.model for c in kept], cache, served)
             if hit is not None:
                 return served, replay(hit)
         served.cache = "off" if cache is None else "miss"

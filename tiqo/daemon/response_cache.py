@@ -46,7 +46,7 @@ class CacheUse:
     semantic cache is on."""
 
     scope: str
-    probe: Probe | None
+    probe: Probe | None = None
 
 
 class ResponseCache:
@@ -59,22 +59,26 @@ class ResponseCache:
 
     async def use(self, wire: Mapping[str, Any], c: Classification, control: str) -> CacheUse | None:
         """How this request uses the cache: None when it does not (``x-tiqo-cache: off``, or ``cache.mode`` excludes
-        it); with its question embedded when the semantic cache is on."""
+        it). With ``refresh`` (store, no lookup) the question is embedded here, for the entry it will write."""
         if control == "off" or not cachepol.cacheable(self.settings["cache.mode"], wire):
             return None
-        semantic = self.settings["cache.semantic"] and self.embeddings is not None
-        return CacheUse(cachepol.scope_for(c.data_class, c.user), await self._probe(wire) if semantic else None)
+        use = CacheUse(cachepol.scope_for(c.data_class, c.user))
+        if control == "refresh":
+            use.probe = await self._probe(wire)
+        return use
 
-    def lookup(
+    async def lookup(
         self, wire: Mapping[str, Any], models: Sequence[str], use: CacheUse, served: Served
     ) -> dict[str, Any] | None:
         """The cached answer for the first model that has one: the same request exactly, else (semantic cache) the
-        same question in other words. A miss is counted once."""
+        same question in other words. The question is embedded only after the exact lookup missed (an exact hit costs
+        no embedding); the miss keeps it for the entry its answer will write. A miss is counted once."""
         now = self.clock()
         for model in models:
             hit = self.store.cache_get(cachepol.cache_key(wire, model, use.scope), now)
             if hit is not None:
                 return _served_from(served, model, "hit", hit)
+        use.probe = await self._probe(wire)
         for model in models:
             near = None if use.probe is None else self._nearest(use.probe, model, use.scope)
             hit = None if near is None else self.store.cache_get(near[0], now, "semantic_hits")
@@ -106,8 +110,10 @@ class ResponseCache:
 
     # ------------------------------------------------------------ semantic
     async def _probe(self, wire: Mapping[str, Any]) -> Probe | None:
-        """Embed the request's question; None when it has none, or the embedding model cannot run (logged once: the
-        cache never fails an answer)."""
+        """Embed the request's question; None when the semantic cache is off, the request has no question, or the
+        embedding model cannot run (logged once: the cache never fails an answer)."""
+        if not self.settings["cache.semantic"] or self.embeddings is None:
+            return None
         parts = cachepol.semantic_parts(wire)
         if parts is None:
             return None
