@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/voice.py
 	$(BIN)/python bench/vectors.py
+	$(BIN)/python bench/semantic_cache.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info

@@ -62,13 +62,17 @@ class RawClient:
                 self.sock.connect(path)
 
         self.conn = Conn("tiqo")
+        self.headers: dict[str, str] = {}  # the last response's headers, lower-cased names
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        headers = {"content-type": "application/json"} if data is not None else {}
-        self.conn.request(method, path, body=data, headers=headers)
+        sent = {"content-type": "application/json"} if data is not None else {}
+        self.conn.request(method, path, body=data, headers={**sent, **(headers or {})})
         resp = self.conn.getresponse()
         raw = resp.read()
+        self.headers = {k.lower(): v for k, v in resp.getheaders()}
         if resp.status >= 300:
             raise RuntimeError(f"{method} {path}: daemon answered {resp.status}: {raw[:500]!r}")
         return json.loads(raw)

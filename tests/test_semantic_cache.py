@@ -20,6 +20,7 @@ from tests.conftest import DaemonProc, run_cli, short_home, start_daemon
 from tests.test_gateway import ask, served_by, write_home
 from tests.upstreams import Upstream
 from tiqo.daemon.response_cache import ResponseCache
+from tiqo.daemon.semantic_index import SemanticIndex
 from tiqo.daemon.served import Served
 from tiqo.daemon.store import Store
 from tiqo.policy import cache as cachepol
@@ -81,8 +82,8 @@ def test_store_keeps_vectors_beside_answers_and_migrates_old_files(tmp_path: Pat
     store.cache_put("k1", "internal", "m", {"text": "a"}, 100, 10.0, sem_group="g", vector=b"\x00" * 8)
     store.cache_put("k2", "internal", "m", {"text": "b"}, 1, 10.0, sem_group="g", vector=b"\x01" * 8)
     store.cache_put("k3", "internal", "m", {"text": "c"}, 100, 10.0)
-    assert store.cache_vectors("g", 10.5) == [("k1", b"\x00" * 8), ("k2", b"\x01" * 8)]
-    assert store.cache_vectors("g", 20.0) == [("k1", b"\x00" * 8)]  # k2 expired
+    assert store.cache_vectors("g", 10.5) == [("k1", b"\x00" * 8, 110.0), ("k2", b"\x01" * 8, 11.0)]
+    assert store.cache_vectors("g", 20.0) == [("k1", b"\x00" * 8, 110.0)]  # k2 expired
     assert store.cache_get("k1", 20.0, "semantic_hits") == {"text": "a"}
     stats = store.cache_stats(20.0)
     assert (stats["hits"], stats["semantic_hits"], stats["misses"]) == (1, 1, 0) and stats["hit_rate"] == 1.0
@@ -138,6 +139,41 @@ def test_an_exact_hit_costs_no_embedding(tmp_path: Path) -> None:
     settings["cache.semantic"] = False
     assert asyncio.run(ask(chat("Capital of France, please?", temperature=0))) == "miss" and len(embedder.calls) == 3
     store.close()
+
+
+def unit(*xs: float) -> np.ndarray:
+    v = np.array(xs, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_the_in_memory_index_reads_a_group_once_then_keeps_step() -> None:
+    rows = {"g": [("a", unit(1, 0).tobytes(), 50.0), ("b", unit(0, 1).tobytes(), 10.0)], "h": []}
+    loads: list[str] = []
+
+    def load(group: str, now: float) -> list[tuple[str, bytes, float]]:
+        loads.append(group)
+        return [r for r in rows[group] if r[2] > now]
+
+    index = SemanticIndex(load)
+    assert index.nearest("g", unit(0, 1), 5.0) == ("b", pytest.approx(1.0))
+    index.add("g", "c", unit(1, 1), 60.0)  # written after the load: appended, not read again
+    assert index.nearest("g", unit(1, 1), 5.0) == ("c", pytest.approx(1.0)) and loads == ["g"]
+    assert index.nearest("g", unit(0, 1), 20.0)[0] == "c"  # type: ignore[index]  # b expired: masked
+    assert index.nearest("g", unit(0, 1), 55.0)[0] == "c"  # type: ignore[index]  # a too; then dropped
+    assert index.groups["g"].keys == ["c"] and index.nearest("g", unit(0, 1), 70.0) is None
+    index.add("h", "x", unit(1, 0), 99.0)  # h not in memory yet: its first lookup reads SQLite instead
+    assert "h" not in index.groups and index.nearest("h", unit(1, 0), 1.0) is None and loads == ["g", "h"]
+    assert index.nearest("g", unit(1, 0, 0), 1.0) is None  # another dimension never compares
+    # Past the budget, the least recently used group goes and is read again when next asked.
+    small = SemanticIndex(load, budget=index.groups["g"].nbytes)
+    small.nearest("g", unit(1, 0), 1.0)
+    small.nearest("h", unit(1, 0), 1.0)
+    assert list(small.groups) == ["h"]
+    small.nearest("g", unit(1, 0), 1.0)
+    assert list(small.groups) == ["g"] and loads[-3:] == ["g", "h", "g"]
+    for n in range(100):  # growing past its capacity keeps every vector
+        small.add("g", f"k{n}", unit(n + 1, 1), 99.0)
+    assert small.nearest("g", unit(50, 1), 1.0)[0] == "k49"  # type: ignore[index]
 
 
 # ------------------------------------------------------------------ a real daemon, the real embedding model
@@ -198,6 +234,13 @@ def test_a_paraphrase_is_served_from_the_semantic_cache(sem: DaemonProc, stubs: 
     assert out.returncode == 0 and "1 exact, 2 semantic" in out.stdout and "similarity ≥ 0.93" in out.stdout
     ledger = sem.client().get("/tiqo/usage", params={"by": "model"}).json()
     assert ledger["total"]["cache_hits"] == 3  # the ledger counts exact and semantic hits alike
+
+    # Cleared: the paraphrase misses (the daemon's in-memory vectors went too), then hits the new answer.
+    assert run_cli("cache", "clear", env=sem.env).returncode == 0
+    assert ask(sem, "alpha-m", "What's the capital city of France?", temperature=0).headers["x-tiqo-cache"] == "miss"
+    r = ask(sem, "alpha-m", "What is the capital of France?", temperature=0)
+    assert r.headers["x-tiqo-cache"] == "semantic"
+    assert r.json()["choices"][0]["message"]["content"] == "echo: What's the capital city of France?"
 
 
 def test_semantic_hits_respect_restricted_scopes(sem: DaemonProc, stubs: tuple[Upstream, Upstream]) -> None:

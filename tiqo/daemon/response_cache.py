@@ -6,8 +6,8 @@ Semantic (``cache.semantic = true``): a request whose last user message means th
 similarity of their embeddings ≥ ``cache.semantic_threshold``), for the same answering model, class scope, earlier
 messages and parameters, gets that entry's answer. Its question's float32 vector and a ``sem_group`` (the entries whose
 questions may be compared at all) sit beside the answer in the same SQLite row, so TTL, ``tiqo cache clear`` and scopes
-apply to both alike. A group is scanned with one matrix product (a thousand 384-dimensional entries take well under a
-millisecond), which needs no index to keep in step with expiry. Questions are embedded by the local embedding model
+apply to both alike. A group's vectors are also held in memory (tiqo.daemon.semantic_index), so a lookup is one matrix
+product (bench/semantic_cache.py). Questions are embedded by the local embedding model
 only: restricted text never leaves the machine for the cache either.
 """
 
@@ -56,6 +56,22 @@ class ResponseCache:
         self.clock = clock
         self.embeddings: Any = None  # tiqo.daemon.embeddings.Embeddings, set by the daemon once it exists
         self._warned = False
+        self._index: Any = None  # tiqo.daemon.semantic_index.SemanticIndex, made on the first semantic lookup
+
+    @property
+    def index(self) -> Any:
+        if self._index is None:
+            from tiqo.daemon.semantic_index import SemanticIndex  # numpy: the embed extra
+
+            self._index = SemanticIndex(self.store.cache_vectors)
+        return self._index
+
+    def clear(self, expired_only: bool = False) -> int:
+        """Remove every entry (or the expired ones); how many went."""
+        removed = int(self.store.cache_clear(expired_only=expired_only))
+        if not expired_only and self._index is not None:
+            self._index.clear()
+        return removed
 
     async def use(self, wire: Mapping[str, Any], c: Classification, control: str) -> CacheUse | None:
         """How this request uses the cache: None when it does not (``x-tiqo-cache: off``, or ``cache.mode`` excludes
@@ -103,8 +119,10 @@ class ResponseCache:
         if use.probe is not None:
             semantic = {"sem_group": use.probe.group(model, use.scope), "vector": use.probe.vector.tobytes()}
         try:
-            key = cachepol.cache_key(wire, model, use.scope)
-            self.store.cache_put(key, use.scope, model, entry, self.settings["cache.ttl"], self.clock(), **semantic)
+            key, now, ttl = cachepol.cache_key(wire, model, use.scope), self.clock(), self.settings["cache.ttl"]
+            self.store.cache_put(key, use.scope, model, entry, ttl, now, **semantic)
+            if use.probe is not None:
+                self.index.add(semantic["sem_group"], key, use.probe.vector, now + ttl)
         except Exception:  # the cache is an optimisation: never fail an answer because of it
             log.exception("cache write failed")
 
@@ -132,19 +150,10 @@ class ResponseCache:
 
     def _nearest(self, probe: Probe, model: str, scope: str) -> tuple[str, float] | None:
         """(key, similarity) of the most similar live entry at or above the threshold, if any."""
-        rows = self.store.cache_vectors(probe.group(model, scope), self.clock())
-        if not rows:
+        near = self.index.nearest(probe.group(model, scope), probe.vector, self.clock())
+        if near is None or near[1] < self.settings["cache.semantic_threshold"]:
             return None
-        import numpy as np
-
-        matrix = np.frombuffer(b"".join(vector for _, vector in rows), dtype=np.float32)
-        if matrix.size != len(rows) * probe.vector.size:  # an entry from another dimension: not comparable
-            return None
-        scores = matrix.reshape(len(rows), -1) @ probe.vector
-        best = int(np.argmax(scores))
-        if float(scores[best]) < self.settings["cache.semantic_threshold"]:
-            return None
-        return rows[best][0], float(scores[best])
+        return near
 
 
 def _served_from(served: Served, model: str, kind: str, hit: dict[str, Any]) -> dict[str, Any]:

@@ -133,4 +133,4 @@ async def cache_stats(request: Request) -> dict[str, Any]:
 @router.delete("/cache")
 async def cache_clear(request: Request, expired: bool = False) -> dict[str, Any]:
     daemon = _daemon(request)
-    return {"removed": daemon.store.cache_clear(expired_only=expired)}
+    return {"removed": daemon.gateway.cache.clear(expired_only=expired)}

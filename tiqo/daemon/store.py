@@ -193,10 +193,11 @@ class Store:
             (key, scope, model, now, now + ttl, json.dumps(response, separators=(",", ":")), sem_group, vector),
         )
 
-    def cache_vectors(self, sem_group: str, now: float) -> list[tuple[str, bytes]]:
-        """(key, question embedding) of the live entries of one semantic group."""
+    def cache_vectors(self, sem_group: str, now: float) -> list[tuple[str, bytes, float]]:
+        """(key, question embedding, expires) of the live entries of one semantic group."""
         return self.db.execute(
-            "SELECT key, vector FROM cache WHERE sem_group = ? AND expires > ? AND vector IS NOT NULL", (sem_group, now)
+            "SELECT key, vector, expires FROM cache WHERE sem_group = ? AND expires > ? AND vector IS NOT NULL",
+            (sem_group, now),
         ).fetchall()
 
     def cache_miss(self) -> None:
