@@ -297,7 +297,7 @@ SETTINGS: tuple[Setting, ...] = (
         0.93,
         _similarity,
         "Cosine similarity of the last user message at or above which the semantic cache answers (paraphrases "
-        "measure 0.94-0.99 with the bundled model, near but different questions up to 0.84)",
+        "measure 0.94-0.99 with the bundled model, near but different questions up to 0.90)",
         "float",
         env_var="TIQO_CACHE_SEMANTIC_THRESHOLD",
     ),
