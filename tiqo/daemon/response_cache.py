@@ -42,8 +42,8 @@ class Probe:
 
 @dataclass
 class CacheUse:
-    """A request that may be answered from and stored in the cache: its scope, and its embedded question when the
-    semantic cache is on."""
+    """A request that may be answered from and stored in the cache: its scope, and (semantic cache) its question,
+    embedded once the exact lookup missed or for a refresh."""
 
     scope: str
     probe: Probe | None = None

@@ -42,12 +42,13 @@ class _Group:
 
     def nearest(self, vector: np.ndarray, now: float) -> tuple[str, float] | None:
         n = len(self.keys)
-        if n and int(np.count_nonzero(self.expires[:n] > now)) * 2 < n:
+        live = self.expires[:n] > now
+        if n and int(np.count_nonzero(live)) * 2 < n:
             self._drop_expired(now)
-            n = len(self.keys)
+            n, live = len(self.keys), self.expires[: len(self.keys)] > now
         if n == 0:
             return None
-        scores = np.where(self.expires[:n] > now, self.matrix[:n] @ vector, -np.inf)
+        scores = np.where(live, self.matrix[:n] @ vector, -np.inf)
         best = int(np.argmax(scores))
         return (self.keys[best], float(scores[best])) if np.isfinite(scores[best]) else None
 
