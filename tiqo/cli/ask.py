@@ -199,6 +199,16 @@ def _readline_history(path: Any) -> None:
         atexit.register(readline.write_history_file, path)
 
 
+def _answer_ctrl_c() -> None:
+    """Ctrl-C stops an answer even when tiqo was started with SIGINT ignored (a background job of a script, a CI
+    runner: children inherit that, and Python then never raises KeyboardInterrupt). An interactive chat owns its
+    terminal, as readline programs do."""
+    import signal
+
+    if sys.stdin.isatty() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @handle_errors
 def chat(
     model: Optional[str] = MODEL,
@@ -214,6 +224,7 @@ def chat(
 
       tiqo chat -m smollm2-135m -s "Answer in one sentence."
     """
+    _answer_ctrl_c()
     with client() as c:
         names = [m["name"] for m in c.models()]
         current = model or next((m["name"] for m in c.models() if m["default"]), None)
