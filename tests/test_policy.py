@@ -279,7 +279,8 @@ def test_cache_keys_are_canonical_and_scoped() -> None:
     assert k == cache_key(same, "m", "internal")
     assert k != cache_key(body, "other-model", "internal")
     assert k != cache_key({**body, "temperature": 0.5}, "m", "internal")
-    assert scope_for("restricted", "ann") != scope_for("restricted", "bob")
-    assert scope_for("internal", "ann") == scope_for("internal", "bob")
+    assert scope_for("restricted", "ann", shared=True) != scope_for("restricted", "bob", shared=True)
+    assert scope_for("internal", "ann") != scope_for("internal", "bob")  # per user unless cache.scope = all
+    assert scope_for("internal", "ann", shared=True) == scope_for("internal", "bob", shared=True)
     assert cacheable("deterministic", body) and not cacheable("deterministic", {"temperature": 0.7})
     assert cacheable("deterministic", {"seed": 1}) and not cacheable("off", body) and cacheable("all", {})

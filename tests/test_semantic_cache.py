@@ -109,6 +109,7 @@ class CountingEmbedder:
 
 def test_an_exact_hit_costs_no_embedding(tmp_path: Path) -> None:
     settings = {"cache.mode": "deterministic", "cache.semantic": True, "cache.semantic_threshold": 0.9, "cache.ttl": 60}
+    settings["cache.scope"] = "all"  # the group checked below is the class's shared one
     store = Store(tmp_path / "c.db")
     cache = ResponseCache(store, settings, lambda: 100.0)
     cache.embeddings = embedder = CountingEmbedder()

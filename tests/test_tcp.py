@@ -50,7 +50,8 @@ def test_bearer_tokens_map_to_users(tcp: tuple[DaemonProc, str]) -> None:
             r = web.get(path, headers=auth)
             assert r.status_code == 403 and r.json()["error"]["code"] == "socket_only"
     row = d.client().get("/tiqo/logs", params={"n": 1}).json()["data"][0]
-    assert row["user"] == "ann" and row["tier"] == "default"  # the token names the user; spoofed headers dropped
+    # the token names the user; spoofed headers dropped; a user without a tier gets daemon.listen_tier (fail-closed)
+    assert row["user"] == "ann" and row["tier"] == "free"
     # the official OpenAI SDK works against it with the token as its API key
     client = openai.OpenAI(base_url=url + "/v1", api_key=token)
     res = client.chat.completions.create(

@@ -192,7 +192,10 @@ def _readline_history(path: Any) -> None:
         import atexit
         import readline
 
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from tiqo.core.paths import make_private_dirs, tighten
+
+        make_private_dirs(path.parent)
+        tighten(path)  # what you typed: 0600 (an older tiqo may have left it readable by others)
         with contextlib.suppress(FileNotFoundError):
             readline.read_history_file(path)
         readline.set_history_length(1000)

@@ -15,14 +15,19 @@ app = typer.Typer(help="Show and change settings (config.toml and TIQO_* variabl
 def show(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Every setting with its value, where the value comes from, its variable and what it does.
 
+    Passwords and tokens (in the Redis URL, the alert webhook, any URL or auth header) are shown as ***.
+
     Example: tiqo config show
     """
+    from tiqo.core.redact import redact_url, scrub
     from tiqo.core.settings import SETTINGS, Settings
 
     settings = Settings.load()
     rows = []
     for s in SETTINGS:
         raw, _source = settings.raw(s)
+        if isinstance(raw, str):
+            raw = redact_url(raw) if s.secret else scrub(raw)
         rows.append({"key": s.key, "value": raw, "source": settings.source(s.key), "env": s.env, "doc": s.doc})
     if json_out:
         print_json(rows)
@@ -53,6 +58,7 @@ def set_(
     """Set a setting in config.toml (checked first). Example: tiqo config set scheduler.keep_alive 10m"""
     from tiqo.core.errors import ConfigError
     from tiqo.core.paths import Paths
+    from tiqo.core.redact import redact_url, scrub
     from tiqo.core.settings import typed_for_toml, validate, write_config_value
 
     try:
@@ -61,7 +67,8 @@ def set_(
         fail(exc.message, exc.hint, EXIT_USAGE)
     paths = Paths.from_env()
     write_config_value(paths.config_file, key.split("."), typed_for_toml(setting, value))
-    console.print(f"{key} = {value}  [dim]({paths.config_file})[/]")
+    shown = redact_url(value) if setting.secret else scrub(value)
+    console.print(f"{key} = {shown}  [dim]({paths.config_file})[/]")
     _restart_note()
 
 

@@ -191,11 +191,44 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
 
 
+def unit_env() -> tuple[dict[str, str], dict[str, str]]:
+    """The TIQO_* variables of this shell (and PATH) for the unit: (plain ones, ones that hold a secret). Secrets (a
+    Redis password, a webhook URL, anything named *_TOKEN, *_KEY, ... or holding a URL password or an auth header)
+    go to a 0600 EnvironmentFile, never into the unit."""
+    from tiqo.core.redact import holds_secret
+    from tiqo.core.settings import SETTINGS
+
+    secret_vars = {s.env for s in SETTINGS if s.secret}
+    plain: dict[str, str] = {}
+    secret: dict[str, str] = {}
+    for k, v in sorted(os.environ.items()):
+        if k.startswith("TIQO_") and k != "TIQO_NO_AUTOSTART":
+            (secret if k in secret_vars or holds_secret(k, v) else plain)[k] = v
+    plain["PATH"] = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")  # ffmpeg, espeak-ng … as this shell finds
+    return plain, secret
+
+
+def env_file_path(settings: Any) -> Path:
+    """Where the unit's secret variables live (mode 0600), next to config.toml."""
+    return Path(settings.paths.config_dir) / "daemon.env"
+
+
+def env_file_text(secret: dict[str, str]) -> str:
+    """KEY="value" lines for systemd's EnvironmentFile= (double quotes: \\ " ` $ escaped, as in a POSIX shell)."""
+    lines = ["# Written by `tiqo daemon install` (mode 0600): the variables of tiqo.service that hold secrets."]
+    for key, value in secret.items():
+        escaped = "".join("\\" + c if c in '\\"`$' else c for c in value)
+        lines.append(f'{key}="{escaped}"')
+    return "\n".join(lines) + "\n"
+
+
 def unit_text(settings: Any) -> str:
     """The unit: the daemon exactly as the CLI starts it (this Python, `-m tiqo.daemon`, logging to the daemon
-    log), with the TIQO_* variables of this shell so that the CLI and the service agree on every folder."""
-    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("TIQO_") and k != "TIQO_NO_AUTOSTART"}
-    env["PATH"] = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")  # ffmpeg, espeak-ng … as this shell finds
+    log), with the TIQO_* variables of this shell so that the CLI and the service agree on every folder; those that
+    hold secrets are read from ``env_file_path`` (see ``unit_env``)."""
+    env, secret = unit_env()
+    # not quoted: systemd takes the rest of the line as the path, expanding % specifiers
+    env_file = str(env_file_path(settings)).replace("%", "%%")
     log = str(settings.paths.log_file)
     lines = [
         "# Written by `tiqo daemon install`; `tiqo daemon uninstall` removes it.",
@@ -207,6 +240,9 @@ def unit_text(settings: Any) -> str:
         "Type=simple",
         f"ExecStart={_quote(sys.executable).replace('$', '$$')} -m tiqo.daemon",
         *(f"Environment={_quote(f'{k}={v}')}" for k, v in env.items()),
+        *([f"EnvironmentFile={env_file}"] if secret else []),
+        "# the daemon log (created by systemd before the daemon runs) and everything else private to this user",
+        "UMask=0077",
         f"StandardOutput=append:{log}",
         f"StandardError=append:{log}",
         "Restart=on-failure",
@@ -250,8 +286,9 @@ def install(
 ) -> None:
     """Write a systemd user unit so that the daemon starts at login (~/.config/systemd/user/tiqo.service).
 
-    It runs this Python with `-m tiqo.daemon`, the TIQO_* variables of this shell and the daemon log file. The
-    next step is printed (`--now` runs it).
+    It runs this Python with `-m tiqo.daemon`, the TIQO_* variables of this shell and the daemon log file. Variables
+    that hold secrets (TIQO_REDIS_URL, TIQO_ALERT_WEBHOOK, ...) go to daemon.env next to config.toml (mode 0600),
+    never into the unit. The next step is printed (`--now` runs it).
 
     Examples:
 
@@ -259,16 +296,27 @@ def install(
 
       tiqo daemon install --now
     """
+    from tiqo.core.paths import make_private_dirs, tighten, write_private
+
     settings = _settings()
     path = unit_path()
+    _plain, secret = unit_env()
+    env_file = env_file_path(settings)
+    if secret:
+        make_private_dirs(env_file.parent)
+        write_private(env_file, env_file_text(secret))
+        say(f"wrote {env_file} (mode 0600): {', '.join(secret)}")
+    elif env_file.exists():
+        env_file.unlink()  # no secret variables any more
     text = unit_text(settings)
     existed = path.exists()
     if existed and path.read_text() == text:
+        tighten(path)
         say(f"unchanged: {path}")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        settings.paths.log_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        make_private_dirs(settings.paths.log_dir)
+        write_private(path, text)
         say(f"{'updated' if existed else 'wrote'} {path}")
     from tiqo.client import process
 
@@ -308,6 +356,10 @@ def uninstall(
         return
     path.unlink()
     say(f"removed {path}")
+    env_file = env_file_path(_settings())
+    if env_file.exists():
+        env_file.unlink()
+        say(f"removed {env_file}")
     if now:
         _systemctl("daemon-reload")
     else:

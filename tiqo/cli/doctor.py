@@ -113,22 +113,28 @@ def check_socket(settings: Any) -> Check:
     sock: Path = settings.socket_path
     if len(str(sock).encode()) > MAX_SOCKET_PATH:
         return Check(
-            "socket", FAIL, f"{sock} is longer than a Unix socket path may be", "export TIQO_SOCKET=/tmp/tiqo.sock"
+            "socket", FAIL, f"{sock} is longer than a Unix socket path may be", "export TIQO_SOCKET=~/.tiqo/tiqo.sock"
         )
     folder = sock.parent
     if not folder.exists():
         return Check("socket", INFO, f"{folder} does not exist yet (the daemon creates it, mode 700)")
     st = folder.stat()
-    if st.st_uid != os.getuid():
+    own = folder == settings.paths.runtime_dir  # tiqo's own folder; a folder named by TIQO_SOCKET is never changed
+    if st.st_uid != os.getuid() and (own or st.st_uid != 0):
         return Check("socket", FAIL, f"{folder} belongs to another user", "export TIQO_HOME=~/.tiqo")
-    if stat.S_IMODE(st.st_mode) & 0o077:
+    if not own and st.st_mode & 0o022:
+        detail = f"{folder} is writable by other users: the daemon refuses it"
+        return Check("socket", FAIL, detail, "export TIQO_SOCKET=~/.tiqo/tiqo.sock")
+    if own and stat.S_IMODE(st.st_mode) & 0o077:
         return Check("socket", WARN, f"{folder} is mode {stat.S_IMODE(st.st_mode):o}", f"chmod 700 {folder}")
+    if sock.is_symlink() or (sock.exists() and not stat.S_ISSOCK(sock.stat().st_mode)):
+        return Check("socket", FAIL, f"{sock} is not a socket: the daemon will not replace it", f"remove {sock}")
     if sock.exists():
         mode = stat.S_IMODE(sock.stat().st_mode)
         if mode & 0o077:
             return Check("socket", WARN, f"{sock} is mode {mode:o}: other users may use it", f"chmod 600 {sock}")
-        return Check("socket", OK, f"{sock} (mode {mode:o}, folder 700)")
-    return Check("socket", OK, f"{folder} (mode 700); no socket while the daemon is stopped")
+        return Check("socket", OK, f"{sock} (mode {mode:o}, folder {stat.S_IMODE(st.st_mode):o})")
+    return Check("socket", OK, f"{folder} (mode {stat.S_IMODE(st.st_mode):o}); no socket while the daemon is stopped")
 
 
 def check_engine() -> Check:

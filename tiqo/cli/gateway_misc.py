@@ -69,6 +69,8 @@ def stats(json_out: bool = JSON) -> None:
     table.add_row("semantic", semantic)
     ttl = data.get("ttl_s")
     table.add_row("ttl", fmt_duration(float(ttl)) if isinstance(ttl, (int, float)) else escape(str(ttl)))
+    shared = {"user": "per user", "all": "shared within a data class (restricted: per user)"}
+    table.add_row("sharing", escape(shared.get(str(data.get("scope")), str(data.get("scope")))))
     scopes = data.get("scopes") or {}
     table.add_row("scopes", escape(", ".join(f"{k} {v}" for k, v in sorted(scopes.items()))) or "-")
     console.print(table)

@@ -24,6 +24,7 @@ from tiqo.cli import (
 from tiqo.cli.dash import dash as dash_command
 from tiqo.cli.doctor import doctor as doctor_command
 from tiqo.cli.output import state
+from tiqo.core.paths import use_private_umask
 
 app = typer.Typer(
     name="tiqo",
@@ -80,4 +81,7 @@ app.command("doctor")(doctor_command)
 
 
 def main() -> None:
+    # Everything tiqo writes (config.toml, the daemon log, chat history, the unit file, the daemon it starts) is
+    # private from its first byte; files the user names with -o are created with the user's own umask instead.
+    use_private_umask()
     app(prog_name="tiqo")  # the same name (and completion scripts) under `python -m tiqo`

@@ -58,7 +58,12 @@ def render() -> str:
         ".SH FILES",
         ".TP",
         ".I config.toml",
-        "Settings and the [models.NAME] catalog; see \\fBtiqo config path\\fR.",
+        "Settings and the [models.NAME] catalog; see \\fBtiqo config path\\fR. Mode 0600, like every file tiqo "
+        "writes (its folders are 0700); files you name with \\-o keep your umask.",
+        ".TP",
+        ".I daemon.env",
+        "The variables of the systemd unit that hold secrets (mode 0600, next to config.toml); see "
+        "\\fBtiqo daemon install\\fR.",
         ".TP",
         ".I tiqo.sock",
         "The daemon's Unix socket (mode 0600) in the runtime folder.",

@@ -70,13 +70,26 @@ def list_providers(json_out: bool = JSON) -> None:
     console.print(table)
 
 
-def _headers(values: list[str]) -> dict[str, str] | None:
+def _headers(provider: str, values: list[str]) -> dict[str, str] | None:
+    """Extra headers from ``-H 'Name: value'``; a credential (Authorization, x-api-key, ...) is refused: on the
+    command line it would be in the shell history and visible to every user in the process list."""
+    from tiqo.core.redact import is_secret_header
+
     headers: dict[str, str] = {}
     for raw in values:
         name, sep, value = raw.partition(":")
-        if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
-            fail(f"--header {raw!r} is not 'Name: value'", "e.g. --header 'OpenAI-Organization: org-123'", EXIT_USAGE)
-        headers[name.strip()] = value.strip()
+        name = name.strip()
+        if not sep or not name or any(c.isspace() for c in name):
+            shown = (raw.split() or ["''"])[0]  # never echo what may be a key
+            fail(f"--header {shown} … is not 'Name: value'", "e.g. --header 'OpenAI-Organization: org-123'", EXIT_USAGE)
+        if is_secret_header(name):
+            fail(
+                f"--header {name!r} would put a credential on the command line (shell history, process list)",
+                f"give the key with `tiqo keys add {provider}` (it reads it from stdin or a hidden prompt and stores "
+                "it in keys.toml, mode 0600); the provider's kind sends it in its own auth header",
+                EXIT_USAGE,
+            )
+        headers[name] = value.strip()
     return headers or None
 
 
@@ -101,7 +114,9 @@ def add(
     timeout_idle: Optional[str] = typer.Option(
         None, "--timeout-idle", help="Longest silence in the middle of an answer, e.g. 15s."
     ),
-    header: list[str] = typer.Option([], "--header", "-H", help="Extra HTTP header 'Name: value' (repeatable)."),
+    header: list[str] = typer.Option(
+        [], "--header", "-H", help="Extra HTTP header 'Name: value' (repeatable; not for keys: `tiqo keys add`)."
+    ),
     no_auth: bool = typer.Option(False, "--no-auth", help="A keyless server (a local vLLM or llama.cpp server)."),
     json_out: bool = JSON,
 ) -> None:
@@ -109,7 +124,7 @@ def add(
 
     Example: tiqo providers add groq --kind openai --base-url https://api.groq.com/openai/v1
     """
-    headers = _headers(header)
+    headers = _headers(name, header)
     with client() as c:
         row = c.add_provider(
             name,

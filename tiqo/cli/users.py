@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tiqo.cli.output import client, console, handle_errors, print_json
+from tiqo.cli.output import client, console, err_console, handle_errors, print_json
 
 app = typer.Typer(help="Users, their tiers and rate limits, and tokens for the TCP listener.", no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON.")
@@ -35,7 +37,7 @@ def list_users(json_out: bool = JSON) -> None:
     for u in data["users"]:
         table.add_row(
             escape(u["name"]),
-            escape(u["tier"] or "-"),
+            escape(u["tier"] or (f"{u['tcp_tier']} over TCP" if u["token"] and u.get("tcp_tier") else "-")),
             escape(u["data_class"] or "-"),
             _limit(u["rpm"]),
             _limit(u["tpm"]),
@@ -67,18 +69,29 @@ def list_users(json_out: bool = JSON) -> None:
 
 @app.command("token")
 @handle_errors
-def token(name: str = NAME, json_out: bool = JSON) -> None:
+def token(
+    name: str = NAME,
+    tier: Optional[str] = typer.Option(
+        None, "--tier", help="Give NAME this tier too ([users.NAME] tier); without one: daemon.listen_tier."
+    ),
+    json_out: bool = JSON,
+) -> None:
     """Create a bearer token for NAME on the TCP listener (replaces an old one). It is printed once, alone on
-    stdout; only its hash is kept.
+    stdout; only its hash is kept. A user without a tier gets daemon.listen_tier over TCP (free: local models only).
 
-    Example: tiqo users token ann > ann.token
+    Example: tiqo users token ann --tier pro > ann.token
     """
     with client() as c:
-        data = c.create_token(name)
+        data = c.create_token(name, tier)
     if json_out:
         print_json(data)
         return
     print(data["token"])
+    if data.get("tier_source") == "daemon.listen_tier":
+        err_console.print(
+            f"{escape(name)} has no tier: over TCP they get {escape(str(data['tier']))} (daemon.listen_tier); "
+            f"give one with `tiqo users token {escape(name)} --tier TIER`"
+        )
 
 
 @app.command("revoke")

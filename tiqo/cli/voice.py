@@ -13,6 +13,7 @@ import typer
 from tiqo.cli import complete
 from tiqo.cli.ask import DATA_CLASS, TIER, USER, routing_headers
 from tiqo.cli.output import EXIT_USAGE, client, console, err_console, fail, handle_errors, print_json
+from tiqo.core.paths import open_user_file
 from tiqo.protocol import audio as pa
 
 voices_app = typer.Typer(
@@ -81,7 +82,7 @@ def transcribe(
         "sample_format": sample_format if rate is not None else None,
         "vad_filter": "false" if no_vad else None,
     }
-    out: IO[str] = output.open("w") if output else sys.stdout
+    out: IO[str] = open_user_file(output, "w") if output else sys.stdout  # the user's file: the user's umask
     with client() as c:
         stream = c.transcribe(
             audio,
@@ -213,7 +214,7 @@ def speak(
         response = c.speech(payload, headers=routing_headers(user, tier, data_class))
         written = 0
         try:
-            sink: IO[bytes] = output.open("wb") if output else sys.stdout.buffer
+            sink: IO[bytes] = open_user_file(output, "wb") if output else sys.stdout.buffer
             try:
                 for chunk in response.iter_bytes():
                     sink.write(chunk)

@@ -12,6 +12,7 @@ from urllib.parse import quote
 from tiqo.client import process
 from tiqo.client.streams import ApiError, DaemonUnavailable, Stream, parse_sse
 from tiqo.core.settings import Settings
+from tiqo.protocol.headers import encode_name_headers
 
 if TYPE_CHECKING:
     import asyncio
@@ -77,7 +78,7 @@ class TiqoClient:
                     method,
                     path,
                     json=json_body,
-                    headers=headers,
+                    headers=encode_name_headers(headers),  # non-ASCII user names, percent-encoded
                     params=params,
                     files=files,
                     data=data,
@@ -266,8 +267,9 @@ class TiqoClient:
         result: dict[str, Any] = self.request("GET", "/tiqo/users")
         return result
 
-    def create_token(self, user: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("POST", f"/tiqo/users/{quote(user, safe='')}/token")
+    def create_token(self, user: str, tier: str | None = None) -> dict[str, Any]:
+        body = {"tier": tier} if tier is not None else None
+        result: dict[str, Any] = self.request("POST", f"/tiqo/users/{quote(user, safe='')}/token", body)
         return result
 
     def revoke_token(self, user: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tiqo.core.paths import ensure_private_dir
+from tiqo.core.paths import ensure_private_dir, make_private_dirs
 from tiqo.core.settings import Settings
 
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
@@ -78,22 +79,32 @@ def clean_stale(settings: Settings) -> list[str]:
             settings.paths.daemon_file.unlink()
             removed.append(str(settings.paths.daemon_file))
     sock = settings.socket_path
-    if (sock.exists() or sock.is_symlink()) and not status.alive and not socket_answers(sock):
+    if not status.alive and is_own_socket(sock) and not socket_answers(sock):
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
             removed.append(str(sock))
     return removed
 
 
+def is_own_socket(path: Path) -> bool:
+    """True when ``path`` itself (not a link's target) is a socket of this user: never remove anything else there."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid()
+
+
 def spawn(settings: Settings) -> subprocess.Popen[bytes]:
     """Start ``python -m tiqo.daemon`` detached, logging to the daemon log file."""
     paths = settings.paths
-    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(paths.log_dir)
     ensure_private_dir(paths.runtime_dir)
     log_file = paths.log_file
     if log_file.exists() and log_file.stat().st_size > LOG_ROTATE_BYTES:
         os.replace(log_file, log_file.with_suffix(".log.1"))
-    with log_file.open("ab") as log:
+    # 0600 from the first byte even when the caller (a program using the client library) has a looser umask
+    with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "tiqo.daemon"],
             stdin=subprocess.DEVNULL,

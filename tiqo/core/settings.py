@@ -35,6 +35,13 @@ def _int(value: Any) -> int:
     return int(value)
 
 
+def _positive_int(value: Any) -> int:
+    number = _int(value)
+    if number <= 0:
+        raise ValueError(f"{value!r} is not a positive whole number")
+    return number
+
+
 def _auto_int(value: Any) -> int | None:
     """``auto`` (None: decided at run time) or an integer."""
     if value is None or str(value).strip().lower() == "auto":
@@ -57,6 +64,13 @@ def _similarity(value: Any) -> float:
     if not 0.0 < number <= 1.0:
         raise ValueError(f"{value!r} is not a cosine similarity in (0, 1]")
     return number
+
+
+def _max_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds == 0:
+        raise ValueError("a limit of 0 would refuse all audio (use e.g. 2h, or -1 for no limit)")
+    return seconds
 
 
 def _choice(*options: str) -> Callable[[Any], str]:
@@ -112,6 +126,7 @@ class Setting:
     doc: str
     kind: str
     env_var: str = ""  # when the default name (TIQO_ + last part) would be ambiguous
+    secret: bool = False  # may hold a password or token: `tiqo config show` redacts it, the systemd unit omits it
 
     @property
     def env(self) -> str:
@@ -121,7 +136,13 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("daemon.socket", "", _str, "Unix socket path; empty = <runtime dir>/tiqo.sock", "path"),
+    Setting(
+        "daemon.socket",
+        "",
+        _str,
+        "Unix socket path; empty = <runtime dir>/tiqo.sock. A folder others can write (the temp dir) is refused",
+        "path",
+    ),
     Setting(
         "daemon.autostart", True, _bool, "Start the daemon on first use (TIQO_NO_AUTOSTART=1 turns it off)", "bool"
     ),
@@ -135,6 +156,20 @@ SETTINGS: tuple[Setting, ...] = (
         _str,
         "Also serve the /v1 routes over TCP at HOST:PORT, with bearer tokens (`tiqo users token`); empty = off",
         "str",
+    ),
+    Setting(
+        "daemon.listen_tier",
+        "free",
+        _str,
+        "Tier of TCP callers whose [users.NAME] names none (free: local models only; not routing.tier)",
+        "str",
+    ),
+    Setting(
+        "daemon.listen_max_connections",
+        128,
+        _positive_int,
+        "Most TCP connections served at once; more get 503 (the Unix socket is not counted)",
+        "int",
     ),
     Setting("daemon.max_request_size", "16MiB", parse_size, "Largest request body; bigger ones get 413", "size"),
     Setting(
@@ -182,6 +217,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest audio upload to /v1/audio/*; bigger ones get 413",
         "size",
         env_var="TIQO_STT_MAX_UPLOAD",
+    ),
+    Setting(
+        "stt.max_duration",
+        "2h",
+        _max_duration,
+        "Longest audio one transcription may decode (-1 = no limit); longer gets 413 (decoded audio: 230 MB an hour)",
+        "duration",
+        env_var="TIQO_STT_MAX_DURATION",
     ),
     Setting(
         "stt.device",
@@ -248,6 +291,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Data class of requests that name none; restricted never leaves the machine",
         "choice",
     ),
+    Setting(
+        "classification.max_scan_chars",
+        8_000_000,
+        _positive_int,
+        "Most characters of a request scanned for restricted data (linear time, off the event loop); a longer "
+        "request is classified restricted (local models only), never sent out unscanned",
+        "int",
+    ),
     Setting("routing.max_attempts", 6, _int, "Most upstream attempts (keys and candidates) per request", "int"),
     Setting("routing.timeout_connect", "3s", parse_duration, "Connect timeout for external providers", "duration"),
     Setting(
@@ -284,6 +335,15 @@ SETTINGS: tuple[Setting, ...] = (
         env_var="TIQO_CACHE_MODE",
     ),
     Setting("cache.ttl", "24h", parse_duration, "How long a cached answer stays valid", "duration", "TIQO_CACHE_TTL"),
+    Setting(
+        "cache.scope",
+        "user",
+        _choice("user", "all"),
+        "Who gets a cached answer: user = only the user who asked; all = every user of the same data class (restricted "
+        "answers stay per user, and a class the caller names itself never reads or writes shared entries)",
+        "choice",
+        env_var="TIQO_CACHE_SCOPE",
+    ),
     Setting(
         "cache.semantic",
         False,
@@ -334,7 +394,13 @@ SETTINGS: tuple[Setting, ...] = (
         env_var="TIQO_ALERT_COMMAND",
     ),
     Setting(
-        "budget.alert_webhook", "", _str, "URL each alert is POSTed to as JSON", "str", env_var="TIQO_ALERT_WEBHOOK"
+        "budget.alert_webhook",
+        "",
+        _str,
+        "URL each alert is POSTed to as JSON",
+        "str",
+        env_var="TIQO_ALERT_WEBHOOK",
+        secret=True,
     ),
     Setting(
         "ledger.store_content",
@@ -359,6 +425,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Redis server for state.backend = redis",
         "str",
         env_var="TIQO_REDIS_URL",
+        secret=True,
     ),
     Setting(
         "vectors.chunk_size",
@@ -493,13 +560,14 @@ def typed_for_toml(setting: Setting, value: str) -> Any:
     return value
 
 
-def write_config_value(path: Path, parts: list[str], value: Any, *, private: bool = False) -> None:
+def write_config_value(path: Path, parts: list[str], value: Any) -> None:
     """Set the key at ``parts`` in the TOML file at ``path`` (None removes it), keeping comments (tomlkit).
 
-    ``private`` files (keys) are written mode 0600 from their first byte."""
+    Written mode 0600 from its first byte: keys.toml holds keys, and config.toml may hold a Redis password, a webhook
+    URL or a provider's extra headers."""
     import tomlkit
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     doc = tomlkit.parse(path.read_text()) if path.exists() else tomlkit.document()
     node: Any = doc
     for part in parts[:-1]:
@@ -510,10 +578,10 @@ def write_config_value(path: Path, parts: list[str], value: Any, *, private: boo
         node.pop(parts[-1], None)
     else:
         node[parts[-1]] = value
-    _atomic_write(path, tomlkit.dumps(doc), 0o600 if private else 0o644)
+    _atomic_write(path, tomlkit.dumps(doc))
 
 
-def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+def _atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as fh:

@@ -140,16 +140,17 @@ class Accounting:
         key_name: str | None,
         decision: Decision,
         request_id: str,
+        prompt_bound: int,
     ) -> tuple[CallRow, dict[str, Any], bp.Refusal | None]:
-        """The audit row of an external call, and its budget reservation at the worst-case cost: every prompt byte
-        a token (no tokenizer counts more), plus max_tokens (sent upstream when the request set none)."""
+        """The audit row of an external call, and its budget reservation at the worst-case cost: ``prompt_bound``
+        prompt tokens (``Outbound.worst_prompt_tokens``: every byte sent a token, tools, tool calls and pass-through
+        fields included; no tokenizer counts more), plus max_tokens (sent upstream when the request set none)."""
         c = decision.classification
         limit = body.token_limit()
         now = self.clock()
         if limit is None and self.budgets.charges(c.user, model, now):
             limit = BUDGET_MAX_TOKENS
             wire = {**wire, "max_tokens": limit}
-        prompt_bound = sum(len(m.text().encode()) + 8 for m in body.messages)
         worst = model.cost(prompt_bound, limit or DEFAULT_MAX_TOKENS)
         call, refusal = self.open_call(model, key_name, decision, request_id, worst)
         return call, wire, refusal

@@ -1,7 +1,8 @@
 """Audio in and out, through PyAV (FFmpeg's libraries; faster-whisper depends on it already).
 
 - ``decode``: any container FFmpeg reads (wav, flac, mp3, ogg/opus, m4a, webm, ...) or raw PCM, to 16 kHz mono
-  float32 for Whisper. Garbage, empty, truncated and unsupported input raise a ``BadRequest`` that says what was wrong.
+  float32 for Whisper. Garbage, empty, truncated and unsupported input raise a ``BadRequest`` that says what was wrong;
+  audio longer than ``stt.max_duration`` a ``PayloadTooLarge`` (413), before decoding or while decoding.
 - ``SpeechEncoder``: 16-bit mono PCM from a voice, chunk by chunk, to wav / pcm / mp3 / ogg (opus) / aac / flac
   bytes, so the first sentence can be on its way while the next one is synthesised.
 - ``sentences``: text cut into pieces a voice can start on quickly.
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
 import struct
+import sys
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,10 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from tiqo.core.errors import BadRequest
+from tiqo.core.durations import format_duration
+from tiqo.core.errors import BadRequest, PayloadTooLarge
+from tiqo.daemon.pcm import PcmBuffer
 from tiqo.protocol.audio import PCM_RATE
 
 WHISPER_RATE = 16_000
+TOO_LONG = "audio_too_long"  # the error code of audio over stt.max_duration
 FORMAT_HINT = "send wav, flac, mp3, ogg/opus, m4a or webm; raw PCM needs its rate (`tiqo transcribe --rate 16000 -`)"
 # raw PCM sample formats: name -> (numpy dtype, WAV format tag, bits)
 RAW_FORMATS: dict[str, tuple[str, int, int]] = {
@@ -62,6 +68,11 @@ class RawPcm:
                 hint="pass the channel count the audio was recorded with, e.g. `--channels 1`",
             )
 
+    def seconds(self, nbytes: int) -> float:
+        """How long ``nbytes`` of these samples last."""
+        _, _, bits = RAW_FORMATS[self.sample_format]
+        return nbytes / (bits // 8 * self.channels) / self.rate
+
     def as_wav(self, data: bytes) -> bytes:
         """The samples behind a WAV header, so one FFmpeg path decodes and resamples both."""
         self.check()
@@ -89,13 +100,20 @@ class Decoded:
     source: str  # "mp3, 44100 Hz, 2 ch"
 
 
-def decode(data: bytes, raw: RawPcm | None = None) -> Decoded:
-    """Audio bytes → 16 kHz mono float32. Raises BadRequest naming what was wrong."""
+def decode(data: bytes, raw: RawPcm | None = None, max_seconds: float = math.inf) -> Decoded:
+    """Audio bytes → 16 kHz mono float32, at most ``max_seconds`` of it (``stt.max_duration``).
+
+    Raises BadRequest naming what was wrong, PayloadTooLarge when the audio is longer than the limit: refused from
+    its declared length before decoding, or as soon as decoding passes the limit (a header can lie or say nothing),
+    so no more than the limit is ever held in memory.
+    """
     import av
 
     if not data:
         raise BadRequest("the audio file is empty (0 bytes)", param="file", hint=FORMAT_HINT)
     if raw is not None:
+        raw.check()
+        _check_declared(raw.seconds(len(data)), max_seconds, f"raw {raw.sample_format}, {raw.rate} Hz", slack=0.0)
         data = raw.as_wav(data)
     _check_wav_length(data)
     try:
@@ -105,35 +123,13 @@ def decode(data: bytes, raw: RawPcm | None = None) -> Decoded:
             f"this is not audio tiqo can read ({_av_reason(exc)})", param="file", hint=FORMAT_HINT
         ) from None
     with container:
-        streams = [s for s in container.streams if s.type == "audio"]
-        if not streams:
-            kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
-            raise BadRequest(f"the file has no audio stream (it holds {kinds})", param="file", hint=FORMAT_HINT)
-        stream = streams[0]
+        stream = _audio_stream(container)
         ctx = stream.codec_context
         source = f"{container.format.name.split(',')[0]}/{ctx.name}, {ctx.sample_rate} Hz, {ctx.channels} ch"
         declared = _declared_seconds(container, stream)
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=WHISPER_RATE)
-        parts: list[Any] = []
-        samples = 0
-        try:
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    array = out.to_ndarray().reshape(-1)
-                    parts.append(array)
-                    samples += array.size
-            for out in resampler.resample(None):
-                array = out.to_ndarray().reshape(-1)
-                parts.append(array)
-                samples += array.size
-        except (av.error.FFmpegError, IndexError, ValueError) as exc:
-            where = f"after {samples / WHISPER_RATE:.1f} s" if samples else "at the start"
-            raise BadRequest(
-                f"the audio is corrupt or truncated {where} ({source}: {_av_reason(exc)})",
-                param="file",
-                hint="re-export or re-download the file",
-            ) from None
-    audio = (np.concatenate(parts) if parts else np.zeros(0, np.int16)).astype(np.float32) / 32768.0
+        if declared is not None:
+            _check_declared(declared, max_seconds, source, slack=max(1.0, 0.05 * max_seconds))
+        audio = _decode_stream(container, stream, source, declared, max_seconds)
     duration = audio.size / WHISPER_RATE
     if declared is not None and declared - duration > max(1.0, 0.05 * declared):
         raise BadRequest(
@@ -142,6 +138,74 @@ def decode(data: bytes, raw: RawPcm | None = None) -> Decoded:
             hint="the upload or download was cut short; send the whole file",
         )
     return Decoded(audio, duration, source)
+
+
+def _audio_stream(container: Any) -> Any:
+    streams = [s for s in container.streams if s.type == "audio"]
+    if not streams:
+        kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
+        raise BadRequest(f"the file has no audio stream (it holds {kinds})", param="file", hint=FORMAT_HINT)
+    return streams[0]
+
+
+def _decode_stream(container: Any, stream: Any, source: str, declared: float | None, max_seconds: float) -> Any:
+    """The stream resampled to 16 kHz mono float32 straight into one buffer that stops at the limit."""
+    import av
+
+    expected = _samples(declared + 1.0) if declared is not None else None
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=WHISPER_RATE)
+    with PcmBuffer(_samples(max_seconds), WHISPER_RATE, expected) as pcm:
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    _append(pcm, out, source, declared, max_seconds)
+            for out in resampler.resample(None):
+                _append(pcm, out, source, declared, max_seconds)
+        except (av.error.FFmpegError, IndexError, ValueError) as exc:
+            where = f"after {pcm.size / WHISPER_RATE:.1f} s" if pcm.size else "at the start"
+            raise BadRequest(
+                f"the audio is corrupt or truncated {where} ({source}: {_av_reason(exc)})",
+                param="file",
+                hint="re-export or re-download the file",
+            ) from None
+        return pcm.take()
+
+
+def _append(pcm: PcmBuffer, frame: Any, source: str, declared: float | None, max_seconds: float) -> None:
+    if not pcm.add(frame.to_ndarray().reshape(-1)):
+        said = "gives no length" if declared is None else f"says {format_duration(declared)}"
+        raise PayloadTooLarge(
+            f"the audio is longer than stt.max_duration ({format_duration(max_seconds)}): decoding stopped there "
+            f"({source}; its header {said})",
+            param="file",
+            code=TOO_LONG,
+            hint=_too_long_hint(max_seconds, None),
+        )
+
+
+def _check_declared(seconds: float, max_seconds: float, source: str, slack: float) -> None:
+    """Refuse before decoding when the header alone says the audio is too long. ``slack`` covers lengths that
+    are estimated (from the bit rate, for some MP3s): between the limit and limit + slack, decoding decides."""
+    if seconds > max_seconds + slack:
+        raise PayloadTooLarge(
+            f"the audio is {format_duration(seconds)} long ({source}); stt.max_duration allows "
+            f"{format_duration(max_seconds)}",
+            param="file",
+            code=TOO_LONG,
+            hint=_too_long_hint(max_seconds, seconds),
+        )
+
+
+def _too_long_hint(max_seconds: float, seconds: float | None) -> str:
+    wanted = math.ceil((seconds or 2 * max_seconds) / 3600)
+    return (
+        f"split it into parts (`ffmpeg -i IN -f segment -segment_time {math.floor(max_seconds)} part%03d.flac`), or "
+        f"raise the limit: `tiqo config set stt.max_duration {wanted}h`"
+    )
+
+
+def _samples(seconds: float) -> int:
+    return sys.maxsize if math.isinf(seconds) else math.ceil(seconds * WHISPER_RATE)
 
 
 def _check_wav_length(data: bytes) -> None:

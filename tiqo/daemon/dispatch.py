@@ -39,10 +39,17 @@ class Dispatch:
         rid = meta.request_id or "req_" + uuid.uuid4().hex[:24]
         return RequestRow(id=rid, ts=self.gateway.clock(), user=meta.user, task=task), time.perf_counter()
 
-    def _admit(
-        self, row: RequestRow, meta: RequestMeta, task: str, texts: list[str], est_tokens: int
+    async def _admit(
+        self,
+        row: RequestRow,
+        meta: RequestMeta,
+        task: str,
+        texts: list[str],
+        est_tokens: int,
+        scan: list[str] | None = None,
     ) -> tuple[Classification, RateLimits]:
-        c = self.gateway.classify_texts(texts, replace(meta, task=task))
+        """Classify (``scan``: every text sent upstream, when that is more than ``texts``), then rate limits."""
+        c = await self.gateway.classify_texts(texts, replace(meta, task=task), scan=scan)
         row.tier, row.data_class = c.tier, c.data_class
         limits = self.accounting.rate_limits(c, self.gateway.catalog_and_config()[1])
         self.accounting.admit(c, limits, est_tokens)

@@ -49,7 +49,7 @@ class Embeddings(Dispatch):
         row, started = self._row(meta, "embed")
         est = sum(len(t) for t in inputs) // 4 + len(inputs)
         try:
-            c, _ = self._admit(row, meta, "embed", inputs, est)
+            c, _ = await self._admit(row, meta, "embed", inputs, est)
             requested = self._openai_name(model, OPENAI_EMBED_MODELS)
             blocked: dict[str, bp.Charge] = {}
             decision = self._decide(c, "embed", requested, ("embed",), blocked, est_tokens=est)

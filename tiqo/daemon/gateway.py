@@ -8,11 +8,12 @@ commit a failure is an explicit error event, and it still counts against the pro
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any
 
 from tiqo.core.durations import parse_duration
@@ -45,6 +46,7 @@ from tiqo.daemon.upstream import AttemptFailed, UpstreamClient
 from tiqo.policy import budget as bp
 from tiqo.policy.breaker import HEALTH_FAILURES
 from tiqo.policy.classify import DATA_CLASSES, Classification, classify
+from tiqo.policy.outbound import Outbound, TooBig, outbound
 from tiqo.policy.ratelimit import RateLimits
 from tiqo.policy.routing import (
     AUTO,
@@ -61,6 +63,8 @@ from tiqo.sdk.engine import GenerationParams, Piece, Runner, StopFlag
 
 log = logging.getLogger("tiqo.gateway")
 _BACKOFF_BASE, _BACKOFF_CAP = 0.05, 1.0
+INLINE_SCAN_CHARS = 16_384  # texts up to this size are classified on the event loop (RE2: well under a millisecond)
+VISIBLE_ROLES = ("system", "developer", "user")  # the turns task and complexity are read from
 
 
 __all__ = ["Gateway", "RequestMeta", "Served", "generation_params"]
@@ -108,14 +112,55 @@ class Gateway:
         await self.upstream.close()
 
     # ------------------------------------------------------------ decisions
-    def classify(self, body: oa.ChatCompletionRequest, meta: RequestMeta) -> Classification:
-        texts = [m.text() for m in body.messages if m.role in ("system", "developer", "user")]
-        return self.classify_texts(texts, meta, has_tools=bool(body.tools), max_tokens=body.token_limit())
+    async def classify(self, body: oa.ChatCompletionRequest, meta: RequestMeta) -> Classification:
+        return (await self.examine(body, meta))[0]
 
-    def classify_texts(
-        self, texts: list[str], meta: RequestMeta, *, has_tools: bool = False, max_tokens: int | None = None
+    async def examine(self, body: oa.ChatCompletionRequest, meta: RequestMeta) -> tuple[Classification, Outbound]:
+        """Classify a chat request and measure what it sends upstream. Task and complexity come from the
+        user-visible turns (system, developer, user), as always; the restricted-data scan reads every text that
+        would leave the machine (tool results, assistant turns, tool calls, ``tools``, names, file parts,
+        pass-through fields), and the size counts all of it too (for rate limits and the budget reservation).
+        A small body is read on the event loop; a bigger one in a worker thread, like ``classify_texts``."""
+        texts = [m.text() for m in body.messages if m.role in VISIBLE_ROLES]
+        wire = body.wire()
+        classifier = self._classifier(texts, meta, has_tools=bool(body.tools), max_tokens=body.token_limit())
+
+        def run(sent: Outbound | None = None) -> tuple[Classification, Outbound]:
+            if sent is None:
+                sent = outbound(wire)
+            return classifier(scan=sent.texts), sent
+
+        try:
+            small = outbound(wire, limit=INLINE_SCAN_CHARS)  # stops as soon as it reads more than that
+        except TooBig:
+            return await asyncio.to_thread(run)
+        return run(small)
+
+    async def classify_texts(
+        self,
+        texts: list[str],
+        meta: RequestMeta,
+        *,
+        has_tools: bool = False,
+        max_tokens: int | None = None,
+        scan: list[str] | None = None,
     ) -> Classification:
-        """Who asks (user, tier) and how sensitive it is (data class, from the caller, the user or the patterns)."""
+        """Who asks (user, tier) and how sensitive it is (data class: the caller's, raised to the user's and to what
+        the patterns find). ``scan``: every text that leaves the machine, when more than ``texts`` does.
+
+        The scan is linear in the text and bounded (classification.max_scan_chars); big texts are scanned in a
+        worker thread (RE2 releases the GIL), so one big request never stalls the other clients."""
+        classifier = self._classifier(texts, meta, has_tools=has_tools, max_tokens=max_tokens)
+        run = functools.partial(classifier, scan=scan)
+        if sum(len(t) for t in texts) + sum(len(t) for t in scan or ()) <= INLINE_SCAN_CHARS:
+            return run()
+        return await asyncio.to_thread(run)
+
+    def _classifier(
+        self, texts: list[str], meta: RequestMeta, *, has_tools: bool, max_tokens: int | None
+    ) -> Callable[..., Classification]:
+        """The classification of ``texts``, ready to run anywhere (call it with ``scan=``): the config lookups happen
+        here, on the loop."""
         _, config = self.catalog_and_config()
         profile = config.users.get(meta.user)
         tier = meta.tier or (profile.tier if profile else None) or self.settings["routing.tier"]
@@ -129,33 +174,35 @@ class Gateway:
             raise BadRequest(
                 f"unknown data class {meta.data_class!r}; use one of {', '.join(DATA_CLASSES)}", param="class"
             )
-        return classify(
+        return functools.partial(
+            classify,
             texts,
             has_tools=has_tools,
             max_tokens=max_tokens,
             data_class=meta.data_class,
             default_class=(profile.data_class if profile else None) or self.settings["routing.data_class"],
+            min_class=profile.data_class if profile else None,  # x-tiqo-class may raise it, never lower it
             restricted_patterns=self._patterns,
             user=meta.user,
             tier=tier,
             task=meta.task,
+            max_scan_chars=self.settings["classification.max_scan_chars"],
         )
 
     def decide(
         self,
         body: oa.ChatCompletionRequest,
-        meta: RequestMeta,
-        classification: Classification | None = None,
+        classification: Classification,
+        sent: Outbound,
         blocked: dict[str, bp.Charge] | None = None,
     ) -> Decision:
-        """Route one request. ``blocked`` collects the budgets that dropped external candidates."""
-        classification = classification or self.classify(body, meta)
+        """Route one request, classified and measured by ``examine``. ``blocked`` collects the budgets that dropped
+        external candidates."""
         self.check_requested(body.model)
-        texts = [m.text() for m in body.messages]
         return self.plan_route(
             classification,
             requested=body.model,
-            est_prompt_tokens=estimate_tokens(texts),
+            est_prompt_tokens=sent.est_prompt_tokens,
             max_tokens=body.token_limit() or DEFAULT_MAX_TOKENS,
             needs=body.needs(),
             blocked=blocked,
@@ -214,7 +261,7 @@ class Gateway:
         )
         return prefer_local(decision, demoted)
 
-    def admit_local(self, body: oa.CompletionRequest, meta: RequestMeta) -> tuple[RequestRow, RateLimits, float]:
+    async def admit_local(self, body: oa.CompletionRequest, meta: RequestMeta) -> tuple[RequestRow, RateLimits, float]:
         """Classification, rate limits and the ledger row of a text completion (a named local model, no routing)."""
         started = time.perf_counter()
         as_chat = oa.ChatCompletionRequest.model_validate(
@@ -222,7 +269,7 @@ class Gateway:
         )
         row = RequestRow(id=meta.request_id or "req_" + uuid.uuid4().hex[:24], ts=self.clock(), user=meta.user)
         try:
-            c = self.classify(as_chat, meta)
+            c = await self.classify(as_chat, meta)
             row.tier, row.task, row.data_class = c.tier, "completion", c.data_class
             limits = self.accounting.rate_limits(c, self.catalog_and_config()[1])
             self.accounting.admit(c, limits, estimate_tokens([body.prompt_text()]))
@@ -243,11 +290,11 @@ class Gateway:
         row = RequestRow(id=meta.request_id or "req_" + uuid.uuid4().hex[:24], ts=self.clock(), user=meta.user)
         limits = RateLimits()
         try:
-            classification = self.classify(body, meta)
+            classification, sent = await self.examine(body, meta)
             row.tier, row.task, row.data_class = classification.tier, classification.task, classification.data_class
             limits = self.accounting.rate_limits(classification, self.catalog_and_config()[1])
-            self.accounting.admit(classification, limits, estimate_tokens([m.text() for m in body.messages]))
-            served, pieces = await self._serve(body, meta, classification, row.id, stream=stream)
+            self.accounting.admit(classification, limits, sent.est_prompt_tokens)
+            served, pieces = await self._serve(body, meta, classification, sent, row.id, stream=stream)
         except TiqoError as exc:
             row.outcome = "refused" if exc.status < 500 else "error"
             row.error = exc.code
@@ -260,18 +307,19 @@ class Gateway:
         body: oa.ChatCompletionRequest,
         meta: RequestMeta,
         classification: Classification,
+        sent: Outbound,
         request_id: str,
         *,
         stream: bool,
     ) -> tuple[Served, AsyncGenerator[Piece, None]]:
         blocked: dict[str, bp.Charge] = {}
-        decision = self.decide(body, meta, classification, blocked)
+        decision = self.decide(body, classification, sent, blocked)
         served = Served(route=decision.source)
         kept = decision.kept
         if not kept:
             raise self.nothing_kept(decision, blocked)
         wire = body.wire()
-        cache = await self.cache.use(wire, decision.classification, meta.cache)
+        cache = await self.cache.use(wire, decision.classification, meta.cache, named_class=meta.data_class is not None)
         if cache is not None and meta.cache == "use":
             hit = await self.cache.lookup(wire, [c.model for c in kept], cache, served)
             if hit is not None:
@@ -308,7 +356,7 @@ class Gateway:
                             break
                         tried_keys.add(key_name)
                     call, call_wire, refusal = self.accounting.reserve(
-                        body, wire, model, key_name, decision, request_id
+                        body, wire, model, key_name, decision, request_id, sent.worst_prompt_tokens
                     )
                     if refusal is not None:
                         blocked[cand.model] = refusal.charge

@@ -386,7 +386,7 @@ class ProviderHub:
                 hint="remove those models first with `tiqo models rm NAME`",
             )
         write_config_value(self.settings.paths.config_file, ["providers", name], None)
-        write_config_value(self.settings.paths.keys_file, [name], None, private=True)
+        write_config_value(self.settings.paths.keys_file, [name], None)
         self.settings.toml.get("providers", {}).pop(name, None)
         self.store.delete_key_state(name)
         self.providers.pop(name, None)
@@ -415,7 +415,7 @@ class ProviderHub:
             _limits(entry)
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"bad key limits: {exc}") from None
-        write_config_value(self.settings.paths.keys_file, [provider, key_name], entry, private=True)
+        write_config_value(self.settings.paths.keys_file, [provider, key_name], entry)
         self.flush()  # the pool is rebuilt from SQLite below
         self.store.delete_key_state(provider, key_name)
         keys = read_toml(self.settings.paths.keys_file)
@@ -425,7 +425,7 @@ class ProviderHub:
 
     def remove_key(self, provider: str, key_name: str) -> None:
         self._key(provider, key_name)
-        write_config_value(self.settings.paths.keys_file, [provider, key_name], None, private=True)
+        write_config_value(self.settings.paths.keys_file, [provider, key_name], None)
         self.flush()
         self.store.delete_key_state(provider, key_name)
         keys = read_toml(self.settings.paths.keys_file)
@@ -433,9 +433,7 @@ class ProviderHub:
 
     def set_key_enabled(self, provider: str, key_name: str, enabled: bool) -> None:
         p = self._key(provider, key_name)
-        write_config_value(
-            self.settings.paths.keys_file, [provider, key_name, "enabled"], None if enabled else False, private=True
-        )
+        write_config_value(self.settings.paths.keys_file, [provider, key_name, "enabled"], None if enabled else False)
         p.pool.set_enabled(key_name, enabled, "by user")
         self.persist(provider, key_name, now=True)
 

@@ -2,8 +2,12 @@
 
 Exact: the canonical request plus the model that answered it (tiqo.policy.cache), in SQLite for ``cache.ttl``.
 
+Scope: every entry belongs to one user and data class (``cache.scope = user``, the default), so no user is served, or
+told of (x-tiqo-cache: hit), what another asked; ``cache.scope = all`` shares entries among the users of a data class,
+restricted ones excepted.
+
 Semantic (``cache.semantic = true``): a request whose last user message means the same as a cached one's (cosine
-similarity of their embeddings ≥ ``cache.semantic_threshold``), for the same answering model, class scope, earlier
+similarity of their embeddings ≥ ``cache.semantic_threshold``), for the same answering model, scope, earlier
 messages and parameters, gets that entry's answer. Its question's float32 vector and a ``sem_group`` (the entries whose
 questions may be compared at all) sit beside the answer in the same SQLite row, so TTL, ``tiqo cache clear`` and scopes
 apply to both alike. A group's vectors are also held in memory (tiqo.daemon.semantic_index), so a lookup is one matrix
@@ -73,12 +77,19 @@ class ResponseCache:
             self._index.clear()
         return removed
 
-    async def use(self, wire: Mapping[str, Any], c: Classification, control: str) -> CacheUse | None:
+    async def use(
+        self, wire: Mapping[str, Any], c: Classification, control: str, *, named_class: bool = False
+    ) -> CacheUse | None:
         """How this request uses the cache: None when it does not (``x-tiqo-cache: off``, or ``cache.mode`` excludes
-        it). With ``refresh`` (store, no lookup) the question is embedded here, for the entry it will write."""
+        it). With ``refresh`` (store, no lookup) the question is embedded here, for the entry it will write.
+
+        Entries are the user's own unless ``cache.scope = all``; even then a request whose data class the caller named
+        itself (``named_class``: x-tiqo-class) keeps to its user's entries, so no caller picks the shared scope it
+        reads: shared scopes come from configuration (the user's class, the default) and the restricted patterns."""
         if control == "off" or not cachepol.cacheable(self.settings["cache.mode"], wire):
             return None
-        use = CacheUse(cachepol.scope_for(c.data_class, c.user))
+        shared = self.settings["cache.scope"] == "all" and not named_class
+        use = CacheUse(cachepol.scope_for(c.data_class, c.user, shared=shared))
         if control == "refresh":
             use.probe = await self._probe(wire)
         return use
@@ -150,7 +161,7 @@ class ResponseCache:
 
     def _nearest(self, probe: Probe, model: str, scope: str) -> tuple[str, float] | None:
         """(key, similarity) of the most similar live entry at or above the threshold, if any."""
-        near = self.index.nearest(probe.group(model, scope), probe.vector, self.clock())
+        near: tuple[str, float] | None = self.index.nearest(probe.group(model, scope), probe.vector, self.clock())
         if near is None or near[1] < self.settings["cache.semantic_threshold"]:
             return None
         return near

@@ -38,7 +38,8 @@ async def route_explain(body: RouteExplainRequest, request: Request) -> dict[str
         chat["tools"] = body.tools
     request_body = oa.ChatCompletionRequest.model_validate(chat)
     meta = RequestMeta(user=body.user or OS_USER, tier=body.tier, data_class=body.data_class, task=body.task)
-    decision = daemon.gateway.decide(request_body, meta)
+    classification, sent = await daemon.gateway.examine(request_body, meta)
+    decision = daemon.gateway.decide(request_body, classification, sent)
     result = decision.as_dict()
     result["needs"] = list(request_body.needs())
     return result
@@ -124,6 +125,7 @@ async def cache_stats(request: Request) -> dict[str, Any]:
     stats = daemon.store.cache_stats(time.time())
     stats["mode"] = daemon.settings["cache.mode"]
     stats["ttl_s"] = daemon.settings["cache.ttl"]
+    stats["scope"] = daemon.settings["cache.scope"]
     stats["semantic"] = daemon.settings["cache.semantic"]
     stats["semantic_threshold"] = daemon.settings["cache.semantic_threshold"]
     stats["controls"] = list(CONTROL)

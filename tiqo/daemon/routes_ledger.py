@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,9 +16,10 @@ from tiqo.core.durations import parse_duration
 from tiqo.core.errors import BadRequest, ConfigError
 from tiqo.core.settings import write_config_value
 from tiqo.daemon.ledger import GROUPS
+from tiqo.daemon.routing_config import tcp_tier
 from tiqo.daemon.service import Daemon
 from tiqo.daemon.tcp import new_token
-from tiqo.protocol.tiqo import SetBudgetRequest
+from tiqo.protocol.tiqo import CreateTokenRequest, SetBudgetRequest
 
 router = APIRouter(prefix="/tiqo")
 HEARTBEAT_S = 15.0
@@ -121,7 +122,8 @@ async def events(request: Request, kinds: str | None = None) -> StreamingRespons
 # ---------------------------------------------------------------- users
 @router.get("/users")
 async def users(request: Request) -> dict[str, Any]:
-    """Configured users: tier, default data class, rate limits, whether a TCP token exists (never the token)."""
+    """Configured users: tier, default data class, rate limits, whether a TCP token exists (never the token), and
+    the tier they get over TCP (``tcp_tier``: theirs, else daemon.listen_tier)."""
     daemon = _daemon(request)
     _, config = daemon.gateway.catalog_and_config()
     table = daemon.settings.toml.get("users", {})
@@ -130,6 +132,7 @@ async def users(request: Request) -> dict[str, Any]:
             {
                 "name": name,
                 "tier": p.tier,
+                "tcp_tier": _tcp_tier_or_none(daemon, p.tier, config.tiers),
                 "data_class": p.data_class,
                 "rpm": p.limits.rpm,
                 "tpm": p.limits.tpm,
@@ -150,19 +153,41 @@ async def users(request: Request) -> dict[str, Any]:
             for name, t in config.tiers.items()
         },
         "listen": daemon.settings["daemon.listen"] or None,
+        "listen_tier": daemon.settings["daemon.listen_tier"],
     }
 
 
+def _tcp_tier_or_none(daemon: Daemon, tier: str | None, tiers: Iterable[str]) -> str | None:
+    try:
+        return tcp_tier(tier, daemon.settings["daemon.listen_tier"], tiers)[0]
+    except ConfigError:
+        return None  # no usable tier: the user's TCP requests are refused
+
+
 @router.post("/users/{name}/token", status_code=201)
-async def create_token(name: str, request: Request) -> dict[str, Any]:
+async def create_token(name: str, request: Request, body: CreateTokenRequest | None = None) -> dict[str, Any]:
     """A new bearer token for ``name`` on the TCP listener (replacing any old one). Shown once; only its hash is
-    kept."""
+    kept. ``tier`` also sets ``[users.NAME] tier``; the answer says which tier the user gets over TCP and from where
+    (``user``, or ``daemon.listen_tier`` for a user without one)."""
     if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise BadRequest("a user name is letters, digits, '-', '_' or '.' (at most 64)", param="name")
     daemon = _daemon(request)
+    _, config = daemon.gateway.catalog_and_config()
+    tier = body.tier if body is not None else None
+    if tier is not None and tier != "default" and tier not in config.tiers:
+        raise BadRequest(
+            f"unknown tier {tier!r}; configured tiers: {', '.join(config.tiers) or 'none'} (or default: no limits)",
+            param="tier",
+            hint="tiers are tables [tiers.NAME] in config.toml; `tiqo users list` shows them",
+        )
+    if tier is not None:
+        _set_user_field(daemon, name, "tier", tier)
+    profile = daemon.gateway.catalog_and_config()[1].users.get(name)
+    current = tier or (profile.tier if profile else None)
+    tcp, source = tcp_tier(current, daemon.settings["daemon.listen_tier"], config.tiers)
     token, digest = new_token()
     _set_user_field(daemon, name, "token_sha256", digest)
-    return {"user": name, "token": token}
+    return {"user": name, "token": token, "tier": tcp, "tier_source": source}
 
 
 @router.delete("/users/{name}/token")

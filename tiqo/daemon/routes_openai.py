@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -17,14 +17,18 @@ from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.gateway import RequestMeta, Served, generation_params
 from tiqo.daemon.pieces import merge_tool_calls
 from tiqo.daemon.rag import augment
+from tiqo.daemon.routing_config import tcp_tier
 from tiqo.daemon.served import OS_USER
 from tiqo.daemon.service import Daemon
+from tiqo.daemon.tcp import tcp_user
 from tiqo.policy.cache import CONTROL
 from tiqo.protocol import openai as oa
+from tiqo.protocol.headers import decode_name
 from tiqo.sdk.engine import Piece, Runner, StopFlag
 
 log = logging.getLogger("tiqo.api")
 router = APIRouter()
+ChatOrCompletion = TypeVar("ChatOrCompletion", oa.ChatCompletionRequest, oa.CompletionRequest)
 
 
 def _daemon(request: Request) -> Daemon:
@@ -59,14 +63,29 @@ async def get_model(name: str, request: Request) -> dict[str, Any]:
 
 
 def request_meta(request: Request, user_field: str | None = None) -> RequestMeta:
-    """x-tiqo-user / -tier / -class / -cache / -task headers (the OpenAI ``user`` field names the user too)."""
+    """x-tiqo-user / -tier / -class / -cache / -task headers (the OpenAI ``user`` field names the user too).
+
+    User and tier names are UTF-8, percent-encoded or raw (``tiqo.protocol.headers``). Over TCP the token's user is
+    the user, whatever the request says, and the tier is theirs or ``daemon.listen_tier`` (``tcp_tier``)."""
     h = request.headers
     cache = (h.get("x-tiqo-cache") or "use").strip().lower()
     if cache not in CONTROL:
         raise BadRequest(f"x-tiqo-cache must be one of {', '.join(CONTROL)}", param="x-tiqo-cache")
+    remote = tcp_user(request.scope)
+    if remote is not None:
+        daemon = _daemon(request)
+        _, config = daemon.gateway.catalog_and_config()
+        profile = config.users.get(remote)
+        user = remote
+        tier: str | None = tcp_tier(
+            profile.tier if profile else None, daemon.settings["daemon.listen_tier"], config.tiers
+        )[0]
+    else:
+        user = decode_name(h.get("x-tiqo-user") or "", "x-tiqo-user") or user_field or OS_USER
+        tier = decode_name(h.get("x-tiqo-tier") or "", "x-tiqo-tier") or None
     return RequestMeta(
-        user=h.get("x-tiqo-user") or user_field or OS_USER,
-        tier=h.get("x-tiqo-tier") or None,
+        user=user,
+        tier=tier,
         data_class=(h.get("x-tiqo-class") or "").strip().lower() or None,
         cache=cache,
         task=h.get("x-tiqo-task") or None,
@@ -74,10 +93,28 @@ def request_meta(request: Request, user_field: str | None = None) -> RequestMeta
     )
 
 
+KEEP_ALIVE_IGNORED = "keep_alive is ignored over TCP: shared models stay loaded for scheduler.keep_alive"
+
+
+def _as_caller(body: ChatOrCompletion, meta: RequestMeta, request: Request) -> tuple[ChatOrCompletion, dict[str, str]]:
+    """What the caller may set, and no more. Providers see the user tiqo accounts the request to (``meta.user``),
+    never another name the caller puts in ``user``, and none when it names none. Over TCP ``keep_alive`` is dropped
+    (a remote caller may neither pin nor unload models others use) and the answer says so in ``x-tiqo-warning``."""
+    update: dict[str, Any] = {}
+    headers = {}
+    if body.user is not None and body.user != meta.user:
+        update["user"] = meta.user
+    if body.keep_alive is not None and tcp_user(request.scope) is not None:
+        update["keep_alive"] = None
+        headers["x-tiqo-warning"] = KEEP_ALIVE_IGNORED
+    return (body.model_copy(update=update) if update else body), headers
+
+
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
     daemon = _daemon(request)
     meta = request_meta(request, body.user)
+    body, warnings = _as_caller(body, meta, request)
     rid = "chatcmpl-" + request.scope["state"]["request_id"].removeprefix("req_")
     body, sources = await augment(daemon, body, meta)
     if not body.stream:
@@ -87,14 +124,16 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> 
             served.sources = sources
             return served, [p async for p in pieces]
 
-        return await _collect(request, run, rid, chat=True)
+        response = await _collect(request, run, rid, chat=True)
+        response.headers.update(warnings)
+        return response
     served, pieces = await daemon.gateway.chat(body, meta, stream=True)
     served.sources = sources
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return StreamingResponse(
         _sse(pieces, served, rid, True, include_usage),
         media_type="text/event-stream",
-        headers={**served.headers(final=False), "cache-control": "no-cache"},
+        headers={**served.headers(final=False), "cache-control": "no-cache", **warnings},
     )
 
 
@@ -102,12 +141,14 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> 
 async def completions(body: oa.CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
     daemon = _daemon(request)
     spec = daemon.registry.resolve(body.model)
+    meta = request_meta(request, body.user)
+    body, warnings = _as_caller(body, meta, request)
     prompt = body.prompt_text()
     params = generation_params(body)
     keep_alive = None if body.keep_alive is None else parse_duration(body.keep_alive)
     rid = "cmpl-" + request.scope["state"]["request_id"].removeprefix("req_")
     served = Served(backend=f"local:{spec.engine}", provider="local", model=spec.name)
-    row, limits, started = daemon.gateway.admit_local(body, request_meta(request, body.user))
+    row, limits, started = await daemon.gateway.admit_local(body, meta)
 
     def call(runner: Runner, stop: StopFlag) -> Iterator[Piece]:
         return runner.complete(prompt, params, stop)
@@ -121,7 +162,9 @@ async def completions(body: oa.CompletionRequest, request: Request) -> JSONRespo
         async def run() -> tuple[Served, list[Piece]]:
             return served, [p async for p in generate()]
 
-        return await _collect(request, run, rid, chat=False)
+        response = await _collect(request, run, rid, chat=False)
+        response.headers.update(warnings)
+        return response
     pieces = generate()
     # Pull the first piece before answering, so load errors and over-long prompts get a real HTTP status.
     try:
@@ -132,7 +175,7 @@ async def completions(body: oa.CompletionRequest, request: Request) -> JSONRespo
     return StreamingResponse(
         _sse(_prepend(first, pieces), served, rid, False, include_usage),
         media_type="text/event-stream",
-        headers={**served.headers(final=True), "cache-control": "no-cache"},
+        headers={**served.headers(final=True), "cache-control": "no-cache", **warnings},
     )
 
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tiqo.core.errors import ConfigError
 from tiqo.core.settings import Settings
 from tiqo.daemon.providers import ProviderHub
 from tiqo.policy.classify import DATA_CLASSES
 from tiqo.policy.ratelimit import RateLimits
 from tiqo.policy.routing import RoutingConfig, Tier, UserProfile
+from tiqo.policy.textscan import SYNTAX_URL, PatternError, ScanPattern, compile_pattern
 
 log = logging.getLogger("tiqo.gateway")
 
@@ -60,7 +62,7 @@ def routing_config(settings: Settings, hub: ProviderHub) -> RoutingConfig:
 
 
 def users_config(settings: Settings) -> dict[str, UserProfile]:
-    """``[users.NAME]`` tables: tier, data_class (the user's default), rpm, tpm, rpd."""
+    """``[users.NAME]`` tables: tier, data_class (the least their requests get), rpm, tpm, rpd."""
     out = {}
     for name, entry in settings.toml.get("users", {}).items():
         if not isinstance(entry, dict):
@@ -77,6 +79,26 @@ def users_config(settings: Settings) -> dict[str, UserProfile]:
     return out
 
 
+def tcp_tier(user_tier: str | None, listen_tier: str, tiers: Iterable[str]) -> tuple[str, str]:
+    """The tier of a TCP caller, and where it comes from (``user`` or ``daemon.listen_tier``).
+
+    Fail-closed: a token user whose ``[users.NAME]`` names no tier gets ``daemon.listen_tier`` (``free`` by default:
+    local models only, with limits), never ``routing.tier`` (``default``: every provider, no limits), which is for
+    the Unix socket's callers. ``daemon.listen_tier = "default"`` opens it up, explicitly. A listen tier that is not
+    configured refuses the request rather than falling back to anything."""
+    if user_tier:
+        return user_tier, "user"
+    if listen_tier == "default" or listen_tier in tiers:
+        return listen_tier, "daemon.listen_tier"
+    raise ConfigError(
+        f"daemon.listen_tier {listen_tier!r} is not a configured tier ({', '.join(tiers) or 'none'}), and this "
+        "user has none of their own",
+        hint="give the user a tier with `tiqo users token NAME --tier TIER` (or [users.NAME] tier in config.toml), "
+        "or set one that exists: `tiqo config set daemon.listen_tier free`",
+        param="daemon.listen_tier",
+    )
+
+
 def _limits(where: str, entry: dict[str, Any]) -> RateLimits:
     values: dict[str, int | None] = {}
     for key in ("rpm", "tpm", "rpd"):
@@ -88,15 +110,26 @@ def _limits(where: str, entry: dict[str, Any]) -> RateLimits:
     return RateLimits(**values)
 
 
-def restricted_patterns(settings: Settings) -> list[re.Pattern[str]]:
+def restricted_patterns(settings: Settings) -> list[ScanPattern]:
     """``[classification] restricted_patterns`` from config.toml, else the shipped ones (secrets, private keys,
-    card numbers, e-mail addresses)."""
+    card numbers, e-mail addresses), compiled for the linear-time engine (RE2).
+
+    A pattern that cannot run there is a ``ConfigError`` naming it: dropping it would let the data it was meant to
+    keep here leave the machine, and running it on a backtracking engine would let one request freeze the daemon."""
     table = settings.toml.get("classification", {})
     patterns = table.get("restricted_patterns", default_routing().get("classification", {}).get("restricted_patterns"))
-    out = []
-    for p in patterns:
-        try:
-            out.append(re.compile(str(p)))
-        except re.error as exc:
-            log.warning("classification pattern %r ignored: %s", p, exc)
-    return out
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise ConfigError(
+            f"[classification] restricted_patterns must be a list of strings, not {patterns!r}",
+            hint=f"fix or remove it in {settings.paths.config_file}",
+            param="classification.restricted_patterns",
+        )
+    try:
+        return [compile_pattern(p) for p in patterns]
+    except PatternError as exc:
+        raise ConfigError(
+            f"[classification] restricted_patterns: {exc}",
+            hint=f"rewrite it in RE2 syntax (no look-around or back-references; \\z, not \\Z, for the end; see "
+            f"{SYNTAX_URL}) or remove it from {settings.paths.config_file}",
+            param="classification.restricted_patterns",
+        ) from None

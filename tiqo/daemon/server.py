@@ -1,7 +1,8 @@
 """Runs the daemon: one instance per runtime dir (flock), a 0600 Unix socket in a 0700 folder, uvicorn on it.
 
 ``daemon.json`` (pid, version, socket) exists exactly while a daemon serves; a stale one (dead pid) is
-replaced, and a stale socket is removed before binding.
+replaced, and a stale socket (ours, nobody answering) is removed before binding. The daemon runs with umask 077:
+every file it writes is private from its first byte.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -21,7 +23,14 @@ from typing import IO
 
 from tiqo import __version__
 from tiqo.core.errors import TiqoError
-from tiqo.core.paths import MAX_SOCKET_PATH, ensure_private_dir
+from tiqo.core.paths import (
+    MAX_SOCKET_PATH,
+    check_socket_dir,
+    ensure_private_dir,
+    make_private_dirs,
+    tighten,
+    use_private_umask,
+)
 from tiqo.core.settings import Settings
 
 log = logging.getLogger("tiqo.daemon")
@@ -65,23 +74,45 @@ def socket_in_use(path: Path) -> bool:
         probe.close()
 
 
+def remove_stale_socket(path: Path) -> None:
+    """Remove what a crashed daemon left at ``path``: only a socket of ours that nobody answers on. Anything else
+    there (a file, a link, another user's socket, a live server) is left alone and refused."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    hint = f"remove {path} yourself if it is not needed, or set TIQO_SOCKET to another path"
+    if not stat.S_ISSOCK(st.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) else "a file"
+        raise TiqoError(f"{path} exists and is not a socket ({what}): tiqo will not remove it", hint=hint)
+    if socket_in_use(path):
+        raise TiqoError(f"another process is serving on {path}", hint="stop it with `tiqo daemon stop`")
+    if st.st_uid != os.getuid():
+        raise TiqoError(f"{path} is a socket of another user: tiqo will not remove it", hint=hint)
+    log.warning("removing stale socket %s", path)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
 def bind_socket(path: Path) -> socket.socket:
     """A listening Unix socket at ``path`` with mode 0600 from the start (umask), replacing a stale one."""
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise TiqoError(
             f"socket path is too long for Unix sockets ({len(str(path))} > {MAX_SOCKET_PATH} bytes): {path}",
-            hint="set TIQO_SOCKET to a shorter path, e.g. /tmp/tiqo-$USER.sock",
+            hint="set TIQO_SOCKET to a shorter path in a folder of yours, e.g. ~/.tiqo/tiqo.sock (tiqo creates the "
+            "folder, mode 0700), or TIQO_HOME to a shorter folder",
         )
-    ensure_private_dir(path.parent)
-    if path.exists() or path.is_symlink():
-        if socket_in_use(path):
-            raise TiqoError(f"another process is serving on {path}", hint="stop it with `tiqo daemon stop`")
-        log.warning("removing stale socket %s", path)
-        path.unlink()
+    check_socket_dir(path.parent)
+    remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
         sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise TiqoError(
+            f"cannot create the socket {path}: {exc.strerror}", hint="set TIQO_SOCKET to a path in a folder of yours"
+        ) from None
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
@@ -108,12 +139,21 @@ def serve(settings: Settings) -> int:
 
     from tiqo.daemon.app import create_app
     from tiqo.daemon.service import Daemon
-    from tiqo.daemon.tcp import bind_tcp, parse_listen
+    from tiqo.daemon.tcp import bind_tcp, connection_limited, parse_listen
 
     paths = settings.paths
-    ensure_private_dir(paths.runtime_dir)
+    use_private_umask()  # every file from the first byte: the database and its -wal/-shm, logs, config, vectors
+    try:
+        ensure_private_dir(paths.runtime_dir)  # tiqo's alone: closed to 0700 if it is not
+    except TiqoError as exc:
+        print(f"tiqo: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return EXIT_CONFIG
+    # Created 0700 when missing; an existing one may be a folder of the user's (TIQO_HOME=~ makes ~/logs tiqo's log
+    # folder) and is left as it is, with tiqo's own files in it closed where an older tiqo left them open.
     for folder in (paths.state_dir, paths.log_dir, paths.config_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(folder)
+    for path in (paths.log_file, paths.log_file.with_suffix(".log.1"), paths.config_file):
+        tighten(path)
     lock = acquire_lock(paths.lock_file)
     if lock is None:
         print(f"tiqo: a daemon is already running for {paths.runtime_dir} (see `tiqo daemon status`)", file=sys.stderr)
@@ -133,7 +173,9 @@ def serve(settings: Settings) -> int:
             timeout_graceful_shutdown=5,
             timeout_keep_alive=30,
             loop="uvloop" if _has("uvloop") else "asyncio",
-            http="httptools" if _has("httptools") else "h11",
+            http=connection_limited(
+                "httptools" if _has("httptools") else "h11", settings["daemon.listen_max_connections"]
+            ),
         )
         server = uvicorn.Server(config)
         sockets = [sock]
@@ -190,6 +232,7 @@ def _has(module: str) -> bool:
 
 
 def main() -> None:
+    use_private_umask()
     try:
         settings = Settings.load()
     except TiqoError as exc:

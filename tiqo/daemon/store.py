@@ -8,10 +8,13 @@ process; a small commit costs about 60 µs in memory and 120-140 µs on disk her
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+
+from tiqo.core.paths import tighten
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS key_state (
@@ -120,15 +123,23 @@ CREATE TABLE IF NOT EXISTS vector_collections (
 
 class Store:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
+        # Private from the first byte: SQLite gives the -wal and -shm files (prompts, cached answers) the mode of the
+        # database file, so that file is made 0600 before SQLite opens it, and files an older tiqo left open closed.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        for part in (path, *self.sidecars()):
+            tighten(part)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
         self._migrate()
-        path.chmod(0o600)
+
+    def sidecars(self) -> tuple[Path, Path]:
+        """The WAL files next to the database."""
+        return self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm")
 
     # Columns added after a table first shipped: (table, column, definition). CREATE TABLE has them for new files.
     MIGRATIONS = (

@@ -6,23 +6,41 @@ caller is trusted with nothing: it must send ``Authorization: Bearer <token>``; 
 ``[users.NAME]`` table gives the tier, and any ``x-tiqo-user`` / ``x-tiqo-tier`` it sends is replaced. Only the
 ``/v1/*`` routes and the health check are served there; management stays on the socket. Tokens are stored as
 SHA-256 hashes (``[users.NAME] token_sha256``), so config.toml never holds one.
+
+What a TCP caller is refused, whatever it sends:
+- a tier of its own: a user whose table names none gets ``daemon.listen_tier`` (``free``: local models only), never
+  the unrestricted ``routing.tier`` of the socket's callers (``routing_config.tcp_tier``);
+- ``keep_alive``: shared models stay loaded for ``scheduler.keep_alive`` (a remote caller can neither pin nor unload
+  them); and a ``user`` of its choosing upstream (providers see the token's user);
+- anything but HTTP (websocket and other ASGI scopes never reach the app);
+- more than ``daemon.listen_max_connections`` connections at once (503; the Unix socket is never counted);
+- the health check's details: without or with a token it answers ``{"status": "ok"}`` only (no pid, no paths).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import socket
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tiqo.protocol.headers import encode_name
+
+log = logging.getLogger("tiqo.tcp")
+
 ALLOWED_PREFIXES = ("/v1/",)
-ALLOWED_PATHS = ("/tiqo/health",)
+HEALTH = "/tiqo/health"
 DROPPED_HEADERS = {b"x-tiqo-user", b"x-tiqo-tier", b"authorization"}
+TCP_USER = "tiqo.tcp_user"  # key in the request's ASGI state: the user a TCP caller's token names
+TOKEN_HINT = "create a token with `tiqo users token NAME` on the daemon's machine"
 
 
 def new_token() -> tuple[str, str]:
@@ -66,11 +84,18 @@ class BearerAuth:
         self.users = users  # the [users] table, read per request so new tokens work at once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _over_tcp(scope):
+        if not _over_tcp(scope):
             await self.app(scope, receive, send)
             return
+        if scope["type"] != "http":  # websocket or anything else: never past this point
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": "only HTTP is served over TCP"})
+            return
         path = scope["path"]
-        if not (path.startswith(ALLOWED_PREFIXES) or path in ALLOWED_PATHS):
+        if path == HEALTH and scope["method"] in ("GET", "HEAD"):
+            await _health(send, head=scope["method"] == "HEAD")
+            return
+        if not path.startswith(ALLOWED_PREFIXES):
             await _deny(
                 send,
                 403,
@@ -82,15 +107,15 @@ class BearerAuth:
         auth = dict(scope["headers"]).get(b"authorization", b"").decode(errors="replace")
         scheme, _, token = auth.partition(" ")
         user = self._user_of(token.strip()) if scheme.lower() == "bearer" else None
-        if path not in ALLOWED_PATHS and user is None:
+        if user is None:
             await _deny(
                 send, 401, "a valid bearer token is required over TCP", "authentication_error", "invalid_api_key"
             )
             return
         headers = [(k, v) for k, v in scope["headers"] if k not in DROPPED_HEADERS]
-        if user is not None:
-            headers.append((b"x-tiqo-user", user.encode()))
-        await self.app({**scope, "headers": headers}, receive, send)
+        headers.append((b"x-tiqo-user", encode_name(user).encode("ascii")))  # what request_meta decodes
+        state = {**(scope.get("state") or {}), TCP_USER: user}
+        await self.app({**scope, "headers": headers, "state": state}, receive, send)
 
     def _user_of(self, token: str) -> str | None:
         if not token:
@@ -103,27 +128,86 @@ class BearerAuth:
         return None
 
 
+def tcp_user(scope: Scope) -> str | None:
+    """The user a TCP caller's token names; None for the Unix socket's callers."""
+    state = scope.get("state")
+    user = state.get(TCP_USER) if isinstance(state, dict) else None
+    return user if isinstance(user, str) else None
+
+
 def _over_tcp(scope: Scope) -> bool:
     server = scope.get("server")
     return isinstance(server, (tuple, list)) and len(server) == 2 and server[1] is not None
 
 
-async def _deny(send: Send, status: int, message: str, type_: str, code: str) -> None:
-    body = json.dumps(
-        {
-            "error": {
-                "message": message,
-                "type": type_,
-                "code": code,
-                "hint": "create a token with `tiqo users token NAME` on the daemon's machine",
-            }
-        }
-    )
+async def _health(send: Send, *, head: bool) -> None:
+    body = b'{"status":"ok"}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def _deny(
+    send: Send,
+    status: int,
+    message: str,
+    type_: str,
+    code: str,
+    hint: str = TOKEN_HINT,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    body = json.dumps({"error": {"message": message, "type": type_, "code": code, "hint": hint}})
+    extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
+            "headers": [(b"content-type", b"application/json"), *extra, *headers],
         }
     )
     await send({"type": "http.response.body", "body": body.encode()})
+
+
+def connection_limited(http: str, limit: int) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol ``http`` (``h11`` or ``httptools``), serving at most ``limit`` TCP connections at
+    once (``daemon.listen_max_connections``). Each one over it answers its requests with a 503 and is closed;
+    connections on the Unix socket are never counted, so a TCP flood cannot lock the daemon's owner out."""
+    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
+    base: Any = import_from_string(HTTP_PROTOCOLS[http])
+    served: set[asyncio.Protocol] = set()
+    last_warning = [0.0]
+
+    class ConnectionLimited(base):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            if not isinstance(transport.get_extra_info("sockname"), tuple):  # a Unix socket's is a path
+                return
+            if len(served) < limit:
+                served.add(self)
+                return
+            self.app = _too_many_connections
+            if time.monotonic() - last_warning[0] > 60:
+                last_warning[0] = time.monotonic()
+                log.warning("TCP connection refused: %d open (daemon.listen_max_connections)", len(served))
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            served.discard(self)
+            super().connection_lost(exc)
+
+    return ConnectionLimited
+
+
+async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    await _deny(
+        send,
+        503,
+        "too many TCP connections to tiqo at once; try again shortly",
+        "server_error",
+        "too_many_connections",
+        hint="close idle connections, or raise the limit: `tiqo config set daemon.listen_max_connections 256`",
+        headers=((b"retry-after", b"1"), (b"connection", b"close")),
+    )

@@ -29,6 +29,7 @@ from tiqo.daemon.voice_upstream import (
     upload_for,
 )
 from tiqo.policy import budget as bp
+from tiqo.policy.outbound import form_texts
 from tiqo.policy.ratelimit import RateLimits
 from tiqo.policy.routing import CatalogModel, Decision
 from tiqo.protocol.audio import OPENAI_STT_MODELS, OPENAI_TTS_MODELS, OPENAI_VOICES
@@ -84,8 +85,9 @@ class Voice(Dispatch):
         row, started = self._row(meta, "stt")
         limits = RateLimits()
         try:
-            c, limits = self._admit(row, meta, "stt", [req.prompt] if req.prompt else [], 1)
-            decoded = await asyncio.to_thread(decode, req.audio, req.raw)
+            sent = [req.filename, *form_texts(req.fields, NOT_FORWARDED)]  # every form field a provider gets
+            c, limits = await self._admit(row, meta, "stt", [req.prompt] if req.prompt else [], 1, scan=sent)
+            decoded = await asyncio.to_thread(decode, req.audio, req.raw, self.settings["stt.max_duration"])
             row.audio_s = round(decoded.duration, 3)
             requested = self._openai_name(req.model, OPENAI_STT_MODELS)
             needs = ("stt",)
@@ -172,7 +174,7 @@ class Voice(Dispatch):
         limits = RateLimits()
         spoken = Spoken()
         try:
-            c, limits = self._admit(row, meta, "tts", [req.input], len(req.input) // 4 + 1)
+            c, limits = await self._admit(row, meta, "tts", [req.input], len(req.input) // 4 + 1)
             pieces = list(sentences(req.input))
             if not pieces:
                 raise BadRequest(

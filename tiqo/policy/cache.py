@@ -19,9 +19,15 @@ def canonical_request(body: Mapping[str, Any]) -> str:
     return json.dumps(cleaned, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def scope_for(data_class: str, user: str) -> str:
-    """Restricted answers are cached only for the same user; everything else shares one scope per class."""
-    return f"restricted:{user}" if data_class == "restricted" else data_class
+CACHE_SCOPES = ("user", "all")  # cache.scope: entries per user (the default), or shared by every user of a class
+
+
+def scope_for(data_class: str, user: str, shared: bool = False) -> str:
+    """Whose cached answers a request may read and write: its user's own (``user:NAME:CLASS``), or with ``shared``
+    (``cache.scope = all``) every user's of the same data class, except restricted answers: always per user."""
+    if shared and data_class != "restricted":
+        return data_class
+    return f"user:{user}:{data_class}"
 
 
 def cache_key(body: Mapping[str, Any], resolved_model: str, scope: str, endpoint: str = "chat") -> str:

@@ -1,4 +1,8 @@
-"""Classify a request from cheap signals: task, complexity, data classification. Pure; table-tested."""
+"""Classify a request from cheap signals: task, complexity, data classification. Pure; table-tested.
+
+Every scan runs on RE2 (``tiqo.policy.textscan``): linear in the text whatever it holds, so no request can make
+classification slow; texts longer than ``max_scan_chars`` are not scanned for restricted data but classified
+restricted (they stay on this machine), never passed unscanned."""
 
 from __future__ import annotations
 
@@ -6,25 +10,28 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tiqo.policy.textscan import ScanPattern, as_scan_pattern, compile_pattern, encode
+
 TASKS = ("chat", "code", "reasoning")
 COMPLEXITIES = ("simple", "medium", "complex")
 DATA_CLASSES = ("public", "internal", "confidential", "restricted")
+MAX_SCAN_CHARS = 8_000_000  # the default of the setting classification.max_scan_chars
 
-_CODE = re.compile(
+_CODE = compile_pattern(
     r"```|\bdef \w+\(|\bclass \w+[:(]|\bfunction\s*\w*\(|=>|#include|\bimport \w+|\bSELECT\b.+\bFROM\b|"
     r"\b(?:python|javascript|typescript|rust|golang|java|c\+\+|sql|bash|regex|refactor|debug|compile|"
     r"stack ?trace|traceback|unit tests?|function|code)\b",
-    re.IGNORECASE,
+    ignore_case=True,
 )
-_MATH = re.compile(
+_MATH = compile_pattern(
     r"\b(?:prove|proof|theorem|lemma|integral|derivative|equation|solve for|probability|optimi[sz]e)\b|"
     r"[∑∫√≤≥]|\d\s*[\^*/]\s*\d",
-    re.IGNORECASE,
+    ignore_case=True,
 )
-_ANALYSIS = re.compile(
+_ANALYSIS = compile_pattern(
     r"\b(?:analy[sz]e|analysis|compare|contrast|trade-?offs?|step by step|explain why|evaluate|critique|design|"
     r"architecture|strategy|pros and cons|in depth|detailed|comprehensive|essay|report)\b",
-    re.IGNORECASE,
+    ignore_case=True,
 )
 
 
@@ -64,18 +71,31 @@ def classify(
     max_tokens: int | None = None,
     data_class: str | None = None,
     default_class: str = "internal",
-    restricted_patterns: Sequence[re.Pattern[str]] = (),
+    restricted_patterns: Sequence[ScanPattern | re.Pattern[str] | str] = (),
     user: str = "local",
     tier: str = "default",
     task: str | None = None,
     thresholds: Thresholds = Thresholds(),
+    max_scan_chars: int = MAX_SCAN_CHARS,
+    scan: Sequence[str] | None = None,
+    min_class: str | None = None,
 ) -> Classification:
-    """``texts`` are the message contents (system and user turns). Explicit ``task``/``data_class`` win."""
+    """``texts`` are the user-visible message contents (system and user turns): task and complexity come from them.
+    ``scan`` is every text that would leave the machine (``tiqo.policy.outbound``; default: ``texts``): the
+    restricted patterns read all of it. Explicit ``task``/``data_class`` win, except that the data class is never
+    below ``min_class`` (the user's own, from ``[users.NAME]``) nor below what the patterns find: a caller may raise
+    its class, never lower it.
+
+    Scans at most ``max_scan_chars`` characters (the markers read that much of a longer text); a longer text is
+    classified restricted without a pattern scan. Time is linear in that bound (RE2): call it off the event loop
+    when the texts are big."""
     joined = "\n".join(texts)
+    chars = len(joined)
+    data = encode(joined[:max_scan_chars] if chars > max_scan_chars else joined)
     signals: list[str] = []
-    code = bool(_CODE.search(joined))
-    math = bool(_MATH.search(joined))
-    analysis = bool(_ANALYSIS.search(joined))
+    code = _CODE.search(data)
+    math = _MATH.search(data)
+    analysis = _ANALYSIS.search(data)
     if code:
         signals.append("code markers")
     if math:
@@ -84,7 +104,6 @@ def classify(
         signals.append("analysis markers")
     if has_tools:
         signals.append("tools")
-    chars = len(joined)
     signals.append(f"{chars} chars")
 
     if task is None:
@@ -101,18 +120,28 @@ def classify(
         signals.append(f"max_tokens {max_tokens}")
     complexity = "simple" if score == 0 else "medium" if score <= 1 else "complex"
 
-    if data_class is None:
-        data_class = default_class
+    data_class = _known(data_class if data_class is not None else default_class)
+    if min_class is not None and class_rank(_known(min_class)) > class_rank(data_class):
+        data_class = min_class  # the user's class: a caller may raise it, never lower it
+        signals.append(f"the user's data class {min_class}")
     # Patterns only ever raise the class: a request that says "public" but carries a private key is restricted.
     if data_class != "restricted":
-        for pattern in restricted_patterns:
-            if pattern.search(joined):
+        outgoing = joined if scan is None else "\n".join(scan)
+        if len(outgoing) > max_scan_chars:
+            data_class = "restricted"  # not scanned to the end, so it might hold anything: it stays here
+            signals.append(f"too long to scan for restricted data ({len(outgoing)} > {max_scan_chars} chars)")
+        elif restricted_patterns:
+            scanned = data if scan is None else encode(outgoing)
+            if any(as_scan_pattern(p).search(scanned) for p in restricted_patterns):
                 data_class = "restricted"
                 signals.append("restricted pattern matched")
-                break
+    return Classification(task, complexity, data_class, user, tier, tuple(signals))
+
+
+def _known(data_class: str) -> str:
     if data_class not in DATA_CLASSES:
         raise ValueError(f"unknown data class {data_class!r}; use one of {', '.join(DATA_CLASSES)}")
-    return Classification(task, complexity, data_class, user, tier, tuple(signals))
+    return data_class
 
 
 def class_rank(data_class: str) -> int:

@@ -101,3 +101,13 @@ class SetBudgetRequest(BaseModel):
     name: str | None = Field(default=None, description="user, provider or model name; * = each one separately")
     period: Literal["day", "month"] = "day"
     usd: float | None = Field(default=None, ge=0)
+
+
+class CreateTokenRequest(BaseModel):
+    """``POST /tiqo/users/NAME/token``: optionally the tier to give the user (written to ``[users.NAME] tier``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tier: str | None = Field(
+        default=None,
+        description="a [tiers] name, or default; without one the user keeps theirs or gets daemon.listen_tier",
+    )

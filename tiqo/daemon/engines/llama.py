@@ -10,7 +10,7 @@ import ctypes
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from tiqo.core.errors import ContextOverflow
 from tiqo.daemon.gguf import read_gguf
@@ -26,6 +26,7 @@ CHATML = (
 )
 COMPUTE_OVERHEAD = 64 * 1024 * 1024
 DEFAULT_TEMPERATURE = 0.8
+_CHEAP_BYTES_PER_TOKEN = 8  # prompts shorter than n_ctx * this are tokenized without a length check first
 
 
 def default_threads() -> int:
@@ -102,6 +103,7 @@ class LlamaRunner:
             "architecture": info.architecture,
         }
         self.name = spec.name
+        self._max_piece: int | None = None
 
     def chat(self, messages: list[dict[str, str]], params: GenerationParams, stop: StopFlag) -> Iterator[Piece]:
         try:
@@ -110,24 +112,43 @@ class LlamaRunner:
             from tiqo.core.errors import BadRequest
 
             raise BadRequest(f"the chat template of {self.name} rejected these messages: {exc}") from None
-        tokens = self.llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+        tokens = self._tokenize(rendered.prompt, add_bos=not rendered.added_special)
         extra_stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
         return self._generate(tokens, params, stop, [s for s in extra_stop if s])
 
     def complete(self, prompt: str, params: GenerationParams, stop: StopFlag) -> Iterator[Piece]:
-        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        tokens = self._tokenize(prompt, add_bos=True)
         return self._generate(tokens, params, stop, [])
+
+    def _tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        """The prompt's tokens; a prompt that cannot fit the window is refused before tokenizing it (16 MiB of text
+        takes llama.cpp about 25 s to tokenize here, holding the model): no token is longer than the vocabulary's
+        longest piece, so more bytes than ``n_ctx`` such pieces cannot fit."""
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) > self.n_ctx * _CHEAP_BYTES_PER_TOKEN and len(data) >= self.n_ctx * self._longest_piece():
+            self._overflow(f"at least {len(data) // self._longest_piece()}")
+        return cast(list[int], self.llm.tokenize(data, add_bos=add_bos, special=True))
+
+    def _longest_piece(self) -> int:
+        """Bytes of the vocabulary's longest token (computed once, when a prompt is long enough to need it)."""
+        if self._max_piece is None:
+            model = self.llm._model
+            self._max_piece = max((len(model.token_to_piece(i, True)) for i in range(self.llm.n_vocab())), default=1)
+        return self._max_piece
+
+    def _overflow(self, tokens: str) -> NoReturn:
+        raise ContextOverflow(
+            f"the prompt is {tokens} tokens but {self.name} has a context window of {self.n_ctx} tokens",
+            param="messages",
+            hint="shorten the input, or raise the window: `tiqo config set llm.n_ctx 8192` "
+            "(up to the model's trained length)",
+        )
 
     def _generate(
         self, tokens: list[int], params: GenerationParams, stop: StopFlag, extra_stop: list[str]
     ) -> Iterator[Piece]:
         if len(tokens) >= self.n_ctx:
-            raise ContextOverflow(
-                f"the prompt is {len(tokens)} tokens but {self.name} has a context window of {self.n_ctx} tokens",
-                param="messages",
-                hint="shorten the input, or raise the window: `tiqo config set llm.n_ctx 8192` "
-                "(up to the model's trained length)",
-            )
+            self._overflow(str(len(tokens)))
         return self._stream(tokens, params, stop, extra_stop)
 
     def _stream(

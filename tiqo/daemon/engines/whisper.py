@@ -65,6 +65,8 @@ class WhisperRunner:
         import ctranslate2
         from faster_whisper import WhisperModel
 
+        from tiqo.daemon.engines.log_mel import BlockLogMel
+
         assert spec.path is not None
         device = options.get("device") or "auto"
         if device == "auto":
@@ -72,6 +74,8 @@ class WhisperRunner:
         compute = options.get("compute_type") or ("float16" if device == "cuda" else "int8")
         threads = int(options.get("n_threads") or default_threads())
         self.model = WhisperModel(str(spec.path), device=device, compute_type=compute, cpu_threads=threads)
+        # the same features in bounded memory: faster-whisper's own extractor peaks at ~13x the audio
+        self.model.feature_extractor = BlockLogMel(self.model.feature_extractor)
         self.name = spec.name
         self.multilingual = bool(self.model.model.is_multilingual)
         self.memory_bytes = 0
