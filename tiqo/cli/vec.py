@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from tiqo.cli.output import EXIT_USAGE, client, console, err_console, fail, handle_errors, print_json
+from tiqo.client.streams import ApiError
 
 app = typer.Typer(
     help="Vector collections: ingest files, search them by meaning.\n\n"
@@ -182,10 +183,19 @@ def add(
     )
     with client() as c, progress:
         task = progress.add_task("add", total=len(docs))
-        for batch in _batches(docs):
-            counts = c.vec_ingest(
-                name, batch, user=user, chunk_size=chunk_size, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit
-            )
+        pending = _batches(docs)
+        while pending:
+            batch = pending.pop(0)
+            try:
+                counts = c.vec_ingest(
+                    name, batch, user=user, chunk_size=chunk_size, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit
+                )
+            except ApiError as exc:  # over vectors.max_chunks_per_request: halve the batch (one document: give up)
+                if exc.code != "too_many_chunks" or len(batch) < 2:
+                    raise
+                half = len(batch) // 2
+                pending[:0] = [batch[:half], batch[half:]]
+                continue
             for key in totals:
                 totals[key] += int(counts.get(key, 0))
             progress.advance(task, len(batch))

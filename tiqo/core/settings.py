@@ -452,6 +452,15 @@ SETTINGS: tuple[Setting, ...] = (
         env_var="TIQO_VECTORS_CHUNK_UNIT",
     ),
     Setting(
+        "vectors.max_chunks_per_request",
+        10000,
+        _positive_int,
+        "Most chunks one ingest request may make (all its documents together); more is refused with 413 before "
+        "anything is embedded",
+        "int",
+        env_var="TIQO_VECTORS_MAX_CHUNKS",
+    ),
+    Setting(
         "vectors.index_threshold",
         50000,
         _int,

@@ -12,10 +12,12 @@ import re
 from collections.abc import Callable
 
 UNITS = ("chars", "tokens")
+MIN_SIZE = {"chars": 64, "tokens": 16}  # smaller chunks carry too little meaning and multiply the embedding work
 _PARAGRAPHS = re.compile(r"(?<=\n)\s*\n")  # a blank line ends a paragraph
 _SENTENCES = re.compile(r"(?<=[.!?;:])\s+")
 _WORDS = re.compile(r"(?<=\s)(?=\S)")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+_SPACE = re.compile(r"\s+")
 
 
 def count_tokens(text: str) -> int:
@@ -64,14 +66,39 @@ def units(text: str, size: int, measure: Callable[[str], int] = len) -> list[str
     return out
 
 
-def chunk_text(text: str, size: int = 1000, overlap: int = 200, unit: str = "chars") -> list[str]:
+class TooManyChunks(ValueError):
+    """The text makes more chunks than allowed (raised as soon as that is known, before chunking all of it)."""
+
+
+def check_params(size: int, overlap: int, unit: str) -> None:
+    """Reject chunking parameters a request may not use: a chunk below ``MIN_SIZE`` or an overlap not below it."""
+    _measure(unit)
+    if size < MIN_SIZE[unit]:
+        raise ValueError(f"chunk size {size} is below the minimum of {MIN_SIZE[unit]} {unit}")
+    if not 0 <= overlap < size:
+        raise ValueError(f"chunk overlap {overlap} must be at least 0 and smaller than the chunk size ({size})")
+
+
+def min_chunks(text: str, size: int, unit: str = "chars") -> int:
+    """A lower bound on how many chunks ``text`` makes at ``size``, in one linear pass with no allocation per word:
+    chunks cover every non-space character (every token), and each holds at most ``size`` of them."""
+    total = _TOKEN.subn("", text)[1] if unit == "tokens" else len(_SPACE.sub("", text))  # counted in C
+    return -(-total // size)
+
+
+def chunk_text(
+    text: str, size: int = 1000, overlap: int = 200, unit: str = "chars", max_chunks: int | None = None
+) -> list[str]:
     """Chunks of at most ``size`` (chars or tokens); each repeats up to ``overlap`` of the previous one's end, in
-    whole sentences or words. Empty and whitespace-only text gives no chunks."""
+    whole sentences or words. Empty and whitespace-only text gives no chunks. More than ``max_chunks`` raises
+    ``TooManyChunks`` (checked against a lower bound first, so a hopeless text is refused without chunking it)."""
     if size < 1:
         raise ValueError("chunk size must be at least 1")
     if not 0 <= overlap < size:
         raise ValueError("chunk overlap must be at least 0 and smaller than the chunk size")
     measure = _measure(unit)
+    if max_chunks is not None and min_chunks(text, size, unit) > max_chunks:
+        raise TooManyChunks(f"more than {max_chunks} chunks")
     pieces = units(text, size, measure)
     lengths = [measure(p) for p in pieces]
     chunks: list[str] = []
@@ -84,6 +111,8 @@ def chunk_text(text: str, size: int = 1000, overlap: int = 200, unit: str = "cha
         chunk = "".join(pieces[i:j]).strip()
         if chunk:
             chunks.append(chunk)
+            if max_chunks is not None and len(chunks) > max_chunks:
+                raise TooManyChunks(f"more than {max_chunks} chunks")
         if j >= n:
             break
         k, carried = j, 0  # step back over whole pieces that fit in the overlap, always moving forward

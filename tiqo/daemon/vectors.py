@@ -20,14 +20,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from tiqo.core.errors import BadRequest, Conflict, NotFound, TiqoError
+from tiqo.core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, TiqoError
 from tiqo.core.paths import ensure_private_dir
-from tiqo.daemon.chunking import chunk_text
+from tiqo.daemon.chunking import UNITS, TooManyChunks, check_params, chunk_text
 from tiqo.daemon.vector_search import FILTER_HINT, build_index, ensure_fts, refresh_index, search, valid_filter
 
 log = logging.getLogger("tiqo.vectors")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_TOP_K = 1000
+EMBED_BATCH = 256  # texts per embedding call: the model slot is released between calls, so others get a turn
 
 
 class Forbidden(TiqoError):
@@ -109,10 +110,11 @@ class VectorStore:
         return [self._row(r) for r in rows]
 
     def get(self, user: str, name: str) -> Collection:
-        """``user``'s collection ``name``, else one another user shares under that name."""
+        """``user``'s collection ``name``, else the one another user shares under that name. A shared name belongs to
+        whoever shared it first (``create`` refuses a second); rows from before that rule resolve to the oldest."""
         row = self.store.db.execute(
             "SELECT owner, name, tbl, model, dimension, shared, created FROM vector_collections "
-            "WHERE name = ? AND (owner = ? OR shared = 1) ORDER BY owner != ?, owner LIMIT 1",
+            "WHERE name = ? AND (owner = ? OR shared = 1) ORDER BY owner != ?, created, owner LIMIT 1",
             (name, user, user),
         ).fetchone()
         if row is None:
@@ -167,12 +169,28 @@ class VectorStore:
             )
         c = Collection(user, name, "c_" + _digest(user, name)[:24], model, dimension, shared, time.time())
         await asyncio.to_thread(self._drop_table, c.tbl)  # leftovers of a collection removed by a crash
+        if shared:  # checked with no await before the insert: two requests cannot both pass it
+            self._refuse_shared_name(user, name)
         self.store.db.execute(
             "INSERT INTO vector_collections (owner, name, tbl, model, dimension, shared, created) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (c.owner, c.name, c.tbl, c.model, c.dimension, int(c.shared), c.created),
         )
         return c.as_dict(0, False)
+
+    def _refuse_shared_name(self, user: str, name: str) -> None:
+        """A second user may not share a collection under a name another user already shares: readers who ask for
+        that name would get whichever sorted first, so anyone could slip their own data in under a trusted name."""
+        row = self.store.db.execute(
+            "SELECT owner FROM vector_collections WHERE name = ? AND shared = 1 AND owner != ? LIMIT 1", (name, user)
+        ).fetchone()
+        if row is not None:
+            raise Conflict(
+                f"{row[0]} already shares a collection named {name!r}",
+                param="name",
+                code="name_taken",
+                hint=f"pick another name, or create {name!r} without sharing it (then only you see yours)",
+            )
 
     async def remove(self, user: str, name: str) -> dict[str, Any]:
         c = self.writable(user, name)
@@ -280,8 +298,13 @@ class VectorStore:
                 f"collection {c.name!r} has no embedding model: it takes raw vectors only",
                 hint='send {"vectors": [{"id", "values"}]} to upsert and {"vector": [...]} to query',
             )
-        _, embedded = await self.embeddings.local(texts, c.model)
-        return embedded.vectors
+        import numpy as np
+
+        parts = []
+        for start in range(0, len(texts), EMBED_BATCH):  # never one call with every text of a large request
+            _, embedded = await self.embeddings.local(texts[start : start + EMBED_BATCH], c.model)
+            parts.append(embedded.vectors)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     async def upsert_vectors(self, c: Collection, items: list[dict[str, Any]]) -> dict[str, Any]:
         rows = []
@@ -337,12 +360,13 @@ class VectorStore:
         self._maybe_index(c, total)
         return {"upserted": len(rows), "rows": total}
 
-    async def ingest(
-        self, c: Collection, docs: list[dict[str, Any]], size: int, overlap: int, unit: str
-    ) -> dict[str, Any]:
-        """Chunk, embed and store documents keyed by source: an unchanged document is skipped; a changed one
-        replaces every chunk of its source (vectors of chunks that did not change are reused)."""
+    def _plan(
+        self, docs: list[dict[str, Any]], size: int, overlap: int, unit: str, limit: int
+    ) -> list[tuple[str, list[str], dict[str, Any], str]]:
+        """Each document's (source, chunks, metadata, hash); more than ``limit`` chunks in all is refused before any
+        is embedded, and as soon as it is known."""
         plans = []
+        left = limit
         for i, doc in enumerate(docs):
             source, text = str(doc.get("source") or ""), str(doc.get("text") or "")
             if not source:
@@ -350,12 +374,39 @@ class VectorStore:
             if not text.strip():
                 raise BadRequest(f"{source}: the text is empty", param="text", hint="skip empty files")
             try:
-                chunks = chunk_text(text, size, overlap, unit)
-            except ValueError as exc:
-                raise BadRequest(str(exc), hint="check vectors.chunk_size and vectors.chunk_overlap") from None
+                chunks = chunk_text(text, size, overlap, unit, max_chunks=left)
+            except TooManyChunks:
+                raise PayloadTooLarge(
+                    f"this request makes more than {limit} chunks (vectors.max_chunks_per_request) at chunk size "
+                    f"{size} {unit}",
+                    param="documents",
+                    code="too_many_chunks",
+                    hint="send fewer or smaller documents per request, use a larger chunk_size, or raise "
+                    "vectors.max_chunks_per_request",
+                ) from None
+            left -= len(chunks)
             meta = dict(doc.get("metadata") or {})
             doc_hash = _digest(json.dumps([text, meta, size, overlap, unit], sort_keys=True))
             plans.append((source, chunks, meta, doc_hash))
+        return plans
+
+    async def ingest(
+        self, c: Collection, docs: list[dict[str, Any]], size: int, overlap: int, unit: str
+    ) -> dict[str, Any]:
+        """Chunk, embed and store documents keyed by source: an unchanged document is skipped; a changed one
+        replaces every chunk of its source (vectors of chunks that did not change are reused)."""
+        try:
+            check_params(size, overlap, unit)
+        except ValueError as exc:
+            raise BadRequest(
+                str(exc),
+                param="chunk_size" if unit in UNITS else "chunk_unit",
+                code="bad_chunking",
+                hint="use a larger chunk_size (and a smaller chunk_overlap), or fix vectors.chunk_size and "
+                "vectors.chunk_overlap",
+            ) from None
+        limit = int(self.settings["vectors.max_chunks_per_request"])
+        plans = await asyncio.to_thread(self._plan, docs, size, overlap, unit, limit)  # CPU work: off the loop
         if len({p[0] for p in plans}) != len(plans):
             raise BadRequest("two documents have the same source", param="source", hint="one document per source")
         async with self._lock(c):

@@ -1,0 +1,162 @@
+"""Hardening (issue 16): big bodies do not stall other clients, and nothing is lost when a request is refused.
+
+* A 16 MiB pathological chat body is answered (refused or served) while another client's ``/tiqo/health`` keeps
+  answering; bounds are generous ratios (the machine is shared), bench/big_bodies.py gives the figures.
+* Big bodies that are not valid JSON, or not a valid request, get the same 400 / 422 shapes as small ones.
+* A battery of refused requests leaves the ledger (usage, logs), budgets and key states as they were: at most one
+  ledger row per refused request, with a refusal outcome and no charge, and the daemon still serves.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from bench.big_bodies import bodies
+from tests.conftest import DaemonProc, short_home, start_daemon
+from tests.test_gateway import write_home
+from tests.upstreams import Upstream
+
+CHAT = "/v1/chat/completions"
+EXTRA: dict[str, Any] = {
+    "users": {"tina": {"tpm": 1000}},
+    "budgets": {"global": {"daily": 1000.0}, "users": {"poor": {"daily": 0.5}}},
+}
+
+
+@pytest.fixture(scope="module")
+def bd(ups: tuple[Upstream, Upstream]) -> Iterator[DaemonProc]:
+    home = short_home()
+    write_home(home, *ups, EXTRA)
+    d = start_daemon(home)
+    yield d
+    d.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _health_during(d: DaemonProc, body: bytes) -> tuple[int, float, list[float]]:
+    lat: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        with d.client(30) as c:
+            while not stop.is_set():
+                t = time.perf_counter()
+                c.get("/tiqo/health")
+                lat.append(time.perf_counter() - t)
+                time.sleep(0.002)
+
+    th = threading.Thread(target=probe)
+    th.start()
+    time.sleep(0.1)
+    t = time.perf_counter()
+    r = d.client(60).post(CHAT, content=body, headers={"content-type": "application/json"})
+    took = time.perf_counter() - t
+    stop.set()
+    th.join()
+    return r.status_code, took, lat
+
+
+def test_a_16_mib_pathological_prompt_does_not_stall_health(bd: DaemonProc, stubs: tuple[Upstream, Upstream]) -> None:
+    status, took, lat = _health_during(bd, bodies()["a."])
+    assert status < 500
+    assert took < 10  # issue: under 1 s (bench/big_bodies.py); generous here, the machine is shared
+    assert lat, "health was never answered during the big request"
+    # health waits at most for a slice of the big request, never for all of it
+    assert max(lat) < max(0.25, 0.6 * took), (max(lat), took)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (bodies()["invalid"], 400, "invalid_json"),
+        (b'{"model":"ext","messages":[{"role":"user","content":"' + b"a" * (1 << 20) + b'"}],"n":"x"}', 422, None),
+        (b'{"messages":[{"role":"user","content":"' + b"a" * (1 << 20) + b'"}],"model":7}', 422, None),
+    ],
+)
+def test_big_bad_bodies_get_the_same_errors_as_small_ones(
+    bd: DaemonProc, body: bytes, status: int, code: str | None
+) -> None:
+    r = bd.client(60).post(CHAT, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text[:500]
+    err = r.json()["error"]
+    assert err["code"] == (code or "validation_error")
+    if status == 422:
+        small = body.replace(b"a" * (1 << 20), b"a")
+        r2 = bd.client(60).post(CHAT, content=small, headers={"content-type": "application/json"})
+        assert (r2.status_code, r2.json()["error"]["param"]) == (422, err["param"])
+
+
+# ------------------------------------------------------------------ nothing lost
+
+
+def _state(c: httpx.Client) -> dict[str, Any]:
+    return {p: c.get(p).json() for p in ("/tiqo/usage", "/tiqo/budget", "/tiqo/keys")}
+
+
+def _rows(c: httpx.Client) -> list[dict[str, Any]]:
+    data = c.get("/tiqo/logs", params={"n": 1000}).json()
+    return list(data["data"] if isinstance(data, dict) and "data" in data else data)
+
+
+def test_refused_requests_lose_nothing(bd: DaemonProc, stubs: tuple[Upstream, Upstream]) -> None:
+    c = bd.client(60)
+    assert c.post(CHAT, json={"model": "ext", "messages": [{"role": "user", "content": "warm up"}]}).status_code == 200
+    tina = {"x-tiqo-user": "tina"}  # tpm 1000: a full bucket admits one request, then refuses
+    big = {"model": "alpha-m", "max_tokens": 4, "messages": [{"role": "user", "content": "x" * 40_000}]}
+    assert c.post(CHAT, json=big, headers=tina).status_code == 200
+    before, rows_before = _state(c), _rows(c)
+    msg = [{"role": "user", "content": "hello"}]
+    json_h = {"content-type": "application/json"}
+    refused: list[tuple[str, httpx.Response]] = [
+        ("malformed json", c.post(CHAT, content=b'{"model": "ext", "messages": [', headers=json_h)),
+        ("wrong types", c.post(CHAT, json={"model": "ext", "messages": "nope"})),
+        ("oversize", c.post(CHAT, content=b"x" * ((16 << 20) + 1), headers=json_h)),
+        ("unknown model", c.post(CHAT, json={"model": "no-such-model", "messages": msg})),
+        (
+            "restricted to external",
+            c.post(CHAT, json={"model": "alpha-m", "messages": msg}, headers={"x-tiqo-class": "restricted"}),
+        ),
+        (
+            "over budget",
+            c.post(
+                CHAT, json={"model": "alpha-m", "messages": msg, "max_tokens": 10**6}, headers={"x-tiqo-user": "poor"}
+            ),
+        ),
+        (
+            "rate limited",
+            c.post(CHAT, json={"model": "alpha-m", "max_tokens": 4, "messages": msg}, headers=tina),
+        ),
+        ("bad audio", c.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"not audio")})),
+        (
+            "over context",
+            c.post(CHAT, json={"model": "alpha-m", "messages": [{"role": "user", "content": "x" * 8_000_000}]}),
+        ),
+    ]
+    for name, r in refused:
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text[:300])
+    # refusals never touch a key, a budget or its reservations (the stream below does use a key and spends)
+    keys_refused, budget_refused = c.get("/tiqo/keys").json()["keys"], c.get("/tiqo/budget").json()
+    # a client that hangs up mid-stream
+    stubs[0].reset()
+    with c.stream("POST", CHAT, json={"model": "alpha-m", "messages": msg, "stream": True}) as r:
+        assert r.status_code == 200
+        next(r.iter_bytes())
+    assert c.get("/tiqo/health").status_code == 200
+    rows_after = _rows(c)
+    new = [r for r in rows_after if r not in rows_before]
+    refusals = [r for r in new if r.get("outcome") != "ok"]
+    assert len(refusals) <= len(refused) + 1, refusals
+    for row in refusals:
+        assert row.get("outcome") in ("refused", "error", "cancelled", "interrupted"), row
+        assert not row.get("cost_usd"), row
+    assert keys_refused == before["/tiqo/keys"]["keys"]
+    assert budget_refused == before["/tiqo/budget"]
+    ok = c.post(CHAT, json={"model": "ext", "messages": [{"role": "user", "content": "still there?"}]})
+    assert ok.status_code == 200
