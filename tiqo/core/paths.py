@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tiqo.core.errors import ConfigError
+from tiqo.core.errors import BadRequest, ConfigError
 
 APP = "tiqo"
 # sun_path is 108 bytes on Linux (104 on macOS), including the terminating NUL.
@@ -191,3 +191,15 @@ def tighten(path: Path) -> None:
         st = path.lstat()
         if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
             os.chmod(path, 0o600)
+
+
+def user_path(text: str | Path, param: str = "path") -> Path:
+    """``text`` with ``~`` expanded; a ``~user`` that names no user is a 400, not a crash."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "~nobody/x": no such user, so no home directory to expand to
+        raise BadRequest(
+            f"{str(text)[:80]!r}: ~ names no user whose home directory is known",
+            param=param,
+            hint="give an absolute path, or ~/ for your own home",
+        ) from None

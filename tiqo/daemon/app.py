@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tiqo import __version__
 from tiqo.core.errors import TiqoError
+from tiqo.daemon.openapi_errors import document_errors
 from tiqo.daemon.routes_audio import router as audio_router
 from tiqo.daemon.routes_embeddings import router as embeddings_router
 from tiqo.daemon.routes_gateway import router as gateway_router
@@ -29,9 +30,14 @@ from tiqo.daemon.tcp import BearerAuth
 
 log = logging.getLogger("tiqo.http")
 
+# The HTTP parser buffers a request's headers whole: more than this is garbage or an attack, never a client of tiqo.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADERS = 256
+
 
 class RequestContext:
-    """Pure ASGI middleware: request id header, body size limit (413) and one access-log line per request."""
+    """Pure ASGI middleware: request id header, header (431) and body size limits (413), one access-log line per
+    request."""
 
     def __init__(self, app: ASGIApp, max_body: int, max_audio: int | None = None) -> None:
         self.app = app
@@ -49,7 +55,11 @@ class RequestContext:
         audio = scope["path"].startswith("/v1/audio/")
         limit = self.max_audio if audio else self.max_body
         setting = "stt.max_upload" if audio else "daemon.max_request_size"
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        headers = scope["headers"]
+        if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
+            await _headers_too_large(send, rid, len(headers))
+            return
+        declared = next((v for k, v in headers if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(send, rid, int(declared), limit, setting)
             return
@@ -92,6 +102,16 @@ async def _too_large(send: Send, rid: str, size: int, limit: int, setting: str) 
     ).to_body()
     body["error"].update(type="invalid_request_error", code="payload_too_large")
     response = JSONResponse(body, status_code=413, headers={"x-tiqo-request-id": rid})
+    await response({"type": "http"}, _no_receive, send)
+
+
+async def _headers_too_large(send: Send, rid: str, count: int) -> None:
+    body = TiqoError(
+        f"the request's {count} headers are too large (at most {MAX_HEADERS} headers, {MAX_HEADER_BYTES} bytes)",
+        hint="send large values in the body, not in headers",
+    ).to_body()
+    body["error"].update(type="invalid_request_error", code="headers_too_large")
+    response = JSONResponse(body, status_code=431, headers={"x-tiqo-request-id": rid})
     await response({"type": "http"}, _no_receive, send)
 
 
@@ -193,6 +213,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.include_router(gateway_router)
     app.include_router(ledger_router)
     app.include_router(vectors_router)
+    document_errors(app)
     app.add_middleware(BearerAuth, users=lambda: daemon.settings.toml.get("users", {}))
     app.add_middleware(
         RequestContext,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tiqo.core.errors import BadRequest
+from tiqo.core.paths import user_path
 
 MAGIC = b"GGUF"
 # value types (gguf spec)
@@ -142,7 +143,7 @@ class _Reader:
 
 def read_gguf(path: str | Path) -> GGUFInfo:
     """Parse and check ``path``. Raises ``GGUFError`` (a 400) saying what is wrong."""
-    path = Path(path).expanduser()
+    path = user_path(path)
     if not path.exists():
         raise GGUFError(f"no such file: {path}", code="file_not_found")
     if not path.is_file():
@@ -173,7 +174,12 @@ def read_gguf(path: str | Path) -> GGUFInfo:
                 elements *= d
             block, nbytes = _TYPE_SIZES.get(ggml_type, (1, 0))
             data_end = max(data_end, offset + elements // block * nbytes)
-        alignment = int(info.metadata.get("general.alignment", 32))
+        alignment = info.metadata.get("general.alignment", 32)
+        if type(alignment) is not int or not 0 < alignment <= 1 << 30:
+            raise GGUFError(
+                f"{path.name}: general.alignment is {alignment!r}; a GGUF needs a positive integer (usually 32)",
+                hint="the file is damaged or was written by a broken converter: download or convert it again",
+            )
         data_start = -(-fh.tell() // alignment) * alignment
     if n_tensors == 0:
         raise GGUFError(f"{path.name} holds no tensors (a vocabulary-only GGUF cannot generate)")

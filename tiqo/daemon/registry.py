@@ -11,6 +11,7 @@ from typing import Any
 
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import BadRequest, Conflict, ModelNotFound
+from tiqo.core.paths import user_path
 from tiqo.core.settings import Settings, write_config_value
 from tiqo.daemon.gguf import read_gguf
 from tiqo.policy.routing import LOCAL, CatalogModel
@@ -327,7 +328,7 @@ class Registry:
                 parse_duration(keep_alive)
             except ValueError as exc:
                 raise BadRequest(str(exc), param="keep_alive") from None
-        entry = _local_entry(Path(path).expanduser())
+        entry = _local_entry(user_path(path))
         label = entry.pop("_label")
         if n_ctx:
             entry["n_ctx"] = n_ctx

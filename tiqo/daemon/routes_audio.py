@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from tiqo.core.errors import BadRequest, PayloadTooLarge, TiqoError
+from tiqo.core.paths import user_path
+from tiqo.daemon.openapi_errors import GENERATES, errors
 from tiqo.daemon.routes_openai import request_meta
 from tiqo.daemon.served import Served
 from tiqo.daemon.service import Daemon
@@ -39,7 +41,7 @@ def _dumps(obj: Any) -> str:
 
 
 # ------------------------------------------------------------------ speech-to-text
-@router.post("/v1/audio/transcriptions", response_model=None)
+@router.post("/v1/audio/transcriptions", response_model=None, responses=errors(*GENERATES))
 async def transcriptions(request: Request) -> Response:
     """OpenAI's transcription route (multipart: file, model, language, prompt, response_format, temperature,
     timestamp_granularities[], stream). tiqo extras: sample_rate / channels / sample_format for raw PCM,
@@ -47,7 +49,7 @@ async def transcriptions(request: Request) -> Response:
     return await _transcribe(request, translate=False)
 
 
-@router.post("/v1/audio/translations", response_model=None)
+@router.post("/v1/audio/translations", response_model=None, responses=errors(*GENERATES))
 async def translations(request: Request) -> Response:
     """Speech in any language to English text (same fields as transcriptions)."""
     return await _transcribe(request, translate=True)
@@ -261,7 +263,7 @@ class SpeechBody(BaseModel):
 _CLONING_FIELDS = ("reference_audio", "voice_sample", "speaker_wav", "clone")
 
 
-@router.post("/v1/audio/speech", response_model=None)
+@router.post("/v1/audio/speech", response_model=None, responses=errors(*GENERATES))
 async def speech(body: SpeechBody, request: Request) -> StreamingResponse:
     """Audio bytes, streamed sentence by sentence: the first sentence plays while the rest is synthesised."""
     from tiqo.daemon.voice import TtsRequest
@@ -346,7 +348,7 @@ async def voices(request: Request) -> dict[str, Any]:
 @router.post("/tiqo/voices", status_code=201)
 async def add_voice(body: AddVoiceBody, request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
-    path = Path(body.path).expanduser()
+    path = user_path(body.path)
     if path.suffix != ".onnx":
         raise BadRequest(
             f"{path.name} is not a Piper voice (NAME.onnx with NAME.onnx.json beside it)",

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from tiqo.core.errors import BadRequest, PayloadTooLarge
+from tiqo.daemon.openapi_errors import GENERATES, errors
 from tiqo.daemon.routes_openai import request_meta
 from tiqo.daemon.service import Daemon
 
@@ -46,7 +47,7 @@ def _texts(value: Any) -> list[str]:
     return list(value)
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", responses=errors(*GENERATES))
 async def embeddings(body: EmbeddingsBody, request: Request) -> JSONResponse:
     daemon: Daemon = request.app.state.daemon
     if body.encoding_format not in (None, "float", "base64"):

@@ -6,9 +6,12 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from tiqo.core.errors import BadRequest
 from tiqo.daemon.gateway import RequestMeta
+from tiqo.daemon.openapi_errors import errors
 from tiqo.daemon.served import OS_USER
 from tiqo.daemon.service import Daemon
 from tiqo.policy.cache import CONTROL
@@ -23,7 +26,7 @@ def _daemon(request: Request) -> Daemon:
     return daemon
 
 
-@router.post("/route/explain")
+@router.post("/route/explain", responses=errors(400, 403, 404))
 async def route_explain(body: RouteExplainRequest, request: Request) -> dict[str, Any]:
     """What routing would do with this request, without running it: classification, every candidate with its
     price, availability and why it was kept or dropped, and the choice."""
@@ -36,7 +39,10 @@ async def route_explain(body: RouteExplainRequest, request: Request) -> dict[str
         chat["max_tokens"] = body.max_tokens
     if body.tools:
         chat["tools"] = body.tools
-    request_body = oa.ChatCompletionRequest.model_validate(chat)
+    try:
+        request_body = oa.ChatCompletionRequest.model_validate(chat)
+    except ValidationError as exc:  # messages or tools a chat request would refuse: the same 422 it gets
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
     meta = RequestMeta(user=body.user or OS_USER, tier=body.tier, data_class=body.data_class, task=body.task)
     classification, sent = await daemon.gateway.examine(request_body, meta)
     decision = daemon.gateway.decide(request_body, classification, sent)
@@ -55,7 +61,7 @@ async def list_providers(request: Request) -> dict[str, Any]:
     return {"providers": rows, "kinds": sorted(daemon.hub.kinds)}
 
 
-@router.post("/providers", status_code=201)
+@router.post("/providers", status_code=201, responses=errors(409))
 async def add_provider(body: AddProviderRequest, request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
     options = body.model_dump(exclude={"name", "kind", "base_url"}, exclude_none=True)
@@ -71,7 +77,7 @@ async def remove_provider(name: str, request: Request) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- keys
-@router.get("/keys")
+@router.get("/keys", responses=errors(404))
 async def list_keys(request: Request, provider: str | None = None) -> dict[str, Any]:
     daemon = _daemon(request)
     if provider is not None:
@@ -79,7 +85,7 @@ async def list_keys(request: Request, provider: str | None = None) -> dict[str, 
     return {"keys": daemon.hub.describe_keys(provider), "now": time.time()}
 
 
-@router.post("/keys", status_code=201)
+@router.post("/keys", status_code=201, responses=errors(404, 409))
 async def add_key(body: AddKeyRequest, request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
     limits = body.model_dump(exclude={"provider", "name", "secret"}, exclude_none=True)

@@ -7,15 +7,16 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import BadRequest, ConfigError
 from tiqo.core.settings import write_config_value
 from tiqo.daemon.ledger import GROUPS
+from tiqo.daemon.openapi_errors import errors
 from tiqo.daemon.routing_config import tcp_tier
 from tiqo.daemon.service import Daemon
 from tiqo.daemon.tcp import new_token
@@ -37,7 +38,7 @@ def _since(since: str) -> float:
         raise BadRequest(f"since: {exc}", param="since", hint="use a duration such as 1h, 7d or 30d") from None
 
 
-@router.get("/usage")
+@router.get("/usage", responses=errors(400))
 async def usage(request: Request, since: str = "7d", by: str = "day", user: str | None = None) -> dict[str, Any]:
     """Requests, tokens, cost, cache hits and errors since a time, grouped by day, provider, model, user or key."""
     if by not in GROUPS:
@@ -48,7 +49,7 @@ async def usage(request: Request, since: str = "7d", by: str = "day", user: str 
     return result
 
 
-@router.get("/logs")
+@router.get("/logs", responses=errors(400))
 async def logs(request: Request, n: int = 20, user: str | None = None) -> dict[str, Any]:
     """The most recent requests, newest first (no content unless ledger.store_content is on)."""
     if not 0 < n <= 10_000:
@@ -56,7 +57,7 @@ async def logs(request: Request, n: int = 20, user: str | None = None) -> dict[s
     return {"data": _daemon(request).ledger.logs(n, user)}
 
 
-@router.get("/audit")
+@router.get("/audit", responses=errors(400))
 async def audit(request: Request, n: int = 20, since: str = "3650d") -> dict[str, Any]:
     """Every off-machine call, newest first: where it went, with which key, why it was allowed, what it cost."""
     if not 0 < n <= 10_000:
@@ -82,7 +83,7 @@ async def set_budget(body: SetBudgetRequest, request: Request) -> dict[str, Any]
 
 
 @router.get("/alerts")
-async def alerts(request: Request, n: int = 50) -> dict[str, Any]:
+async def alerts(request: Request, n: Annotated[int, Query(ge=1, le=10_000)] = 50) -> dict[str, Any]:
     return {"data": _daemon(request).ledger.alerts(n)}
 
 
@@ -92,7 +93,7 @@ async def events(request: Request, kinds: str | None = None) -> StreamingRespons
     gets what it missed from a short history."""
     daemon = _daemon(request)
     last = request.headers.get("last-event-id")
-    after = int(last) if last and last.isdigit() else None
+    after = int(last) if last and last.isascii() and last.isdigit() else None
     wanted = {k.strip() for k in kinds.split(",") if k.strip()} if kinds else None
 
     feed = daemon.events.subscribe(after, wanted).__aiter__()  # subscribed now: nothing published later is missed

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tiqo.core.errors import BadRequest, Conflict
+from tiqo.daemon.openapi_errors import errors
 from tiqo.daemon.registry import KIND_DEFAULTS
 from tiqo.daemon.service import Daemon
 from tiqo.policy.routing import CatalogModel
@@ -89,7 +90,7 @@ async def models(request: Request) -> dict[str, Any]:
     return {"models": rows, "aliases": {k: list(v) for k, v in aliases.items()}}
 
 
-@router.post("/models", status_code=201)
+@router.post("/models", status_code=201, responses=errors(400, 404, 409))
 async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
     if body.name in daemon.gateway.catalog_and_config()[1].aliases:
@@ -129,7 +130,7 @@ async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
     return _model_row(daemon, spec)
 
 
-@router.delete("/models/{name}")
+@router.delete("/models/{name}", responses=errors(409))
 async def remove_model(name: str, request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
     if daemon.registry.is_external(name):
@@ -142,7 +143,7 @@ async def remove_model(name: str, request: Request) -> dict[str, Any]:
     return {"removed": spec.name}
 
 
-@router.post("/models/{name}/load")
+@router.post("/models/{name}/load", responses=errors(400, 503))
 async def load_model(name: str, request: Request, body: LoadRequest | None = None) -> dict[str, Any]:
     daemon = _daemon(request)
     body = body or LoadRequest()

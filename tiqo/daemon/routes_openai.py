@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.gateway import RequestMeta, Served, generation_params
+from tiqo.daemon.openapi_errors import GENERATES, errors
 from tiqo.daemon.pieces import merge_tool_calls
 from tiqo.daemon.rag import augment
 from tiqo.daemon.routing_config import tcp_tier
@@ -110,7 +111,7 @@ def _as_caller(body: ChatOrCompletion, meta: RequestMeta, request: Request) -> t
     return (body.model_copy(update=update) if update else body), headers
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None, responses=errors(*GENERATES))
 async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
     daemon = _daemon(request)
     meta = request_meta(request, body.user)
@@ -137,7 +138,7 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> 
     )
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=None, responses=errors(*GENERATES))
 async def completions(body: oa.CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
     daemon = _daemon(request)
     spec = daemon.registry.resolve(body.model)

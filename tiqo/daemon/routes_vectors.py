@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiqo.core.errors import BadRequest
+from tiqo.daemon.openapi_errors import errors
 from tiqo.daemon.routes_openai import request_meta
 from tiqo.daemon.vectors import VectorStore
 
@@ -106,7 +107,7 @@ async def list_collections(request: Request) -> dict[str, Any]:
     return {"collections": await _vectors(request).list_collections(_user(request))}
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=errors(404, 409))
 async def create_collection(body: CreateCollection, request: Request) -> dict[str, Any]:
     """A new collection: embedded by ``model`` (default embed.default_model), or raw vectors of ``dimension``."""
     return await _vectors(request).create(_user(request), body.name, body.model, body.shared, body.dimension)

@@ -18,6 +18,7 @@ PERIODS = ("day", "month")
 SCOPES = ("global", "user", "provider", "model")
 ACTIONS = ("warn", "prefer-local", "block-external")
 NANO = 1_000_000_000  # counters are integer nano-dollars
+MAX_USD = 1e12  # a larger budget is a typo (and 1e308 nano-dollars overflows to infinity)
 EVERY = "*"  # a user/provider/model limit that applies to each one separately
 
 
@@ -37,8 +38,11 @@ class Limit:
             raise ValueError(f"unknown budget scope {self.scope!r}; use one of {', '.join(SCOPES)}")
         if self.period not in PERIODS:
             raise ValueError(f"unknown budget period {self.period!r}; use day or month")
-        if not self.usd >= 0:
-            raise ValueError(f"a budget must be a non-negative amount of USD, not {self.usd!r}")
+        if not 0 <= self.usd <= MAX_USD:
+            raise ValueError(
+                f"a budget must be an amount of USD from 0 to {MAX_USD:,.0f}, not {self.usd!r} "
+                "(to remove a limit, set it to null)"
+            )
 
     @property
     def label(self) -> str:

@@ -100,7 +100,13 @@ class SetBudgetRequest(BaseModel):
     scope: Literal["global", "user", "provider", "model"] = "global"
     name: str | None = Field(default=None, description="user, provider or model name; * = each one separately")
     period: Literal["day", "month"] = "day"
-    usd: float | None = Field(default=None, ge=0)
+    usd: float | None = Field(
+        default=None,
+        ge=0,
+        le=1e12,  # tiqo.policy.budget.MAX_USD
+        strict=True,
+        description="a number of US dollars (not a boolean); null removes it",
+    )
 
 
 class CreateTokenRequest(BaseModel):

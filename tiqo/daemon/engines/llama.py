@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from typing import Any, NoReturn, cast
 
-from tiqo.core.errors import ContextOverflow
+from tiqo.core.errors import BadRequest, ContextOverflow
 from tiqo.daemon.gguf import read_gguf
 from tiqo.sdk.engine import GenerationParams, ModelSpec, Piece, StopFlag
 
@@ -118,6 +118,12 @@ class LlamaRunner:
 
     def complete(self, prompt: str, params: GenerationParams, stop: StopFlag) -> Iterator[Piece]:
         tokens = self._tokenize(prompt, add_bos=True)
+        if not tokens:  # an empty prompt and no start token: llama.cpp asserts on an empty batch
+            raise BadRequest(
+                f"the prompt is empty and {self.name} adds no start token: there is nothing to continue",
+                param="prompt",
+                hint="send at least one character of prompt text",
+            )
         return self._generate(tokens, params, stop, [])
 
     def _tokenize(self, text: str, *, add_bos: bool) -> list[int]:
