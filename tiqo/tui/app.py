@@ -190,6 +190,12 @@ class DashApp(App[None]):
         self._draw(parts)
 
     def _draw(self, parts: set[str]) -> None:
+        try:
+            self._draw_parts(parts)
+        except NoMatches:  # a timer or a fetch can land while a screen is still composing or already torn down
+            return
+
+    def _draw_parts(self, parts: set[str]) -> None:
         s = self.state
         if "status" in parts:
             self._draw_status()
