@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import DaemonProc, start_daemon
+from tests.test_vectors import error, ok
 from tiqo.daemon.chunking import MIN_SIZE, TooManyChunks, chunk_text, min_chunks
 from tiqo.daemon.vectors import EMBED_BATCH, Collection, VectorStore
 
@@ -30,18 +31,6 @@ def d() -> Iterator[DaemonProc]:
     yield daemon
     daemon.stop()
     shutil.rmtree(daemon.home, ignore_errors=True)
-
-
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code < 300, response.text
-    return response.json()
-
-
-def error(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()["error"]
-    assert body["message"] and body.get("hint"), body
-    return body
 
 
 def ingest(c: httpx.Client, name: str, docs: dict[str, str], **extra: Any) -> httpx.Response:

@@ -174,12 +174,10 @@ def _decode_stream(container: Any, stream: Any, source: str, declared: float | N
 def _append(pcm: PcmBuffer, frame: Any, source: str, declared: float | None, max_seconds: float) -> None:
     if not pcm.add(frame.to_ndarray().reshape(-1)):
         said = "gives no length" if declared is None else f"says {format_duration(declared)}"
-        raise PayloadTooLarge(
+        raise _too_long(
             f"the audio is longer than stt.max_duration ({format_duration(max_seconds)}): decoding stopped there "
             f"({source}; its header {said})",
-            param="file",
-            code=TOO_LONG,
-            hint=_too_long_hint(max_seconds, None),
+            max_seconds,
         )
 
 
@@ -187,20 +185,23 @@ def _check_declared(seconds: float, max_seconds: float, source: str, slack: floa
     """Refuse before decoding when the header alone says the audio is too long. ``slack`` covers lengths that
     are estimated (from the bit rate, for some MP3s): between the limit and limit + slack, decoding decides."""
     if seconds > max_seconds + slack:
-        raise PayloadTooLarge(
+        raise _too_long(
             f"the audio is {format_duration(seconds)} long ({source}); stt.max_duration allows "
             f"{format_duration(max_seconds)}",
-            param="file",
-            code=TOO_LONG,
-            hint=_too_long_hint(max_seconds, seconds),
+            max_seconds,
+            seconds,
         )
 
 
-def _too_long_hint(max_seconds: float, seconds: float | None) -> str:
+def _too_long(message: str, max_seconds: float, seconds: float | None = None) -> PayloadTooLarge:
+    """The 413 of audio over stt.max_duration, with the hint that fixes it (split the file, or raise the limit)."""
     wanted = math.ceil((seconds or 2 * max_seconds) / 3600)
-    return (
-        f"split it into parts (`ffmpeg -i IN -f segment -segment_time {math.floor(max_seconds)} part%03d.flac`), or "
-        f"raise the limit: `tiqo config set stt.max_duration {wanted}h`"
+    return PayloadTooLarge(
+        message,
+        param="file",
+        code=TOO_LONG,
+        hint=f"split it into parts (`ffmpeg -i IN -f segment -segment_time {math.floor(max_seconds)} part%03d.flac`), "
+        f"or raise the limit: `tiqo config set stt.max_duration {wanted}h`",
     )
 
 

@@ -115,14 +115,17 @@ class Gateway:
     async def classify(self, body: oa.ChatCompletionRequest, meta: RequestMeta) -> Classification:
         return (await self.examine(body, meta))[0]
 
-    async def examine(self, body: oa.ChatCompletionRequest, meta: RequestMeta) -> tuple[Classification, Outbound]:
+    async def examine(
+        self, body: oa.ChatCompletionRequest, meta: RequestMeta, wire: dict[str, Any] | None = None
+    ) -> tuple[Classification, Outbound]:
         """Classify a chat request and measure what it sends upstream. Task and complexity come from the
         user-visible turns (system, developer, user), as always; the restricted-data scan reads every text that
         would leave the machine (tool results, assistant turns, tool calls, ``tools``, names, file parts,
         pass-through fields), and the size counts all of it too (for rate limits and the budget reservation).
-        A small body is read on the event loop; a bigger one in a worker thread, like ``classify_texts``."""
+        A small body is read on the event loop; a bigger one in a worker thread, like ``classify_texts``. ``wire``:
+        ``body.wire()`` when the caller has it already."""
         texts = [m.text() for m in body.messages if m.role in VISIBLE_ROLES]
-        wire = body.wire()
+        wire = body.wire() if wire is None else wire
         classifier = self._classifier(texts, meta, has_tools=bool(body.tools), max_tokens=body.token_limit())
 
         def run(sent: Outbound | None = None) -> tuple[Classification, Outbound]:
@@ -290,11 +293,12 @@ class Gateway:
         row = RequestRow(id=meta.request_id or "req_" + uuid.uuid4().hex[:24], ts=self.clock(), user=meta.user)
         limits = RateLimits()
         try:
-            classification, sent = await self.examine(body, meta)
+            wire = body.wire()  # once: classification, the cache key and the upstream calls all read it
+            classification, sent = await self.examine(body, meta, wire)
             row.tier, row.task, row.data_class = classification.tier, classification.task, classification.data_class
             limits = self.accounting.rate_limits(classification, self.catalog_and_config()[1])
             self.accounting.admit(classification, limits, sent.est_prompt_tokens)
-            served, pieces = await self._serve(body, meta, classification, sent, row.id, stream=stream)
+            served, pieces = await self._serve(body, wire, meta, classification, sent, row.id, stream=stream)
         except TiqoError as exc:
             row.outcome = "refused" if exc.status < 500 else "error"
             row.error = exc.code
@@ -305,6 +309,7 @@ class Gateway:
     async def _serve(
         self,
         body: oa.ChatCompletionRequest,
+        wire: dict[str, Any],
         meta: RequestMeta,
         classification: Classification,
         sent: Outbound,
@@ -318,7 +323,6 @@ class Gateway:
         kept = decision.kept
         if not kept:
             raise self.nothing_kept(decision, blocked)
-        wire = body.wire()
         cache = await self.cache.use(wire, decision.classification, meta.cache, named_class=meta.data_class is not None)
         if cache is not None and meta.cache == "use":
             hit = await self.cache.lookup(wire, [c.model for c in kept], cache, served)
