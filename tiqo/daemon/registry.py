@@ -412,7 +412,18 @@ def _local_entry(path: Path) -> dict[str, Any]:
     return {"path": str(info.path.absolute()), "kind": "llm", "engine": "llama.cpp", "_label": label}
 
 
-_OPTION_KEYS = ("n_ctx", "n_threads", "n_gpu_layers", "n_batch", "num_parallel", "keep_alive", "device", "tokenizer")
+_OPTION_KEYS = (
+    "n_ctx",
+    "n_threads",
+    "n_gpu_layers",
+    "n_batch",
+    "num_parallel",
+    "keep_alive",
+    "device",
+    "tokenizer",
+    "noise_scale",  # Piper: generator noise (the voice's own value when unset; 0 makes synthesis repeatable)
+    "noise_w_scale",  # Piper: phoneme length noise
+)
 
 
 def _options(entry: dict[str, Any]) -> dict[str, Any]:

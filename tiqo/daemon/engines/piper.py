@@ -77,6 +77,10 @@ class PiperRunner:
         self.sample_rate = int(self.voice.config.sample_rate)
         self.memory_bytes = 0
         self.details = {"sample_rate": self.sample_rate, "cuda": bool(use_cuda)}
+        # Piper adds random noise to the sound and to phoneme lengths; a voice's [models.NAME] table may override both
+        # (0 and 0 make the same text give the same samples every time).
+        self.noise_scale = _scale(options, "noise_scale")
+        self.noise_w_scale = _scale(options, "noise_w_scale")
 
     def speak(self, pieces: Iterable[str], job: TtsJob, stop: StopFlag) -> Iterator[bytes]:
         """16-bit mono PCM at ``self.sample_rate``, one chunk per sentence."""
@@ -90,7 +94,10 @@ class PiperRunner:
                 raise BadRequest(f"voice {self.name} has no speaker {job.speaker!r}; speakers: {known}")
             speaker_id = ids[job.speaker]
         config = SynthesisConfig(
-            speaker_id=speaker_id, length_scale=(self.voice.config.length_scale or 1.0) / job.speed
+            speaker_id=speaker_id,
+            length_scale=(self.voice.config.length_scale or 1.0) / job.speed,
+            noise_scale=self.noise_scale,
+            noise_w_scale=self.noise_w_scale,
         )
         for text in pieces:
             for chunk in self.voice.synthesize(text, config):
@@ -101,6 +108,15 @@ class PiperRunner:
     def close(self) -> None:
         if getattr(self, "voice", None) is not None:
             del self.voice
+
+
+def _scale(options: dict[str, Any], key: str) -> float | None:
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 10:
+        raise BadRequest(f"{key} must be a number from 0 to 10, not {value!r}", param=key)
+    return float(value)
 
 
 class PiperEngine:
