@@ -386,3 +386,31 @@ def test_a_speech_nobody_reads_keeps_the_daemon_bounded_and_serving() -> None:
         with contextlib.suppress(Exception):
             d.stop()
         shutil.rmtree(d.home, ignore_errors=True)
+
+
+@pytest.mark.voice
+def test_a_client_that_reads_nothing_is_dropped_after_the_send_timeout() -> None:
+    """The client keeps its connection open and reads nothing: after daemon.send_timeout the daemon drops it, the
+    voice slot is freed and the request is in the ledger as cancelled (the backpressure test above needs the client
+    to go away)."""
+    d = start_daemon(TIQO_SEND_TIMEOUT="2s")
+    try:
+        c = d.client(300)
+        assert c.post("/v1/audio/speech", json={"input": SPEECH, "response_format": "wav"}).status_code == 200
+        client = _stalled_speech(d.socket, LONG)
+        try:
+            row = wait_for(lambda: _cancelled_row(c), 120)
+            assert row and row["task"] == "tts", "the stalled speech was never dropped"
+            assert wait_for(lambda: all(m["in_flight"] == 0 for m in c.get("/tiqo/ps").json()["models"]), 60)
+            r = c.post("/v1/audio/speech", json={"input": "Done.", "response_format": "wav"})
+            assert r.status_code == 200
+            assert "read nothing for 2 s (daemon.send_timeout)" in d.log_text()
+            client.settimeout(30)  # what was sent before the drop, then the end of the stream (no timeout error)
+            while client.recv(1 << 16):
+                pass
+        finally:
+            client.close()
+    finally:
+        with contextlib.suppress(Exception):
+            d.stop()
+        shutil.rmtree(d.home, ignore_errors=True)

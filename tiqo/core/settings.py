@@ -73,6 +73,13 @@ def _max_duration(value: Any) -> float:
     return seconds
 
 
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"{value!r} is not a duration above 0 (e.g. 60s)")
+    return seconds
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).strip().lower()
@@ -172,6 +179,20 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
     ),
     Setting("daemon.max_request_size", "16MiB", parse_size, "Largest request body; bigger ones get 413", "size"),
+    Setting(
+        "daemon.send_timeout",
+        "60s",
+        _positive_duration,
+        "Longest a client may leave an answer unread; then the daemon drops the connection and frees the model",
+        "duration",
+    ),
+    Setting(
+        "daemon.max_json_values",
+        50_000,
+        _positive_int,
+        "Most values (objects, arrays, items) in a JSON body; more get 413 before the body is parsed",
+        "int",
+    ),
     Setting(
         "scheduler.keep_alive",
         "5m",

@@ -2,4 +2,5 @@
 
 from tiqo.daemon.server import main
 
-main()
+if __name__ == "__main__":  # not when a spawned worker process (json_bounds) imports it as __mp_main__
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tiqo import __version__
 from tiqo.core.errors import TiqoError
+from tiqo.daemon.json_bounds import ExactCounter, JsonBounds
 from tiqo.daemon.openapi_errors import document_errors
 from tiqo.daemon.routes_audio import router as audio_router
 from tiqo.daemon.routes_embeddings import router as embeddings_router
@@ -39,10 +41,13 @@ class RequestContext:
     """Pure ASGI middleware: request id header, header (431) and body size limits (413), one access-log line per
     request."""
 
-    def __init__(self, app: ASGIApp, max_body: int, max_audio: int | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body: int, max_audio: int | None = None, send_timeout: float | None = None
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.max_audio = max_body if max_audio is None else max_audio
+        self.send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,10 +85,22 @@ class RequestContext:
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-tiqo-request-id", rid.encode())]
-            await send(message)
+            # A client that leaves the answer unread would hold its model slot (and the engine) forever: past the
+            # deadline the send fails, the response ends, and the slot and buffers are freed.
+            try:
+                async with asyncio.timeout(self.send_timeout):
+                    await send(message)
+            except TimeoutError:
+                raise ClientTooSlow(self.send_timeout) from None
 
         try:
             await self.app(scope, limited_receive, send_with_id)
+        except Exception as exc:
+            slow = exc if isinstance(exc, ClientTooSlow) else _within(exc, ClientTooSlow)
+            if slow is None:
+                raise
+            log.warning("%s %s: %s; connection dropped %s", scope["method"], scope["path"], slow, rid)
+            status = 499
         finally:
             log.info(
                 "%s %s %s %.1fms %s",
@@ -93,6 +110,21 @@ class RequestContext:
                 (time.perf_counter() - started) * 1000,
                 rid,
             )
+
+
+class ClientTooSlow(Exception):
+    def __init__(self, seconds: float | None) -> None:
+        super().__init__(f"the client read nothing for {seconds:g} s (daemon.send_timeout)")
+
+
+def _within(exc: BaseException, kind: type[Exception]) -> BaseException | None:
+    """The ``kind`` exception inside a (nested) exception group, as task groups raise them."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _within(inner, kind)
+            if found is not None:
+                return found
+    return exc if isinstance(exc, kind) else None
 
 
 async def _too_large(send: Send, rid: str, size: int, limit: int, setting: str) -> None:
@@ -195,6 +227,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        counter.close()
         log.info("shutting down: unloading models")
         await daemon.close()
 
@@ -214,10 +247,13 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.include_router(ledger_router)
     app.include_router(vectors_router)
     document_errors(app)
+    counter = ExactCounter()
+    app.add_middleware(JsonBounds, max_values=daemon.settings["daemon.max_json_values"], counter=counter)
     app.add_middleware(BearerAuth, users=lambda: daemon.settings.toml.get("users", {}))
     app.add_middleware(
         RequestContext,
         max_body=daemon.settings["daemon.max_request_size"],
         max_audio=daemon.settings["stt.max_upload"],
+        send_timeout=daemon.settings["daemon.send_timeout"],
     )
     return app

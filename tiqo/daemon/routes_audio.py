@@ -20,6 +20,7 @@ from tiqo.daemon.openapi_errors import GENERATES, errors
 from tiqo.daemon.routes_openai import request_meta
 from tiqo.daemon.served import Served
 from tiqo.daemon.service import Daemon
+from tiqo.daemon.streaming import ClosingStreamingResponse
 from tiqo.protocol import audio as pa
 
 log = logging.getLogger("tiqo.api")
@@ -157,7 +158,7 @@ async def _transcribe(request: Request, translate: bool) -> Response:
     stream = (_one(fields, "stream") or "").lower() in ("1", "true", "yes", "on")
     if stream:
         served, events = await daemon.voice.transcribe(req, meta)
-        return StreamingResponse(
+        return ClosingStreamingResponse(
             _stt_sse(events),
             media_type="text/event-stream",
             headers={**served.headers(final=True), "cache-control": "no-cache"},
@@ -309,7 +310,7 @@ async def speech(body: SpeechBody, request: Request) -> StreamingResponse:
         headers["x-tiqo-sample-rate"] = str(rate)
     if body.instructions:
         headers["x-tiqo-warning"] = "instructions are ignored by local voices"
-    return StreamingResponse(audio, media_type=spoken.content_type, headers=headers)
+    return ClosingStreamingResponse(audio, media_type=spoken.content_type, headers=headers)
 
 
 # ------------------------------------------------------------------ voices

@@ -19,6 +19,7 @@ from tiqo.daemon.ledger import GROUPS
 from tiqo.daemon.openapi_errors import errors
 from tiqo.daemon.routing_config import tcp_tier
 from tiqo.daemon.service import Daemon
+from tiqo.daemon.streaming import ClosingStreamingResponse
 from tiqo.daemon.tcp import new_token
 from tiqo.protocol.tiqo import CreateTokenRequest, SetBudgetRequest
 
@@ -117,7 +118,7 @@ async def events(request: Request, kinds: str | None = None) -> StreamingRespons
                 pending.cancel()
             await feed.aclose()  # type: ignore[attr-defined]
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    return ClosingStreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
 # ---------------------------------------------------------------- users

@@ -21,6 +21,7 @@ from tiqo.daemon.rag import augment
 from tiqo.daemon.routing_config import tcp_tier
 from tiqo.daemon.served import OS_USER
 from tiqo.daemon.service import Daemon
+from tiqo.daemon.streaming import ClosingStreamingResponse
 from tiqo.daemon.tcp import tcp_user
 from tiqo.policy.cache import CONTROL
 from tiqo.protocol import openai as oa
@@ -131,7 +132,7 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> 
     served, pieces = await daemon.gateway.chat(body, meta, stream=True)
     served.sources = sources
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(
+    return ClosingStreamingResponse(
         _sse(pieces, served, rid, True, include_usage),
         media_type="text/event-stream",
         headers={**served.headers(final=False), "cache-control": "no-cache", **warnings},
@@ -173,7 +174,7 @@ async def completions(body: oa.CompletionRequest, request: Request) -> JSONRespo
     except StopAsyncIteration:
         first = Piece("", finish_reason="stop")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(
+    return ClosingStreamingResponse(
         _sse(_prepend(first, pieces), served, rid, False, include_usage),
         media_type="text/event-stream",
         headers={**served.headers(final=True), "cache-control": "no-cache", **warnings},
