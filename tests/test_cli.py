@@ -396,6 +396,11 @@ def test_config_path_set_show_unset() -> None:
         row = _config_row(h, "scheduler.keep_alive", TIQO_KEEP_ALIVE="1m")
         assert row["value"] == "1m" and row["source"] == "env TIQO_KEEP_ALIVE"
 
+        never = h.cli("config", "set", "scheduler.keep_alive", "-1")  # a negative value is a value, not an option
+        assert never.returncode == 0, never.stderr
+        assert tomllib.loads(config_file.read_text())["scheduler"]["keep_alive"] == "-1"
+        assert h.cli("config", "set", "scheduler.keep_alive", "10m").returncode == 0
+
         bogus = h.cli("config", "set", "scheduler.keep_alive", "bogus")
         assert bogus.returncode == 2, (bogus.stdout, bogus.stderr)
         assert first_line(bogus.stderr).startswith("tiqo:")

@@ -49,7 +49,7 @@ def path() -> None:
     print(Paths.from_env().config_file)
 
 
-@app.command("set")
+@app.command("set", context_settings={"ignore_unknown_options": True})  # a value may be negative: `set KEY -1`
 @handle_errors
 def set_(
     key: str = typer.Argument(..., help="Setting, e.g. scheduler.keep_alive."),
