@@ -32,10 +32,10 @@ install: $(BIN)/python
 	$(PIP) --no-deps -e plugins/tiqo-providers
 	# pip caches the compiled llama.cpp under its version only: one built for another CPU (or with AMX) dies with
 	# SIGILL. Check that it runs here; when it does not, drop the cached wheel and build it again.
-	@$(BIN)/python -m tiqo.daemon.engines.llama_check || { \
+	@$(BIN)/python -m tiqo.daemon.runtime.engines.llama_check || { \
 		echo "llama.cpp does not run on this CPU (built elsewhere?): rebuilding it"; \
 		$(BIN)/pip cache remove 'llama_cpp_python*'; \
-		$(PIP) --force-reinstall --no-deps llama-cpp-python && $(BIN)/python -m tiqo.daemon.engines.llama_check; }
+		$(PIP) --force-reinstall --no-deps llama-cpp-python && $(BIN)/python -m tiqo.daemon.runtime.engines.llama_check; }
 
 install-test: install
 	$(PIP) -e '.[llm,voice,embed,vectors,models,test]'

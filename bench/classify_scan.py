@@ -1,7 +1,7 @@
 """Which engine should run the classifier's patterns: Python's ``re``, the ``regex`` module (with a timeout), or RE2?
 
-Scans the shipped restricted-data patterns (``tiqo/daemon/data/routing.toml``) and the task markers (code, maths,
-analysis; case-insensitive) over adversarial texts of growing length, with each engine:
+Scans the shipped restricted-data patterns (``tiqo/daemon/catalog/data/routing.toml``) and the task markers (code,
+maths, analysis; case-insensitive) over adversarial texts of growing length, with each engine:
 
 * ``a.`` repeated: the e-mail pattern's ``[A-Za-z0-9._%+-]+@`` retries from every position (quadratic when
   backtracking);
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tiqo.daemon.routing_config import default_routing  # noqa: E402
+from tiqo.daemon.catalog.routing_config import default_routing  # noqa: E402
 from tiqo.policy import classify as C  # noqa: E402
 from tiqo.policy.textscan import compile_pattern, encode  # noqa: E402
 

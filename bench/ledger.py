@@ -69,11 +69,11 @@ from gateway_overhead import (  # noqa: E402
 from tests.upstreams import UpstreamProcess  # noqa: E402
 from tiqo.core.paths import Paths  # noqa: E402
 from tiqo.core.settings import Settings  # noqa: E402
-from tiqo.daemon.budgets import Budgets  # noqa: E402
-from tiqo.daemon.events import EventBus  # noqa: E402
-from tiqo.daemon.ledger import CallRow, Ledger, RequestRow  # noqa: E402
-from tiqo.daemon.routing_config import restricted_patterns  # noqa: E402
-from tiqo.daemon.store import Store  # noqa: E402
+from tiqo.daemon.accounting.budgets import Budgets  # noqa: E402
+from tiqo.daemon.accounting.events import EventBus  # noqa: E402
+from tiqo.daemon.accounting.ledger import CallRow, Ledger, RequestRow  # noqa: E402
+from tiqo.daemon.catalog.routing_config import restricted_patterns  # noqa: E402
+from tiqo.daemon.state.store import Store  # noqa: E402
 from tiqo.policy import budget as bp  # noqa: E402
 from tiqo.policy.classify import classify  # noqa: E402
 from tiqo.policy.routing import CatalogModel, RoutingConfig, Tier, estimate_tokens, plan  # noqa: E402

@@ -40,8 +40,8 @@ from _daemon import RawClient, start_daemon, stop_daemon
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.upstreams import UpstreamProcess  # noqa: E402
-from tiqo.daemon.semantic_index import SemanticIndex  # noqa: E402
-from tiqo.daemon.store import Store  # noqa: E402
+from tiqo.daemon.cache.semantic_index import SemanticIndex  # noqa: E402
+from tiqo.daemon.state.store import Store  # noqa: E402
 
 TASKS = [  # (asked, near miss)
     ("reset my password", "change my username"),
@@ -179,7 +179,7 @@ def run_daemon(home: Path, semantic: bool, threshold: float | None, fills: list[
 def scan(raw: RawClient, home: Path, fill: int, para: list[str]) -> dict[str, Any]:
     """Fill the group up to ``fill`` entries (refresh writes without looking up), then time semantic hits and, in this
     process, the daemon's own pieces: a group's first lookup reads its vectors from SQLite, every later one is a
-    search of the in-memory index (tiqo.daemon.semantic_index)."""
+    search of the in-memory index (tiqo.daemon.cache.semantic_index)."""
     db = sqlite3.connect(f"file:{home / 'state' / 'tiqo.db'}?mode=ro", uri=True)
     count = "SELECT sem_group, COUNT(*) FROM cache WHERE vector IS NOT NULL GROUP BY sem_group ORDER BY 2 DESC LIMIT 1"
     group, have = db.execute(count).fetchone()

@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 from _daemon import RawClient, start_daemon, stop_daemon
 
-from tiqo.daemon.engines.embed import EmbedRunner
-from tiqo.daemon.registry import MINILM, bundled_models
+from tiqo.daemon.catalog.registry import MINILM, bundled_models
+from tiqo.daemon.runtime.engines.embed import EmbedRunner
 
 # topic: subjects / objects (each chunk stays on one topic, so the embeddings cluster as real text does)
 TOPICS = """
@@ -164,7 +164,7 @@ def sweep(vecs: np.ndarray, queries: np.ndarray, kth: np.ndarray, k: int) -> lis
     import pyarrow as pa
     from lancedb.index import IvfHnswSq, IvfPq
 
-    from tiqo.daemon.vector_search import index_config
+    from tiqo.daemon.knowledge.vector_search import index_config
 
     n, dim = vecs.shape
     folder = tempfile.mkdtemp(prefix="tqvs", dir="/tmp")
@@ -281,7 +281,7 @@ def compare(
     /tiqo/health on the bare client: what any request to the daemon costs."""
     import asyncio
 
-    from tiqo.daemon.vector_search import COLUMNS, NPROBES, search
+    from tiqo.daemon.knowledge.vector_search import COLUMNS, NPROBES, search
 
     params = {} if exact else {"nprobes": NPROBES}
     sides = ("daemon", "daemon_raw", "inproc", "inproc_sync", "health")
@@ -377,7 +377,7 @@ def main() -> None:
         raw.close()
         stop_daemon(proc, client)
     shutil.rmtree(home, ignore_errors=True)
-    from tiqo.daemon.vector_search import NPROBES, index_config
+    from tiqo.daemon.knowledge.vector_search import NPROBES, index_config
 
     cfg = describe(index_config(args.rows, int(vecs.shape[1])))
     res["daemon_index"] = {"type": cfg, "nprobes": NPROBES}

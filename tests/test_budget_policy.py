@@ -149,8 +149,8 @@ def test_token_buckets_refill_and_say_how_long_to_wait() -> None:
 def test_a_counter_charged_by_two_limits_is_reserved_and_settled_once(tmp_path: object) -> None:
     from pathlib import Path
 
-    from tiqo.daemon.ledger import CallRow, Ledger
-    from tiqo.daemon.store import Store
+    from tiqo.daemon.accounting.ledger import CallRow, Ledger
+    from tiqo.daemon.state.store import Store
 
     assert isinstance(tmp_path, Path)
     ledger = Ledger(Store(tmp_path / "t.db"))

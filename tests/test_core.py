@@ -13,7 +13,7 @@ from tiqo.core.durations import format_duration, parse_duration, parse_size
 from tiqo.core.errors import ConfigError
 from tiqo.core.paths import Paths
 from tiqo.core.settings import SETTINGS, Settings, validate, write_config_value
-from tiqo.daemon.gguf import GGUFError, read_gguf
+from tiqo.daemon.catalog.gguf import GGUFError, read_gguf
 
 
 @pytest.mark.parametrize(

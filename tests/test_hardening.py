@@ -20,7 +20,7 @@ from tests.conftest import DaemonProc, short_home, start_daemon
 from tiqo.core.errors import ConfigError
 from tiqo.core.paths import Paths
 from tiqo.core.settings import Settings
-from tiqo.daemon.routing_config import restricted_patterns
+from tiqo.daemon.catalog.routing_config import restricted_patterns
 from tiqo.policy import classify as classify_module
 from tiqo.policy.classify import MAX_SCAN_CHARS, classify
 from tiqo.policy.textscan import ENGINE, PatternError, ScanPattern, compile_pattern

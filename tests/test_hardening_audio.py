@@ -254,7 +254,7 @@ def test_decoding_holds_no_more_than_the_limit(ten_hours: bytes) -> None:
     """Python-level allocations (numpy's included) while a lying 10-hour file is cut at one minute: about one
     minute of float32 (3.8 MB), not the ten hours (2.3 GB) nor a second copy."""
     from tiqo.core.errors import PayloadTooLarge
-    from tiqo.daemon.audio import decode
+    from tiqo.daemon.media.audio import decode
 
     liar = with_declared_samples(ten_hours, 16000)
     import av  # noqa: F401  (imported before counting)
@@ -274,7 +274,7 @@ def test_decoding_holds_no_more_than_the_limit(ten_hours: bytes) -> None:
 def test_decoded_audio_is_exact_and_unbounded_without_a_limit(audio_dir: Path) -> None:
     import numpy as np
 
-    from tiqo.daemon.audio import decode
+    from tiqo.daemon.media.audio import decode
 
     data = silent_flac(90, audio_dir / "ninety.flac")
     decoded = decode(data)  # the default: no limit
@@ -304,7 +304,7 @@ def test_block_log_mel_matches_faster_whisper(seconds: float) -> None:
     import numpy as np
     from faster_whisper.feature_extractor import FeatureExtractor
 
-    from tiqo.daemon.engines.log_mel import BlockLogMel
+    from tiqo.daemon.runtime.engines.log_mel import BlockLogMel
 
     audio = (np.random.default_rng(7).standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32)
     theirs, ours = FeatureExtractor(), BlockLogMel(FeatureExtractor())
@@ -320,7 +320,7 @@ def test_block_log_mel_memory_follows_the_audio() -> None:
     import numpy as np
     from faster_whisper.feature_extractor import FeatureExtractor
 
-    from tiqo.daemon.engines.log_mel import BlockLogMel
+    from tiqo.daemon.runtime.engines.log_mel import BlockLogMel
 
     def peak_for(minutes: int) -> tuple[int, int]:
         audio = np.full(minutes * 60 * 16000, 0.01, dtype=np.float32)

@@ -25,7 +25,7 @@ from bench.big_bodies import bodies
 from tests.conftest import DaemonProc, short_home, start_daemon
 from tests.test_gateway import write_home
 from tests.upstreams import Upstream
-from tiqo.daemon.json_bounds import count_values, upper_bound
+from tiqo.daemon.http.json_bounds import count_values, upper_bound
 
 CHAT = "/v1/chat/completions"
 EXTRA: dict[str, Any] = {

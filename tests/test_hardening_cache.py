@@ -29,10 +29,10 @@ from tests.fakes import FakeEngine, spec
 from tests.test_gateway import ask, served_by, write_home
 from tests.test_tcp import free_port
 from tests.upstreams import Upstream
-from tiqo.daemon import streaming
-from tiqo.daemon.response_cache import ResponseCache
-from tiqo.daemon.served import Served
-from tiqo.daemon.store import Store
+from tiqo.daemon.cache.response_cache import ResponseCache
+from tiqo.daemon.pipeline.served import Served
+from tiqo.daemon.runtime import streaming
+from tiqo.daemon.state.store import Store
 from tiqo.policy.classify import Classification
 from tiqo.sdk.engine import GenerationParams, Piece, StopFlag
 
@@ -48,7 +48,7 @@ class SameVector:
     async def local(self, texts: list[str], model: str | None = None) -> tuple[Any, Any]:
         import numpy as np
 
-        from tiqo.daemon.engines.embed import Embedded
+        from tiqo.daemon.runtime.engines.embed import Embedded
 
         return SimpleNamespace(name="e"), Embedded(np.ones((len(texts), 4), np.float32) / 2, len(texts), 0)
 

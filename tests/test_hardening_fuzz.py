@@ -221,7 +221,7 @@ def _gguf(path: Path, alignment: int) -> Path:
 
 
 def test_gguf_with_alignment_zero_is_refused(daemon: DaemonProc, tmp_path: Path) -> None:
-    from tiqo.daemon.gguf import GGUFError, read_gguf
+    from tiqo.daemon.catalog.gguf import GGUFError, read_gguf
 
     bad = _gguf(tmp_path / "zero.gguf", alignment=0)  # used to divide by zero: a 500 from POST /tiqo/models
     with pytest.raises(GGUFError, match=r"general\.alignment"):
@@ -262,7 +262,7 @@ def test_non_ascii_digit_last_event_id_is_ignored(daemon: DaemonProc) -> None:
 
 
 def test_every_operation_lists_its_error_statuses(daemon: DaemonProc) -> None:
-    from tiqo.daemon.openapi_errors import ANY_ROUTE
+    from tiqo.daemon.http.openapi_errors import ANY_ROUTE
 
     schema = daemon.client().get("/openapi.json").json()
     assert "ErrorBody" in schema["components"]["schemas"]

@@ -23,7 +23,7 @@ import tomlkit
 from tests.conftest import DaemonProc, short_home, start_daemon, wait_for
 from tests.test_tcp import free_port
 from tests.upstreams import Upstream
-from tiqo.daemon.tcp import BearerAuth
+from tiqo.daemon.http.tcp import BearerAuth
 
 CHAT = "/v1/chat/completions"
 LOCAL = "smollm2-135m"
@@ -174,7 +174,7 @@ def test_tokens_can_be_created_with_a_tier(tcp: tuple[DaemonProc, str, dict[str,
 
 def test_a_listen_tier_that_does_not_exist_refuses_instead_of_opening_up() -> None:
     from tiqo.core.errors import ConfigError
-    from tiqo.daemon.routing_config import tcp_tier
+    from tiqo.daemon.catalog.routing_config import tcp_tier
 
     tiers = ("free", "pro")
     assert tcp_tier("pro", "free", tiers) == ("pro", "user")

@@ -18,8 +18,8 @@ import pytest
 
 from tests.conftest import DaemonProc, start_daemon
 from tests.test_vectors import error, ok
-from tiqo.daemon.chunking import MIN_SIZE, TooManyChunks, chunk_text, min_chunks
-from tiqo.daemon.vectors import EMBED_BATCH, Collection, VectorStore
+from tiqo.daemon.knowledge.chunking import MIN_SIZE, TooManyChunks, chunk_text, min_chunks
+from tiqo.daemon.knowledge.vectors import EMBED_BATCH, Collection, VectorStore
 
 LIMIT = 50  # vectors.max_chunks_per_request for this module's daemon
 SENTENCE = "The gardener waters the tomato plants every morning before the sun gets hot. "

@@ -67,7 +67,7 @@ CATALOG = {
 
 
 def default_config(**over: Any) -> RoutingConfig:
-    from tiqo.daemon.routing_config import DEFAULT_ROUTING
+    from tiqo.daemon.catalog.routing_config import DEFAULT_ROUTING
 
     with DEFAULT_ROUTING.open("rb") as fh:
         raw = tomllib.load(fh)

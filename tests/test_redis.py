@@ -26,9 +26,9 @@ from tests.conftest import home_env, short_home, start_daemon
 from tests.test_gateway import write_home
 from tests.upstreams import Upstream
 from tiqo.core.errors import ConfigError, TiqoError
-from tiqo.daemon.ledger import CallRow, Counters, Ledger, SqliteCounters
-from tiqo.daemon.redis_counters import DAY_TTL_S, MONTH_TTL_S, RedisCounters
-from tiqo.daemon.store import Store
+from tiqo.daemon.accounting.ledger import CallRow, Counters, Ledger, SqliteCounters
+from tiqo.daemon.state.redis_counters import DAY_TTL_S, MONTH_TTL_S, RedisCounters
+from tiqo.daemon.state.store import Store
 from tiqo.policy.budget import Charge, Limit, Policy, Refusal, Usage, to_nano
 
 REDIS_SERVER = shutil.which("redis-server")

@@ -11,8 +11,8 @@ import pytest
 
 from tests.fakes import FakeEngine, spec
 from tiqo.core.errors import Busy, ModelLoadFailed
-from tiqo.daemon.scheduler import Scheduler
-from tiqo.daemon.streaming import iterate_in_thread
+from tiqo.daemon.runtime.scheduler import Scheduler
+from tiqo.daemon.runtime.streaming import iterate_in_thread
 from tiqo.sdk.engine import GenerationParams, StopFlag
 
 

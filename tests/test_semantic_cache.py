@@ -19,10 +19,10 @@ import pytest
 from tests.conftest import DaemonProc, run_cli, short_home, start_daemon
 from tests.test_gateway import ask, served_by, write_home
 from tests.upstreams import Upstream
-from tiqo.daemon.response_cache import ResponseCache
-from tiqo.daemon.semantic_index import SemanticIndex
-from tiqo.daemon.served import Served
-from tiqo.daemon.store import Store
+from tiqo.daemon.cache.response_cache import ResponseCache
+from tiqo.daemon.cache.semantic_index import SemanticIndex
+from tiqo.daemon.pipeline.served import Served
+from tiqo.daemon.state.store import Store
 from tiqo.policy import cache as cachepol
 from tiqo.policy.cache import semantic_group, semantic_parts
 from tiqo.policy.classify import Classification
@@ -101,7 +101,7 @@ class CountingEmbedder:
     async def local(self, texts: list[str], model: str | None = None) -> tuple[Any, Any]:
         import numpy as np
 
-        from tiqo.daemon.engines.embed import Embedded
+        from tiqo.daemon.runtime.engines.embed import Embedded
 
         self.calls.append(list(texts))
         return SimpleNamespace(name="e"), Embedded(np.ones((len(texts), 4), np.float32) / 2, len(texts), 0)

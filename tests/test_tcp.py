@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import DaemonProc, short_home, start_daemon
-from tiqo.daemon.tcp import parse_listen
+from tiqo.daemon.http.tcp import parse_listen
 
 
 def free_port() -> int:

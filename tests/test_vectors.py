@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import DaemonProc, start_daemon, wait_for
-from tiqo.daemon.chunking import chunk_text, count_tokens
+from tiqo.daemon.knowledge.chunking import chunk_text, count_tokens
 
 CORPUS = {
     "astronomy": "The telescope revealed distant galaxies and the rings of Saturn glowing in the night sky.",

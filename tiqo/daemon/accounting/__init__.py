@@ -1,0 +1,1 @@
+"""The request ledger and audit trail, budgets and their alerts, and the event bus."""

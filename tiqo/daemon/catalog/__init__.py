@@ -1,0 +1,1 @@
+"""What can serve: the local model registry, GGUF inspection and the routing config (default policy in data/)."""

@@ -1,0 +1,361 @@
+"""OpenAI-compatible audio routes (transcriptions, translations, speech) and tiqo's voice catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+
+from tiqo.core.errors import BadRequest, PayloadTooLarge, TiqoError
+from tiqo.core.paths import user_path
+from tiqo.daemon.http.openapi_errors import GENERATES, errors
+from tiqo.daemon.http.routes.openai import request_meta
+from tiqo.daemon.pipeline.served import Served
+from tiqo.daemon.root import Daemon
+from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
+from tiqo.protocol import audio as pa
+
+log = logging.getLogger("tiqo.api")
+router = APIRouter()
+TEXT_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
+CLONING_HINT = (
+    "Piper speaks with the voices it was trained on: pick one with --voice (`tiqo voices list`), or add a trained "
+    "voice with `tiqo voices add PATH.onnx`"
+)
+
+
+def _daemon(request: Request) -> Daemon:
+    daemon: Daemon = request.app.state.daemon
+    return daemon
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+# ------------------------------------------------------------------ speech-to-text
+@router.post("/v1/audio/transcriptions", response_model=None, responses=errors(*GENERATES))
+async def transcriptions(request: Request) -> Response:
+    """OpenAI's transcription route (multipart: file, model, language, prompt, response_format, temperature,
+    timestamp_granularities[], stream). tiqo extras: sample_rate / channels / sample_format for raw PCM,
+    vad_filter."""
+    return await _transcribe(request, translate=False)
+
+
+@router.post("/v1/audio/translations", response_model=None, responses=errors(*GENERATES))
+async def translations(request: Request) -> Response:
+    """Speech in any language to English text (same fields as transcriptions)."""
+    return await _transcribe(request, translate=True)
+
+
+async def _read_form(request: Request) -> tuple[UploadFile, dict[str, str | list[str]]]:
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise BadRequest(
+            f"expected multipart/form-data with a `file` field, got {ctype or 'no content type'}",
+            param="file",
+            hint="send the audio as a form upload: curl -F file=@talk.mp3 …, or `tiqo transcribe FILE`",
+        )
+    try:
+        form = await request.form(max_files=1, max_fields=64)
+    except TiqoError:
+        raise
+    except Exception as exc:  # starlette's MultiPartException and parser errors
+        raise BadRequest(f"could not read the form: {exc}", param="file") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise BadRequest("the form has no `file` field with the audio", param="file", hint="curl -F file=@talk.mp3")
+    fields: dict[str, str | list[str]] = {}
+    for name, value in form.multi_items():
+        if isinstance(value, str):
+            key = name.removesuffix("[]")
+            if name.endswith("[]") or key in fields:
+                previous = fields.get(key, [])
+                fields[key] = [*(previous if isinstance(previous, list) else [previous]), value]
+            else:
+                fields[key] = value
+    return upload, fields
+
+
+def _one(fields: dict[str, str | list[str]], name: str) -> str | None:
+    value = fields.get(name)
+    if isinstance(value, list):
+        return value[-1] if value else None
+    return value
+
+
+def _number(fields: dict[str, str | list[str]], name: str, kind: type[int] | type[float]) -> Any:
+    value = _one(fields, name)
+    if value is None or value == "":
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number, not {value!r}", param=name) from None
+
+
+def _stt_request(upload: UploadFile, data: bytes, fields: dict[str, str | list[str]], translate: bool) -> Any:
+    from tiqo.daemon.media.audio import RawPcm
+    from tiqo.daemon.services.voice import SttRequest
+
+    try:
+        fmt = pa.transcription_format(_one(fields, "response_format"))
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="response_format") from None
+    granularities = fields.get("timestamp_granularities", ["segment"])
+    granularities = tuple(granularities if isinstance(granularities, list) else [granularities])
+    unknown = [g for g in granularities if g not in ("segment", "word")]
+    if unknown:
+        raise BadRequest(
+            f"timestamp_granularities may be segment and word, not {unknown}", param="timestamp_granularities"
+        )
+    rate = _number(fields, "sample_rate", int)
+    filename = upload.filename or "audio"
+    raw = None
+    if rate is not None or Path(filename).suffix.lower() in (".pcm", ".raw"):
+        if rate is None:
+            raise BadRequest(
+                f"{filename} looks like raw PCM, which carries no sample rate",
+                param="sample_rate",
+                hint="pass it: `tiqo transcribe --rate 16000 --channels 1 FILE` (form field sample_rate)",
+            )
+        raw = RawPcm(rate, _number(fields, "channels", int) or 1, _one(fields, "sample_format") or "s16le")
+        raw.check()
+    vad = _one(fields, "vad_filter")
+    language = (_one(fields, "language") or "").strip().lower() or None
+    return SttRequest(
+        audio=data,
+        filename=filename,
+        content_type=upload.content_type or "application/octet-stream",
+        model=_one(fields, "model") or None,
+        language=language,
+        prompt=_one(fields, "prompt") or None,
+        response_format=fmt,
+        temperature=_number(fields, "temperature", float),
+        granularities=granularities,
+        translate=translate,
+        raw=raw,
+        vad_filter=None if vad is None else vad.lower() in ("1", "true", "yes", "on"),
+        fields=fields,
+    )
+
+
+async def _transcribe(request: Request, translate: bool) -> Response:
+    daemon = _daemon(request)
+    upload, fields = await _read_form(request)
+    data = await upload.read()
+    await upload.close()
+    req = _stt_request(upload, data, fields, translate)
+    meta = request_meta(request, _one(fields, "user"))
+    stream = (_one(fields, "stream") or "").lower() in ("1", "true", "yes", "on")
+    if stream:
+        served, events = await daemon.voice.transcribe(req, meta)
+        return ClosingStreamingResponse(
+            _stt_sse(events),
+            media_type="text/event-stream",
+            headers={**served.headers(final=True), "cache-control": "no-cache"},
+        )
+
+    async def run() -> tuple[Served, dict[str, Any]]:
+        served, events = await daemon.voice.transcribe(req, meta)
+        done: dict[str, Any] = {}
+        async for event in events:
+            if event.get("type") == "done":
+                done = event
+        return served, done
+
+    result = await _until_disconnect(request, run())
+    if result is None:
+        return JSONResponse({}, status_code=499)
+    served, done = result
+    body = pa.transcription_body(
+        req.response_format,
+        task="translate" if translate else "transcribe",
+        language=_language_name(done.get("language") or ""),
+        duration=float(done.get("duration") or 0.0),
+        segments=[_public_segment(s) for s in done.get("segments", [])],
+        granularities=req.granularities,
+    )
+    headers = served.headers(final=True)
+    if isinstance(body, str):
+        return PlainTextResponse(body, media_type=TEXT_TYPES[req.response_format], headers=headers)
+    return JSONResponse(body, headers=headers)
+
+
+def _public_segment(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k != "type"}
+
+
+def _language_name(code: str) -> str:
+    """verbose_json names the language as OpenAI does ("english"); other codes pass through."""
+    return pa.LANGUAGE_NAMES.get(code, code)
+
+
+async def _stt_sse(events: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[str]:
+    """OpenAI's streamed-transcription events (``transcript.text.delta`` / ``.done``) with tiqo's segment timing."""
+    try:
+        async for event in events:
+            kind = event.get("type")
+            if kind == "info":
+                out = {"type": "transcript.info", **{k: v for k, v in event.items() if k != "type"}}
+            elif kind == "segment":
+                out = {"type": "transcript.text.delta", "delta": event["text"], "segment": _public_segment(event)}
+            elif kind == "done":
+                out = {"type": "transcript.text.done", **{k: v for k, v in event.items() if k != "type"}}
+                out["segments"] = [_public_segment(s) for s in event.get("segments", [])]
+            else:
+                continue
+            yield "data: " + _dumps(out) + "\n\n"
+        yield "data: [DONE]\n\n"
+    except TiqoError as exc:
+        yield "data: " + _dumps({"type": "error", **exc.to_body()}) + "\n\n"
+    except Exception as exc:  # never a silently truncated transcript
+        log.exception("transcription failed mid-stream")
+        error = {"message": f"transcription failed: {exc}", "type": "server_error", "code": "stream_error"}
+        yield "data: " + _dumps({"type": "error", "error": error}) + "\n\n"
+    finally:
+        await events.aclose()
+
+
+async def _until_disconnect(request: Request, work: Any) -> Any:
+    """Run ``work``; cancel it (and return None) when the client hangs up first."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        return None
+    return task.result()
+
+
+# ------------------------------------------------------------------ text-to-speech
+class SpeechBody(BaseModel):
+    """OpenAI's ``/v1/audio/speech`` body; ``speaker`` picks a speaker of a multi-speaker voice (tiqo)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    input: str
+    voice: str | dict[str, Any] | None = None
+    response_format: str | None = "mp3"
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    instructions: str | None = None
+    stream_format: str | None = None
+    speaker: str | None = None
+
+
+_CLONING_FIELDS = ("reference_audio", "voice_sample", "speaker_wav", "clone")
+
+
+@router.post("/v1/audio/speech", response_model=None, responses=errors(*GENERATES))
+async def speech(body: SpeechBody, request: Request) -> StreamingResponse:
+    """Audio bytes, streamed sentence by sentence: the first sentence plays while the rest is synthesised."""
+    from tiqo.daemon.services.voice import TtsRequest
+
+    daemon = _daemon(request)
+    extra = body.model_extra or {}
+    if isinstance(body.voice, dict) or any(extra.get(f) for f in _CLONING_FIELDS):
+        raise BadRequest(
+            "voice cloning is not offered: tiqo's local voices (Piper) cannot imitate a voice from a sample",
+            param="voice",
+            code="voice_cloning_unsupported",
+            hint=CLONING_HINT,
+        )
+    if body.stream_format not in (None, "audio"):
+        raise BadRequest(
+            f"stream_format {body.stream_format!r} is not supported; the audio is always streamed as bytes",
+            param="stream_format",
+            hint='leave stream_format out (or "audio")',
+        )
+    limit = daemon.settings["tts.max_chars"]
+    if len(body.input) > limit:
+        raise PayloadTooLarge(
+            f"the input is {len(body.input)} characters; the limit is {limit}",
+            param="input",
+            hint=f"split the text, or raise the limit: `tiqo config set tts.max_chars {len(body.input)}`",
+        )
+    try:
+        fmt = pa.speech_format(body.response_format)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="response_format") from None
+    req = TtsRequest(
+        input=body.input,
+        model=body.model,
+        voice=body.voice if isinstance(body.voice, str) else None,
+        response_format=fmt,
+        speed=body.speed,
+        speaker=body.speaker,
+    )
+    served, spoken, audio = await daemon.voice.speak(req, request_meta(request, extra.get("user")))
+    rate = pa.PCM_RATE if fmt == "pcm" else 48_000 if fmt in ("ogg", "opus") else spoken.sample_rate
+    headers = {**served.headers(final=True), "x-tiqo-voice": spoken.voice}
+    if rate:
+        headers["x-tiqo-sample-rate"] = str(rate)
+    if body.instructions:
+        headers["x-tiqo-warning"] = "instructions are ignored by local voices"
+    return ClosingStreamingResponse(audio, media_type=spoken.content_type, headers=headers)
+
+
+# ------------------------------------------------------------------ voices
+class AddVoiceBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+    description: str | None = None
+
+
+def _voice_row(daemon: Daemon, spec: Any) -> dict[str, Any]:
+    from tiqo.daemon.runtime.engines.piper import voice_info
+
+    try:
+        info = voice_info(spec.path)
+    except TiqoError as exc:
+        info = {"error": exc.message}
+    return {
+        "name": spec.name,
+        **info,
+        "source": spec.source,
+        "path": str(spec.path),
+        "description": spec.description,
+        "default": spec.name == daemon.settings["tts.default_voice"],
+        "loaded": spec.name in daemon.scheduler.loaded,
+    }
+
+
+@router.get("/tiqo/voices")
+async def voices(request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    rows = [_voice_row(daemon, spec) for spec in daemon.registry.of_kind("tts")]
+    return {"voices": rows, "openai_voices": list(pa.OPENAI_VOICES), "default": daemon.settings["tts.default_voice"]}
+
+
+@router.post("/tiqo/voices", status_code=201)
+async def add_voice(body: AddVoiceBody, request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    path = user_path(body.path)
+    if path.suffix != ".onnx":
+        raise BadRequest(
+            f"{path.name} is not a Piper voice (NAME.onnx with NAME.onnx.json beside it)",
+            param="path",
+            hint="Piper voices come as two files: en_US-amy-medium.onnx and en_US-amy-medium.onnx.json",
+        )
+    name = body.name or path.stem
+    spec = await asyncio.to_thread(daemon.registry.add, name, str(path), description=body.description)
+    return _voice_row(daemon, spec)

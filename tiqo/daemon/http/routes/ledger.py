@@ -1,0 +1,208 @@
+"""tiqo's routes for the ledger: usage, request logs, the audit trail of off-machine calls, budgets, alerts and the
+live event stream (server-sent events)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+
+from tiqo.core.durations import parse_duration
+from tiqo.core.errors import BadRequest, ConfigError
+from tiqo.core.settings import write_config_value
+from tiqo.daemon.accounting.ledger import GROUPS
+from tiqo.daemon.catalog.routing_config import tcp_tier
+from tiqo.daemon.http.openapi_errors import errors
+from tiqo.daemon.http.tcp import new_token
+from tiqo.daemon.root import Daemon
+from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
+from tiqo.protocol.tiqo import CreateTokenRequest, SetBudgetRequest
+
+router = APIRouter(prefix="/tiqo")
+HEARTBEAT_S = 15.0
+
+
+def _daemon(request: Request) -> Daemon:
+    daemon: Daemon = request.app.state.daemon
+    return daemon
+
+
+def _since(since: str) -> float:
+    try:
+        return time.time() - parse_duration(since)
+    except ValueError as exc:
+        raise BadRequest(f"since: {exc}", param="since", hint="use a duration such as 1h, 7d or 30d") from None
+
+
+@router.get("/usage", responses=errors(400))
+async def usage(request: Request, since: str = "7d", by: str = "day", user: str | None = None) -> dict[str, Any]:
+    """Requests, tokens, cost, cache hits and errors since a time, grouped by day, provider, model, user or key."""
+    if by not in GROUPS:
+        raise BadRequest(f"cannot group by {by!r}; use one of {', '.join(GROUPS)}", param="by")
+    daemon = _daemon(request)
+    result = daemon.ledger.usage(_since(since), by, user)
+    result["timezone"] = daemon.budgets.policy.timezone
+    return result
+
+
+@router.get("/logs", responses=errors(400))
+async def logs(request: Request, n: int = 20, user: str | None = None) -> dict[str, Any]:
+    """The most recent requests, newest first (no content unless ledger.store_content is on)."""
+    if not 0 < n <= 10_000:
+        raise BadRequest("n must be between 1 and 10000", param="n")
+    return {"data": _daemon(request).ledger.logs(n, user)}
+
+
+@router.get("/audit", responses=errors(400))
+async def audit(request: Request, n: int = 20, since: str = "3650d") -> dict[str, Any]:
+    """Every off-machine call, newest first: where it went, with which key, why it was allowed, what it cost."""
+    if not 0 < n <= 10_000:
+        raise BadRequest("n must be between 1 and 10000", param="n")
+    return {"data": _daemon(request).ledger.audit(n, _since(since))}
+
+
+@router.get("/budget")
+async def budget(request: Request) -> dict[str, Any]:
+    """Each limit: spent, reserved by calls in flight, left, percent, when it resets; thresholds and alerts."""
+    return _daemon(request).budgets.show(time.time())
+
+
+@router.put("/budget")
+async def set_budget(body: SetBudgetRequest, request: Request) -> dict[str, Any]:
+    """Set a limit (``usd``) or remove it (``usd`` null); written to config.toml and applied at once."""
+    daemon = _daemon(request)
+    try:
+        daemon.budgets.set_limit(body.scope, body.name or "", body.period, body.usd)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return daemon.budgets.show(time.time())
+
+
+@router.get("/alerts")
+async def alerts(request: Request, n: Annotated[int, Query(ge=1, le=10_000)] = 50) -> dict[str, Any]:
+    return {"data": _daemon(request).ledger.alerts(n)}
+
+
+@router.get("/events")
+async def events(request: Request, kinds: str | None = None) -> StreamingResponse:
+    """Server-sent events: ``request`` (each ledger row), ``alert`` … A reconnecting client sends Last-Event-ID and
+    gets what it missed from a short history."""
+    daemon = _daemon(request)
+    last = request.headers.get("last-event-id")
+    after = int(last) if last and last.isascii() and last.isdigit() else None
+    wanted = {k.strip() for k in kinds.split(",") if k.strip()} if kinds else None
+
+    feed = daemon.events.subscribe(after, wanted).__aiter__()  # subscribed now: nothing published later is missed
+
+    async def stream() -> AsyncIterator[str]:
+        yield f": tiqo events, pid {daemon.health()['pid']}\nretry: 2000\n\n"
+        pending: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(feed))
+                done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT_S)  # the read survives a keep-alive
+                if not done:
+                    yield ": keep-alive\n\n"
+                    continue
+                event, pending = pending.result(), None
+                ident = f"id: {event.id}\n" if event.id else ""
+                yield f"{ident}event: {event.kind}\ndata: {json.dumps(event.as_dict(), separators=(',', ':'))}\n\n"
+        finally:
+            if pending is not None:
+                pending.cancel()
+            await feed.aclose()  # type: ignore[attr-defined]
+
+    return ClosingStreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+# ---------------------------------------------------------------- users
+@router.get("/users")
+async def users(request: Request) -> dict[str, Any]:
+    """Configured users: tier, default data class, rate limits, whether a TCP token exists (never the token), and
+    the tier they get over TCP (``tcp_tier``: theirs, else daemon.listen_tier)."""
+    daemon = _daemon(request)
+    _, config = daemon.gateway.catalog_and_config()
+    table = daemon.settings.toml.get("users", {})
+    return {
+        "users": [
+            {
+                "name": name,
+                "tier": p.tier,
+                "tcp_tier": _tcp_tier_or_none(daemon, p.tier, config.tiers),
+                "data_class": p.data_class,
+                "rpm": p.limits.rpm,
+                "tpm": p.limits.tpm,
+                "rpd": p.limits.rpd,
+                "token": bool(isinstance(table.get(name), dict) and table[name].get("token_sha256")),
+            }
+            for name, p in sorted(config.users.items())
+        ],
+        "tiers": {
+            name: {
+                "providers": t.providers,
+                "premium": t.premium,
+                "rpm": t.limits.rpm,
+                "tpm": t.limits.tpm,
+                "rpd": t.limits.rpd,
+                "description": t.description,
+            }
+            for name, t in config.tiers.items()
+        },
+        "listen": daemon.settings["daemon.listen"] or None,
+        "listen_tier": daemon.settings["daemon.listen_tier"],
+    }
+
+
+def _tcp_tier_or_none(daemon: Daemon, tier: str | None, tiers: Iterable[str]) -> str | None:
+    try:
+        return tcp_tier(tier, daemon.settings["daemon.listen_tier"], tiers)[0]
+    except ConfigError:
+        return None  # no usable tier: the user's TCP requests are refused
+
+
+@router.post("/users/{name}/token", status_code=201)
+async def create_token(name: str, request: Request, body: CreateTokenRequest | None = None) -> dict[str, Any]:
+    """A new bearer token for ``name`` on the TCP listener (replacing any old one). Shown once; only its hash is
+    kept. ``tier`` also sets ``[users.NAME] tier``; the answer says which tier the user gets over TCP and from where
+    (``user``, or ``daemon.listen_tier`` for a user without one)."""
+    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise BadRequest("a user name is letters, digits, '-', '_' or '.' (at most 64)", param="name")
+    daemon = _daemon(request)
+    _, config = daemon.gateway.catalog_and_config()
+    tier = body.tier if body is not None else None
+    if tier is not None and tier != "default" and tier not in config.tiers:
+        raise BadRequest(
+            f"unknown tier {tier!r}; configured tiers: {', '.join(config.tiers) or 'none'} (or default: no limits)",
+            param="tier",
+            hint="tiers are tables [tiers.NAME] in config.toml; `tiqo users list` shows them",
+        )
+    if tier is not None:
+        _set_user_field(daemon, name, "tier", tier)
+    profile = daemon.gateway.catalog_and_config()[1].users.get(name)
+    current = tier or (profile.tier if profile else None)
+    tcp, source = tcp_tier(current, daemon.settings["daemon.listen_tier"], config.tiers)
+    token, digest = new_token()
+    _set_user_field(daemon, name, "token_sha256", digest)
+    return {"user": name, "token": token, "tier": tcp, "tier_source": source}
+
+
+@router.delete("/users/{name}/token")
+async def revoke_token(name: str, request: Request) -> dict[str, Any]:
+    _set_user_field(_daemon(request), name, "token_sha256", None)
+    return {"user": name, "revoked": True}
+
+
+def _set_user_field(daemon: Daemon, name: str, field: str, value: Any) -> None:
+    write_config_value(daemon.settings.paths.config_file, ["users", name, field], value)
+    entry = daemon.settings.toml.setdefault("users", {}).setdefault(name, {})
+    if value is None:
+        entry.pop(field, None)
+    else:
+        entry[field] = value
+    daemon.gateway.invalidate()

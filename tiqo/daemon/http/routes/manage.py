@@ -1,0 +1,172 @@
+"""tiqo's own routes: health, ps, the model catalog, load/unload and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from tiqo.core.errors import BadRequest, Conflict
+from tiqo.daemon.catalog.registry import KIND_DEFAULTS
+from tiqo.daemon.http.openapi_errors import errors
+from tiqo.daemon.root import Daemon
+from tiqo.policy.routing import CatalogModel
+from tiqo.protocol.tiqo import AddModelRequest, LoadRequest
+from tiqo.sdk.engine import ModelSpec
+
+router = APIRouter(prefix="/tiqo")
+
+
+def _daemon(request: Request) -> Daemon:
+    daemon: Daemon = request.app.state.daemon
+    return daemon
+
+
+def _model_row(daemon: Daemon, spec: ModelSpec) -> dict[str, Any]:
+    loaded = daemon.scheduler.loaded.get(spec.name)
+    return {
+        "name": spec.name,
+        "kind": spec.kind,
+        "engine": spec.engine,
+        "source": spec.source,
+        "path": str(spec.path) if spec.path else None,
+        "size_bytes": spec.size_bytes,
+        "description": spec.description,
+        "capabilities": list(spec.capabilities),
+        "default": spec.name == daemon.settings[KIND_DEFAULTS.get(spec.kind, "llm.default_model")],
+        "loaded": loaded is not None,
+        "options": {k: v for k, v in spec.options.items()},
+    }
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    return _daemon(request).health()
+
+
+@router.get("/ps")
+async def ps(request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    sched = daemon.scheduler
+    return {
+        "models": sched.ps(),
+        "memory_budget_bytes": sched.memory_budget,
+        "memory_used_bytes": sched.memory_used(),
+        "pending": sched.pending,
+        "max_queue": sched.max_queue,
+    }
+
+
+def _external_row(model: CatalogModel) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "kind": "stt" if "stt" in model.capabilities else "tts" if "tts" in model.capabilities else "llm",
+        "engine": None,
+        "provider": model.provider,
+        "upstream_model": model.upstream_model,
+        "source": f"provider:{model.provider}",
+        "price_in": model.price_in,
+        "price_out": model.price_out,
+        "price_minute": model.price_minute,
+        "price_mchar": model.price_mchar,
+        "context": model.context,
+        "capabilities": list(model.capabilities),
+        "fallbacks": list(model.fallbacks),
+        "premium": model.premium,
+        "description": model.description,
+        "default": False,
+        "loaded": None,
+    }
+
+
+@router.get("/models")
+async def models(request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    rows = [_model_row(daemon, s) for s in daemon.registry.all()]
+    rows += [_external_row(m) for m in daemon.registry.external().values()]
+    aliases = daemon.gateway.catalog_and_config()[1].aliases
+    return {"models": rows, "aliases": {k: list(v) for k, v in aliases.items()}}
+
+
+@router.post("/models", status_code=201, responses=errors(400, 404, 409))
+async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    if body.name in daemon.gateway.catalog_and_config()[1].aliases:
+        raise Conflict(
+            f"{body.name!r} is an alias (requests for it expand to its models), so a model of that name "
+            "could never be picked",
+            param="name",
+            hint="pick another name; `tiqo models list` shows the aliases",
+        )
+    if body.provider is not None:
+        daemon.hub.get(body.provider)  # 404 with a hint when the provider does not exist
+        model = daemon.registry.add_external(
+            body.name,
+            provider=body.provider,
+            upstream_model=body.upstream_model or body.name,
+            price_in=body.price_in,
+            price_out=body.price_out,
+            context=body.context,
+            capabilities=body.capabilities,
+            fallbacks=body.fallbacks,
+            premium=body.premium,
+            description=body.description,
+            price_minute=body.price_minute,
+            price_mchar=body.price_mchar,
+        )
+        return _external_row(model)
+    assert body.path is not None
+    # Reading a big file's header touches the disk: keep it off the event loop.
+    spec = await asyncio.to_thread(
+        daemon.registry.add,
+        body.name,
+        body.path,
+        n_ctx=body.n_ctx,
+        keep_alive=body.keep_alive,
+        description=body.description,
+    )
+    return _model_row(daemon, spec)
+
+
+@router.delete("/models/{name}", responses=errors(409))
+async def remove_model(name: str, request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    if daemon.registry.is_external(name):
+        daemon.registry.remove(name)
+        return {"removed": name}
+    spec = daemon.registry.resolve(name, None)
+    daemon.registry.ensure_removable(spec.name)
+    await daemon.scheduler.unload(spec.name)
+    daemon.registry.remove(spec.name)
+    return {"removed": spec.name}
+
+
+@router.post("/models/{name}/load", responses=errors(400, 503))
+async def load_model(name: str, request: Request, body: LoadRequest | None = None) -> dict[str, Any]:
+    daemon = _daemon(request)
+    body = body or LoadRequest()
+    spec = daemon.registry.resolve(name, None)
+    try:
+        keep_alive = body.keep_alive_seconds()
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="keep_alive") from None
+    await daemon.scheduler.load(spec, keep_alive)
+    row = next(r for r in daemon.scheduler.ps() if r["name"] == spec.name)
+    return row
+
+
+@router.post("/models/{name}/unload")
+async def unload_model(name: str, request: Request) -> dict[str, Any]:
+    daemon = _daemon(request)
+    spec = daemon.registry.resolve(name, None)
+    return {"name": spec.name, "unloaded": await daemon.scheduler.unload(spec.name)}
+
+
+@router.post("/shutdown")
+async def shutdown(request: Request) -> JSONResponse:
+    daemon = _daemon(request)
+    # Answer first, then stop: the server exits after this response is sent.
+    asyncio.get_running_loop().call_later(0.05, daemon.request_shutdown)
+    return JSONResponse({"ok": True, "pid": daemon.health()["pid"]})

@@ -1,0 +1,1 @@
+"""Collections of chunks and vectors in LanceDB: the store, chunking and search."""

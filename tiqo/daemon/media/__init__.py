@@ -1,0 +1,1 @@
+"""Audio decoding and encoding, and bounded PCM buffers."""

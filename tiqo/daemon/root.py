@@ -1,0 +1,126 @@
+"""The composition root: the one place that picks concrete classes and wires the daemon together."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncGenerator, Callable, Iterator
+from typing import Any
+
+from tiqo import API_VERSION, __version__
+from tiqo.core.settings import Settings
+from tiqo.daemon.accounting.budgets import Budgets
+from tiqo.daemon.accounting.events import EventBus
+from tiqo.daemon.accounting.ledger import Ledger
+from tiqo.daemon.catalog.registry import Registry
+from tiqo.daemon.knowledge.vectors import VectorStore
+from tiqo.daemon.runtime.plugins import PluginReport, collect_engines, collect_providers, load_plugins
+from tiqo.daemon.runtime.scheduler import Scheduler
+from tiqo.daemon.runtime.streaming import iterate_in_thread
+from tiqo.daemon.services.embeddings import Embeddings
+from tiqo.daemon.services.gateway import Gateway
+from tiqo.daemon.services.voice import Voice
+from tiqo.daemon.state.store import Store
+from tiqo.daemon.upstream.providers import ProviderHub
+from tiqo.sdk.engine import Engine, ModelSpec, Piece, Runner, StopFlag
+from tiqo.sdk.provider import ProviderKind
+
+log = logging.getLogger("tiqo.daemon")
+
+
+def memory_budget(settings: Settings) -> int:
+    configured = settings["scheduler.memory_budget"]
+    if configured is not None:
+        return int(configured)
+    import psutil
+
+    return int(psutil.virtual_memory().total * 0.75)
+
+
+class Daemon:
+    """Everything a request handler needs, built once at start-up."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engines: dict[str, Engine] | None = None,
+        registry: Registry | None = None,
+        socket_path: str | None = None,
+        provider_kinds: dict[str, ProviderKind] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.socket_path = socket_path or str(settings.socket_path)
+        self.plugins = PluginReport()
+        if engines is None or provider_kinds is None:
+            pm, self.plugins = load_plugins()
+            if engines is None:
+                engines = collect_engines(pm, self.plugins)
+            if provider_kinds is None:
+                provider_kinds = collect_providers(pm, self.plugins)
+        self.engines = engines
+        self.registry = registry or Registry(settings)
+        self.store = Store(settings.paths.db_file)
+        self.hub = ProviderHub(settings, self.store, provider_kinds)
+        self.events = EventBus()
+        counters = None
+        if settings["state.backend"] == "redis":  # redis-py is imported only for this backend
+            from tiqo.daemon.state.redis_counters import RedisCounters
+
+            counters = RedisCounters(settings["state.redis_url"])
+        self.ledger = Ledger(self.store, counters=counters, timezone=settings["budget.timezone"])
+        reconciled = self.ledger.reconcile()
+        if reconciled:
+            log.warning("settled %d external call(s) a previous run left in flight, at their reserved cost", reconciled)
+        self.budgets = Budgets(settings, self.ledger, self.events)
+        self.hub.watch(self.events.publish, self.budgets.alert)  # breakers opening, keys failing: events + alerts
+        self.gateway = Gateway(
+            settings, self.registry, self.hub, self.store, self, self.ledger, self.budgets, self.events
+        )
+        self.voice = Voice(self.gateway, self)
+        self.embeddings = Embeddings(self.gateway, self)
+        self.gateway.cache.embeddings = self.embeddings  # the semantic cache embeds questions with it
+        self.vectors = VectorStore(settings.paths.state_dir / "vectors", self.store, self.embeddings, settings)
+        self.scheduler = Scheduler(
+            engines,
+            memory_budget=memory_budget(settings),
+            max_loaded_models=settings["scheduler.max_loaded_models"],
+            max_queue=settings["scheduler.max_queue"],
+            default_keep_alive=settings["scheduler.keep_alive"],
+            options_for=self.registry.options_for,
+            prepare=self.registry.prepare,
+            on_event=self.events.publish_named,  # model loading / loaded / unloaded, for the dashboard
+        )
+        self.request_shutdown: Callable[[], None] = lambda: None
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "api_version": API_VERSION,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "started_at": self.started_at,
+            "socket": self.socket_path,
+        }
+
+    async def generate(
+        self,
+        spec: ModelSpec,
+        keep_alive: float | None,
+        call: Callable[[Runner, StopFlag], Iterator[Piece]],
+    ) -> AsyncGenerator[Piece, None]:
+        """Hold a slot of ``spec`` for the whole generation and stream its pieces."""
+        stop = StopFlag()
+        async with self.scheduler.acquire(spec, keep_alive) as slot:
+            async for piece in iterate_in_thread(slot.executor, lambda: call(slot.runner, stop), stop):
+                yield piece
+
+    async def close(self) -> None:
+        await self.gateway.close()
+        await self.budgets.close()
+        await self.scheduler.close()
+        self.hub.flush()
+        self.store.close()

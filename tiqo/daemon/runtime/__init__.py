@@ -1,0 +1,1 @@
+"""Local compute: the warm-model scheduler, engine threads, plugin loading and the engines."""

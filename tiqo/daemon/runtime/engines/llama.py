@@ -1,0 +1,221 @@
+"""GGUF language models through llama-cpp-python.
+
+Chat prompts are rendered with the model's own template (from the GGUF metadata) and tokenized here, so the
+prompt length is known before generation: an over-long prompt is a clear 400, not a crash, and usage is exact.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any, NoReturn, cast
+
+from tiqo.core.errors import BadRequest, ContextOverflow
+from tiqo.daemon.catalog.gguf import read_gguf
+from tiqo.sdk.engine import GenerationParams, ModelSpec, Piece, StopFlag
+
+log = logging.getLogger("tiqo.engine.llama")
+llama_log = logging.getLogger("tiqo.llama.cpp")
+
+# For models whose GGUF has no chat template (base models): plain ChatML.
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+COMPUTE_OVERHEAD = 64 * 1024 * 1024
+DEFAULT_TEMPERATURE = 0.8
+_CHEAP_BYTES_PER_TOKEN = 8  # prompts shorter than n_ctx * this are tokenized without a length check first
+
+
+def default_threads() -> int:
+    """Physical cores minus one, at least one: leaves a core for the event loop and the rest of the machine.
+
+    Measured on a shared 2-core machine (MODELS.md): 2 threads gave 78 tok/s idle but ~25 under load; 1 held ~57.
+    """
+    import psutil
+
+    physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return max(1, physical - 1)
+
+
+_log_callback: Any = None
+
+
+def _route_llama_logs() -> None:
+    """Send llama.cpp's own log lines to the daemon log (they go to stderr otherwise, even with verbose=False)."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import llama_cpp
+
+    levels = {1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG, 5: logging.DEBUG}
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", errors="replace").rstrip()
+        if line:
+            llama_log.log(levels.get(level, logging.DEBUG), "%s", line)
+
+    _log_callback = callback  # keep a reference: llama.cpp holds only the C pointer
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+class LlamaRunner:
+    """One ``Llama`` instance. The scheduler guarantees a single caller at a time (one thread per slot)."""
+
+    def __init__(self, spec: ModelSpec, options: dict[str, Any], gpu_layers_default: int) -> None:
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.llm: Any
+        _route_llama_logs()
+        assert spec.path is not None
+        info = read_gguf(spec.path)
+        trained = info.context_length or 4096
+        self.n_ctx = min(int(options.get("n_ctx") or 4096), trained)
+        threads = options.get("n_threads") or default_threads()
+        gpu_layers = options.get("n_gpu_layers")
+        gpu_layers = gpu_layers_default if gpu_layers is None else int(gpu_layers)
+        self.llm = llama_cpp.Llama(
+            model_path=str(spec.path),
+            n_ctx=self.n_ctx,
+            n_batch=int(options.get("n_batch") or 512),
+            n_threads=int(threads),
+            n_threads_batch=int(threads),
+            n_gpu_layers=gpu_layers,
+            verbose=False,
+        )
+        eos_id = self.llm.token_eos()
+        eos = self.llm._model.token_get_text(eos_id) if eos_id != -1 else ""
+        bos_id = self.llm.token_bos()
+        bos = self.llm._model.token_get_text(bos_id) if bos_id != -1 else ""
+        template = info.chat_template or CHATML
+        self.formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self.memory_bytes = 0
+        self.details = {
+            "n_ctx": self.n_ctx,
+            "n_threads": int(threads),
+            "n_gpu_layers": gpu_layers,
+            "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()) and gpu_layers != 0,
+            "chat_template": "gguf" if info.chat_template else "chatml (fallback)",
+            "architecture": info.architecture,
+        }
+        self.name = spec.name
+        self._max_piece: int | None = None
+
+    def chat(self, messages: list[dict[str, str]], params: GenerationParams, stop: StopFlag) -> Iterator[Piece]:
+        try:
+            rendered = self.formatter(messages=cast(Any, messages))
+        except Exception as exc:  # jinja templates raise on roles they do not support
+            from tiqo.core.errors import BadRequest
+
+            raise BadRequest(f"the chat template of {self.name} rejected these messages: {exc}") from None
+        tokens = self._tokenize(rendered.prompt, add_bos=not rendered.added_special)
+        extra_stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
+        return self._generate(tokens, params, stop, [s for s in extra_stop if s])
+
+    def complete(self, prompt: str, params: GenerationParams, stop: StopFlag) -> Iterator[Piece]:
+        tokens = self._tokenize(prompt, add_bos=True)
+        if not tokens:  # an empty prompt and no start token: llama.cpp asserts on an empty batch
+            raise BadRequest(
+                f"the prompt is empty and {self.name} adds no start token: there is nothing to continue",
+                param="prompt",
+                hint="send at least one character of prompt text",
+            )
+        return self._generate(tokens, params, stop, [])
+
+    def _tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        """The prompt's tokens; a prompt that cannot fit the window is refused before tokenizing it (16 MiB of text
+        takes llama.cpp about 25 s to tokenize here, holding the model): no token is longer than the vocabulary's
+        longest piece, so more bytes than ``n_ctx`` such pieces cannot fit."""
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) > self.n_ctx * _CHEAP_BYTES_PER_TOKEN and len(data) >= self.n_ctx * self._longest_piece():
+            self._overflow(f"at least {len(data) // self._longest_piece()}")
+        return cast(list[int], self.llm.tokenize(data, add_bos=add_bos, special=True))
+
+    def _longest_piece(self) -> int:
+        """Bytes of the vocabulary's longest token (computed once, when a prompt is long enough to need it)."""
+        if self._max_piece is None:
+            model = self.llm._model
+            self._max_piece = max((len(model.token_to_piece(i, True)) for i in range(self.llm.n_vocab())), default=1)
+        return self._max_piece
+
+    def _overflow(self, tokens: str) -> NoReturn:
+        raise ContextOverflow(
+            f"the prompt is {tokens} tokens but {self.name} has a context window of {self.n_ctx} tokens",
+            param="messages",
+            hint="shorten the input, or raise the window: `tiqo config set llm.n_ctx 8192` "
+            "(up to the model's trained length)",
+        )
+
+    def _generate(
+        self, tokens: list[int], params: GenerationParams, stop: StopFlag, extra_stop: list[str]
+    ) -> Iterator[Piece]:
+        if len(tokens) >= self.n_ctx:
+            self._overflow(str(len(tokens)))
+        return self._stream(tokens, params, stop, extra_stop)
+
+    def _stream(
+        self, tokens: list[int], params: GenerationParams, stop: StopFlag, extra_stop: list[str]
+    ) -> Iterator[Piece]:
+        stream: Any = self.llm.create_completion(
+            tokens,
+            max_tokens=params.max_tokens if params.max_tokens is not None else -1,
+            temperature=DEFAULT_TEMPERATURE if params.temperature is None else params.temperature,
+            top_p=0.95 if params.top_p is None else params.top_p,
+            stop=list(params.stop) + extra_stop,
+            seed=params.seed,
+            presence_penalty=params.presence_penalty or 0.0,
+            frequency_penalty=params.frequency_penalty or 0.0,
+            logit_bias=params.logit_bias,
+            stream=True,
+        )
+        parts: list[str] = []
+        finish = "length"
+        try:
+            for chunk in stream:
+                if stop.is_set():
+                    finish = "cancelled"
+                    break
+                choice = chunk["choices"][0]
+                text = choice.get("text") or ""
+                if text:
+                    parts.append(text)
+                    yield Piece(text)
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+        finally:
+            stream.close()  # stops llama.cpp at once when the client went away
+        text = "".join(parts)
+        completion = len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
+        yield Piece("", finish_reason=finish, prompt_tokens=len(tokens), completion_tokens=completion)
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            del self.llm
+
+
+class LlamaEngine:
+    name = "llama.cpp"
+    kinds = ("llm",)
+
+    def __init__(self) -> None:
+        self._gpu_layers_default: int | None = None
+
+    def estimate_memory(self, spec: ModelSpec, options: dict[str, Any]) -> int:
+        if spec.path is None or not spec.path.exists():
+            return spec.size_bytes + COMPUTE_OVERHEAD
+        info = read_gguf(spec.path)
+        n_ctx = min(int(options.get("n_ctx") or 4096), info.context_length or 4096)
+        return info.file_size + info.kv_cache_bytes(n_ctx) + COMPUTE_OVERHEAD
+
+    def load(self, spec: ModelSpec, options: dict[str, Any]) -> LlamaRunner:
+        if self._gpu_layers_default is None:
+            import llama_cpp
+
+            self._gpu_layers_default = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        return LlamaRunner(spec, options, self._gpu_layers_default)

@@ -1,0 +1,1 @@
+"""What the routes call, one per capability (text, speech, embeddings, RAG); services never import each other."""

@@ -1,0 +1,142 @@
+"""Embeddings: ``/v1/embeddings`` through the same policy as text (the local model first, external OpenAI-compatible
+``/embeddings`` as configured fallbacks, with keys, breakers, budgets and a ledger row), and ``local()`` for the
+daemon's own users (the vector store)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from tiqo.core.errors import BadRequest, Busy, ModelLoadFailed, TiqoError
+from tiqo.daemon.pipeline.dispatch import Dispatch
+from tiqo.daemon.pipeline.served import RequestMeta, Served
+from tiqo.daemon.runtime.engines.embed import Embedded
+from tiqo.daemon.upstream.client import AttemptFailed, read_body
+from tiqo.daemon.upstream.external import scrub
+from tiqo.policy import budget as bp
+from tiqo.policy.routing import CatalogModel
+from tiqo.sdk.engine import ModelSpec, StopFlag
+
+log = logging.getLogger("tiqo.embeddings")
+# Names OpenAI clients send. When no model of that name is registered they mean "the local default".
+OPENAI_EMBED_MODELS = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")
+
+
+class Embeddings(Dispatch):
+    def spec(self, model: str | None = None) -> ModelSpec:
+        """The local embedding model ``model`` (default: embed.default_model); 400/404 when it is not one."""
+        spec: ModelSpec = self.registry.resolve(model, "embed")
+        return spec
+
+    async def local(self, texts: Sequence[str], model: str | None = None) -> tuple[ModelSpec, Embedded]:
+        """Embed ``texts`` with a local model, in its runner slot (loaded on demand, kept warm like any model).
+        Vectors are float32, unit length: cosine similarity is their dot product."""
+        spec = self.spec(model)
+        items = list(texts)
+
+        def call(runner: Any, stop: StopFlag) -> Iterator[Embedded]:
+            yield runner.embed(items, stop)
+
+        results = [r async for r in self.daemon.generate(spec, None, call)]
+        return spec, results[0]
+
+    async def create(
+        self, inputs: list[str], model: str | None, meta: RequestMeta, dimensions: int | None = None
+    ) -> tuple[Served, list[list[float]]]:
+        """Route and serve one ``/v1/embeddings`` request; its ledger row is written before this returns."""
+        row, started = self._row(meta, "embed")
+        est = sum(len(t) for t in inputs) // 4 + len(inputs)
+        try:
+            c, _ = await self._admit(row, meta, "embed", inputs, est)
+            requested = self._openai_name(model, OPENAI_EMBED_MODELS)
+            blocked: dict[str, bp.Charge] = {}
+            decision = self._decide(c, "embed", requested, ("embed",), blocked, est_tokens=est)
+            served = Served(route=decision.source)
+            catalog, _ = self.gateway.catalog_and_config()
+            failures: list[AttemptFailed | TiqoError] = []
+            vectors: list[list[float]] | None = None
+            for cand in decision.kept:
+                m = catalog[cand.model]
+                if m.local:
+                    try:
+                        spec, done = await self.local(inputs, m.name)
+                    except (Busy, ModelLoadFailed) as exc:
+                        failures.append(exc)
+                        served.attempts.append({"model": cand.model, "provider": "local", "error": exc.message})
+                        continue
+                    dim = int(done.vectors.shape[1])
+                    if dimensions is not None and dimensions != dim:
+                        raise BadRequest(
+                            f"{spec.name} makes {dim}-dimensional vectors and cannot shorten them "
+                            f"(dimensions={dimensions})",
+                            param="dimensions",
+                            hint=f"leave dimensions out, or set it to {dim}",
+                        )
+                    self._served_by(served, m, f"local:{spec.engine}", None)
+                    served.prompt_tokens = done.tokens
+                    vectors = done.vectors.tolist()
+                    break
+                answer = await self._external(
+                    cand.model,
+                    m,
+                    decision,
+                    served,
+                    failures,
+                    blocked,
+                    row.id,
+                    worst=m.cost(sum(len(t.encode()) + 1 for t in inputs), 0),  # no tokenizer counts more than bytes
+                    call=lambda secret, p, call_id, m=m: self._call(secret, p, m, inputs, dimensions, call_id),
+                    actual=lambda a, m=m: m.cost(_tokens(a), 0),
+                )
+                if answer is not None:
+                    served.prompt_tokens = _tokens(answer)
+                    served.cost_usd = m.cost(served.prompt_tokens, 0)
+                    vectors = [d["embedding"] for d in sorted(answer["data"], key=lambda d: d.get("index", 0))]
+                    break
+            if vectors is None:
+                raise self._none_served(decision, blocked, failures, served)
+        except TiqoError as exc:
+            self._refused(row, exc, started)
+            raise
+        row.outcome = "ok"
+        self.accounting.finish(row, served, started)
+        return served, vectors
+
+    async def _call(
+        self,
+        secret: str | None,
+        provider: Any,
+        model: CatalogModel,
+        inputs: list[str],
+        dimensions: int | None,
+        call_id: str,
+    ) -> dict[str, Any]:
+        kind = provider.kind
+        if kind is None or not hasattr(kind, "embeddings_request"):
+            raise AttemptFailed("unsupported", f"provider kind {provider.config.kind} has no embeddings API")
+        body: dict[str, Any] = {"input": inputs}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        request = kind.embeddings_request(provider.config, model.upstream_model or model.name, body, secret)
+        request.headers["X-Client-Request-Id"] = call_id
+        try:
+            resp = await self.gateway.upstream.open(request, kind, provider.timeouts)
+        except AttemptFailed as exc:
+            exc.message = scrub(exc.message, secret)
+            raise
+        raw = await read_body(resp, provider.timeouts)
+        try:
+            answer = json.loads(raw)
+            data = answer["data"]
+            if len(data) != len(inputs) or not all(isinstance(d.get("embedding"), list) for d in data):
+                raise ValueError(f"{len(data)} vectors for {len(inputs)} inputs")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise AttemptFailed("protocol", scrub(f"unusable embeddings answer: {exc}", secret)) from None
+        return dict(answer)
+
+
+def _tokens(answer: dict[str, Any]) -> int:
+    usage = answer.get("usage") or {}
+    return int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)

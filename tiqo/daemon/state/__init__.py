@@ -1,0 +1,1 @@
+"""The daemon's state: the SQLite store (WAL) and the Redis budget counters."""

@@ -1,0 +1,88 @@
+"""A call to an external provider: the plugin's sans-IO translator on the daemon's pooled HTTP client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any
+
+from tiqo.daemon.upstream.client import AttemptFailed, UpstreamClient, sse_events
+from tiqo.daemon.upstream.providers import Provider
+from tiqo.policy.routing import CatalogModel
+from tiqo.sdk.engine import Piece
+from tiqo.sdk.provider import UnsupportedRequest
+
+
+async def stream_external(
+    upstream: UpstreamClient,
+    secret: str | None,
+    provider: Provider,
+    model: CatalogModel,
+    wire: dict[str, Any],
+    call_id: str | None = None,
+) -> AsyncGenerator[Piece, None]:
+    """One streamed call to a provider, as pieces. Raises AttemptFailed (with no key material in its message)."""
+    kind = provider.kind
+    assert kind is not None
+    upstream_model = model.upstream_model or model.name
+    body = {**wire, "model": upstream_model}
+    try:
+        request = kind.chat_request(provider.config, upstream_model, body, secret)
+    except UnsupportedRequest as exc:
+        raise AttemptFailed("unsupported", f"{provider.config.kind} cannot express this request: {exc}") from None
+    if call_id is not None:  # OpenAI's request-tracking header; lets a provider's logs be matched to the audit trail
+        request.headers["X-Client-Request-Id"] = call_id
+    try:
+        resp = await upstream.open(request, kind, provider.timeouts)
+    except AttemptFailed as exc:
+        exc.message = scrub(exc.message, secret)
+        raise
+    translator = kind.translator(upstream_model)
+    finish: str | None = None
+    usage: dict[str, Any] = {}
+
+    def convert(chunks: list[dict[str, Any]]) -> Iterator[Piece]:
+        nonlocal finish, usage
+        for chunk in chunks:
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                content = delta.get("content") or ""
+                calls = delta.get("tool_calls")
+                if content or calls:
+                    yield Piece(content, tool_calls=calls)
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+
+    events = sse_events(resp, provider.timeouts)
+    try:
+        async for event, data in events:
+            try:
+                chunks = translator.feed(event, data)
+            except Exception as exc:
+                raise AttemptFailed("protocol", scrub(_upstream_error_text(exc), secret)) from None
+            for piece in convert(chunks):
+                yield piece
+        try:
+            tail = translator.close()
+        except Exception as exc:
+            raise AttemptFailed("protocol", scrub(_upstream_error_text(exc), secret)) from None
+        for piece in convert(tail):
+            yield piece
+    finally:
+        await events.aclose()
+    yield Piece(
+        "",
+        finish_reason=finish or "stop",
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+    )
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """The daemon is the only side that knows the key: make sure no message carries it."""
+    return text.replace(secret, "[redacted]") if secret else text
+
+
+def _upstream_error_text(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]

@@ -1,0 +1,484 @@
+"""External providers as configured: endpoints, their protocol kinds (plugins), key pools with secrets, breakers.
+
+Config: ``[providers.NAME]`` in config.toml (kind, base_url, key_strategy, max_class, timeouts, headers).
+Secrets: ``keys.toml`` (mode 0600) as ``[PROVIDER.KEYNAME]`` with ``secret`` and limits. Key health and usage live in
+SQLite (``Store``) so they survive restarts. Secrets never leave this module except into an upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tiqo.core.durations import parse_duration
+from tiqo.core.errors import BadRequest, Conflict, NotFound
+from tiqo.core.settings import Settings, read_toml, write_config_value
+from tiqo.daemon.state.store import Store
+from tiqo.daemon.upstream.client import Timeouts
+from tiqo.policy.breaker import CircuitBreaker
+from tiqo.policy.classify import DATA_CLASSES
+from tiqo.policy.keys import STRATEGIES, KeyLimits, KeyPool, KeyState
+from tiqo.sdk.provider import ProviderConfig, ProviderKind
+
+log = logging.getLogger("tiqo.providers")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_LIMIT_FIELDS = ("rpm", "tpm", "rpd", "tpd")
+FLUSH_S = 1.0  # key usage counters reach SQLite within this long (health changes at once)
+
+
+def check_name(name: str, what: str) -> None:
+    if not _NAME.match(name) or name == "local":
+        raise BadRequest(
+            f"{what} name {name!r} is not allowed",
+            param="name",
+            hint="use letters, digits, '.', '_' or '-' (up to 64 characters; 'local' is reserved)",
+        )
+
+
+def redact(secret: str) -> str:
+    """What a person may see of a key: enough to tell keys apart, never enough to use one."""
+    if len(secret) >= 16:
+        return f"{secret[:3]}…{secret[-4:]}"
+    return "…" + secret[-2:] if len(secret) >= 8 else "…"
+
+
+# (kind, data) of an event for the bus; (dedupe, kind, level, message, data) of an alert
+Publish = Callable[[str, dict[str, Any]], Any]
+Alert = Callable[[str, str, str, str, dict[str, Any]], Any]
+_ALERT_LEVELS = {"disabled": "error", "exhausted": "warning", "circuit-open": "warning"}
+
+
+@dataclass
+class WatchedBreaker(CircuitBreaker):
+    """A provider's breaker that says when it opens (or closes again), for alerts and the dashboard."""
+
+    on_change: Callable[[str, CircuitBreaker], None] | None = field(default=None, repr=False, compare=False)
+
+    def failure(self, now: float, error: str = "") -> None:
+        before = self.opened_at
+        super().failure(now, error)
+        if self.on_change is not None and self.opened_at is not None and self.opened_at != before:
+            self.on_change("open", self)
+
+    def success(self) -> None:
+        was_open = self.opened_at is not None
+        super().success()
+        if was_open and self.on_change is not None:
+            self.on_change("closed", self)
+
+
+@dataclass
+class Provider:
+    config: ProviderConfig
+    kind: ProviderKind | None  # None: no loaded plugin speaks config.kind
+    pool: KeyPool
+    breaker: CircuitBreaker
+    timeouts: Timeouts
+    max_class: str
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+class ProviderHub:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        kinds: dict[str, ProviderKind],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.kinds = kinds
+        self.clock = clock
+        self.providers: dict[str, Provider] = {}
+        self._secrets: dict[str, dict[str, str]] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self.version = 0  # bumped when providers change (routing caches what it derives from them)
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._publish: Publish | None = None
+        self._alert: Alert | None = None
+        self._key_status: dict[tuple[str, str], str] = {}  # last status told, to publish only changes
+        self.reload()
+
+    def watch(self, publish: Publish, alert: Alert) -> None:
+        """Publish breaker and key state changes as events, and raise alerts when a breaker opens or a key is
+        disabled, exhausted or tripped (the daemon wires its event bus and budget alerts here)."""
+        self._publish, self._alert = publish, alert
+
+    # ------------------------------------------------------------ loading
+    def reload(self) -> None:
+        keys = read_toml(self.settings.paths.keys_file)
+        _check_private(self.settings.paths.keys_file)
+        self.providers.clear()
+        self._secrets.clear()
+        self.errors: dict[str, str] = {}
+        for name, entry in self.settings.toml.get("providers", {}).items():
+            if not isinstance(entry, dict):
+                continue
+            try:
+                self._build(str(name), entry, keys.get(name, {}))
+            except (TypeError, ValueError) as exc:  # a hand-edited mistake must not stop the daemon
+                log.warning("provider %s ignored: %s", name, exc)
+                self.errors[str(name)] = str(exc)
+
+    def _build(self, name: str, entry: dict[str, Any], keys: dict[str, Any]) -> None:
+        self.version += 1
+        kind_name = str(entry.get("kind", "openai"))
+        kind = self.kinds.get(kind_name)
+        base_url = str(entry.get("base_url") or (kind.default_base_url if kind else "")).rstrip("/")
+        options = {k: v for k, v in entry.items() if k not in ("kind", "base_url")}
+        config = ProviderConfig(name=name, kind=kind_name, base_url=base_url, options=options)
+        limits, secrets = {}, {}
+        for key_name, key_entry in keys.items():
+            if not isinstance(key_entry, dict) or not key_entry.get("secret"):
+                continue
+            try:
+                limits[key_name] = _limits(key_entry)
+            except (TypeError, ValueError) as exc:
+                log.warning("key %s of %s ignored: %s", key_name, name, exc)
+                continue
+            secrets[key_name] = str(key_entry["secret"])
+        states = {n: KeyState.from_dict(s) for n, s in self.store.load_key_states(name).items() if n in limits}
+        s = self.settings
+        pool = KeyPool(
+            provider=name,
+            limits=limits,
+            states=states,
+            strategy=str(entry.get("key_strategy", s["routing.key_strategy"])),
+            breaker_threshold=s["routing.breaker_failures"],
+            breaker_cooldown_s=s["routing.breaker_cooldown"],
+        )
+        for key_name, enabled in ((k, v.get("enabled", True)) for k, v in keys.items() if isinstance(v, dict)):
+            if key_name in limits and not enabled and pool.states[key_name].enabled:
+                pool.set_enabled(key_name, False, "by user")
+        timeouts = Timeouts(
+            connect=parse_duration(entry.get("timeout_connect", s["routing.timeout_connect"])),
+            first_byte=parse_duration(entry.get("timeout_first_byte", s["routing.timeout_first_byte"])),
+            idle=parse_duration(entry.get("timeout_idle", s["routing.timeout_idle"])),
+        )
+        breaker = WatchedBreaker(s["routing.breaker_failures"], s["routing.breaker_cooldown"])
+        breaker.on_change = lambda state, b: self._breaker_changed(name, state, b)
+        now = self.clock()
+        for key_name in limits:
+            self._key_status[(name, key_name)] = pool.describe(key_name, now)["status"]
+        max_class = str(entry.get("max_class", "confidential"))
+        self.providers[name] = Provider(config, kind, pool, breaker, timeouts, max_class)
+        self._secrets[name] = secrets
+
+    # ------------------------------------------------------------ lookups
+    def get(self, name: str) -> Provider:
+        provider = self.providers.get(name)
+        if provider is None:
+            raise NotFound(
+                f"no provider named {name!r}",
+                hint="`tiqo providers list` shows them; `tiqo providers add NAME --kind KIND --base-url URL` adds one",
+            )
+        return provider
+
+    def secret(self, provider: str, key_name: str | None) -> str | None:
+        return None if key_name is None else self._secrets.get(provider, {}).get(key_name)
+
+    def has_keys(self, provider: str) -> bool:
+        return bool(self._secrets.get(provider))
+
+    def unavailable(self, name: str, est_tokens: int = 0) -> str | None:
+        """Why ``name`` cannot take a request now, or None."""
+        provider = self.providers.get(name)
+        if provider is None:
+            return f"provider {name} is not configured"
+        if provider.kind is None:
+            return f"no plugin speaks kind {provider.config.kind!r} (see `tiqo plugins`)"
+        now = self.clock()
+        if not provider.breaker.allows(now):
+            return provider.breaker.describe(now)
+        if not self.has_keys(name):
+            if _keyless(provider.config.options):
+                return None  # a local vLLM, another tiqo, or a fixed auth header
+            return f'no keys (add one with `tiqo keys add {name}`, or set auth = "none" for a keyless server)'
+        verdicts = provider.pool.verdicts(now, est_tokens)
+        if any(v.usable for v in verdicts):
+            return None
+        return "no usable key: " + "; ".join(f"{v.name} {v.reason}" for v in verdicts)
+
+    def retry_after(self, name: str) -> float | None:
+        provider = self.providers.get(name)
+        if provider is None:
+            return None
+        now = self.clock()
+        times = [t for t in (provider.breaker.open_until(), provider.pool.next_available(now)) if t is not None]
+        return max(0.0, min(times) - now) if times else None
+
+    def persist(self, provider: str, key_name: str, *, now: bool = False) -> None:
+        """Save a key's state. Usage counters are written at most every FLUSH_S (batched, off the hot path);
+        health changes (``now=True``: cooldowns, exhaustion, disabling) at once."""
+        self._dirty.add((provider, key_name))
+        if now or self._key_status.get((provider, key_name), "healthy") != "healthy":
+            self._key_changed(provider, key_name)
+        if now:
+            self.flush()
+            return
+        if self._flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._flush_handle = loop.call_later(FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        dirty, self._dirty = self._dirty, set()
+        for provider, key_name in dirty:
+            p = self.providers.get(provider)
+            if p is not None and key_name in p.pool.states:
+                self.store.save_key_state(provider, key_name, p.pool.states[key_name].to_dict())
+
+    def _breaker_changed(self, name: str, state: str, breaker: CircuitBreaker) -> None:
+        if self._publish is None:
+            return
+        until = breaker.open_until()
+        data = {"provider": name, "state": state, "failures": breaker.failures, "error": breaker.last_error}
+        data["until"] = until if state == "open" else None
+        self._publish("breaker", data)
+        if state == "open" and self._alert is not None:
+            probe = time.strftime("%H:%M:%S", time.localtime(until)) if until else "later"
+            self._alert(
+                f"breaker:{name}:{breaker.opened_at}",
+                "breaker",
+                "error",
+                f"circuit breaker of provider {name} opened after {breaker.failures} failure(s) "
+                f"({breaker.last_error or 'error'}); next probe at {probe}; see `tiqo providers list`",
+                data,
+            )
+
+    def _key_changed(self, provider: str, key_name: str) -> None:
+        p = self.providers.get(provider)
+        if p is None or key_name not in p.pool.limits or self._publish is None:
+            return
+        row = p.pool.describe(key_name, self.clock())
+        status, before = row["status"], self._key_status.get((provider, key_name), "healthy")
+        if status == before:
+            return
+        self._key_status[(provider, key_name)] = status
+        data = {"provider": provider, "name": key_name, "status": status, "previous": before}
+        data.update(reason=row["reason"], until=row["until"])
+        self._publish("key", data)
+        level = _ALERT_LEVELS.get(status)
+        if level is None or self._alert is None or row["reason"].endswith("by user"):
+            return
+        until = row["until"]
+        when = f" until {time.strftime('%Y-%m-%d %H:%M', time.localtime(until))}" if until else ""
+        why = str(row["reason"]).removeprefix("disabled: ")
+        fix = (
+            f"after fixing it, `tiqo keys enable {provider} {key_name}`"
+            if status == "disabled"
+            else "other keys take over meanwhile; see `tiqo keys list`"
+        )
+        self._alert(
+            f"key:{provider}:{key_name}:{status}:{self.clock():.3f}",
+            "key",
+            level,
+            f"key {provider}/{key_name} is {status.replace('-', ' ')}{when} ({why}); {fix}",
+            data,
+        )
+
+    def describe(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        out = []
+        for p in self.providers.values():
+            out.append(
+                {
+                    "name": p.name,
+                    "kind": p.config.kind,
+                    "base_url": p.config.base_url,
+                    "loaded": p.kind is not None,
+                    "keys": len(self._secrets.get(p.name, {})),
+                    "key_strategy": p.pool.strategy,
+                    "max_class": p.max_class,
+                    "circuit": p.breaker.state(now),
+                    "status": self.unavailable(p.name) or "available",
+                    "timeouts": {
+                        "connect": p.timeouts.connect,
+                        "first_byte": p.timeouts.first_byte,
+                        "idle": p.timeouts.idle,
+                    },
+                }
+            )
+        for name, error in self.errors.items():
+            entry = self.settings.toml.get("providers", {}).get(name, {})
+            out.append(
+                {
+                    "name": name,
+                    "kind": str(entry.get("kind", "?")),
+                    "base_url": str(entry.get("base_url", "")),
+                    "loaded": False,
+                    "keys": 0,
+                    "status": f"config error: {error} (fix [providers.{name}] in config.toml)",
+                }
+            )
+        return out
+
+    def describe_keys(self, provider: str | None = None) -> list[dict[str, Any]]:
+        now = self.clock()
+        rows = []
+        for p in self.providers.values():
+            if provider is not None and p.name != provider:
+                continue
+            for key_name in p.pool.limits:
+                row = p.pool.describe(key_name, now)
+                row["key"] = redact(self._secrets[p.name][key_name])
+                state = p.pool.states[key_name]
+                cooled = state.cooldown_reason if state.cooldown_until else ""
+                row["last_error"] = state.last_error or state.disabled_reason or cooled or None
+                rows.append(row)
+        return rows
+
+    # ------------------------------------------------------------ changes
+    def add_provider(self, name: str, kind: str, base_url: str | None, options: dict[str, Any]) -> Provider:
+        check_name(name, "provider")
+        if name in self.providers or name in self.errors:
+            raise Conflict(f"provider {name!r} already exists", hint=f"remove it first with `tiqo providers rm {name}`")
+        if kind not in self.kinds:
+            known = ", ".join(sorted(self.kinds)) or "none loaded"
+            raise BadRequest(
+                f"unknown provider kind {kind!r} (loaded kinds: {known})",
+                param="kind",
+                hint="`tiqo plugins` shows which provider plugins loaded",
+            )
+        if not base_url:
+            base_url = self.kinds[kind].default_base_url
+        if not re.match(r"^https?://", base_url):
+            raise BadRequest(f"base URL {base_url!r} must start with http:// or https://", param="base_url")
+        strategy = options.get("key_strategy")
+        if strategy is not None and strategy not in STRATEGIES:
+            raise BadRequest(f"unknown key strategy {strategy!r}; use {', '.join(STRATEGIES)}", param="key_strategy")
+        if options.get("max_class", "confidential") not in DATA_CLASSES[:-1]:
+            raise BadRequest("max_class must be public, internal or confidential", param="max_class")
+        for t in ("timeout_connect", "timeout_first_byte", "timeout_idle"):
+            if t in options:
+                try:
+                    parse_duration(options[t])
+                except ValueError as exc:
+                    raise BadRequest(str(exc), param=t) from None
+        entry = {"kind": kind, "base_url": base_url.rstrip("/"), **{k: v for k, v in options.items() if v is not None}}
+        write_config_value(self.settings.paths.config_file, ["providers", name], entry)
+        self.settings.toml.setdefault("providers", {})[name] = entry
+        self._build(name, entry, read_toml(self.settings.paths.keys_file).get(name, {}))
+        log.info("provider %s added (%s, %s)", name, kind, base_url)
+        return self.providers[name]
+
+    def remove_provider(self, name: str, models_using: list[str]) -> None:
+        if name not in self.errors:
+            self.get(name)
+        if models_using:
+            raise Conflict(
+                f"provider {name} is used by models {', '.join(models_using)}",
+                hint="remove those models first with `tiqo models rm NAME`",
+            )
+        write_config_value(self.settings.paths.config_file, ["providers", name], None)
+        write_config_value(self.settings.paths.keys_file, [name], None)
+        self.settings.toml.get("providers", {}).pop(name, None)
+        self.store.delete_key_state(name)
+        self.providers.pop(name, None)
+        self.errors.pop(name, None)
+        self.version += 1
+        self._secrets.pop(name, None)
+
+    def add_key(self, provider: str, key_name: str | None, secret: str, limits: dict[str, Any]) -> str:
+        p = self.get(provider)
+        secret = secret.strip()
+        if not secret or any(c.isspace() for c in secret):
+            raise BadRequest("the key is empty or contains whitespace", param="secret")
+        existing = self._secrets.get(provider, {})
+        if secret in existing.values():
+            raise Conflict(f"this key is already registered for {provider}")
+        if key_name is None:
+            n = len(existing) + 1
+            while f"key{n}" in existing:
+                n += 1
+            key_name = f"key{n}"
+        check_name(key_name, "key")
+        if key_name in existing:
+            raise Conflict(f"{provider} already has a key named {key_name!r}", hint="pick another --name")
+        entry = {"secret": secret, **{k: v for k, v in limits.items() if v is not None}}
+        try:
+            _limits(entry)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"bad key limits: {exc}") from None
+        write_config_value(self.settings.paths.keys_file, [provider, key_name], entry)
+        self.flush()  # the pool is rebuilt from SQLite below
+        self.store.delete_key_state(provider, key_name)
+        keys = read_toml(self.settings.paths.keys_file)
+        self._build(provider, self.settings.toml["providers"][provider], keys.get(provider, {}))
+        log.info("key %s added to %s (%s)", key_name, provider, p.config.kind)
+        return key_name
+
+    def remove_key(self, provider: str, key_name: str) -> None:
+        self._key(provider, key_name)
+        write_config_value(self.settings.paths.keys_file, [provider, key_name], None)
+        self.flush()
+        self.store.delete_key_state(provider, key_name)
+        keys = read_toml(self.settings.paths.keys_file)
+        self._build(provider, self.settings.toml["providers"][provider], keys.get(provider, {}))
+
+    def set_key_enabled(self, provider: str, key_name: str, enabled: bool) -> None:
+        p = self._key(provider, key_name)
+        write_config_value(self.settings.paths.keys_file, [provider, key_name, "enabled"], None if enabled else False)
+        p.pool.set_enabled(key_name, enabled, "by user")
+        self.persist(provider, key_name, now=True)
+
+    def _key(self, provider: str, key_name: str) -> Provider:
+        p = self.get(provider)
+        if key_name not in p.pool.limits:
+            names = ", ".join(p.pool.limits) or "none"
+            raise NotFound(
+                f"{provider} has no key named {key_name!r} (keys: {names})", hint="`tiqo keys list` shows them"
+            )
+        return p
+
+
+_AUTH_HEADERS = {"authorization", "x-api-key", "x-goog-api-key", "api-key"}
+
+
+def _keyless(options: Any) -> bool:
+    """A provider that needs no pooled key: ``auth = "none"``, or a fixed auth header in ``headers``."""
+    if str(options.get("auth", "")).lower() == "none":
+        return True
+    headers = options.get("headers") or {}
+    return any(str(h).lower() in _AUTH_HEADERS for h in headers)
+
+
+def _limits(entry: dict[str, Any]) -> KeyLimits:
+    values: dict[str, Any] = {}
+    for f in _LIMIT_FIELDS:
+        if entry.get(f) is not None:
+            v = int(entry[f])
+            if v <= 0:
+                raise ValueError(f"{f} must be positive")
+            values[f] = v
+    return KeyLimits(
+        **values,
+        reset=str(entry.get("reset", "00:00")),
+        tz=str(entry.get("tz", "UTC")),
+        weight=float(entry.get("weight", 1.0)),
+    )
+
+
+def _check_private(path: Any) -> None:
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        log.warning("%s is readable by others (mode %o); fixing to 0600", path, mode)
+        path.chmod(0o600)
