@@ -16,7 +16,7 @@ LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)"
 endif
 export CMAKE_ARGS ?= $(LLAMA_CMAKE_ARGS)
 
-.PHONY: install install-test system-deps run test bench clean
+.PHONY: install install-test system-deps lint run test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,7 +56,12 @@ system-deps:
 			apt-get install -y --no-install-recommends $$missing; }; \
 	fi
 
-test: install-test system-deps
+lint: install-test
+	$(BIN)/ruff check tiqo tests bench
+	$(BIN)/ruff format --check tiqo tests bench
+	$(BIN)/mypy tiqo
+
+test: install-test system-deps lint
 	$(BIN)/python -m pytest
 
 bench: install

@@ -407,9 +407,9 @@ def _local_entry(path: Path) -> dict[str, Any]:
         if not path.is_file():
             raise BadRequest(f"{path} does not exist", param="path")
         return {"path": str(path.absolute()), "kind": "tts", "engine": "piper", "_label": f"piper {info['language']}"}
-    info = read_gguf(path)  # raises a clear 400 for missing, non-GGUF or truncated files
-    label = f"{info.architecture}, {info.file_size} bytes"
-    return {"path": str(info.path.absolute()), "kind": "llm", "engine": "llama.cpp", "_label": label}
+    gguf = read_gguf(path)  # raises a clear 400 for missing, non-GGUF or truncated files
+    label = f"{gguf.architecture}, {gguf.file_size} bytes"
+    return {"path": str(gguf.path.absolute()), "kind": "llm", "engine": "llama.cpp", "_label": label}
 
 
 _OPTION_KEYS = (

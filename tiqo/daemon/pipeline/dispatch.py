@@ -83,7 +83,7 @@ class Dispatch:
         # [routes.stt|tts|embed] when configured; the task's default local model is always the last candidate
         table = config.routes.get(task) or {"default": ()}
         task_config = replace(config, routes={task: table}, local_fallback=self.settings[KIND_DEFAULTS[task]])
-        return self.gateway.plan_route(
+        decision: Decision = self.gateway.plan_route(
             c,
             requested=requested,
             est_prompt_tokens=est_tokens,
@@ -92,6 +92,7 @@ class Dispatch:
             blocked=blocked,
             config=task_config,
         )
+        return decision
 
     def _served_by(self, served: Served, model: CatalogModel, backend: str, key: str | None) -> None:
         served.backend, served.provider, served.model, served.key = backend, model.provider, model.name, key

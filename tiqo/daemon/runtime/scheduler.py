@@ -83,7 +83,7 @@ class Scheduler:
         default_keep_alive: float = 300.0,
         options_for: Callable[[ModelSpec], dict[str, Any]] = lambda spec: dict(spec.options),
         prepare: Callable[[ModelSpec], ModelSpec] = lambda spec: spec,
-        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        on_event: Callable[[str, dict[str, Any]], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engines = engines

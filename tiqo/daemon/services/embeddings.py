@@ -4,6 +4,7 @@ daemon's own users (the vector store)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -87,8 +88,8 @@ class Embeddings(Dispatch):
                     blocked,
                     row.id,
                     worst=m.cost(sum(len(t.encode()) + 1 for t in inputs), 0),  # no tokenizer counts more than bytes
-                    call=lambda secret, p, call_id, m=m: self._call(secret, p, m, inputs, dimensions, call_id),
-                    actual=lambda a, m=m: m.cost(_tokens(a), 0),
+                    call=functools.partial(self._call, m, inputs, dimensions),
+                    actual=functools.partial(_cost, m),
                 )
                 if answer is not None:
                     served.prompt_tokens = _tokens(answer)
@@ -106,11 +107,11 @@ class Embeddings(Dispatch):
 
     async def _call(
         self,
-        secret: str | None,
-        provider: Any,
         model: CatalogModel,
         inputs: list[str],
         dimensions: int | None,
+        secret: str | None,
+        provider: Any,
         call_id: str,
     ) -> dict[str, Any]:
         kind = provider.kind
@@ -135,6 +136,10 @@ class Embeddings(Dispatch):
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise AttemptFailed("protocol", scrub(f"unusable embeddings answer: {exc}", secret)) from None
         return dict(answer)
+
+
+def _cost(model: CatalogModel, answer: dict[str, Any]) -> float:
+    return model.cost(_tokens(answer), 0)
 
 
 def _tokens(answer: dict[str, Any]) -> int:

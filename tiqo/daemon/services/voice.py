@@ -8,6 +8,7 @@ known, or the first sentence is synthesised); an external one once its answer (o
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
@@ -138,7 +139,7 @@ class Voice(Dispatch):
                 blocked,
                 request_id,
                 worst=model.audio_cost(seconds=decoded.duration),
-                call=lambda secret, p, call_id, model=model: self._stt_call(secret, p, model, req, decoded, call_id),
+                call=functools.partial(self._stt_call, model, req, decoded),
             )
             if result is not None:
                 served.cost_usd = model.audio_cost(seconds=decoded.duration)
@@ -146,7 +147,7 @@ class Voice(Dispatch):
         raise self._none_served(decision, blocked, failures, served)
 
     async def _stt_call(
-        self, secret: str | None, provider: Any, model: CatalogModel, req: SttRequest, decoded: Decoded, call_id: str
+        self, model: CatalogModel, req: SttRequest, decoded: Decoded, secret: str | None, provider: Any, call_id: str
     ) -> Any:
         # tiqo's own form fields (raw PCM layout, VAD, the ledger's user) are not the provider's: sending them could
         # get the request rejected, and the raw layout would be wrong for the WAV sent in its place.

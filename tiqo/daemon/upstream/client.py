@@ -94,7 +94,7 @@ class UpstreamClient:
                 if resp.status < 400:
                     return resp
                 try:
-                    body = await resp.content.read(MAX_ERROR_BODY)
+                    error_body = await resp.content.read(MAX_ERROR_BODY)
                 finally:
                     resp.release()
         except TimeoutError:
@@ -103,7 +103,7 @@ class UpstreamClient:
             raise AttemptFailed("connection", f"cannot connect: {exc.os_error or exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise AttemptFailed("connection", f"{type(exc).__name__}: {exc}") from None
-        failure = kind.failure(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
+        failure = kind.failure(resp.status, {k.lower(): v for k, v in resp.headers.items()}, error_body)
         raise AttemptFailed(failure.kind, failure.message, status=failure.status, retry_after=failure.retry_after)
 
 

