@@ -51,10 +51,6 @@ _ROOT_TYPE = (
     "handlers reach their services through app.state.daemon, typed as the root's Daemon (a _daemon() per module); "
     "pay by handing routes the services they call (FastAPI dependencies typed by service)"
 )
-_REQUEST_META = (
-    "request_meta (x-tiqo-* headers -> RequestMeta) lives in the OpenAI routes; "
-    "pay by moving it to an http dependencies module"
-)
 _ENGINE_SNIFF = (
     "Registry._local_entry (inside a function) asks concrete engines whether a file or folder is theirs; "
     "pay with the per-capability engine protocol: each engine declares what it recognises and its options"
@@ -68,15 +64,11 @@ _CACHE_SERVED = "a cache hit fills in the request's Served; pay by returning the
 DEBTS: dict[tuple[str, str], str] = {
     ("http.app", "root"): "create_app(daemon: Daemon) keeps the root for the routes; " + _ROOT_TYPE,
     ("http.server", "root"): "serve() builds the Daemon, the app and the listeners: that wiring belongs in the root",
+    ("http.dependencies", "root"): "daemon_of(request) hands routes the root; " + _ROOT_TYPE,
     ("http.routes.audio", "root"): _ROOT_TYPE,
     ("http.routes.embeddings", "root"): _ROOT_TYPE,
-    ("http.routes.gateway", "root"): _ROOT_TYPE,
     ("http.routes.ledger", "root"): _ROOT_TYPE,
     ("http.routes.manage", "root"): _ROOT_TYPE,
-    ("http.routes.openai", "root"): _ROOT_TYPE,
-    ("http.routes.audio", "http.routes.openai"): _REQUEST_META,
-    ("http.routes.embeddings", "http.routes.openai"): _REQUEST_META,
-    ("http.routes.vectors", "http.routes.openai"): _REQUEST_META,
     ("catalog.routing_config", "upstream.providers"): _PROVIDER_CLASS,
     ("catalog.registry", "runtime.engines.embed"): _ENGINE_SNIFF,
     ("catalog.registry", "runtime.engines.piper"): _ENGINE_SNIFF,
@@ -94,18 +86,11 @@ PROJECT_MAY_IMPORT: dict[str, set[str]] = {
     "sdk": {"core", "protocol"},
     "daemon": {"core", "protocol", "policy", "sdk"},
     "client": {"core", "protocol"},
-    "cli": {"client", "protocol", "core", "tui"},  # `tiqo dash` starts the TUI
-    "tui": {"client", "protocol", "core"},
+    "present": {"core"},  # plain-text renderings of API rows, shared by the CLI and the dashboard
+    "cli": {"client", "protocol", "core", "present", "tui"},  # `tiqo dash` starts the TUI
+    "tui": {"client", "protocol", "core", "present"},
 }
-_TUI_FORMATTERS = "the TUI borrows the CLI's formatters; pay by moving them to a module both may import (issue 17)"
-PROJECT_DEBTS: dict[tuple[str, str], str] = {
-    ("tui.model", "cli.budget"): _TUI_FORMATTERS,
-    ("tui.model", "cli.keys"): _TUI_FORMATTERS,
-    ("tui.model", "cli.ledger"): _TUI_FORMATTERS,
-    ("tui.model", "cli.output"): _TUI_FORMATTERS,
-    ("tui.screens", "cli.ledger"): _TUI_FORMATTERS,
-    ("tui.widgets", "cli.ledger"): _TUI_FORMATTERS,
-}
+PROJECT_DEBTS: dict[tuple[str, str], str] = {}
 
 
 def _module(path: Path) -> str:

@@ -11,8 +11,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tiqo.cli.ledger import JSON, clock, level_markup, usd
-from tiqo.cli.output import EXIT_USAGE, client, console, fail, fmt_duration, handle_errors, print_json
+from tiqo.cli.ledger import JSON, level_markup
+from tiqo.cli.output import EXIT_USAGE, client, console, fail, handle_errors, print_json
+from tiqo.present import PERIOD_WORD, clock, fmt_duration, limit_label, usd
 
 budget_app = typer.Typer(
     help="Show, set and remove spending limits on external models (local models are never limited).",
@@ -25,7 +26,6 @@ SCOPE_HELP = "; * = each one separately"
 USER_SCOPE = typer.Option(None, "--user", "-u", help="A user's limit" + SCOPE_HELP + ".")
 PROVIDER_SCOPE = typer.Option(None, "--provider", "-p", help="A provider's limit" + SCOPE_HELP + ".")
 MODEL_SCOPE = typer.Option(None, "--model", "-m", help="An external model's limit" + SCOPE_HELP + ".")
-PERIOD_WORD = {"day": "daily", "month": "monthly"}
 
 
 def _scope(user: str | None, provider: str | None, model: str | None) -> tuple[str, str | None, str]:
@@ -44,20 +44,6 @@ def _scope(user: str | None, provider: str | None, model: str | None) -> tuple[s
     if not name:
         fail(f"{flag} needs a name", f"e.g. {flag} alice, or {flag} '*' for each {scope} separately", EXIT_USAGE)
     return scope, name, f" {flag} {name if name != '*' else repr(name)}"
-
-
-def limit_label(row: dict[str, Any]) -> str:
-    """global daily, user alice monthly, user bob daily (each user), each provider daily (none yet)."""
-    period = PERIOD_WORD.get(str(row.get("period")), str(row.get("period")))
-    scope, name, counter = str(row["scope"]), str(row.get("name") or ""), str(row.get("counter") or "")
-    if scope == "global":
-        return f"global {period}"
-    if name == "*":
-        subject = counter.partition(":")[2]
-        if subject in ("", "*"):
-            return f"each {scope} {period}"
-        return f"{scope} {subject} {period} (each {scope})"
-    return f"{scope} {name} {period}"
 
 
 def _scope_label(scope: str, name: str | None, period: str) -> str:

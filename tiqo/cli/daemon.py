@@ -12,7 +12,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from tiqo.cli.output import EXIT_UNAVAILABLE, client, console, fail, fmt_duration, fmt_size, handle_errors, print_json
+from tiqo.cli.output import EXIT_UNAVAILABLE, client, console, fail, handle_errors, print_json
+from tiqo.present import fmt_duration, fmt_size
 
 app = typer.Typer(help="Start, stop and inspect the background daemon.", no_args_is_help=True)
 

@@ -248,7 +248,7 @@ def check_disk(settings: Any) -> Check:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     free = shutil.disk_usage(folder).free
-    from tiqo.cli.output import fmt_size
+    from tiqo.present import fmt_size
 
     detail = f"{fmt_size(free)} free for {settings.paths.state_dir}"
     fix = "free some space, or put tiqo's files on a larger disk: export TIQO_HOME=/bigger/disk/tiqo"

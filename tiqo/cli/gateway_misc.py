@@ -6,7 +6,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tiqo.cli.output import client, console, fmt_duration, fmt_size, handle_errors, print_json
+from tiqo.cli.output import client, console, handle_errors, print_json
+from tiqo.present import fmt_duration, fmt_size
 
 JSON = typer.Option(False, "--json", help="Print JSON.")
 cache_app = typer.Typer(help="Look at and empty the response cache.", no_args_is_help=True)

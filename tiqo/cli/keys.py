@@ -3,7 +3,6 @@ and never printed: the daemon answers with a redacted form (``sk-…abcd``)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 import time
 from typing import Any, Optional
@@ -14,6 +13,7 @@ from rich.table import Table
 
 from tiqo.cli import complete
 from tiqo.cli.output import EXIT_USAGE, client, console, fail, handle_errors, print_json
+from tiqo.present import key_status
 
 app = typer.Typer(help="List, add, remove, enable and disable providers' API keys.", no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON.")
@@ -37,35 +37,6 @@ def _read_secret(provider: str) -> str:
             EXIT_USAGE,
         )
     return secret
-
-
-def _clock(ts: float, now: float | None = None) -> str:
-    """A local wall-clock time: HH:MM:SS today, else with the date."""
-    moment = dt.datetime.fromtimestamp(ts)
-    today = dt.datetime.fromtimestamp(time.time() if now is None else now).date()
-    return moment.strftime("%H:%M:%S") if moment.date() == today else moment.strftime("%Y-%m-%d %H:%M")
-
-
-def key_status(row: dict[str, Any], now: float | None = None) -> str:
-    """Plain text: healthy, cooling down until 14:05:09, exhausted until 00:00 UTC, disabled: why, circuit open."""
-    status, reason, until = row["status"], row.get("reason") or "", row.get("until")
-    if status == "healthy":
-        return "healthy"
-    if status == "disabled":
-        return reason if reason.startswith("disabled") else f"disabled: {reason or 'by user'}"
-    if status == "exhausted":
-        if until is None or abs(float(until) - float(row.get("next_reset") or 0)) < 1:
-            return f"exhausted until {row['reset']} {row['tz']}"
-        return f"exhausted until {_clock(float(until), now)}"
-    if status == "cooling":
-        text = "cooling down" + (f" until {_clock(float(until), now)}" if until else "")
-        why = reason
-        if reason.startswith("cooling down"):  # "cooling down (429 from upstream)"
-            why = reason.removeprefix("cooling down").strip().removeprefix("(").removesuffix(")")
-        return text + (f" ({why})" if why else "")
-    if status == "circuit-open":
-        return "circuit open" + (f" until {_clock(float(until), now)}" if until else "")
-    return f"{status}: {reason}" if reason else str(status)
 
 
 def _colour(row: dict[str, Any], text: str) -> str:

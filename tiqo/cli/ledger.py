@@ -3,7 +3,6 @@ left the machine and why, and what it cost. ``tiqo budget`` is in budget.py."""
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import json
 import sys
@@ -24,6 +23,7 @@ from tiqo.cli.output import (
     handle_errors,
     print_json,
 )
+from tiqo.present import clock, latency, usd
 
 JSON = typer.Option(False, "--json", help="Print JSON.")
 
@@ -39,38 +39,6 @@ class Group(enum.StrEnum):
 
 
 # --------------------------------------------------------------------------- formatting
-def usd(value: float | int | None) -> str:
-    """$5.00, $0.0123, $0.000042; $0 for nothing."""
-    if value is None:
-        return "-"
-    v = float(value)
-    if v == 0:
-        return "$0"
-    digits = 2 if abs(v) >= 1 else 4 if abs(v) >= 0.01 else 6
-    text = f"{abs(v):,.{digits}f}"
-    if digits > 2:
-        whole, _, frac = text.partition(".")
-        text = f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
-    if text.strip("0.,") == "":
-        return "<$0.000001" if v > 0 else "-<$0.000001"
-    return ("-" if v < 0 else "") + "$" + text
-
-
-def clock(ts: float | None, now: float | None = None) -> str:
-    """A local wall-clock time: HH:MM:SS today, else with the date."""
-    if ts is None:
-        return "-"
-    moment = dt.datetime.fromtimestamp(ts)
-    today = dt.datetime.fromtimestamp(time.time() if now is None else now).date()
-    return moment.strftime("%H:%M:%S") if moment.date() == today else moment.strftime("%Y-%m-%d %H:%M")
-
-
-def latency(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
-
-
 def _count(n: int | float | None) -> str:
     return "-" if n is None else f"{int(n):,}"
 

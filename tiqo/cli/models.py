@@ -12,7 +12,8 @@ from rich.table import Table
 
 from tiqo.cli import complete
 from tiqo.cli.daemon import ps_table
-from tiqo.cli.output import EXIT_USAGE, client, console, fail, fmt_size, handle_errors, print_json
+from tiqo.cli.output import EXIT_USAGE, client, console, fail, handle_errors, print_json
+from tiqo.present import fmt_size
 
 app = typer.Typer(help="List, add, remove, load and unload models.", no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON.")

@@ -75,15 +75,3 @@ def handle_errors(func: F) -> F:
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
-
-
-def fmt_duration(seconds: float | None) -> str:
-    from tiqo.core.durations import format_duration
-
-    return "never" if seconds is None else format_duration(seconds)
-
-
-def fmt_size(num: float) -> str:
-    from tiqo.core.durations import format_size
-
-    return format_size(num)

@@ -9,10 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tiqo.cli.budget import limit_label
-from tiqo.cli.keys import key_status
-from tiqo.cli.ledger import clock, latency, usd
-from tiqo.cli.output import fmt_duration, fmt_size
+from tiqo.present import clock, fmt_duration, fmt_size, key_status, latency, limit_label, usd
 
 MINUTES = 30  # requests/min sparkline: the last half hour
 MAX_REQUESTS = 500

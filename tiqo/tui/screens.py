@@ -14,7 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from tiqo.cli.ledger import clock, latency, usd
+from tiqo.present import clock, latency, usd
 
 HELP = """\
 tiqo dash: the tiqo daemon, live (from its event stream)

@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import DataTable, Sparkline, Static
 
-from tiqo.cli.ledger import usd
+from tiqo.present import usd
 from tiqo.tui.model import MINUTES, DashState, resets_text
 
 RECENT = 10  # requests listed on the overview of a tall terminal

@@ -16,8 +16,8 @@ from starlette.datastructures import UploadFile
 
 from tiqo.core.errors import BadRequest, PayloadTooLarge, TiqoError
 from tiqo.core.paths import user_path
+from tiqo.daemon.http.dependencies import daemon_of, request_meta, until_disconnect
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
-from tiqo.daemon.http.routes.openai import request_meta
 from tiqo.daemon.pipeline.served import Served
 from tiqo.daemon.root import Daemon
 from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
@@ -30,11 +30,6 @@ CLONING_HINT = (
     "Piper speaks with the voices it was trained on: pick one with --voice (`tiqo voices list`), or add a trained "
     "voice with `tiqo voices add PATH.onnx`"
 )
-
-
-def _daemon(request: Request) -> Daemon:
-    daemon: Daemon = request.app.state.daemon
-    return daemon
 
 
 def _dumps(obj: Any) -> str:
@@ -149,7 +144,7 @@ def _stt_request(upload: UploadFile, data: bytes, fields: dict[str, str | list[s
 
 
 async def _transcribe(request: Request, translate: bool) -> Response:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     upload, fields = await _read_form(request)
     data = await upload.read()
     await upload.close()
@@ -172,7 +167,7 @@ async def _transcribe(request: Request, translate: bool) -> Response:
                 done = event
         return served, done
 
-    result = await _until_disconnect(request, run())
+    result = await until_disconnect(request, run())
     if result is None:
         return JSONResponse({}, status_code=499)
     served, done = result
@@ -225,27 +220,6 @@ async def _stt_sse(events: AsyncGenerator[dict[str, Any], None]) -> AsyncIterato
         await events.aclose()
 
 
-async def _until_disconnect(request: Request, work: Any) -> Any:
-    """Run ``work``; cancel it (and return None) when the client hangs up first."""
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        return None
-    return task.result()
-
-
 # ------------------------------------------------------------------ text-to-speech
 class SpeechBody(BaseModel):
     """OpenAI's ``/v1/audio/speech`` body; ``speaker`` picks a speaker of a multi-speaker voice (tiqo)."""
@@ -269,7 +243,7 @@ async def speech(body: SpeechBody, request: Request) -> StreamingResponse:
     """Audio bytes, streamed sentence by sentence: the first sentence plays while the rest is synthesised."""
     from tiqo.daemon.services.voice import TtsRequest
 
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     extra = body.model_extra or {}
     if isinstance(body.voice, dict) or any(extra.get(f) for f in _CLONING_FIELDS):
         raise BadRequest(
@@ -341,14 +315,14 @@ def _voice_row(daemon: Daemon, spec: Any) -> dict[str, Any]:
 
 @router.get("/tiqo/voices")
 async def voices(request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     rows = [_voice_row(daemon, spec) for spec in daemon.registry.of_kind("tts")]
     return {"voices": rows, "openai_voices": list(pa.OPENAI_VOICES), "default": daemon.settings["tts.default_voice"]}
 
 
 @router.post("/tiqo/voices", status_code=201)
 async def add_voice(body: AddVoiceBody, request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     path = user_path(body.path)
     if path.suffix != ".onnx":
         raise BadRequest(

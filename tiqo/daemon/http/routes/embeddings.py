@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from tiqo.core.errors import BadRequest, PayloadTooLarge
+from tiqo.daemon.http.dependencies import request_meta
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
-from tiqo.daemon.http.routes.openai import request_meta
 from tiqo.daemon.root import Daemon
 
 router = APIRouter()

@@ -10,9 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from tiqo.core.errors import BadRequest
+from tiqo.daemon.http.dependencies import daemon_of
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.pipeline.served import OS_USER
-from tiqo.daemon.root import Daemon
 from tiqo.daemon.services.gateway import RequestMeta
 from tiqo.policy.cache import CONTROL
 from tiqo.protocol import openai as oa
@@ -21,16 +21,11 @@ from tiqo.protocol.tiqo import AddKeyRequest, AddProviderRequest, RouteExplainRe
 router = APIRouter(prefix="/tiqo")
 
 
-def _daemon(request: Request) -> Daemon:
-    daemon: Daemon = request.app.state.daemon
-    return daemon
-
-
 @router.post("/route/explain", responses=errors(400, 403, 404))
 async def route_explain(body: RouteExplainRequest, request: Request) -> dict[str, Any]:
     """What routing would do with this request, without running it: classification, every candidate with its
     price, availability and why it was kept or dropped, and the choice."""
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     if body.messages is None and body.prompt is None:
         raise BadRequest("give a prompt or messages", param="prompt")
     messages = body.messages or [{"role": "user", "content": body.prompt}]
@@ -54,7 +49,7 @@ async def route_explain(body: RouteExplainRequest, request: Request) -> dict[str
 # ---------------------------------------------------------------- providers
 @router.get("/providers")
 async def list_providers(request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     rows = daemon.hub.describe()
     for row in rows:
         row["models"] = daemon.registry.models_of(row["name"])
@@ -63,7 +58,7 @@ async def list_providers(request: Request) -> dict[str, Any]:
 
 @router.post("/providers", status_code=201, responses=errors(409))
 async def add_provider(body: AddProviderRequest, request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     options = body.model_dump(exclude={"name", "kind", "base_url"}, exclude_none=True)
     daemon.hub.add_provider(body.name, body.kind, body.base_url, options)
     return next(p for p in daemon.hub.describe() if p["name"] == body.name)
@@ -71,7 +66,7 @@ async def add_provider(body: AddProviderRequest, request: Request) -> dict[str, 
 
 @router.delete("/providers/{name}")
 async def remove_provider(name: str, request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     daemon.hub.remove_provider(name, daemon.registry.models_of(name))
     return {"removed": name}
 
@@ -79,7 +74,7 @@ async def remove_provider(name: str, request: Request) -> dict[str, Any]:
 # ---------------------------------------------------------------- keys
 @router.get("/keys", responses=errors(404))
 async def list_keys(request: Request, provider: str | None = None) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     if provider is not None:
         daemon.hub.get(provider)
     return {"keys": daemon.hub.describe_keys(provider), "now": time.time()}
@@ -87,7 +82,7 @@ async def list_keys(request: Request, provider: str | None = None) -> dict[str, 
 
 @router.post("/keys", status_code=201, responses=errors(404, 409))
 async def add_key(body: AddKeyRequest, request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     limits = body.model_dump(exclude={"provider", "name", "secret"}, exclude_none=True)
     name = daemon.hub.add_key(body.provider, body.name, body.secret, limits)
     return next(k for k in daemon.hub.describe_keys(body.provider) if k["name"] == name)
@@ -95,7 +90,7 @@ async def add_key(body: AddKeyRequest, request: Request) -> dict[str, Any]:
 
 @router.delete("/keys/{provider}/{name}")
 async def remove_key(provider: str, name: str, request: Request) -> dict[str, Any]:
-    _daemon(request).hub.remove_key(provider, name)
+    daemon_of(request).hub.remove_key(provider, name)
     return {"removed": f"{provider}/{name}"}
 
 
@@ -110,7 +105,7 @@ async def disable_key(provider: str, name: str, request: Request) -> dict[str, A
 
 
 def _set_enabled(request: Request, provider: str, name: str, enabled: bool) -> dict[str, Any]:
-    hub = _daemon(request).hub
+    hub = daemon_of(request).hub
     hub.set_key_enabled(provider, name, enabled)
     return next(k for k in hub.describe_keys(provider) if k["name"] == name)
 
@@ -118,7 +113,7 @@ def _set_enabled(request: Request, provider: str, name: str, enabled: bool) -> d
 # ---------------------------------------------------------------- plugins and cache
 @router.get("/plugins")
 async def plugins(request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     report = daemon.plugins.as_dict()
     report["engines"] = sorted(daemon.engines)
     report["provider_kinds"] = sorted(daemon.hub.kinds)
@@ -127,7 +122,7 @@ async def plugins(request: Request) -> dict[str, Any]:
 
 @router.get("/cache")
 async def cache_stats(request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     stats = daemon.store.cache_stats(time.time())
     stats["mode"] = daemon.settings["cache.mode"]
     stats["ttl_s"] = daemon.settings["cache.ttl"]
@@ -140,5 +135,5 @@ async def cache_stats(request: Request) -> dict[str, Any]:
 
 @router.delete("/cache")
 async def cache_clear(request: Request, expired: bool = False) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     return {"removed": daemon.gateway.cache.clear(expired_only=expired)}

@@ -17,6 +17,7 @@ from tiqo.core.errors import BadRequest, ConfigError
 from tiqo.core.settings import write_config_value
 from tiqo.daemon.accounting.ledger import GROUPS
 from tiqo.daemon.catalog.routing_config import tcp_tier
+from tiqo.daemon.http.dependencies import daemon_of
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.http.tcp import new_token
 from tiqo.daemon.root import Daemon
@@ -25,11 +26,6 @@ from tiqo.protocol.tiqo import CreateTokenRequest, SetBudgetRequest
 
 router = APIRouter(prefix="/tiqo")
 HEARTBEAT_S = 15.0
-
-
-def _daemon(request: Request) -> Daemon:
-    daemon: Daemon = request.app.state.daemon
-    return daemon
 
 
 def _since(since: str) -> float:
@@ -44,7 +40,7 @@ async def usage(request: Request, since: str = "7d", by: str = "day", user: str 
     """Requests, tokens, cost, cache hits and errors since a time, grouped by day, provider, model, user or key."""
     if by not in GROUPS:
         raise BadRequest(f"cannot group by {by!r}; use one of {', '.join(GROUPS)}", param="by")
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     result = daemon.ledger.usage(_since(since), by, user)
     result["timezone"] = daemon.budgets.policy.timezone
     return result
@@ -55,7 +51,7 @@ async def logs(request: Request, n: int = 20, user: str | None = None) -> dict[s
     """The most recent requests, newest first (no content unless ledger.store_content is on)."""
     if not 0 < n <= 10_000:
         raise BadRequest("n must be between 1 and 10000", param="n")
-    return {"data": _daemon(request).ledger.logs(n, user)}
+    return {"data": daemon_of(request).ledger.logs(n, user)}
 
 
 @router.get("/audit", responses=errors(400))
@@ -63,19 +59,19 @@ async def audit(request: Request, n: int = 20, since: str = "3650d") -> dict[str
     """Every off-machine call, newest first: where it went, with which key, why it was allowed, what it cost."""
     if not 0 < n <= 10_000:
         raise BadRequest("n must be between 1 and 10000", param="n")
-    return {"data": _daemon(request).ledger.audit(n, _since(since))}
+    return {"data": daemon_of(request).ledger.audit(n, _since(since))}
 
 
 @router.get("/budget")
 async def budget(request: Request) -> dict[str, Any]:
     """Each limit: spent, reserved by calls in flight, left, percent, when it resets; thresholds and alerts."""
-    return _daemon(request).budgets.show(time.time())
+    return daemon_of(request).budgets.show(time.time())
 
 
 @router.put("/budget")
 async def set_budget(body: SetBudgetRequest, request: Request) -> dict[str, Any]:
     """Set a limit (``usd``) or remove it (``usd`` null); written to config.toml and applied at once."""
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     try:
         daemon.budgets.set_limit(body.scope, body.name or "", body.period, body.usd)
     except ValueError as exc:
@@ -85,14 +81,14 @@ async def set_budget(body: SetBudgetRequest, request: Request) -> dict[str, Any]
 
 @router.get("/alerts")
 async def alerts(request: Request, n: Annotated[int, Query(ge=1, le=10_000)] = 50) -> dict[str, Any]:
-    return {"data": _daemon(request).ledger.alerts(n)}
+    return {"data": daemon_of(request).ledger.alerts(n)}
 
 
 @router.get("/events")
 async def events(request: Request, kinds: str | None = None) -> StreamingResponse:
     """Server-sent events: ``request`` (each ledger row), ``alert`` … A reconnecting client sends Last-Event-ID and
     gets what it missed from a short history."""
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     last = request.headers.get("last-event-id")
     after = int(last) if last and last.isascii() and last.isdigit() else None
     wanted = {k.strip() for k in kinds.split(",") if k.strip()} if kinds else None
@@ -126,7 +122,7 @@ async def events(request: Request, kinds: str | None = None) -> StreamingRespons
 async def users(request: Request) -> dict[str, Any]:
     """Configured users: tier, default data class, rate limits, whether a TCP token exists (never the token), and
     the tier they get over TCP (``tcp_tier``: theirs, else daemon.listen_tier)."""
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     _, config = daemon.gateway.catalog_and_config()
     table = daemon.settings.toml.get("users", {})
     return {
@@ -173,7 +169,7 @@ async def create_token(name: str, request: Request, body: CreateTokenRequest | N
     (``user``, or ``daemon.listen_tier`` for a user without one)."""
     if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise BadRequest("a user name is letters, digits, '-', '_' or '.' (at most 64)", param="name")
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     _, config = daemon.gateway.catalog_and_config()
     tier = body.tier if body is not None else None
     if tier is not None and tier != "default" and tier not in config.tiers:
@@ -194,7 +190,7 @@ async def create_token(name: str, request: Request, body: CreateTokenRequest | N
 
 @router.delete("/users/{name}/token")
 async def revoke_token(name: str, request: Request) -> dict[str, Any]:
-    _set_user_field(_daemon(request), name, "token_sha256", None)
+    _set_user_field(daemon_of(request), name, "token_sha256", None)
     return {"user": name, "revoked": True}
 
 

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from tiqo.core.errors import BadRequest, Conflict
 from tiqo.daemon.catalog.registry import KIND_DEFAULTS
+from tiqo.daemon.http.dependencies import daemon_of
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.root import Daemon
 from tiqo.policy.routing import CatalogModel
@@ -17,11 +18,6 @@ from tiqo.protocol.tiqo import AddModelRequest, LoadRequest
 from tiqo.sdk.engine import ModelSpec
 
 router = APIRouter(prefix="/tiqo")
-
-
-def _daemon(request: Request) -> Daemon:
-    daemon: Daemon = request.app.state.daemon
-    return daemon
 
 
 def _model_row(daemon: Daemon, spec: ModelSpec) -> dict[str, Any]:
@@ -43,12 +39,12 @@ def _model_row(daemon: Daemon, spec: ModelSpec) -> dict[str, Any]:
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
-    return _daemon(request).health()
+    return daemon_of(request).health()
 
 
 @router.get("/ps")
 async def ps(request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     sched = daemon.scheduler
     return {
         "models": sched.ps(),
@@ -83,7 +79,7 @@ def _external_row(model: CatalogModel) -> dict[str, Any]:
 
 @router.get("/models")
 async def models(request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     rows = [_model_row(daemon, s) for s in daemon.registry.all()]
     rows += [_external_row(m) for m in daemon.registry.external().values()]
     aliases = daemon.gateway.catalog_and_config()[1].aliases
@@ -92,7 +88,7 @@ async def models(request: Request) -> dict[str, Any]:
 
 @router.post("/models", status_code=201, responses=errors(400, 404, 409))
 async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     if body.name in daemon.gateway.catalog_and_config()[1].aliases:
         raise Conflict(
             f"{body.name!r} is an alias (requests for it expand to its models), so a model of that name "
@@ -132,7 +128,7 @@ async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
 
 @router.delete("/models/{name}", responses=errors(409))
 async def remove_model(name: str, request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     if daemon.registry.is_external(name):
         daemon.registry.remove(name)
         return {"removed": name}
@@ -145,7 +141,7 @@ async def remove_model(name: str, request: Request) -> dict[str, Any]:
 
 @router.post("/models/{name}/load", responses=errors(400, 503))
 async def load_model(name: str, request: Request, body: LoadRequest | None = None) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     body = body or LoadRequest()
     spec = daemon.registry.resolve(name, None)
     try:
@@ -159,14 +155,14 @@ async def load_model(name: str, request: Request, body: LoadRequest | None = Non
 
 @router.post("/models/{name}/unload")
 async def unload_model(name: str, request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     spec = daemon.registry.resolve(name, None)
     return {"name": spec.name, "unloaded": await daemon.scheduler.unload(spec.name)}
 
 
 @router.post("/shutdown")
 async def shutdown(request: Request) -> JSONResponse:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     # Answer first, then stop: the server exits after this response is sent.
     asyncio.get_running_loop().call_later(0.05, daemon.request_shutdown)
     return JSONResponse({"ok": True, "pid": daemon.health()["pid"]})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -13,29 +12,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tiqo.core.durations import parse_duration
-from tiqo.core.errors import BadRequest, TiqoError
-from tiqo.daemon.catalog.routing_config import tcp_tier
+from tiqo.core.errors import TiqoError
+from tiqo.daemon.http.dependencies import daemon_of, request_meta, until_disconnect
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
 from tiqo.daemon.http.tcp import tcp_user
 from tiqo.daemon.pipeline.pieces import merge_tool_calls
-from tiqo.daemon.pipeline.served import OS_USER
-from tiqo.daemon.root import Daemon
 from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
 from tiqo.daemon.services.gateway import RequestMeta, Served, generation_params
 from tiqo.daemon.services.rag import augment
-from tiqo.policy.cache import CONTROL
 from tiqo.protocol import openai as oa
-from tiqo.protocol.headers import decode_name
 from tiqo.sdk.engine import Piece, Runner, StopFlag
 
 log = logging.getLogger("tiqo.api")
 router = APIRouter()
 ChatOrCompletion = TypeVar("ChatOrCompletion", oa.ChatCompletionRequest, oa.CompletionRequest)
-
-
-def _daemon(request: Request) -> Daemon:
-    daemon: Daemon = request.app.state.daemon
-    return daemon
 
 
 def _dumps(obj: Any) -> str:
@@ -44,7 +34,7 @@ def _dumps(obj: Any) -> str:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     created = int(daemon.started_at)
     data = [{"id": s.name, "object": "model", "created": created, "owned_by": "tiqo"} for s in daemon.registry.all()]
     data += [
@@ -56,43 +46,12 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 @router.get("/v1/models/{name}")
 async def get_model(name: str, request: Request) -> dict[str, Any]:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     external = daemon.registry.external().get(name)
     if external is not None:
         return {"id": name, "object": "model", "created": int(daemon.started_at), "owned_by": external.provider}
     spec = daemon.registry.resolve(name, None)
     return {"id": spec.name, "object": "model", "created": int(daemon.started_at), "owned_by": "tiqo"}
-
-
-def request_meta(request: Request, user_field: str | None = None) -> RequestMeta:
-    """x-tiqo-user / -tier / -class / -cache / -task headers (the OpenAI ``user`` field names the user too).
-
-    User and tier names are UTF-8, percent-encoded or raw (``tiqo.protocol.headers``). Over TCP the token's user is
-    the user, whatever the request says, and the tier is theirs or ``daemon.listen_tier`` (``tcp_tier``)."""
-    h = request.headers
-    cache = (h.get("x-tiqo-cache") or "use").strip().lower()
-    if cache not in CONTROL:
-        raise BadRequest(f"x-tiqo-cache must be one of {', '.join(CONTROL)}", param="x-tiqo-cache")
-    remote = tcp_user(request.scope)
-    if remote is not None:
-        daemon = _daemon(request)
-        _, config = daemon.gateway.catalog_and_config()
-        profile = config.users.get(remote)
-        user = remote
-        tier: str | None = tcp_tier(
-            profile.tier if profile else None, daemon.settings["daemon.listen_tier"], config.tiers
-        )[0]
-    else:
-        user = decode_name(h.get("x-tiqo-user") or "", "x-tiqo-user") or user_field or OS_USER
-        tier = decode_name(h.get("x-tiqo-tier") or "", "x-tiqo-tier") or None
-    return RequestMeta(
-        user=user,
-        tier=tier,
-        data_class=(h.get("x-tiqo-class") or "").strip().lower() or None,
-        cache=cache,
-        task=h.get("x-tiqo-task") or None,
-        request_id=request.scope.get("state", {}).get("request_id", ""),
-    )
 
 
 KEEP_ALIVE_IGNORED = "keep_alive is ignored over TCP: shared models stay loaded for scheduler.keep_alive"
@@ -114,7 +73,7 @@ def _as_caller(body: ChatOrCompletion, meta: RequestMeta, request: Request) -> t
 
 @router.post("/v1/chat/completions", response_model=None, responses=errors(*GENERATES))
 async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     meta = request_meta(request, body.user)
     body, warnings = _as_caller(body, meta, request)
     rid = "chatcmpl-" + request.scope["state"]["request_id"].removeprefix("req_")
@@ -141,7 +100,7 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> 
 
 @router.post("/v1/completions", response_model=None, responses=errors(*GENERATES))
 async def completions(body: oa.CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     spec = daemon.registry.resolve(body.model)
     meta = request_meta(request, body.user)
     body, warnings = _as_caller(body, meta, request)
@@ -199,24 +158,11 @@ async def _collect(
     chat: bool,
 ) -> JSONResponse:
     """Run the whole generation, stopping it if the client hangs up first."""
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    work = asyncio.ensure_future(run())
-    watch = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not work.done():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
-    if work.cancelled():
+    result = await until_disconnect(request, run())
+    if result is None:
         log.info("%s: client disconnected; generation stopped", rid)
         return JSONResponse({}, status_code=499)
-    served, pieces = work.result()
+    served, pieces = result
     text = "".join(p.text for p in pieces)
     last = next((p for p in reversed(pieces) if p.finish_reason), Piece("", finish_reason="stop"))
     use = oa.usage(last.prompt_tokens, last.completion_tokens)

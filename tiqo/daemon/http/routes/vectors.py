@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiqo.core.errors import BadRequest
+from tiqo.daemon.http.dependencies import request_meta
 from tiqo.daemon.http.openapi_errors import errors
-from tiqo.daemon.http.routes.openai import request_meta
 from tiqo.daemon.knowledge.vectors import VectorStore
 
 router = APIRouter(prefix="/tiqo/vectors")
