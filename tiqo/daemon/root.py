@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from tiqo import API_VERSION, __version__
 from tiqo.core.settings import Settings
@@ -23,7 +23,7 @@ from tiqo.daemon.services.gateway import Gateway
 from tiqo.daemon.services.voice import Voice
 from tiqo.daemon.state.store import Store
 from tiqo.daemon.upstream.providers import ProviderHub
-from tiqo.sdk.engine import Engine, ModelSpec, Piece, Runner, StopFlag
+from tiqo.sdk.engine import Engine, ModelSpec, StopFlag
 from tiqo.sdk.provider import ProviderKind
 
 log = logging.getLogger("tiqo.daemon")
@@ -36,6 +36,9 @@ def memory_budget(settings: Settings) -> int:
     import psutil
 
     return int(psutil.virtual_memory().total * 0.75)
+
+
+T = TypeVar("T")
 
 
 class Daemon:
@@ -110,8 +113,8 @@ class Daemon:
         self,
         spec: ModelSpec,
         keep_alive: float | None,
-        call: Callable[[Runner, StopFlag], Iterator[Piece]],
-    ) -> AsyncGenerator[Piece, None]:
+        call: Callable[[Any, StopFlag], Iterator[T]],
+    ) -> AsyncGenerator[T, None]:
         """Hold a slot of ``spec`` for the whole generation and stream its pieces."""
         stop = StopFlag()
         async with self.scheduler.acquire(spec, keep_alive) as slot:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.accounting.ledger import CallRow, RequestRow
 from tiqo.daemon.catalog.registry import KIND_DEFAULTS
+from tiqo.daemon.pipeline.ports import LocalCompute, Routing
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.upstream.client import AttemptFailed
 from tiqo.policy import budget as bp
@@ -27,9 +28,9 @@ KEY_LEVEL = ("rate_limited", "quota_exhausted", "auth")
 
 
 class Dispatch:
-    def __init__(self, gateway: Any, daemon: Any) -> None:
-        self.gateway = gateway  # tiqo.daemon.services.gateway.Gateway
-        self.daemon = daemon  # tiqo.daemon.root.Daemon
+    def __init__(self, gateway: Routing, daemon: LocalCompute) -> None:
+        self.gateway = gateway
+        self.daemon = daemon
         self.settings = gateway.settings
         self.registry = gateway.registry
         self.accounting = gateway.accounting
@@ -83,7 +84,7 @@ class Dispatch:
         # [routes.stt|tts|embed] when configured; the task's default local model is always the last candidate
         table = config.routes.get(task) or {"default": ()}
         task_config = replace(config, routes={task: table}, local_fallback=self.settings[KIND_DEFAULTS[task]])
-        decision: Decision = self.gateway.plan_route(
+        return self.gateway.plan_route(
             c,
             requested=requested,
             est_prompt_tokens=est_tokens,
@@ -92,7 +93,6 @@ class Dispatch:
             blocked=blocked,
             config=task_config,
         )
-        return decision
 
     def _served_by(self, served: Served, model: CatalogModel, backend: str, key: str | None) -> None:
         served.backend, served.provider, served.model, served.key = backend, model.provider, model.name, key
@@ -105,10 +105,10 @@ class Dispatch:
         served: Served,
     ) -> TiqoError:
         if not decision.kept:
-            return self.gateway.nothing_kept(decision, blocked)  # type: ignore[no-any-return]
+            return self.gateway.nothing_kept(decision, blocked)
         if blocked and not failures:
-            return self.accounting.budget_error(blocked, served.attempts)  # type: ignore[no-any-return]
-        return self.gateway.all_failed(decision, failures, served)  # type: ignore[no-any-return]
+            return self.accounting.budget_error(blocked, served.attempts)
+        return self.gateway.all_failed(decision, failures, served)
 
     async def _external(
         self,

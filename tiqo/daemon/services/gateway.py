@@ -37,6 +37,7 @@ from tiqo.daemon.cache.response_cache import CacheUse, ResponseCache
 from tiqo.daemon.catalog.registry import Registry
 from tiqo.daemon.catalog.routing_config import restricted_patterns, routing_config
 from tiqo.daemon.pipeline.pieces import prime, replay
+from tiqo.daemon.pipeline.ports import LocalCompute
 from tiqo.daemon.pipeline.recording import DEFAULT_MAX_TOKENS, Accounting
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.state.store import Store
@@ -77,7 +78,7 @@ class Gateway:
         registry: Registry,
         hub: ProviderHub,
         store: Store,
-        daemon: Any,  # tiqo.daemon.root.Daemon (for local generation); typed loosely to avoid a cycle
+        daemon: LocalCompute,  # the root's local generation
         ledger: Ledger,
         budgets: Budgets,
         events: EventBus,

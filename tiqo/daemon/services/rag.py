@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from tiqo.core.errors import BadRequest
+from tiqo.daemon.knowledge.vectors import VectorStore
 from tiqo.daemon.pipeline.served import RequestMeta
 from tiqo.protocol import openai as oa
 
@@ -41,7 +42,7 @@ def rag_options(body: oa.ChatCompletionRequest) -> dict[str, Any] | None:
 
 
 async def augment(
-    daemon: Any, body: oa.ChatCompletionRequest, meta: RequestMeta
+    vectors: VectorStore, body: oa.ChatCompletionRequest, meta: RequestMeta
 ) -> tuple[oa.ChatCompletionRequest, list[dict[str, Any]]]:
     """The request with the retrieved context put in front, and the sources (none when it asked for no RAG)."""
     options = rag_options(body)
@@ -50,8 +51,8 @@ async def augment(
     question = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")
     if not question.strip():
         raise BadRequest("retrieval needs a user message to search for", param="messages")
-    collection = daemon.vectors.get(meta.user, options["collection"])  # 404 naming `tiqo vec list`
-    found = await daemon.vectors.query(
+    collection = vectors.get(meta.user, options["collection"])  # 404 naming `tiqo vec list`
+    found = await vectors.query(
         collection,
         vector=None,
         text=question,

@@ -34,6 +34,7 @@ from tiqo.policy.outbound import form_texts
 from tiqo.policy.ratelimit import RateLimits
 from tiqo.policy.routing import CatalogModel, Decision
 from tiqo.protocol.audio import OPENAI_STT_MODELS, OPENAI_TTS_MODELS, OPENAI_VOICES
+from tiqo.sdk.engine import StopFlag
 
 log = logging.getLogger("tiqo.voice")
 T = TypeVar("T")
@@ -119,9 +120,7 @@ class Voice(Dispatch):
                     temperature=req.temperature,
                     beam_size=max(1, self.settings["stt.beam_size"]),
                 )
-                events = self.daemon.generate(
-                    spec, None, lambda r, stop, job=job: r.transcribe(decoded.audio, job, stop)
-                )
+                events = self.daemon.generate(spec, None, functools.partial(_transcribe, decoded.audio, job))
                 try:
                     first = await anext(events)  # the model is loaded and the language known: committed
                 except (Busy, ModelLoadFailed) as exc:
@@ -281,6 +280,12 @@ class Voice(Dispatch):
                 served.cost_usd = model.audio_cost(chars=len(req.input))
                 return served, _prepend(holder["first"], stream)
         raise self._none_served(decision, blocked, failures, served)
+
+
+def _transcribe(audio: Any, job: SttJob, runner: Any, stop: StopFlag) -> Iterator[dict[str, Any]]:
+    """In the Whisper runner's thread: its events for ``audio``."""
+    events: Iterator[dict[str, Any]] = runner.transcribe(audio, job, stop)
+    return events
 
 
 async def _stt_stream(

@@ -77,7 +77,7 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> 
     meta = request_meta(request, body.user)
     body, warnings = _as_caller(body, meta, request)
     rid = "chatcmpl-" + request.scope["state"]["request_id"].removeprefix("req_")
-    body, sources = await augment(daemon, body, meta)
+    body, sources = await augment(daemon.vectors, body, meta)
     if not body.stream:
 
         async def run() -> tuple[Served, list[Piece]]:
