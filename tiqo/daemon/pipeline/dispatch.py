@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.accounting.ledger import CallRow, RequestRow
 from tiqo.daemon.catalog.registry import KIND_DEFAULTS
+from tiqo.daemon.pipeline.fallback import after_failure
 from tiqo.daemon.pipeline.ports import LocalCompute, Routing
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.upstream.client import AttemptFailed
@@ -24,7 +25,6 @@ from tiqo.policy.routing import AUTO, CatalogModel, Decision
 
 log = logging.getLogger("tiqo.dispatch")
 T = TypeVar("T")
-KEY_LEVEL = ("rate_limited", "quota_exhausted", "auth")
 
 
 class Dispatch:
@@ -162,9 +162,10 @@ class Dispatch:
                 log.info("%s via %s failed (%s): %s", name, model.provider, exc.kind, exc.message)
                 self.gateway.record_failure(provider, key_name, exc)
                 self._settle(row, model, 0.0, "failed", exc.kind)
-                if exc.kind == "bad_request":
+                step = after_failure(exc, key_name)
+                if step == "stop":
                     raise BadRequest(f"{model.provider} rejected the request: {exc.message}") from None
-                if exc.kind in KEY_LEVEL and key_name is not None:
+                if step == "key":
                     continue
                 return None
             except BaseException:

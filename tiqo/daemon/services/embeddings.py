@@ -10,8 +10,9 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tiqo.core.errors import BadRequest, Busy, ModelLoadFailed, TiqoError
+from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.pipeline.dispatch import Dispatch
+from tiqo.daemon.pipeline.fallback import LOCAL_FALLBACK
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.runtime.engines.embed import Embedded
 from tiqo.daemon.upstream.client import AttemptFailed, read_body
@@ -63,7 +64,7 @@ class Embeddings(Dispatch):
                 if m.local:
                     try:
                         spec, done = await self.local(inputs, m.name)
-                    except (Busy, ModelLoadFailed) as exc:
+                    except LOCAL_FALLBACK as exc:
                         failures.append(exc)
                         served.attempts.append({"model": cand.model, "provider": "local", "error": exc.message})
                         continue

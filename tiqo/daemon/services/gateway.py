@@ -19,10 +19,7 @@ from typing import Any
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import (
     BadRequest,
-    Busy,
     ClassificationRefused,
-    ContextOverflow,
-    ModelLoadFailed,
     ModelNotFound,
     NoCandidate,
     RateLimited,
@@ -36,6 +33,7 @@ from tiqo.daemon.accounting.ledger import CallRow, Ledger, RequestRow
 from tiqo.daemon.cache.response_cache import CacheUse, ResponseCache
 from tiqo.daemon.catalog.registry import Registry
 from tiqo.daemon.catalog.routing_config import restricted_patterns, routing_config
+from tiqo.daemon.pipeline.fallback import RATE_LIMITED, after_failure
 from tiqo.daemon.pipeline.pieces import prime, replay
 from tiqo.daemon.pipeline.ports import LocalCompute
 from tiqo.daemon.pipeline.recording import DEFAULT_MAX_TOKENS, Accounting
@@ -384,17 +382,13 @@ class Gateway:
                         }
                     )
                     log.info("%s via %s failed (%s): %s", cand.model, model.provider, kind, _msg(exc))
-                    if isinstance(exc, AttemptFailed) and exc.kind == "bad_request":
-                        raise BadRequest(f"{model.provider} rejected the request: {exc.message}") from None
-                    if isinstance(exc, TiqoError) and not _local_retryable(exc):
+                    step = after_failure(exc, key_name)
+                    if step == "stop":
+                        if isinstance(exc, AttemptFailed):
+                            raise BadRequest(f"{model.provider} rejected the request: {exc.message}") from None
                         raise
                     last_provider_failed = model.provider
-                    key_level = isinstance(exc, AttemptFailed) and exc.kind in (
-                        "rate_limited",
-                        "quota_exhausted",
-                        "auth",
-                    )
-                    if key_level and key_name is not None:
+                    if step == "key":
                         continue  # same candidate, another key (never the one that just failed)
                     break
                 served.backend = f"local:{self.registry.resolve(model.name).engine}" if model.local else model.provider
@@ -445,7 +439,7 @@ class Gateway:
             return err
         summary = "; ".join(f"{a['model']} ({a['provider']}): {a['error']}" for a in served.attempts)
         waits = [f.retry_after for f in failures if isinstance(f, AttemptFailed) and f.retry_after is not None]
-        if all(isinstance(f, AttemptFailed) and f.kind in ("rate_limited", "quota_exhausted") for f in failures):
+        if all(isinstance(f, AttemptFailed) and f.kind in RATE_LIMITED for f in failures):
             return RateLimited(f"every candidate is rate limited: {summary}", retry_after=min(waits) if waits else 1)
         return UpstreamFailed(
             f"every candidate failed: {summary}",
@@ -564,11 +558,6 @@ def generation_params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> 
         frequency_penalty=body.frequency_penalty,
         logit_bias=body.logit_bias,
     )
-
-
-def _local_retryable(exc: TiqoError) -> bool:
-    """Local failures that another candidate may not have: busy, too long for this window, failed to load."""
-    return isinstance(exc, (Busy, ContextOverflow, ModelLoadFailed))
 
 
 def _backoff(attempt: int) -> float:

@@ -14,9 +14,10 @@ from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tiqo.core.errors import BadRequest, Busy, ModelLoadFailed, TiqoError
+from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.media.audio import Decoded, RawPcm, SpeechEncoder, decode, sentences
 from tiqo.daemon.pipeline.dispatch import Dispatch, _never, _prepend
+from tiqo.daemon.pipeline.fallback import LOCAL_FALLBACK
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.runtime.engines.piper import TtsJob
 from tiqo.daemon.runtime.engines.whisper import SttJob
@@ -38,7 +39,6 @@ from tiqo.sdk.engine import StopFlag
 
 log = logging.getLogger("tiqo.voice")
 T = TypeVar("T")
-KEY_LEVEL = ("rate_limited", "quota_exhausted", "auth")
 
 
 @dataclass
@@ -123,7 +123,7 @@ class Voice(Dispatch):
                 events = self.daemon.generate(spec, None, functools.partial(_transcribe, decoded.audio, job))
                 try:
                     first = await anext(events)  # the model is loaded and the language known: committed
-                except (Busy, ModelLoadFailed) as exc:
+                except LOCAL_FALLBACK as exc:
                     failures.append(exc)
                     served.attempts.append({"model": cand.model, "provider": "local", "error": exc.message})
                     continue
@@ -233,7 +233,7 @@ class Voice(Dispatch):
                 audio = self.daemon.generate(spec, None, call)
                 try:
                     first = await anext(audio)  # the first sentence is ready: committed
-                except (Busy, ModelLoadFailed) as exc:
+                except LOCAL_FALLBACK as exc:
                     failures.append(exc)
                     served.attempts.append({"model": cand.model, "provider": "local", "error": exc.message})
                     continue
