@@ -1,4 +1,4 @@
-"""tiqo's own routes: health, ps, the model catalog, load/unload and shutdown."""
+"""tiqo's own routes: health, ps, the model catalog, load/unload, backup and shutdown."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tiqo.daemon.catalog.registry import KIND_DEFAULTS
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.root import Daemon
 from tiqo.policy.routing import CatalogModel
-from tiqo.protocol.tiqo import AddModelRequest, LoadRequest
+from tiqo.protocol.tiqo import AddModelRequest, BackupRequest, LoadRequest
 from tiqo.sdk.engine import ModelSpec
 
 router = APIRouter(prefix="/tiqo")
@@ -162,6 +162,12 @@ async def unload_model(name: str, request: Request) -> dict[str, Any]:
     daemon = _daemon(request)
     spec = daemon.registry.resolve(name, None)
     return {"name": spec.name, "unloaded": await daemon.scheduler.unload(spec.name)}
+
+
+@router.post("/backup", responses=errors(400, 409))
+async def backup(body: BackupRequest, request: Request) -> dict[str, Any]:
+    """Write a backup archive (SQLite online backup, vector tables at one version, config) while serving."""
+    return await _daemon(request).backup.run(body.path, body.include_keys)
 
 
 @router.post("/shutdown")
