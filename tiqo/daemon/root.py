@@ -84,7 +84,7 @@ class Daemon:
         self.embeddings = Embeddings(self.gateway, self)
         self.gateway.cache.embeddings = self.embeddings  # the semantic cache embeds questions with it
         self.vectors = VectorStore(settings.paths.state_dir / "vectors", self.store, self.embeddings, settings)
-        self.backup = Backup(settings.paths, self.store, self.vectors.root)
+        self.backup = Backup(settings.paths, self.store, self.vectors.root, flush=self.hub.flush)
         self.scheduler = Scheduler(
             engines,
             memory_budget=memory_budget(settings),

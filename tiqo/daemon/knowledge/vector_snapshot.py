@@ -47,20 +47,25 @@ def _wanted(rel: Path, version: int, tag: str) -> bool:
     if rel.parts[0] == "_versions":
         found = manifest_version(rel.name)
         return found is not None and found <= version  # the hint and later manifests stay behind
-    if rel.parts[0] == "_refs" and rel.name == f"{tag}.json":
-        return False
+    if rel.name.startswith(".") or (rel.parts[0] == "_refs" and rel.name == f"{tag}.json"):
+        return False  # a writer's temporary file (renamed into place when complete), or our own tag
     return rel.name != LEGACY_LATEST  # rewritten from V's own manifest (v1 naming)
 
 
 def _place(src: Path, dest: Path) -> None:
+    """Link (or copy) one file; one that vanished meanwhile belonged to a later version or was a writer's temporary
+    file (V's own files are kept by the tag), and is skipped."""
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         os.link(src, dest)
+    except FileNotFoundError:
+        return
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
-        shutil.copyfile(src, dest)
-        os.chmod(dest, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copyfile(src, dest)
+            os.chmod(dest, 0o600)
 
 
 def _copy_folder(folder: Path, dest: Path, version: int, tag: str, v2_paths: bool) -> None:
@@ -103,10 +108,11 @@ def copy_tables(root: Path, names: list[str], dest: Path) -> list[TableCopy]:
 
 
 def open_copy(dest: Path, copy: TableCopy) -> int:
-    """Rows of a copied table as LanceDB reads it from the copy (a check that the copy opens at its version)."""
+    """Rows of a copied table as LanceDB reads them from the copy: a check that it opens at its version and that
+    every data file is there (the filter makes LanceDB read a column of each, not the manifest's count)."""
     import lancedb
 
     table = lancedb.connect(str(dest)).open_table(copy.name)
     if int(table.version) != copy.version:
         raise RuntimeError(f"the copy of {copy.name} opens at version {table.version}, not {copy.version}")
-    return int(table.count_rows())
+    return int(table.count_rows("id IS NOT NULL"))

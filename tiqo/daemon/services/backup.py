@@ -14,6 +14,7 @@ import asyncio
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,11 @@ def check_destination(text: str, paths: Paths) -> Path:
 
 
 class Backup:
-    def __init__(self, paths: Paths, store: Store, vectors_root: Path) -> None:
+    def __init__(self, paths: Paths, store: Store, vectors_root: Path, flush: Callable[[], None]) -> None:
         self.paths = paths
         self.store = store
         self.vectors_root = vectors_root
+        self.flush = flush  # state held back in memory (key usage counters, batched): written before the snapshot
         self._running = asyncio.Lock()
 
     async def run(self, path: str, include_keys: bool) -> dict[str, Any]:
@@ -59,6 +61,7 @@ class Backup:
         if self._running.locked():
             raise Conflict("a backup is already running", hint="wait for it to finish, then try again")
         async with self._running:
+            self.flush()
             return await asyncio.to_thread(self.write, dest, include_keys)
 
     def write(self, dest: Path, include_keys: bool) -> dict[str, Any]:
