@@ -232,8 +232,10 @@ def test_damaged_newer_or_live_restores_change_nothing(fresh_daemon: DaemonProc,
     newer = tmp_path / "newer.tar"
     _rewrite_manifest(good, newer, tiqo_version="99.0.0", schema_version=SCHEMA_VERSION + 1)
     flipped = tmp_path / "flipped.tar"
+    with tarfile.open(good) as tar:
+        offset = tar.getmember("state/tiqo.db").offset_data + 4096  # inside the database's second page
     data = bytearray(good.read_bytes())
-    data[-20_000] ^= 0xFF  # a bit flipped inside some member: its checksum fails
+    data[offset] ^= 0xFF  # one bit flipped in one member: its checksum fails
     flipped.write_bytes(bytes(data))
     before = files_of(d.home)
     for archive, message in (

@@ -88,7 +88,7 @@ def _check_preconditions(archive: Path, folders: dict[str, Path]) -> None:
 
 def _check_database(db: Path, manifest: dict[str, Any]) -> None:
     if not db.exists():
-        return
+        raise ArchiveError(f"the archive holds no {DB_NAME}", param="path", hint="nothing was changed")
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         result = conn.execute("PRAGMA integrity_check").fetchone()[0]
