@@ -151,3 +151,41 @@ def test_the_units_command_starts_a_working_daemon(box: Box) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_install_backup_adds_a_daily_timer_and_uninstall_removes_it(box: Box, tmp_path: Path) -> None:
+    """`--backup DIR --keep N`: tiqo-backup.service runs `tiqo backup --keep N DIR` with the daemon's environment,
+    tiqo-backup.timer runs it daily; its command line, run by hand, writes a dated archive and rotates."""
+    box.systemctl()
+    folder = tmp_path / "backups"
+    result = box.cli("install", "--backup", str(folder), "--keep", "2", "--now")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert box.called() == ["--user daemon-reload", "--user enable --now tiqo.service tiqo-backup.timer"]
+    service = fields((box.unit.parent / "tiqo-backup.service").read_text())
+    timer = fields((box.unit.parent / "tiqo-backup.timer").read_text())
+    assert service["Type"] == ["oneshot"] and service["Wants"] == ["tiqo.service"]
+    assert service["ExecStart"] == [f'"{sys.executable}" -m tiqo --no-autostart backup --keep 2 "{folder}"']
+    assert f'"TIQO_HOME={box.home}"' in service["Environment"]
+    assert timer["OnCalendar"] == ["daily"] and timer["Persistent"] == ["true"]
+    assert timer["WantedBy"] == ["timers.target"]
+
+    for old in ("tiqo-20200101-000000.tar.gz", "tiqo-20200102-000000.tar.gz"):
+        folder.mkdir(exist_ok=True)
+        (folder / old).write_text("old")
+    argv = shlex.split(service["ExecStart"][0])
+    started = run_cli("daemon", "start", env=box.env())
+    assert started.returncode == 0, started.stderr
+    try:
+        ran = subprocess.run(argv, env=box.env(), capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+    finally:
+        run_cli("daemon", "stop", env=box.env())
+    archives = sorted(p.name for p in folder.iterdir())
+    assert len(archives) == 2 and archives[0] == "tiqo-20200102-000000.tar.gz", archives  # the oldest rotated out
+
+    box.calls.unlink()
+    gone = box.cli("uninstall", "--now")
+    assert gone.returncode == 0
+    assert box.called() == ["--user disable --now tiqo.service tiqo-backup.timer", "--user daemon-reload"]
+    assert not (box.unit.parent / "tiqo-backup.timer").exists()
+    assert not (box.unit.parent / "tiqo-backup.service").exists()

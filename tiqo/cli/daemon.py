@@ -12,6 +12,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from tiqo.cli.backup import BACKUP_TIMER, BACKUP_UNIT, timer_units
 from tiqo.cli.output import EXIT_UNAVAILABLE, client, console, fail, handle_errors, print_json
 from tiqo.present import fmt_duration, fmt_size
 
@@ -178,9 +179,6 @@ def say(*args: Any) -> None:
     console.print(*args, soft_wrap=True)  # paths and commands stay on one line, to be copied
 
 
-NEXT_STEP = "systemctl --user daemon-reload && systemctl --user enable --now tiqo"
-
-
 def unit_path() -> Path:
     """$XDG_CONFIG_HOME/systemd/user/tiqo.service (~/.config by default), where `systemctl --user` looks."""
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -223,13 +221,26 @@ def env_file_text(secret: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def unit_text(settings: Any) -> str:
-    """The unit: the daemon exactly as the CLI starts it (this Python, `-m tiqo.daemon`, logging to the daemon
-    log), with the TIQO_* variables of this shell so that the CLI and the service agree on every folder; those that
-    hold secrets are read from ``env_file_path`` (see ``unit_env``)."""
+def environment_lines(settings: Any) -> list[str]:
+    """The TIQO_* variables of this shell for a unit, so that the CLI and the service agree on every folder; those
+    that hold secrets are read from ``env_file_path`` (see ``unit_env``)."""
     env, secret = unit_env()
     # not quoted: systemd takes the rest of the line as the path, expanding % specifiers
     env_file = str(env_file_path(settings)).replace("%", "%%")
+    return [
+        *(f"Environment={_quote(f'{k}={v}')}" for k, v in env.items()),
+        *([f"EnvironmentFile={env_file}"] if secret else []),
+    ]
+
+
+def exec_arg(value: str) -> str:
+    """One argument of an ExecStart line: quoted, with $ (variables) escaped too."""
+    return _quote(value).replace("$", "$$")
+
+
+def unit_text(settings: Any) -> str:
+    """The unit: the daemon exactly as the CLI starts it (this Python, `-m tiqo.daemon`, logging to the daemon
+    log), with ``environment_lines``."""
     log = str(settings.paths.log_file)
     lines = [
         "# Written by `tiqo daemon install`; `tiqo daemon uninstall` removes it.",
@@ -239,9 +250,8 @@ def unit_text(settings: Any) -> str:
         "",
         "[Service]",
         "Type=simple",
-        f"ExecStart={_quote(sys.executable).replace('$', '$$')} -m tiqo.daemon",
-        *(f"Environment={_quote(f'{k}={v}')}" for k, v in env.items()),
-        *([f"EnvironmentFile={env_file}"] if secret else []),
+        f"ExecStart={exec_arg(sys.executable)} -m tiqo.daemon",
+        *environment_lines(settings),
         "# the daemon log (created by systemd before the daemon runs) and everything else private to this user",
         "UMask=0077",
         f"StandardOutput=append:{log}",
@@ -280,10 +290,27 @@ def _systemctl(*args: str) -> bool:
     return True
 
 
+def _write_unit(path: Path, text: str) -> None:
+    from tiqo.core.paths import tighten, write_private
+
+    existed = path.exists()
+    if existed and path.read_text() == text:
+        tighten(path)
+        say(f"unchanged: {path}")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private(path, text)
+    say(f"{'updated' if existed else 'wrote'} {path}")
+
+
 @app.command()
 @handle_errors
 def install(
     now: bool = typer.Option(False, "--now", help="Also run systemctl: reload, enable and start it now."),
+    backup: Path | None = typer.Option(
+        None, "--backup", help="Also a daily backup timer writing dated archives into this folder."
+    ),
+    keep: int = typer.Option(7, "--keep", min=1, help="With --backup: how many archives to keep."),
 ) -> None:
     """Write a systemd user unit so that the daemon starts at login (~/.config/systemd/user/tiqo.service).
 
@@ -291,13 +318,15 @@ def install(
     that hold secrets (TIQO_REDIS_URL, TIQO_ALERT_WEBHOOK, ...) go to daemon.env next to config.toml (mode 0600),
     never into the unit. The next step is printed (`--now` runs it).
 
+    With --backup DIR, tiqo-backup.service and tiqo-backup.timer run `tiqo backup --keep N DIR` daily.
+
     Examples:
 
       tiqo daemon install
 
-      tiqo daemon install --now
+      tiqo daemon install --now --backup ~/backups/tiqo --keep 14
     """
-    from tiqo.core.paths import make_private_dirs, tighten, write_private
+    from tiqo.core.paths import make_private_dirs, write_private
 
     settings = _settings()
     path = unit_path()
@@ -309,16 +338,14 @@ def install(
         say(f"wrote {env_file} (mode 0600): {', '.join(secret)}")
     elif env_file.exists():
         env_file.unlink()  # no secret variables any more
-    text = unit_text(settings)
-    existed = path.exists()
-    if existed and path.read_text() == text:
-        tighten(path)
-        say(f"unchanged: {path}")
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        make_private_dirs(settings.paths.log_dir)
-        write_private(path, text)
-        say(f"{'updated' if existed else 'wrote'} {path}")
+    make_private_dirs(settings.paths.log_dir)
+    _write_unit(path, unit_text(settings))
+    units = [UNIT]
+    if backup is not None:
+        folder = exec_arg(str(backup.expanduser().absolute()))
+        for name, text in timer_units(folder, keep, exec_arg(sys.executable), environment_lines(settings)).items():
+            _write_unit(path.with_name(name), text)
+        units.append(BACKUP_TIMER)
     from tiqo.client import process
 
     running = process.read_status(settings)
@@ -328,9 +355,9 @@ def install(
             "beside it: `tiqo daemon stop` first"
         )
     if not now:
-        say(f"next: {NEXT_STEP}")
+        say(f"next: systemctl --user daemon-reload && systemctl --user enable --now {' '.join(units)}")
         return
-    if not (_systemctl("daemon-reload") and _systemctl("enable", "--now", UNIT)):
+    if not (_systemctl("daemon-reload") and _systemctl("enable", "--now", *units)):
         raise typer.Exit(1)
     say("enabled and started: the daemon now starts at login (`systemctl --user status tiqo`)")
 
@@ -340,18 +367,24 @@ def install(
 def uninstall(
     now: bool = typer.Option(False, "--now", help="Also run systemctl: stop and disable it, then reload."),
 ) -> None:
-    """Remove the systemd user unit that `tiqo daemon install` wrote.
+    """Remove the systemd user units that `tiqo daemon install` wrote (the backup timer too).
 
-    Without --now, the unit file (and its enablement link) is removed and the systemctl step is printed.
+    Without --now, the unit files (and their enablement links) are removed and the systemctl step is printed.
 
     Example: tiqo daemon uninstall --now
     """
     path = unit_path()
-    if now and path.exists() and not _systemctl("disable", "--now", UNIT):
+    units = [UNIT] + ([BACKUP_TIMER] if path.with_name(BACKUP_TIMER).exists() else [])
+    if now and path.exists() and not _systemctl("disable", "--now", *units):
         raise typer.Exit(1)
-    link = path.parent / "default.target.wants" / UNIT
-    if link.is_symlink():
-        link.unlink()
+    for wants, name in (("default.target.wants", UNIT), ("timers.target.wants", BACKUP_TIMER)):
+        link = path.parent / wants / name
+        if link.is_symlink():
+            link.unlink()
+    for name in (BACKUP_TIMER, BACKUP_UNIT):
+        if path.with_name(name).exists():
+            path.with_name(name).unlink()
+            say(f"removed {path.with_name(name)}")
     if not path.exists():
         say(f"not installed ({path} does not exist)")
         return

@@ -7,6 +7,7 @@ import typer
 from tiqo import __version__
 from tiqo.cli import (
     ask,
+    backup,
     budget,
     config,
     daemon,
@@ -77,6 +78,8 @@ app.add_typer(users.app, name="users")
 app.command("alerts")(ledger.alerts)
 app.command("events")(ledger.events)
 app.command("dash")(dash_command)
+app.command("backup")(backup.backup)
+app.command("restore")(backup.restore)
 app.command("doctor")(doctor_command)
 
 

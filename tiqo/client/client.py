@@ -199,6 +199,11 @@ class TiqoClient:
         result: dict[str, Any] = self.request("POST", f"/tiqo/models/{name}/unload")
         return result
 
+    def backup(self, path: str, include_keys: bool = False) -> dict[str, Any]:
+        """Have the daemon write a backup archive at ``path`` (absolute) while it serves; its summary."""
+        result: dict[str, Any] = self.request("POST", "/tiqo/backup", {"path": path, "include_keys": include_keys})
+        return result
+
     def shutdown(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", "/tiqo/shutdown", timeout=10.0)
         return result

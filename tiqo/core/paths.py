@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import stat
 import tempfile
@@ -173,6 +175,20 @@ def check_socket_dir(path: Path) -> None:
             "of their own at the path and receive your requests",
             hint=hint,
         )
+
+
+def acquire_lock(path: Path) -> IO[str] | None:
+    """Hold an exclusive lock on ``path`` while the returned file stays open (a daemon for its lifetime, `tiqo restore`
+    while it swaps files); None if another process holds it."""
+    fh = path.open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        fh.close()
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fh
 
 
 def write_private(path: Path, text: str) -> None:

@@ -18,6 +18,7 @@ from tiqo.daemon.knowledge.vectors import VectorStore
 from tiqo.daemon.runtime.plugins import PluginReport, collect_engines, collect_providers, load_plugins
 from tiqo.daemon.runtime.scheduler import Scheduler
 from tiqo.daemon.runtime.streaming import iterate_in_thread
+from tiqo.daemon.services.backup import Backup
 from tiqo.daemon.services.embeddings import Embeddings
 from tiqo.daemon.services.gateway import Gateway
 from tiqo.daemon.services.voice import Voice
@@ -86,6 +87,7 @@ class Daemon:
         self.embeddings = Embeddings(self.gateway, self)
         self.gateway.cache.embeddings = self.embeddings  # the semantic cache embeds questions with it
         self.vectors = VectorStore(settings.paths.state_dir / "vectors", self.store, self.embeddings, settings)
+        self.backup = Backup(settings.paths, self.store, self.vectors.root, flush=self.hub.flush)
         self.scheduler = Scheduler(
             engines,
             memory_budget=memory_budget(settings),

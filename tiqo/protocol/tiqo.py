@@ -17,6 +17,15 @@ class LoadRequest(BaseModel):
         return None if self.keep_alive is None else parse_duration(self.keep_alive)
 
 
+class BackupRequest(BaseModel):
+    """``POST /tiqo/backup``: where the daemon writes the archive (an absolute path ending in .tar, .tar.gz or .tgz
+    that does not exist yet), and whether provider keys go in."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(min_length=1, max_length=4096)
+    include_keys: bool = False
+
+
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
 

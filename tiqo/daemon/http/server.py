@@ -8,8 +8,6 @@ every file it writes is private from its first byte.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -19,12 +17,12 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import IO
 
 from tiqo import __version__
 from tiqo.core.errors import TiqoError
 from tiqo.core.paths import (
     MAX_SOCKET_PATH,
+    acquire_lock,
     check_socket_dir,
     ensure_private_dir,
     make_private_dirs,
@@ -47,19 +45,6 @@ def setup_logging(level: str) -> None:
     logging.getLogger("tiqo.llama.cpp").setLevel(max(logging.WARNING, root.level))
     for noisy in ("uvicorn.access", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def acquire_lock(path: Path) -> IO[str] | None:
-    """Hold an exclusive lock for the daemon's lifetime; None if another daemon holds it."""
-    fh = path.open("a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        fh.close()
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    return fh
 
 
 def socket_in_use(path: Path) -> bool:

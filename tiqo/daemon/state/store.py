@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tiqo import SCHEMA_VERSION
 from tiqo.core.paths import tighten
 
 SCHEMA = """
@@ -121,6 +122,19 @@ CREATE TABLE IF NOT EXISTS vector_collections (
 """
 
 
+def _describe(db: sqlite3.Connection) -> dict[str, Any]:
+    def count(table: str) -> int:
+        return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    return {
+        "schema_version": int(db.execute("PRAGMA user_version").fetchone()[0]),
+        "requests": count("requests"),
+        "calls": count("calls"),
+        "collections": count("vector_collections"),
+        "tables": [row[0] for row in db.execute("SELECT tbl FROM vector_collections ORDER BY tbl")],
+    }
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -154,6 +168,24 @@ class Store:
             if column not in have:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         self.db.execute("CREATE INDEX IF NOT EXISTS cache_sem_group ON cache (sem_group) WHERE sem_group IS NOT NULL")
+        if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def snapshot(self, dest: Path) -> dict[str, Any]:
+        """Copy the database to ``dest`` (a new file, 0600) through SQLite's online backup API: one consistent
+        version, taken on a connection of its own (call it from a worker thread) while the daemon goes on writing
+        (WAL: the snapshot's read transaction blocks no writer). The copy is a single file (rollback journal mode).
+        Returns its schema version, row counts and the LanceDB tables its vector catalog names."""
+        os.close(os.open(dest, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        source = sqlite3.connect(self.path)
+        target = sqlite3.connect(dest, isolation_level=None)
+        try:
+            source.backup(target)  # pages=-1: every page in one step, under one read transaction
+            target.execute("PRAGMA journal_mode=DELETE")
+            return _describe(target)
+        finally:
+            target.close()
+            source.close()
 
     def close(self) -> None:
         self.db.close()

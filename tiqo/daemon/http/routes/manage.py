@@ -1,4 +1,4 @@
-"""tiqo's own routes: health, ps, the model catalog, load/unload and shutdown."""
+"""tiqo's own routes: health, ps, the model catalog, load/unload, backup and shutdown."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tiqo.daemon.http.dependencies import daemon_of
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.root import Daemon
 from tiqo.policy.routing import CatalogModel
-from tiqo.protocol.tiqo import AddModelRequest, LoadRequest
+from tiqo.protocol.tiqo import AddModelRequest, BackupRequest, LoadRequest
 from tiqo.sdk.engine import ModelSpec
 
 router = APIRouter(prefix="/tiqo")
@@ -158,6 +158,12 @@ async def unload_model(name: str, request: Request) -> dict[str, Any]:
     daemon = daemon_of(request)
     spec = daemon.registry.resolve(name, None)
     return {"name": spec.name, "unloaded": await daemon.scheduler.unload(spec.name)}
+
+
+@router.post("/backup", responses=errors(400, 409))
+async def backup(body: BackupRequest, request: Request) -> dict[str, Any]:
+    """Write a backup archive (SQLite online backup, vector tables at one version, config) while serving."""
+    return await daemon_of(request).backup.run(body.path, body.include_keys)
 
 
 @router.post("/shutdown")
