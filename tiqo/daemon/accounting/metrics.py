@@ -3,7 +3,8 @@
 Counters and histograms move in one place: ``observe`` is called by the recording path when a request's ledger row
 is written (``pipeline/recording.py`` ``Accounting.finish``), so they count exactly what ``tiqo usage`` counts, from
 the daemon's start. Gauges of current state (keys, breakers, models, budgets) are read at scrape time by a collector
-registered here (``telemetry/gauges.py``), so the request path keeps no bookkeeping for them.
+registered here (``telemetry/gauges.py``), so the request path keeps no bookkeeping for them; the rest of a scrape
+(collecting the request metrics, formatting) runs in a worker thread.
 
 Label values are bounded: each label keeps its first ``max_label_values`` distinct values and counts the rest as
 ``other``; user names are a label only when ``metrics.user_labels`` is on.
@@ -11,10 +12,13 @@ Label values are bounded: each label keeps its first ``max_label_values`` distin
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from tiqo.daemon.accounting.ledger import RequestRow
@@ -66,11 +70,13 @@ class Metrics:
     """The daemon's registry and its request metrics."""
 
     def __init__(self, *, user_labels: bool = False, max_label_values: int = 100) -> None:
-        disable_created_metrics()  # no `_created` series beside each counter: Prometheus detects resets itself
+        # No `_created` series beside each counter (Prometheus detects resets itself); a process-wide switch.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=False)
         self.user_labels = user_labels
         self.bound = LabelBound(max_label_values)
         self._series: dict[tuple[str, ...], _Series] = {}
+        self._live: list[Collector] = []
         users = ("user",) if user_labels else ()
         self.requests = Counter(
             "tiqo_requests",
@@ -112,7 +118,8 @@ class Metrics:
             self.cache_hits.labels(kind)  # at zero from the start, so that rates over them begin at once
 
     def register(self, collector: Collector) -> None:
-        self.registry.register(collector)
+        """A collector of live state, read on the event loop at scrape time (it may touch the daemon's objects)."""
+        self._live.append(collector)
 
     def observe(self, row: RequestRow, first_token_s: float | None = None) -> None:
         """Count one request from its ledger row (the one place counters move)."""
@@ -150,7 +157,26 @@ class Metrics:
             )
         return series
 
-    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
-        """The registry in the format the scraper asked for (Prometheus text, or OpenMetrics), and its type."""
+    async def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition, keeping the event loop free: live state is read on it (a few families), the request
+        metrics are collected (prometheus_client locks each value) and everything is formatted in a worker thread."""
+        live = [family for collector in self._live for family in collector.collect()]
+        return await asyncio.to_thread(self.exposition, accept, live)
+
+    def exposition(self, accept: str | None = None, live: Sequence[Metric] = ()) -> tuple[bytes, str]:
+        """The request metrics and ``live`` families in the format the scraper asked for (Prometheus text, or
+        OpenMetrics), and its content type."""
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
+        return encoder(_Families(self.registry, live)), content_type
+
+
+class _Families:
+    """What an encoder collects: the registry's families, then the live ones read beforehand."""
+
+    def __init__(self, registry: CollectorRegistry, live: Sequence[Metric]) -> None:
+        self.registry = registry
+        self.live = live
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+        yield from self.live

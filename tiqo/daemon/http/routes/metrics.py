@@ -4,6 +4,8 @@ On the Unix socket it is open like every route; over TCP only a scrape token rea
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 
 from tiqo.core.errors import NotFound
@@ -11,22 +13,25 @@ from tiqo.daemon.accounting.metrics import Metrics
 from tiqo.daemon.http.openapi_errors import errors
 
 router = APIRouter()
-EXPOSITION = {
-    "text/plain": {"schema": {"type": "string"}},
-    "application/openmetrics-text": {"schema": {"type": "string"}},
+TEXT = {"schema": {"type": "string"}}
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text format (OpenMetrics when asked)",
+        "content": {"text/plain": TEXT, "application/openmetrics-text": TEXT},
+    },
+    **errors(403, 404),
 }
 
 
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"description": "Prometheus text format (OpenMetrics when asked)", "content": EXPOSITION}}
-    | errors(403, 404),
+    responses=RESPONSES,
 )
 async def metrics(request: Request) -> Response:
     """Requests, durations, tokens, cost, cache hits, keys, breakers, models, queues and budgets, for Prometheus."""
     registry: Metrics | None = request.app.state.metrics
     if registry is None:
         raise NotFound("metrics are off", hint="turn them on: `tiqo config set metrics.enabled true`, then restart")
-    body, content_type = registry.exposition(request.headers.get("accept"))
+    body, content_type = await registry.render(request.headers.get("accept"))
     return Response(body, media_type=content_type)
