@@ -4,6 +4,7 @@ bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -21,8 +23,10 @@ from tests.conftest import DaemonProc, short_home, start_daemon, wait_for
 from tests.test_gateway import ask, write_home
 from tests.test_tcp import free_port
 from tests.upstreams import Upstream
+from tiqo.daemon.accounting.events import EventBus
 from tiqo.daemon.accounting.ledger import RequestRow
 from tiqo.daemon.accounting.metrics import NONE, OTHER, LabelBound, Metrics
+from tiqo.daemon.telemetry.gauges import LiveState
 
 LOCAL = "smollm2-135m"
 needs_prometheus = pytest.mark.skipif(
@@ -230,3 +234,31 @@ def test_metrics_can_be_turned_off() -> None:
     finally:
         d.stop()
         shutil.rmtree(d.home, ignore_errors=True)
+
+
+def _budget_row(scope: str, name: str, counter: str, spent: float) -> dict[str, Any]:
+    return {"scope": scope, "name": name, "counter": counter, "period": "day", "limit_usd": 2.0, "spent_usd": spent}
+
+
+def test_budget_gauges_name_users_only_when_asked() -> None:
+    rows = [
+        _budget_row("global", "global", "global", 1.0),
+        _budget_row("user", "*", "user:ann", 0.5),
+        _budget_row("user", "*", "user:bob", 1.5),
+        _budget_row("provider", "*", "provider:alpha", 0.2),
+    ]
+    budgets = SimpleNamespace(limit_rows=lambda now: [{**r, "reserved_usd": 0.0} for r in rows])
+    scheduler = SimpleNamespace(ps=list, pending=0, memory_budget=1 << 30)
+    parts: Any = (SimpleNamespace(providers={}), scheduler, budgets, EventBus())
+
+    def ratios(user_labels: bool) -> dict[tuple[str, str], float]:
+        live = LiveState(*parts, user_labels=user_labels)
+        metrics = Metrics()
+        metrics.register(live)
+        text = asyncio.run(metrics.render())[0].decode()
+        family = next(f for f in text_string_to_metric_families(text) if f.name == "tiqo_budget_used_ratio")
+        return {(s.labels["scope"], s.labels["subject"]): s.value for s in family.samples}
+
+    assert ratios(False) == {("global", "global"): 0.5, ("user", "*"): 0.75, ("provider", "alpha"): 0.1}
+    by_user = {("global", "global"): 0.5, ("user", "ann"): 0.25, ("user", "bob"): 0.75, ("provider", "alpha"): 0.1}
+    assert ratios(True) == by_user
