@@ -23,7 +23,7 @@ from tests.conftest import DaemonProc, short_home, start_daemon, wait_for
 from tests.test_gateway import ask, write_home
 from tests.test_tcp import free_port
 from tests.upstreams import Upstream
-from tiqo.daemon.accounting.events import EventBus
+from tiqo.daemon.accounting.events import QUEUE, EventBus
 from tiqo.daemon.accounting.ledger import RequestRow
 from tiqo.daemon.accounting.metrics import NONE, OTHER, LabelBound, Metrics
 from tiqo.daemon.telemetry.gauges import LiveState
@@ -262,3 +262,18 @@ def test_budget_gauges_name_users_only_when_asked() -> None:
     assert ratios(False) == {("global", "global"): 0.5, ("user", "*"): 0.75, ("provider", "alpha"): 0.1}
     by_user = {("global", "global"): 0.5, ("user", "ann"): 0.25, ("user", "bob"): 0.75, ("provider", "alpha"): 0.1}
     assert ratios(True) == by_user
+
+
+def test_events_lost_by_a_slow_subscriber_are_counted() -> None:
+    async def lose_five() -> int:
+        bus = EventBus()
+        feed = bus.subscribe().__aiter__()
+        reader = asyncio.ensure_future(anext(feed))
+        await asyncio.sleep(0)  # subscribed, and waiting
+        for i in range(QUEUE + 5):
+            bus.publish("request", {"i": i})
+        await reader
+        await feed.aclose()  # type: ignore[attr-defined]
+        return bus.dropped_total
+
+    assert asyncio.run(lose_five()) == 5

@@ -161,7 +161,8 @@ SETTINGS: tuple[Setting, ...] = (
         "daemon.listen",
         "",
         _str,
-        "Also serve the /v1 routes over TCP at HOST:PORT, with bearer tokens (`tiqo users token`); empty = off",
+        "Also serve the /v1 routes over TCP at HOST:PORT, with bearer tokens (`tiqo users token`), and /metrics to "
+        "scrape tokens (`tiqo users token NAME --scrape`); empty = off",
         "str",
     ),
     Setting(
