@@ -171,6 +171,11 @@ def test_tcp_scrape_needs_a_scrape_token_and_a_scrape_token_reads_nothing_else(s
         for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/tiqo/usage")):
             r = web.request(method, path, headers=auth, json=body if method == "POST" else None)
             assert r.status_code == 403, (path, r.text)
+    made = scraped.d.cli("users", "token", "scraper", "--scrape")
+    assert made.returncode == 0, made.stderr
+    assert httpx.get(scraped.tcp + "/metrics", headers={"authorization": f"Bearer {made.stdout.strip()}"}).is_success
+    listed = scraped.d.cli("users", "list")
+    assert listed.returncode == 0 and "scrape" in listed.stdout
     # Prometheus' own view: the job with the token is up, the one without is refused (up = 0)
     assert wait_for(lambda: query(scraped.prom, 'up{job="tiqo"}') == 1, timeout=60)
     assert wait_for(lambda: query(scraped.prom, 'up{job="tiqo-no-token"}') == 0, timeout=60)
