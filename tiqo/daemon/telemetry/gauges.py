@@ -25,7 +25,7 @@ BREAKER_STATES = ("closed", "open", "half_open")
 
 
 class LiveState:
-    """A prometheus_client collector over the daemon's live objects (registered in ``Metrics.registry``)."""
+    """A prometheus_client collector over the daemon's live objects (``Metrics.register``: read on the event loop)."""
 
     def __init__(
         self,
