@@ -43,12 +43,17 @@ install-test: install
 run: install
 	$(BIN)/tiqo ask "$(PROMPT)"
 
-# Programs the tests need (no system service): redis-server for the shared-budget tests, espeak-ng for a second
-# voice in the speech-to-text tests, ffmpeg to check audio files with a second decoder.
-SYSTEM_DEPS := redis-server espeak-ng ffmpeg
+# Programs the tests need, as COMMAND or COMMAND:PACKAGE (apt): redis-server for the shared-budget tests, espeak-ng
+# for a second voice in the speech-to-text tests, ffmpeg to check audio files with a second decoder, prometheus and
+# promtool (Debian's prometheus package) for the metrics tests, which start their own server on a free port. On a
+# machine with systemd the package also enables its own prometheus.service (port 9090): `systemctl disable --now
+# prometheus` if it is not wanted.
+SYSTEM_DEPS := redis-server espeak-ng ffmpeg prometheus promtool:prometheus
 SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
 system-deps:
-	@missing=""; for p in $(SYSTEM_DEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSTEM_DEPS); do \
+		command -v $${p%%:*} >/dev/null 2>&1 || case " $$missing " in *" $${p#*:} "*) ;; *) missing="$$missing $${p#*:}";; esac; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing (apt-get)"; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing \

@@ -22,6 +22,7 @@ HEAVY = (
     "numpy",
     "fastapi",
     "uvicorn",
+    "prometheus_client",  # the daemon's /metrics only
     "tiqo.daemon",
 )
 

@@ -7,6 +7,8 @@ Inside tiqo/daemon, top to bottom (MAY_IMPORT is the rule; a package may always 
     http        server, ASGI app, TCP auth, OpenAPI error table, routes/ (one module per API family)
     services    one per capability: text (gateway), speech (voice), embeddings, RAG
     pipeline    who asks and what served, admission and recording, dispatch, committing a stream
+    telemetry   gauges read from the live state at scrape time (keys, breakers, models, budgets): it reads upstream,
+                runtime and accounting, so it sits above them; only the root and http import it
     upstream | runtime                                 calls that leave the machine | local compute, engines/
     catalog | cache | knowledge | media | accounting   peers
     state       the SQLite store, the Redis counters
@@ -30,11 +32,12 @@ TIQO = ROOT / "tiqo"
 
 _PEERS = {"catalog", "cache", "knowledge", "media", "accounting"}
 MAY_IMPORT: dict[str, set[str]] = {
-    "__main__": {"root", "http", "services", "pipeline", "upstream", "runtime", *_PEERS, "state"},
-    "root": {"http", "services", "pipeline", "upstream", "runtime", *_PEERS, "state"},
-    "http": {"services", "pipeline", "upstream", "runtime", *_PEERS, "state"},
+    "__main__": {"root", "http", "services", "pipeline", "telemetry", "upstream", "runtime", *_PEERS, "state"},
+    "root": {"http", "services", "pipeline", "telemetry", "upstream", "runtime", *_PEERS, "state"},
+    "http": {"services", "pipeline", "telemetry", "upstream", "runtime", *_PEERS, "state"},
     "services": {"pipeline", "upstream", "runtime", *_PEERS, "state"},
     "pipeline": {"upstream", "runtime", *_PEERS, "state"},
+    "telemetry": {"upstream", "runtime", *_PEERS, "state"},
     "upstream": {*_PEERS, "state"},
     "runtime": {*_PEERS, "state"},
     "catalog": {"state"},

@@ -42,7 +42,7 @@ def list_users(json_out: bool = JSON) -> None:
             _limit(u["rpm"]),
             _limit(u["tpm"]),
             _limit(u["rpd"]),
-            "yes" if u["token"] else "-",
+            ("scrape" if u.get("role") == "metrics" else "yes") if u["token"] else "-",
         )
     if data["users"]:
         console.print(table)
@@ -74,15 +74,19 @@ def token(
     tier: Optional[str] = typer.Option(
         None, "--tier", help="Give NAME this tier too ([users.NAME] tier); without one: daemon.listen_tier."
     ),
+    scrape: bool = typer.Option(
+        False, "--scrape", help="A scrape token: it reads GET /metrics over TCP and nothing else (for Prometheus)."
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Create a bearer token for NAME on the TCP listener (replaces an old one). It is printed once, alone on
     stdout; only its hash is kept. A user without a tier gets daemon.listen_tier over TCP (free: local models only).
+    With --scrape the token reads /metrics and nothing else; without it, it never reads /metrics.
 
-    Example: tiqo users token ann --tier pro > ann.token
+    Example: tiqo users token ann --tier pro > ann.token; tiqo users token prometheus --scrape > scrape.token
     """
     with client() as c:
-        data = c.create_token(name, tier)
+        data = c.create_token(name, tier, scrape)
     if json_out:
         print_json(data)
         return

@@ -272,8 +272,8 @@ class TiqoClient:
         result: dict[str, Any] = self.request("GET", "/tiqo/users")
         return result
 
-    def create_token(self, user: str, tier: str | None = None) -> dict[str, Any]:
-        body = {"tier": tier} if tier is not None else None
+    def create_token(self, user: str, tier: str | None = None, scrape: bool = False) -> dict[str, Any]:
+        body = {k: v for k, v in (("tier", tier), ("scrape", scrape or None)) if v is not None} or None
         result: dict[str, Any] = self.request("POST", f"/tiqo/users/{quote(user, safe='')}/token", body)
         return result
 

@@ -161,7 +161,8 @@ SETTINGS: tuple[Setting, ...] = (
         "daemon.listen",
         "",
         _str,
-        "Also serve the /v1 routes over TCP at HOST:PORT, with bearer tokens (`tiqo users token`); empty = off",
+        "Also serve the /v1 routes over TCP at HOST:PORT, with bearer tokens (`tiqo users token`), and /metrics to "
+        "scrape tokens (`tiqo users token NAME --scrape`); empty = off",
         "str",
     ),
     Setting(
@@ -430,6 +431,30 @@ SETTINGS: tuple[Setting, ...] = (
         "Keep prompts and answers in the ledger (never for restricted requests)",
         "bool",
         env_var="TIQO_LEDGER_CONTENT",
+    ),
+    Setting(
+        "metrics.enabled",
+        True,
+        _bool,
+        "Serve GET /metrics (Prometheus) and count requests for it; false = no /metrics, nothing counted",
+        "bool",
+        env_var="TIQO_METRICS",
+    ),
+    Setting(
+        "metrics.user_labels",
+        False,
+        _bool,
+        "Label request metrics with the user too (one series per user: mind the cardinality)",
+        "bool",
+        env_var="TIQO_METRICS_USER_LABELS",
+    ),
+    Setting(
+        "metrics.max_label_values",
+        100,
+        _positive_int,
+        "Most distinct values one metric label keeps; later ones are counted as `other`",
+        "int",
+        env_var="TIQO_METRICS_MAX_LABEL_VALUES",
     ),
     Setting(
         "state.backend",

@@ -13,6 +13,7 @@ from tiqo.core.settings import Settings
 from tiqo.daemon.accounting.budgets import Budgets
 from tiqo.daemon.accounting.events import EventBus
 from tiqo.daemon.accounting.ledger import Ledger
+from tiqo.daemon.accounting.metrics import Metrics
 from tiqo.daemon.catalog.registry import Registry
 from tiqo.daemon.knowledge.vectors import VectorStore
 from tiqo.daemon.runtime.plugins import PluginReport, collect_engines, collect_providers, load_plugins
@@ -23,6 +24,7 @@ from tiqo.daemon.services.embeddings import Embeddings
 from tiqo.daemon.services.gateway import Gateway
 from tiqo.daemon.services.voice import Voice
 from tiqo.daemon.state.store import Store
+from tiqo.daemon.telemetry.gauges import LiveState
 from tiqo.daemon.upstream.providers import ProviderHub
 from tiqo.sdk.engine import Engine, ModelSpec, StopFlag
 from tiqo.sdk.provider import ProviderKind
@@ -80,8 +82,13 @@ class Daemon:
             log.warning("settled %d external call(s) a previous run left in flight, at their reserved cost", reconciled)
         self.budgets = Budgets(settings, self.ledger, self.events)
         self.hub.watch(self.events.publish, self.budgets.alert)  # breakers opening, keys failing: events + alerts
+        self.metrics = (
+            Metrics(user_labels=settings["metrics.user_labels"], max_label_values=settings["metrics.max_label_values"])
+            if settings["metrics.enabled"]
+            else None
+        )
         self.gateway = Gateway(
-            settings, self.registry, self.hub, self.store, self, self.ledger, self.budgets, self.events
+            settings, self.registry, self.hub, self.store, self, self.ledger, self.budgets, self.events, self.metrics
         )
         self.voice = Voice(self.gateway, self)
         self.embeddings = Embeddings(self.gateway, self)
@@ -98,6 +105,11 @@ class Daemon:
             prepare=self.registry.prepare,
             on_event=self.events.publish_named,  # model loading / loaded / unloaded, for the dashboard
         )
+        if self.metrics is not None:
+            live = LiveState(
+                self.hub, self.scheduler, self.budgets, self.events, user_labels=settings["metrics.user_labels"]
+            )
+            self.metrics.register(live)
         self.request_shutdown: Callable[[], None] = lambda: None
 
     def health(self) -> dict[str, Any]:

@@ -100,6 +100,9 @@ class KeyState:
         return cls(**known)
 
 
+KEY_STATUSES = ("healthy", "cooling", "exhausted", "disabled", "circuit-open")  # KeyPool.describe's "status"
+
+
 @dataclass(frozen=True)
 class KeyVerdict:
     name: str

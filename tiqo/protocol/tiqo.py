@@ -119,10 +119,15 @@ class SetBudgetRequest(BaseModel):
 
 
 class CreateTokenRequest(BaseModel):
-    """``POST /tiqo/users/NAME/token``: optionally the tier to give the user (written to ``[users.NAME] tier``)."""
+    """``POST /tiqo/users/NAME/token``: optionally the tier to give the user (written to ``[users.NAME] tier``), or
+    a scrape token instead of a user's."""
 
     model_config = ConfigDict(extra="forbid")
     tier: str | None = Field(
         default=None,
         description="a [tiers] name, or default; without one the user keeps theirs or gets daemon.listen_tier",
+    )
+    scrape: bool = Field(
+        default=False,
+        description='a scrape token: reads GET /metrics over TCP and nothing else ([users.NAME] role = "metrics")',
     )

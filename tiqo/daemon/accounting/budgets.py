@@ -118,6 +118,18 @@ class Budgets:
 
     # ------------------------------------------------------------ management
     def show(self, now: float) -> dict[str, Any]:
+        return {
+            "timezone": self.policy.timezone,
+            "thresholds": list(self.policy.thresholds),
+            "actions": {str(t): self.policy.action_at(t) for t in self.policy.thresholds},
+            "limits": self.limit_rows(now),
+            "reserved_usd": self.ledger.reserved_total() / bp.NANO,
+            "error": self.error,
+            "alerts": self.ledger.alerts(20),
+        }
+
+    def limit_rows(self, now: float) -> list[dict[str, Any]]:
+        """Each limit's use in its current period: one row per subject charged (``*`` limits: each one seen)."""
         rows = []
         for limit in self.policy.limits:
             pid, resets = bp.period_of(limit.period, now, self.policy.timezone)
@@ -131,15 +143,7 @@ class Budgets:
             for counter in subjects:
                 usage = self.ledger.usage_of([(counter, pid)])[(counter, pid)]
                 rows.append(_row(limit, counter, pid, resets, usage, self.policy))
-        return {
-            "timezone": self.policy.timezone,
-            "thresholds": list(self.policy.thresholds),
-            "actions": {str(t): self.policy.action_at(t) for t in self.policy.thresholds},
-            "limits": rows,
-            "reserved_usd": self.ledger.reserved_total() / bp.NANO,
-            "error": self.error,
-            "alerts": self.ledger.alerts(20),
-        }
+        return rows
 
     def set_limit(self, scope: str, name: str, period: str, usd: float | None) -> None:
         """Set (or with ``usd=None`` remove) one limit in config.toml and apply it at once."""

@@ -34,13 +34,15 @@ class EventBus:
         self._next = 1
         self.history: collections.deque[Event] = collections.deque(maxlen=history)
         self._subscribers: set[_Subscriber] = set()
+        self.dropped_total = 0  # events slow subscribers lost, since start (a metric)
 
     def publish(self, kind: str, data: dict[str, Any]) -> Event:
         event = Event(self._next, time.time(), kind, data)
         self._next += 1
         self.history.append(event)
         for sub in list(self._subscribers):
-            sub.put(event)
+            if not sub.put(event):
+                self.dropped_total += 1
         return event
 
     def publish_named(self, name: str, data: dict[str, Any]) -> Event:
@@ -78,12 +80,15 @@ class _Subscriber:
         self.ready = asyncio.Event()
         self.dropped = 0
 
-    def put(self, event: Event) -> None:
-        if len(self.queue) >= QUEUE:
+    def put(self, event: Event) -> bool:
+        """Queue ``event``; False when the oldest queued one had to go to make room."""
+        full = len(self.queue) >= QUEUE
+        if full:
             self.queue.popleft()
             self.dropped += 1
         self.queue.append(event)
         self.ready.set()
+        return not full
 
     async def get(self) -> Event:
         while not self.queue:

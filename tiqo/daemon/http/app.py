@@ -25,6 +25,7 @@ from tiqo.daemon.http.routes.embeddings import router as embeddings_router
 from tiqo.daemon.http.routes.gateway import router as gateway_router
 from tiqo.daemon.http.routes.ledger import router as ledger_router
 from tiqo.daemon.http.routes.manage import router as manage_router
+from tiqo.daemon.http.routes.metrics import router as metrics_router
 from tiqo.daemon.http.routes.openai import router as openai_router
 from tiqo.daemon.http.routes.vectors import router as vectors_router
 from tiqo.daemon.http.tcp import BearerAuth
@@ -238,6 +239,7 @@ def create_app(daemon: Daemon) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.daemon = daemon
+    app.state.metrics = daemon.metrics  # what GET /metrics reads (None: metrics.enabled is off)
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(audio_router)
@@ -246,6 +248,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.include_router(gateway_router)
     app.include_router(ledger_router)
     app.include_router(vectors_router)
+    app.include_router(metrics_router)
     document_errors(app)
     counter = ExactCounter()
     app.add_middleware(JsonBounds, max_values=daemon.settings["daemon.max_json_values"], counter=counter)

@@ -4,8 +4,11 @@ containers, behind bearer tokens that map to users.
 The Unix socket is private to the daemon's OS user, so it trusts its callers (an app may name its own users). A TCP
 caller is trusted with nothing: it must send ``Authorization: Bearer <token>``; the token names the user, the user's
 ``[users.NAME]`` table gives the tier, and any ``x-tiqo-user`` / ``x-tiqo-tier`` it sends is replaced. Only the
-``/v1/*`` routes and the health check are served there; management stays on the socket. Tokens are stored as
-SHA-256 hashes (``[users.NAME] token_sha256``), so config.toml never holds one.
+``/v1/*`` routes, ``/metrics`` and the health check are served there; management stays on the socket. Tokens are
+stored as SHA-256 hashes (``[users.NAME] token_sha256``), so config.toml never holds one.
+
+A scrape token (``[users.NAME] role = "metrics"``, made by ``tiqo users token NAME --scrape``) reads ``GET /metrics``
+and nothing else (403 elsewhere); a user's token does not read it (403): metrics show every user's traffic.
 
 What a TCP caller is refused, whatever it sends:
 - a tier of its own: a user whose table names none gets ``daemon.listen_tier`` (``free``: local models only), never
@@ -38,6 +41,8 @@ log = logging.getLogger("tiqo.tcp")
 
 ALLOWED_PREFIXES = ("/v1/",)
 HEALTH = "/tiqo/health"
+METRICS = "/metrics"
+SCRAPE_ROLE = "metrics"  # [users.NAME] role of a scrape token
 DROPPED_HEADERS = {b"x-tiqo-user", b"x-tiqo-tier", b"authorization"}
 TCP_USER = "tiqo.tcp_user"  # key in the request's ASGI state: the user a TCP caller's token names
 TOKEN_HINT = "create a token with `tiqo users token NAME` on the daemon's machine"
@@ -95,37 +100,60 @@ class BearerAuth:
         if path == HEALTH and scope["method"] in ("GET", "HEAD"):
             await _health(send, head=scope["method"] == "HEAD")
             return
-        if not path.startswith(ALLOWED_PREFIXES):
+        if path != METRICS and not path.startswith(ALLOWED_PREFIXES):
             await _deny(
                 send,
                 403,
-                "only the /v1 routes are served over TCP; manage tiqo on its Unix socket",
+                "only the /v1 routes and /metrics are served over TCP; manage tiqo on its Unix socket",
                 "permission_error",
                 "socket_only",
             )
             return
-        auth = dict(scope["headers"]).get(b"authorization", b"").decode(errors="replace")
-        scheme, _, token = auth.partition(" ")
-        user = self._user_of(token.strip()) if scheme.lower() == "bearer" else None
-        if user is None:
+        caller = self._caller(scope)
+        if caller is None:
             await _deny(
                 send, 401, "a valid bearer token is required over TCP", "authentication_error", "invalid_api_key"
             )
+            return
+        user, scraper = caller
+        if scraper != (path == METRICS):
+            await _deny(send, 403, *_WRONG_TOKEN[scraper])
             return
         headers = [(k, v) for k, v in scope["headers"] if k not in DROPPED_HEADERS]
         headers.append((b"x-tiqo-user", encode_name(user).encode("ascii")))  # what request_meta decodes
         state = {**(scope.get("state") or {}), TCP_USER: user}
         await self.app({**scope, "headers": headers, "state": state}, receive, send)
 
-    def _user_of(self, token: str) -> str | None:
-        if not token:
+    def _caller(self, scope: Scope) -> tuple[str, bool] | None:
+        """The user the request's bearer token names, and whether it is a scrape token; None without a known one."""
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode(errors="replace")
+        scheme, _, token = auth.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             return None
         digest = token_hash(token)
         for name, entry in self.users().items():
             stored = entry.get("token_sha256") if isinstance(entry, dict) else None
             if isinstance(stored, str) and hmac.compare_digest(stored, digest):
-                return str(name)
+                return str(name), entry.get("role") == SCRAPE_ROLE
         return None
+
+
+# (message, type, code, hint) of a 403 for a token on the wrong route, by whether it is a scrape token
+_WRONG_TOKEN = {
+    True: (
+        "a scrape token reads GET /metrics and nothing else",
+        "permission_error",
+        "scrape_only",
+        "make a user's token for the /v1 routes with `tiqo users token NAME`",
+    ),
+    False: (
+        "a user's token does not read /metrics (it shows every user's traffic); use a scrape token",
+        "permission_error",
+        "scrape_token_required",
+        "make one with `tiqo users token NAME --scrape` on the daemon's machine",
+    ),
+}
 
 
 def tcp_user(scope: Scope) -> str | None:

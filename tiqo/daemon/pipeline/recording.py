@@ -15,6 +15,7 @@ from tiqo.core.settings import Settings
 from tiqo.daemon.accounting.budgets import Budgets
 from tiqo.daemon.accounting.events import EventBus
 from tiqo.daemon.accounting.ledger import CallRow, Ledger, RequestRow
+from tiqo.daemon.accounting.metrics import Metrics
 from tiqo.daemon.pipeline.served import Served
 from tiqo.daemon.upstream.client import AttemptFailed
 from tiqo.daemon.upstream.providers import ProviderHub
@@ -40,8 +41,10 @@ class Accounting:
         budgets: Budgets,
         events: EventBus,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics  # None: metrics.enabled is off
         self.hub = hub
         self.ledger = ledger
         self.budgets = budgets
@@ -92,6 +95,8 @@ class Accounting:
         row.outcome = "cancelled"  # until the end arrives (a client that hangs up never lets it)
         try:
             async for piece in pieces:
+                if served.first_token_s is None and (piece.text or piece.tool_calls):
+                    served.first_token_s = time.perf_counter() - started
                 if piece.text:
                     text.append(piece.text)
                 if piece.finish_reason is not None:
@@ -128,6 +133,8 @@ class Accounting:
             self.ledger.record(row)
         except Exception:  # the answer is already out; say loudly that the ledger missed it
             log.exception("ledger write failed for %s", row.id)
+        if self.metrics is not None:
+            self.metrics.observe(row, served.first_token_s if served is not None else None)
         data = {k: v for k, v in row.__dict__.items() if k not in ("content", "cost_nusd")}
         data["cost_usd"] = row.cost_nusd / bp.NANO
         self.events.publish("request", data)  # into the history too, so a reconnecting client can catch up

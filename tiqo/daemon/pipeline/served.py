@@ -45,6 +45,7 @@ class Served:
     key: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    first_token_s: float | None = None  # seconds from the request's arrival to its first token (metrics)
     sources: list[dict[str, Any]] = field(default_factory=list)  # retrieval-augmented answers: what was given
 
     def headers(self, final: bool) -> dict[str, str]:

@@ -30,6 +30,7 @@ from tiqo.core.settings import Settings
 from tiqo.daemon.accounting.budgets import Budgets
 from tiqo.daemon.accounting.events import EventBus
 from tiqo.daemon.accounting.ledger import CallRow, Ledger, RequestRow
+from tiqo.daemon.accounting.metrics import Metrics
 from tiqo.daemon.cache.response_cache import CacheUse, ResponseCache
 from tiqo.daemon.catalog.registry import Registry
 from tiqo.daemon.catalog.routing_config import restricted_patterns, routing_config
@@ -80,6 +81,7 @@ class Gateway:
         ledger: Ledger,
         budgets: Budgets,
         events: EventBus,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -89,7 +91,7 @@ class Gateway:
         self.ledger = ledger
         self.budgets = budgets
         self.events = events
-        self.accounting = Accounting(settings, hub, ledger, budgets, events, lambda: self.clock())
+        self.accounting = Accounting(settings, hub, ledger, budgets, events, lambda: self.clock(), metrics)
         self.upstream = UpstreamClient()
         self.clock = time.time
         self._patterns = restricted_patterns(settings)

@@ -19,7 +19,7 @@ from tiqo.daemon.accounting.ledger import GROUPS
 from tiqo.daemon.catalog.routing_config import tcp_tier
 from tiqo.daemon.http.dependencies import daemon_of
 from tiqo.daemon.http.openapi_errors import errors
-from tiqo.daemon.http.tcp import new_token
+from tiqo.daemon.http.tcp import SCRAPE_ROLE, new_token
 from tiqo.daemon.root import Daemon
 from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
 from tiqo.protocol.tiqo import CreateTokenRequest, SetBudgetRequest
@@ -136,6 +136,7 @@ async def users(request: Request) -> dict[str, Any]:
                 "tpm": p.limits.tpm,
                 "rpd": p.limits.rpd,
                 "token": bool(isinstance(table.get(name), dict) and table[name].get("token_sha256")),
+                "role": table[name].get("role") if isinstance(table.get(name), dict) else None,
             }
             for name, p in sorted(config.users.items())
         ],
@@ -170,8 +171,12 @@ async def create_token(name: str, request: Request, body: CreateTokenRequest | N
     if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise BadRequest("a user name is letters, digits, '-', '_' or '.' (at most 64)", param="name")
     daemon = daemon_of(request)
+    body = body or CreateTokenRequest()
+    if body.scrape:
+        return _scrape_token(daemon, name, body)
+    _set_user_field(daemon, name, "role", None)  # a user's token from now on, whatever it was
     _, config = daemon.gateway.catalog_and_config()
-    tier = body.tier if body is not None else None
+    tier = body.tier
     if tier is not None and tier != "default" and tier not in config.tiers:
         raise BadRequest(
             f"unknown tier {tier!r}; configured tiers: {', '.join(config.tiers) or 'none'} (or default: no limits)",
@@ -186,6 +191,16 @@ async def create_token(name: str, request: Request, body: CreateTokenRequest | N
     token, digest = new_token()
     _set_user_field(daemon, name, "token_sha256", digest)
     return {"user": name, "token": token, "tier": tcp, "tier_source": source}
+
+
+def _scrape_token(daemon: Daemon, name: str, body: CreateTokenRequest) -> dict[str, Any]:
+    """A token that reads GET /metrics over TCP and nothing else ([users.NAME] role = "metrics")."""
+    if body.tier is not None:
+        raise BadRequest("a scrape token reads /metrics only: it has no tier", param="tier")
+    _set_user_field(daemon, name, "role", SCRAPE_ROLE)
+    token, digest = new_token()
+    _set_user_field(daemon, name, "token_sha256", digest)
+    return {"user": name, "token": token, "role": SCRAPE_ROLE}
 
 
 @router.delete("/users/{name}/token")
