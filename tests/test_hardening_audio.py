@@ -335,3 +335,56 @@ def test_block_log_mel_memory_follows_the_audio() -> None:
     (short, short_audio), (long, long_audio) = peak_for(4), peak_for(16)
     per_byte = (long - short) / (long_audio - short_audio)
     assert per_byte < 2.5, f"{per_byte:.1f} bytes held per byte of audio ({short / MB:.0f} → {long / MB:.0f} MB)"
+
+
+# ------------------------------------------------------------------ many transcriptions at once
+def _at_once(c: httpx.Client, audio: bytes, n: int) -> list[httpx.Response]:
+    out: list[httpx.Response] = []
+    threads = [threading.Thread(target=lambda: out.append(transcribe(c, audio, "ten.flac"))) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_decoded_audio_of_waiting_transcriptions_is_bounded(audio_dir: Path) -> None:
+    """Each transcription decodes its whole file (10 minutes: 38 MB of float32) before the Whisper slot is free.
+    Eight at once held eight of those; with stt.max_decoded = 1 the others wait before decoding, and past
+    scheduler.max_queue they are refused with 503 naming the setting."""
+    ten_minutes = silent_flac(600, audio_dir / "ten-minutes.flac")
+    d = start_daemon(short_home(), TIQO_MAX_DECODED="1")
+    try:
+        c = d.client(timeout=600)
+        warm_up(c)
+        assert transcribe(c, ten_minutes, "warm.flac").status_code == 200  # the model and decoder are loaded
+        before = rss(d)
+        _, one = with_peak_rss(d, lambda: _at_once(c, ten_minutes, 1))
+        answers, eight = with_peak_rss(d, lambda: _at_once(c, ten_minutes, 8))
+        assert [r.status_code for r in answers] == [200] * 8, [r.text[:200] for r in answers]
+        # measured: one alone +217 MB (Whisper's working set and its audio); eight at once +217 MB with the bound,
+        # +481 MB without it (seven more decoded files of 38 MB)
+        more = (eight - before) - (one - before)
+        assert more < 100 * MB, f"eight at once took {more / MB:.0f} MB more than one"
+    finally:
+        d.stop()
+        shutil.rmtree(d.home, ignore_errors=True)
+    d = start_daemon(short_home(), TIQO_MAX_DECODED="1", TIQO_MAX_QUEUE="1")
+    try:
+        c = d.client(timeout=600)
+        answers = _at_once(c, ten_minutes, 6)
+        codes = sorted(r.status_code for r in answers)
+        assert 200 in codes and 503 in codes and set(codes) <= {200, 503}, codes
+        busy = next(r for r in answers if r.status_code == 503)
+        assert busy.headers["retry-after"] and "stt.max_decoded" in busy.json()["error"]["hint"]
+        # no slot is left taken: one at a time still works, streamed and abandoned or not
+        with c.stream(
+            "POST", "/v1/audio/transcriptions", files={"file": ("a.flac", ten_minutes)}, data={"stream": "true"}
+        ) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())  # the first event, then the client leaves
+        assert transcribe(c, ten_minutes, "after.flac").status_code == 200
+        still_transcribes(c)
+    finally:
+        d.stop()
+        shutil.rmtree(d.home, ignore_errors=True)

@@ -241,6 +241,14 @@ SETTINGS: tuple[Setting, ...] = (
         env_var="TIQO_STT_MAX_UPLOAD",
     ),
     Setting(
+        "stt.max_decoded",
+        4,
+        _positive_int,
+        "Transcriptions whose decoded audio may be held at once (each up to stt.max_duration); more wait, "
+        "past scheduler.max_queue they get 503",
+        "int",
+    ),
+    Setting(
         "stt.max_duration",
         "2h",
         _max_duration,

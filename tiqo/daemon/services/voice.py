@@ -18,9 +18,11 @@ from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.media.audio import Decoded, RawPcm, SpeechEncoder, decode, sentences
 from tiqo.daemon.pipeline.dispatch import Dispatch, _never, _prepend
 from tiqo.daemon.pipeline.fallback import LOCAL_FALLBACK
+from tiqo.daemon.pipeline.ports import LocalCompute, Routing
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.runtime.engines.piper import TtsJob
 from tiqo.daemon.runtime.engines.whisper import SttJob
+from tiqo.daemon.runtime.holding import HeldSlots, Lease
 from tiqo.daemon.upstream.client import AttemptFailed
 from tiqo.daemon.upstream.speech import (
     NOT_FORWARDED,
@@ -79,6 +81,15 @@ class Spoken:
 
 
 class Voice(Dispatch):
+    def __init__(self, gateway: Routing, daemon: LocalCompute) -> None:
+        super().__init__(gateway, daemon)
+        self.decoded_slots = HeldSlots(
+            self.settings["stt.max_decoded"],
+            self.settings["scheduler.max_queue"],
+            "transcriptions",
+            "stt.max_decoded",
+        )
+
     # ------------------------------------------------------------ speech-to-text
     async def transcribe(
         self, req: SttRequest, meta: RequestMeta
@@ -86,9 +97,11 @@ class Voice(Dispatch):
         """Events: ``info`` (language, duration), ``segment``…, then ``done``. Raises TiqoError before the first."""
         row, started = self._row(meta, "stt")
         limits = RateLimits()
+        lease: Lease | None = None
         try:
             sent = [req.filename, *form_texts(req.fields, NOT_FORWARDED)]  # every form field a provider gets
             c, limits = await self._admit(row, meta, "stt", [req.prompt] if req.prompt else [], 1, scan=sent)
+            lease = await self.decoded_slots.acquire()  # decoded audio is big (230 MB an hour): a few at a time
             decoded = await asyncio.to_thread(decode, req.audio, req.raw, self.settings["stt.max_duration"])
             row.audio_s = round(decoded.duration, 3)
             requested = self._openai_name(req.model, OPENAI_STT_MODELS)
@@ -96,10 +109,14 @@ class Voice(Dispatch):
             blocked: dict[str, bp.Charge] = {}
             decision = self._decide(c, "stt", requested, needs, blocked)
             served, events = await self._serve_stt(req, decoded, decision, blocked, row.id)
-        except TiqoError as exc:
-            self._refused(row, exc, started)
+        except BaseException as exc:
+            if lease is not None:
+                lease.release()
+            if isinstance(exc, TiqoError):
+                self._refused(row, exc, started)
             raise
-        return served, self._recorded(served, events, row, limits, started, lambda e: e.get("type") == "done")
+        recorded = self._recorded(served, events, row, limits, started, lambda e: e.get("type") == "done")
+        return served, lease.release_with(recorded)
 
     async def _serve_stt(
         self, req: SttRequest, decoded: Decoded, decision: Decision, blocked: dict[str, bp.Charge], request_id: str
