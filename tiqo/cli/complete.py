@@ -6,25 +6,12 @@ to nothing rather than waiting)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from typing import Any
 from urllib.parse import quote
 
 TIMEOUT_S = 0.5
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("tiqo", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.path)
-        self.sock = sock
 
 
 def fetch(path: str, timeout: float = TIMEOUT_S) -> Any:
@@ -35,7 +22,16 @@ def fetch(path: str, timeout: float = TIMEOUT_S) -> Any:
         sock = str(Settings.load().socket_path)
     except Exception:  # broken settings: completing must never print a traceback into the shell
         return None
-    conn = _UnixConnection(sock, timeout)
+    import http.client  # here, not at import: every `tiqo` command loads this module, few complete
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            unix.settimeout(self.timeout)
+            unix.connect(sock)
+            self.sock = unix
+
+    conn = UnixConnection("tiqo", timeout=timeout)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
