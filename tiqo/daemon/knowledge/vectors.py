@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
-import re
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from tiqo.core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, TiqoError
+from tiqo.core.errors import BadRequest, Conflict, PayloadTooLarge
 from tiqo.core.paths import ensure_private_dir
+from tiqo.daemon.knowledge.catalog import NAME, Catalog, Collection, digest
 from tiqo.daemon.knowledge.chunking import UNITS, TooManyChunks, check_params, chunk_text
 from tiqo.daemon.knowledge.vector_search import (
     FILTER_HINT,
@@ -33,47 +31,12 @@ from tiqo.daemon.knowledge.vector_search import (
 )
 
 log = logging.getLogger("tiqo.vectors")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_TOP_K = 1000
 EMBED_BATCH = 256  # texts per embedding call: the model slot is released between calls, so others get a turn
 
 
-class Forbidden(TiqoError):
-    status = 403
-    type = "permission_error"
-    code = "forbidden"
-
-
-@dataclass
-class Collection:
-    owner: str
-    name: str
-    tbl: str
-    model: str | None
-    dimension: int | None
-    shared: bool
-    created: float
-
-    def as_dict(self, rows: int, indexed: bool, unindexed: int = 0) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "owner": self.owner,
-            "model": self.model,
-            "dimension": self.dimension,
-            "shared": self.shared,
-            "created": self.created,
-            "rows": rows,
-            "indexed": indexed,
-            "unindexed": unindexed,  # rows written since the ANN index was built or refreshed: searched flat
-        }
-
-
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
 def chunk_ids(source: str, chunks: list[str]) -> list[str]:
@@ -83,7 +46,7 @@ def chunk_ids(source: str, chunks: list[str]) -> list[str]:
     for chunk in chunks:
         n = seen.get(chunk, 0)
         seen[chunk] = n + 1
-        out.append(_digest(source, str(n), chunk))
+        out.append(digest(source, str(n), chunk))
     return out
 
 
@@ -102,48 +65,17 @@ class VectorStore:
         self._readers: dict[str, Any] = {}  # tbl -> AsyncTable, for queries
         self._async_db: Any = None
         self._covered: dict[str, int] = {}  # rows the ANN index held when it was built or last refreshed
-
-    # ------------------------------------------------------------------ catalog (SQLite, event loop)
-    def _row(self, row: tuple[Any, ...]) -> Collection:
-        owner, name, tbl, model, dimension, shared, created = row
-        return Collection(owner, name, tbl, model, dimension, bool(shared), created)
-
-    def _visible(self, user: str) -> list[Collection]:
-        rows = self.store.db.execute(
-            "SELECT owner, name, tbl, model, dimension, shared, created FROM vector_collections "
-            "WHERE owner = ? OR shared = 1 ORDER BY name, owner",
-            (user,),
-        ).fetchall()
-        return [self._row(r) for r in rows]
+        self.catalog = Catalog(store)
 
     def get(self, user: str, name: str) -> Collection:
-        """``user``'s collection ``name``, else the one another user shares under that name. A shared name belongs to
-        whoever shared it first (``create`` refuses a second); rows from before that rule resolve to the oldest."""
-        row = self.store.db.execute(
-            "SELECT owner, name, tbl, model, dimension, shared, created FROM vector_collections "
-            "WHERE name = ? AND (owner = ? OR shared = 1) ORDER BY owner != ?, created, owner LIMIT 1",
-            (name, user, user),
-        ).fetchone()
-        if row is None:
-            raise NotFound(
-                f"no collection {name!r}",
-                param="name",
-                hint=f"`tiqo vec list` shows your collections; make it with `tiqo vec create {name}`",
-            )
-        return self._row(row)
+        return self.catalog.get(user, name)
 
     def writable(self, user: str, name: str) -> Collection:
-        c = self.get(user, name)
-        if c.owner != user:
-            raise Forbidden(
-                f"collection {name!r} belongs to {c.owner}, who shares it read-only",
-                hint=f"ask {c.owner} to change it, or make your own with `tiqo vec create {name}`",
-            )
-        return c
+        return self.catalog.writable(user, name)
 
     async def list_collections(self, user: str) -> list[dict[str, Any]]:
         out = []
-        for c in self._visible(user):
+        for c in self.catalog.visible(user):
             out.append(c.as_dict(*await asyncio.to_thread(self._stats, c)))
         return out
 
@@ -165,39 +97,16 @@ class VectorStore:
             )
         if model is not None or dimension is None:
             model = self.embeddings.spec(model).name  # 400/404 for a model that is not a local embedding model
-        exists = self.store.db.execute(
-            "SELECT 1 FROM vector_collections WHERE owner = ? AND name = ?", (user, name)
-        ).fetchone()
-        if exists:
+        if self.catalog.exists(user, name):
             raise Conflict(
                 f"collection {name!r} already exists",
                 param="name",
                 hint=f"add to it with `tiqo vec add {name} FILE`, or remove it first with `tiqo vec rm {name}`",
             )
-        c = Collection(user, name, "c_" + _digest(user, name)[:24], model, dimension, shared, time.time())
+        c = Collection(user, name, "c_" + digest(user, name)[:24], model, dimension, shared, time.time())
         await asyncio.to_thread(self._drop_table, c.tbl)  # leftovers of a collection removed by a crash
-        if shared:  # checked with no await before the insert: two requests cannot both pass it
-            self._refuse_shared_name(user, name)
-        self.store.db.execute(
-            "INSERT INTO vector_collections (owner, name, tbl, model, dimension, shared, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (c.owner, c.name, c.tbl, c.model, c.dimension, int(c.shared), c.created),
-        )
+        self.catalog.add(c)  # the shared-name check and the insert, with no await between: two cannot both pass
         return c.as_dict(0, False)
-
-    def _refuse_shared_name(self, user: str, name: str) -> None:
-        """A second user may not share a collection under a name another user already shares: readers who ask for
-        that name would get whichever sorted first, so anyone could slip their own data in under a trusted name."""
-        row = self.store.db.execute(
-            "SELECT owner FROM vector_collections WHERE name = ? AND shared = 1 AND owner != ? LIMIT 1", (name, user)
-        ).fetchone()
-        if row is not None:
-            raise Conflict(
-                f"{row[0]} already shares a collection named {name!r}",
-                param="name",
-                code="name_taken",
-                hint=f"pick another name, or create {name!r} without sharing it (then only you see yours)",
-            )
 
     async def remove(self, user: str, name: str) -> dict[str, Any]:
         c = self.writable(user, name)
@@ -206,20 +115,8 @@ class VectorStore:
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
             await asyncio.to_thread(self._drop_table, c.tbl)
-            self.store.db.execute("DELETE FROM vector_collections WHERE owner = ? AND name = ?", (c.owner, c.name))
+            self.catalog.delete(c)
         return {"name": name, "deleted": True}
-
-    def _set_dimension(self, c: Collection, dim: int) -> None:
-        if c.dimension is None:
-            c.dimension = dim
-            self.store.db.execute("UPDATE vector_collections SET dimension = ? WHERE tbl = ?", (dim, c.tbl))
-        elif c.dimension != dim:
-            raise BadRequest(
-                f"vectors have {dim} dimensions; collection {c.name!r} holds {c.dimension}",
-                param="values",
-                code="dimension_mismatch",
-                hint=f"send {c.dimension}-dimensional vectors, or create another collection with --dimension {dim}",
-            )
 
     # ------------------------------------------------------------------ LanceDB (worker threads)
     def _lock(self, c: Collection) -> asyncio.Lock:
@@ -323,7 +220,7 @@ class VectorStore:
                     param="values",
                     hint='{"id": "a", "values": [0.1, 0.2, …]}',
                 )
-            self._set_dimension(c, len(values))
+            self.catalog.set_dimension(c, len(values))
             meta = dict(item.get("metadata") or {})
             text, source = str(meta.pop("text", "")), str(meta.pop("source", ""))
             rows.append(self._row_for(str(item["id"]), text, source, 0, "", meta, values))
@@ -334,12 +231,12 @@ class VectorStore:
             if not str(doc.get("text") or "").strip():
                 raise BadRequest(f"documents[{i}].text is empty", param="text", hint="send some text to embed")
         vectors = await self._embed(c, [str(d["text"]) for d in docs])
-        self._set_dimension(c, int(vectors.shape[1]))
+        self.catalog.set_dimension(c, int(vectors.shape[1]))
         rows = []
         for doc, vector in zip(docs, vectors, strict=True):
             meta = dict(doc.get("metadata") or {})
             source = str(meta.pop("source", ""))
-            ident = str(doc.get("id") or _digest(source, doc["text"]))
+            ident = str(doc.get("id") or digest(source, doc["text"]))
             rows.append(self._row_for(ident, doc["text"], source, 0, "", meta, vector))
         return await self._write(c, rows)
 
@@ -393,7 +290,7 @@ class VectorStore:
                 ) from None
             left -= len(chunks)
             meta = dict(doc.get("metadata") or {})
-            doc_hash = _digest(json.dumps([text, meta, size, overlap, unit], sort_keys=True))
+            doc_hash = digest(json.dumps([text, meta, size, overlap, unit], sort_keys=True))
             plans.append((source, chunks, meta, doc_hash))
         return plans
 
@@ -438,7 +335,7 @@ class VectorStore:
             fresh: dict[str, Any] = {}
             if new_texts:
                 vectors = await self._embed(c, [t for _, t in new_texts])
-                self._set_dimension(c, int(vectors.shape[1]))
+                self.catalog.set_dimension(c, int(vectors.shape[1]))
                 fresh = {ident: v for (ident, _), v in zip(new_texts, vectors, strict=True)}
             rows = []
             for source, chunks, meta, doc_hash, ids in todo:
@@ -513,7 +410,7 @@ class VectorStore:
         if vector is None:
             vector = [float(v) for v in (await self._embed(c, [str(text)]))[0]]
         if c.dimension is not None and len(vector) != c.dimension:
-            self._set_dimension(c, len(vector))  # raises the 400 that names both sizes
+            self.catalog.set_dimension(c, len(vector))  # raises the 400 that names both sizes
         matches = await self._search(c, vector, text, top_k, where, hybrid, exact)
         for m in matches:
             meta = json.loads(m.pop("meta") or "{}")
