@@ -51,7 +51,7 @@ APART = ("services", "http.routes")  # packages whose modules do not import one 
 
 # Upward or sideways edges of today's code, (importer, imported) relative to tiqo.daemon: debts to pay, not rules.
 _ROOT_TYPE = (
-    "handlers reach their services through app.state.daemon, typed as the root's Daemon (a _daemon() per module); "
+    "handlers reach their services through app.state.daemon, typed as the root's Daemon (http.dependencies.daemon_of); "
     "pay by handing routes the services they call (FastAPI dependencies typed by service)"
 )
 _ENGINE_SNIFF = (
