@@ -11,7 +11,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from tiqo.core.errors import BadRequest, PayloadTooLarge, TiqoError
@@ -22,6 +21,7 @@ from tiqo.daemon.pipeline.served import Served
 from tiqo.daemon.root import Daemon
 from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
 from tiqo.protocol import audio as pa
+from tiqo.protocol.speech import AddVoiceBody, SpeechBody
 
 log = logging.getLogger("tiqo.api")
 router = APIRouter()
@@ -221,20 +221,6 @@ async def _stt_sse(events: AsyncGenerator[dict[str, Any], None]) -> AsyncIterato
 
 
 # ------------------------------------------------------------------ text-to-speech
-class SpeechBody(BaseModel):
-    """OpenAI's ``/v1/audio/speech`` body; ``speaker`` picks a speaker of a multi-speaker voice (tiqo)."""
-
-    model_config = ConfigDict(extra="allow")
-    model: str | None = None
-    input: str
-    voice: str | dict[str, Any] | None = None
-    response_format: str | None = "mp3"
-    speed: float = Field(default=1.0, ge=0.25, le=4.0)
-    instructions: str | None = None
-    stream_format: str | None = None
-    speaker: str | None = None
-
-
 _CLONING_FIELDS = ("reference_audio", "voice_sample", "speaker_wav", "clone")
 
 
@@ -288,13 +274,6 @@ async def speech(body: SpeechBody, request: Request) -> StreamingResponse:
 
 
 # ------------------------------------------------------------------ voices
-class AddVoiceBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-    description: str | None = None
-
-
 def _voice_row(daemon: Daemon, spec: Any) -> dict[str, Any]:
     from tiqo.daemon.runtime.engines.piper import voice_info
 

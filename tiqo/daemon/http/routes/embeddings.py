@@ -8,24 +8,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
 
 from tiqo.core.errors import BadRequest, PayloadTooLarge
 from tiqo.daemon.http.dependencies import request_meta
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
 from tiqo.daemon.root import Daemon
+from tiqo.protocol.embeddings import EmbeddingsBody
 
 router = APIRouter()
 MAX_INPUTS = 2048  # OpenAI's limit per request
-
-
-class EmbeddingsBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    input: str | list[str] | list[int] | list[list[int]]
-    model: str | None = None
-    encoding_format: str | None = "float"
-    dimensions: int | None = None
-    user: str | None = None
 
 
 def _texts(value: Any) -> list[str]:

@@ -8,73 +8,26 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tiqo.core.errors import BadRequest
 from tiqo.daemon.http.dependencies import request_meta
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.knowledge.vectors import VectorStore
+from tiqo.protocol.vectors import (
+    CreateCollection,
+    Delete,
+    Ingest,
+    Query,
+    Upsert,
+)
 
 router = APIRouter(prefix="/tiqo/vectors")
 M = TypeVar("M", bound=BaseModel)
 MAX_ITEMS = 10_000
 
 
-class CreateCollection(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    name: str
-    model: str | None = None
-    shared: bool = False
-    dimension: int | None = None
-
-
-class VectorRecord(BaseModel):
-    id: str = Field(min_length=1)
-    values: list[float]
-    metadata: dict[str, Any] | None = None
-
-
-class DocumentRecord(BaseModel):
-    id: str | None = None
-    text: str
-    metadata: dict[str, Any] | None = None
-
-
-class Upsert(BaseModel):
-    vectors: list[VectorRecord] | None = None
-    documents: list[DocumentRecord] | None = None
-
-
-class Query(BaseModel):
-    vector: list[float] | None = None
-    text: str | None = None
-    top_k: int = 5
-    filter: str | None = None
-    include_metadata: bool = True
-    hybrid: bool = False
-    exact: bool = False  # skip the ANN index: flat, exact search
-
-
 QUERY_SCHEMA = Query.model_json_schema()
-
-
-class Delete(BaseModel):
-    ids: list[str] | None = None
-    filter: str | None = None
-    source: str | None = None
-
-
-class IngestDocument(BaseModel):
-    source: str
-    text: str
-    metadata: dict[str, Any] | None = None
-
-
-class Ingest(BaseModel):
-    documents: list[IngestDocument]
-    chunk_size: int | None = None
-    chunk_overlap: int | None = None
-    chunk_unit: str | None = None
 
 
 def _vectors(request: Request) -> VectorStore:
