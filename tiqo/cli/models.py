@@ -129,33 +129,39 @@ def add(
         if wrong:
             fail(f"{', '.join(wrong)} only apply to external models (with --provider)", code=EXIT_USAGE)
         assert path is not None
-        with client() as c:
-            row = c.add_model(
-                name, str(path.expanduser().absolute()), n_ctx=n_ctx, keep_alive=keep_alive, description=description
-            )
-        if json_out:
-            print_json(row)
-        else:
-            console.print(f"added {row['name']} ({fmt_size(row['size_bytes'])}) from {row['path']}")
+        _add_local(name, path, {"n_ctx": n_ctx, "keep_alive": keep_alive, "description": description}, json_out)
         return
     wrong = [flag for flag, value in (("--n-ctx", n_ctx), ("--keep-alive", keep_alive)) if value is not None]
     if wrong:
         fail(f"{', '.join(wrong)} only apply to local models (use --context for an external one)", code=EXIT_USAGE)
+    entry = {
+        "provider": provider,
+        "upstream_model": upstream_model,
+        "price_in": price_in,
+        "price_out": price_out,
+        "context": context,
+        "capabilities": capability or None,
+        "fallbacks": fallback or None,
+        "premium": premium or None,
+        "description": description,
+        "price_minute": price_minute,
+        "price_mchar": price_mchar,
+    }
+    _add_external(name, entry, json_out)
+
+
+def _add_local(name: str, path: Path, options: dict[str, Any], json_out: bool) -> None:
     with client() as c:
-        row = c.add_model(
-            name,
-            provider=provider,
-            upstream_model=upstream_model,
-            price_in=price_in,
-            price_out=price_out,
-            context=context,
-            capabilities=capability or None,
-            fallbacks=fallback or None,
-            premium=premium or None,
-            description=description,
-            price_minute=price_minute,
-            price_mchar=price_mchar,
-        )
+        row = c.add_model(name, str(path.expanduser().absolute()), **options)
+    if json_out:
+        print_json(row)
+    else:
+        console.print(f"added {row['name']} ({fmt_size(row['size_bytes'])}) from {row['path']}")
+
+
+def _add_external(name: str, entry: dict[str, Any], json_out: bool) -> None:
+    with client() as c:
+        row = c.add_model(name, **entry)
     if json_out:
         print_json(row)
         return
