@@ -66,7 +66,6 @@ _CACHE_PIECES = "merge_tool_calls (pure) merges a cached answer's tool-call delt
 _CACHE_SERVED = "a cache hit fills in the request's Served; pay by returning the hit for the pipeline to record"
 DEBTS: dict[tuple[str, str], str] = {
     ("http.app", "root"): "create_app(daemon: Daemon) keeps the root for the routes; " + _ROOT_TYPE,
-    ("http.server", "root"): "serve() builds the Daemon, the app and the listeners: that wiring belongs in the root",
     ("http.dependencies", "root"): "daemon_of(request) hands routes the root; " + _ROOT_TYPE,
     ("http.routes.audio", "root"): _ROOT_TYPE,
     ("http.routes.embeddings", "root"): _ROOT_TYPE,

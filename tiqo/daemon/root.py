@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import sys
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any, TypeVar
 
 from tiqo import API_VERSION, __version__
+from tiqo.core.errors import TiqoError
+from tiqo.core.paths import acquire_lock
 from tiqo.core.settings import Settings
 from tiqo.daemon.accounting.budgets import Budgets
 from tiqo.daemon.accounting.events import EventBus
 from tiqo.daemon.accounting.ledger import Ledger
 from tiqo.daemon.accounting.metrics import Metrics
 from tiqo.daemon.catalog.registry import Registry
+from tiqo.daemon.http import server as server_setup
 from tiqo.daemon.knowledge.vectors import VectorStore
 from tiqo.daemon.runtime.plugins import PluginReport, collect_engines, collect_providers, load_plugins
 from tiqo.daemon.runtime.scheduler import Scheduler
@@ -141,3 +147,52 @@ class Daemon:
         await self.scheduler.close()
         self.hub.flush()
         self.store.close()
+
+
+def serve(settings: Settings) -> int:
+    """Build the daemon and serve it on its socket (and ``daemon.listen``) until SIGTERM/SIGINT or a shutdown."""
+    import uvicorn
+
+    from tiqo.daemon.http.app import create_app
+
+    paths = settings.paths
+    refused = server_setup.prepare_home(paths)
+    if refused is not None:
+        return refused
+    lock = acquire_lock(paths.lock_file)
+    if lock is None:
+        print(f"tiqo: a daemon is already running for {paths.runtime_dir} (see `tiqo daemon status`)", file=sys.stderr)
+        return server_setup.EXIT_ALREADY_RUNNING
+    socket_path = settings.socket_path
+    bound = False
+    try:
+        sockets = [server_setup.bind_socket(socket_path)]
+        bound = True
+        daemon = Daemon(settings, socket_path=str(socket_path))
+        server = uvicorn.Server(server_setup.uvicorn_config(create_app(daemon), settings))
+        sockets += server_setup.tcp_sockets(settings)
+        daemon.request_shutdown = lambda: setattr(server, "should_exit", True)
+        server_setup.write_status(settings, socket_path)
+        log.info("tiqo %s serving on %s (pid %d)", __version__, socket_path, os.getpid())
+        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then restores the previous handlers and re-raises the
+        # signal: with the default handlers that kills the process before the clean-up below runs.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _exit_cleanly)
+        with contextlib.suppress(SystemExit):
+            server.run(sockets=sockets)
+        log.info("stopped")
+        return 0
+    except TiqoError as exc:
+        return server_setup.fail(exc)
+    finally:
+        server_setup.clean_up(paths, socket_path, bound)
+        lock.close()
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def main() -> None:
+    """``python -m tiqo.daemon``."""
+    sys.exit(serve(server_setup.load_settings()))

@@ -11,18 +11,17 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import stat
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tiqo import __version__
 from tiqo.core.errors import TiqoError
 from tiqo.core.paths import (
     MAX_SOCKET_PATH,
-    acquire_lock,
     check_socket_dir,
     ensure_private_dir,
     make_private_dirs,
@@ -119,14 +118,8 @@ def write_status(settings: Settings, socket_path: Path) -> None:
     os.replace(tmp, settings.paths.daemon_file)
 
 
-def serve(settings: Settings) -> int:
-    import uvicorn
-
-    from tiqo.daemon.http.app import create_app
-    from tiqo.daemon.http.tcp import bind_tcp, connection_limited, parse_listen
-    from tiqo.daemon.root import Daemon
-
-    paths = settings.paths
+def prepare_home(paths: Any) -> int | None:
+    """Private umask and folders before the first file is written; an exit code when the runtime dir is unsafe."""
     use_private_umask()  # every file from the first byte: the database and its -wal/-shm, logs, config, vectors
     try:
         ensure_private_dir(paths.runtime_dir)  # tiqo's alone: closed to 0700 if it is not
@@ -139,75 +132,62 @@ def serve(settings: Settings) -> int:
         make_private_dirs(folder)
     for path in (paths.log_file, paths.log_file.with_suffix(".log.1"), paths.config_file):
         tighten(path)
-    lock = acquire_lock(paths.lock_file)
-    if lock is None:
-        print(f"tiqo: a daemon is already running for {paths.runtime_dir} (see `tiqo daemon status`)", file=sys.stderr)
-        return EXIT_ALREADY_RUNNING
-    socket_path = settings.socket_path
-    bound = False
+    return None
+
+
+def uvicorn_config(app: Any, settings: Settings) -> Any:
+    import uvicorn
+
+    from tiqo.daemon.http.tcp import connection_limited
+
+    return uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=30,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http=connection_limited("httptools" if _has("httptools") else "h11", settings["daemon.listen_max_connections"]),
+    )
+
+
+def tcp_sockets(settings: Settings) -> list[socket.socket]:
+    """The TCP listener of ``daemon.listen``, when it is set."""
+    from tiqo.daemon.http.tcp import bind_tcp, parse_listen
+
     try:
-        sock = bind_socket(socket_path)
-        bound = True
-        daemon = Daemon(settings, socket_path=str(socket_path))
-        app = create_app(daemon)
-        config = uvicorn.Config(
-            app,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
-            timeout_keep_alive=30,
-            loop="uvloop" if _has("uvloop") else "asyncio",
-            http=connection_limited(
-                "httptools" if _has("httptools") else "h11", settings["daemon.listen_max_connections"]
-            ),
-        )
-        server = uvicorn.Server(config)
-        sockets = [sock]
-        try:
-            listen = parse_listen(settings["daemon.listen"])
-        except ValueError as exc:
-            raise TiqoError(
-                str(exc), hint="use HOST:PORT, e.g. `tiqo config set daemon.listen 127.0.0.1:8311`"
-            ) from None
-        if listen is not None:
-            try:
-                sockets.append(bind_tcp(*listen))
-            except OSError as exc:
-                raise TiqoError(
-                    f"cannot listen on {listen[0]}:{listen[1]}: {exc.strerror}",
-                    hint="pick another port with `tiqo config set daemon.listen 127.0.0.1:PORT`, or unset it",
-                ) from None
-            log.info("also serving /v1 over TCP on %s:%d (bearer tokens required)", *listen)
-        daemon.request_shutdown = lambda: setattr(server, "should_exit", True)
-        write_status(settings, socket_path)
-        log.info("tiqo %s serving on %s (pid %d)", __version__, socket_path, os.getpid())
-        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then restores the previous handlers and re-raises the
-        # signal: with the default handlers that kills the process before the clean-up below runs.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, _exit_cleanly)
-        with contextlib.suppress(SystemExit):
-            server.run(sockets=sockets)
-        log.info("stopped")
-        return 0
-    except TiqoError as exc:
-        log.error("%s", exc.message)
-        print(f"tiqo: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
-        return EXIT_CONFIG
-    finally:
-        # Status file first, then the socket: a client that sees no status file knows the daemon is gone.
+        listen = parse_listen(settings["daemon.listen"])
+    except ValueError as exc:
+        raise TiqoError(str(exc), hint="use HOST:PORT, e.g. `tiqo config set daemon.listen 127.0.0.1:8311`") from None
+    if listen is None:
+        return []
+    try:
+        sock = bind_tcp(*listen)
+    except OSError as exc:
+        raise TiqoError(
+            f"cannot listen on {listen[0]}:{listen[1]}: {exc.strerror}",
+            hint="pick another port with `tiqo config set daemon.listen 127.0.0.1:PORT`, or unset it",
+        ) from None
+    log.info("also serving /v1 over TCP on %s:%d (bearer tokens required)", *listen)
+    return [sock]
+
+
+def clean_up(paths: Any, socket_path: Path, bound: bool) -> None:
+    """Status file first, then the socket: a client that sees no status file knows the daemon is gone."""
+    with contextlib.suppress(FileNotFoundError):
+        status = json.loads(paths.daemon_file.read_text())
+        if status.get("pid") == os.getpid():
+            paths.daemon_file.unlink()
+    if bound:
         with contextlib.suppress(FileNotFoundError):
-            status = json.loads(paths.daemon_file.read_text())
-            if status.get("pid") == os.getpid():
-                paths.daemon_file.unlink()
-        if bound:
-            with contextlib.suppress(FileNotFoundError):
-                socket_path.unlink()
-        lock.close()
+            socket_path.unlink()
 
 
-def _exit_cleanly(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+def fail(exc: TiqoError) -> int:
+    log.error("%s", exc.message)
+    print(f"tiqo: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def _has(module: str) -> bool:
@@ -216,7 +196,8 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def main() -> None:
+def load_settings() -> Settings:
+    """The settings, with the umask set first; exits with EXIT_CONFIG when they do not load."""
     use_private_umask()
     try:
         settings = Settings.load()
@@ -224,4 +205,4 @@ def main() -> None:
         print(f"tiqo: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     setup_logging(settings["daemon.log_level"])
-    sys.exit(serve(settings))
+    return settings
