@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tiqo.core.durations import parse_duration
+from tiqo.core.errors import BadRequest
 
 
 class ContentPart(BaseModel):
@@ -34,6 +38,51 @@ class ChatMessage(BaseModel):
 
     def has_media(self) -> bool:
         return isinstance(self.content, list) and any(part.type != "text" for part in self.content)
+
+
+@dataclass(frozen=True)
+class JsonFormat:
+    """An answer that must be JSON: any object (``schema`` None, OpenAI's ``json_object``) or one that validates
+    against ``schema`` (``json_schema``)."""
+
+    schema: dict[str, Any] | None = None
+    name: str = "response"
+    strict: bool = False
+
+    def key(self) -> str:
+        """The schema's identity: a hash of its canonical JSON (what compiled grammars are cached by)."""
+        canonical = json.dumps(self.schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def json_format(response_format: dict[str, Any] | None) -> JsonFormat | None:
+    """OpenAI's ``response_format`` → the JSON the answer must be (None: free text). Raises a 400 naming the field."""
+    kind = (response_format or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JsonFormat()
+    if kind != "json_schema":
+        raise BadRequest(
+            f"unknown response_format type {kind!r}; use text, json_object or json_schema", param="response_format.type"
+        )
+    spec = (response_format or {}).get("json_schema")
+    if not isinstance(spec, dict):
+        raise BadRequest("response_format.json_schema must be an object", param="response_format.json_schema")
+    name, schema, strict = spec.get("name", "response"), spec.get("schema"), spec.get("strict") or False
+    if not isinstance(name, str) or not name:
+        raise BadRequest("response_format.json_schema.name must be a string", param="response_format.json_schema.name")
+    if not isinstance(schema, dict):
+        raise BadRequest(
+            "response_format.json_schema.schema must be a JSON Schema object",
+            param="response_format.json_schema.schema",
+            hint='e.g. {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}',
+        )
+    if not isinstance(strict, bool):
+        raise BadRequest(
+            "response_format.json_schema.strict must be a boolean", param="response_format.json_schema.strict"
+        )
+    return JsonFormat(schema=schema, name=name, strict=strict)
 
 
 class StreamOptions(BaseModel):

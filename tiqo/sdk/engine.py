@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from tiqo.protocol.openai import JsonFormat
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -34,6 +36,7 @@ class GenerationParams:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[int, float] | None = None
+    json_format: JsonFormat | None = None  # the answer must be this JSON (engines that cannot honour it refuse)
 
 
 @dataclass(frozen=True)

@@ -548,6 +548,9 @@ class Gateway:
 
 
 def generation_params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> GenerationParams:
+    """The sampling parameters a local engine gets; a chat request's ``response_format`` is checked here (a 400
+    naming the field when it is malformed)."""
+    json_format = oa.json_format(body.response_format) if isinstance(body, oa.ChatCompletionRequest) else None
     return GenerationParams(
         max_tokens=body.token_limit(),
         temperature=body.temperature,
@@ -557,6 +560,7 @@ def generation_params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> 
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         logit_bias=body.logit_bias,
+        json_format=json_format,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, NoReturn, cast
 
 from tiqo.core.errors import BadRequest, ContextOverflow
 from tiqo.daemon.catalog.gguf import read_gguf
+from tiqo.daemon.runtime.engines.json_output import CompiledFormat, check_answer, compiled, instruct
 from tiqo.sdk.engine import GenerationParams, ModelSpec, Piece, StopFlag
 
 log = logging.getLogger("tiqo.engine.llama")
@@ -106,6 +107,9 @@ class LlamaRunner:
         self._max_piece: int | None = None
 
     def chat(self, messages: list[dict[str, str]], params: GenerationParams, stop: StopFlag) -> Iterator[Piece]:
+        made = None if params.json_format is None else compiled(params.json_format, self._check_grammar)
+        if made is not None:
+            messages = instruct(messages, made.instruction)
         try:
             rendered = self.formatter(messages=cast(Any, messages))
         except Exception as exc:  # jinja templates raise on roles they do not support
@@ -114,7 +118,16 @@ class LlamaRunner:
             raise BadRequest(f"the chat template of {self.name} rejected these messages: {exc}") from None
         tokens = self._tokenize(rendered.prompt, add_bos=not rendered.added_special)
         extra_stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
-        return self._generate(tokens, params, stop, [s for s in extra_stop if s])
+        return self._generate(tokens, params, stop, [s for s in extra_stop if s], made)
+
+    def _check_grammar(self, gbnf: str) -> None:
+        """Raise when llama.cpp's own parser refuses ``gbnf`` (a refused grammar must never reach the sampler)."""
+        import llama_cpp
+
+        sampler = llama_cpp.llama_sampler_init_grammar(self.llm._model.vocab, gbnf.encode(), b"root")
+        if not sampler:
+            raise ValueError("llama.cpp's grammar parser refused the grammar made from it")
+        llama_cpp.llama_sampler_free(sampler)
 
     def complete(self, prompt: str, params: GenerationParams, stop: StopFlag) -> Iterator[Piece]:
         tokens = self._tokenize(prompt, add_bos=True)
@@ -151,14 +164,24 @@ class LlamaRunner:
         )
 
     def _generate(
-        self, tokens: list[int], params: GenerationParams, stop: StopFlag, extra_stop: list[str]
+        self,
+        tokens: list[int],
+        params: GenerationParams,
+        stop: StopFlag,
+        extra_stop: list[str],
+        made: CompiledFormat | None = None,
     ) -> Iterator[Piece]:
         if len(tokens) >= self.n_ctx:
             self._overflow(str(len(tokens)))
-        return self._stream(tokens, params, stop, extra_stop)
+        return self._stream(tokens, params, stop, extra_stop, made)
 
     def _stream(
-        self, tokens: list[int], params: GenerationParams, stop: StopFlag, extra_stop: list[str]
+        self,
+        tokens: list[int],
+        params: GenerationParams,
+        stop: StopFlag,
+        extra_stop: list[str],
+        made: CompiledFormat | None,
     ) -> Iterator[Piece]:
         stream: Any = self.llm.create_completion(
             tokens,
@@ -170,6 +193,7 @@ class LlamaRunner:
             presence_penalty=params.presence_penalty or 0.0,
             frequency_penalty=params.frequency_penalty or 0.0,
             logit_bias=params.logit_bias,
+            grammar=None if made is None else made.grammar,
             stream=True,
         )
         parts: list[str] = []
@@ -189,6 +213,8 @@ class LlamaRunner:
         finally:
             stream.close()  # stops llama.cpp at once when the client went away
         text = "".join(parts)
+        if made is not None and finish != "cancelled":
+            check_answer(text, finish, made, params.max_tokens)  # nothing invalid ends as a success
         completion = len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
         yield Piece("", finish_reason=finish, prompt_tokens=len(tokens), completion_tokens=completion)
 
