@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from tiqo.cli import complete
 from tiqo.cli.output import EXIT_USAGE, client, err_console, fail, handle_errors, print_json
+from tiqo.cli.schema_file import SCHEMA, response_format
 
 MODEL = typer.Option(
     None,
@@ -114,6 +117,21 @@ def _stream_answer(
     }
 
 
+def _json_answer(c: Any, payload: dict[str, Any], headers: dict[str, str], json_out: bool) -> None:
+    """One JSON answer (not streamed: only a whole answer can be validated), printed on one line."""
+    reply = c.chat(payload, headers)
+    choice = reply["choices"][0]
+    try:
+        value = json.loads(choice["message"].get("content") or "")
+    except ValueError:
+        fail(f"{reply.get('model')} answered with something that is not JSON", "try again, or another model (-m)")
+    if json_out:
+        print_json({"json": value, "model": reply.get("model"), "usage": reply.get("usage"), "id": reply.get("id")})
+    else:
+        sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+
 @handle_errors
 def ask(
     prompt: Optional[list[str]] = typer.Argument(None, help="The prompt. Text piped on stdin goes before it."),
@@ -135,8 +153,10 @@ def ask(
         None, "--rag", help="Answer from this vector collection (`tiqo vec list`); its sources print after the answer."
     ),
     top_k: int = typer.Option(4, "--top-k", min=1, max=20, help="With --rag: how many chunks to give the model."),
+    schema: Optional[Path] = SCHEMA,
 ) -> None:
-    """Ask one question and stream the answer.
+    """Ask one question and stream the answer. With --schema, print the answer as one line of JSON that validates
+    against the schema (exit code 1, and the reason, when the model could not produce it).
 
     Examples:
 
@@ -147,6 +167,8 @@ def ask(
       tiqo ask --json -m smollm2-135m "What is the capital of France?" | jq -r .text
 
       tiqo ask --rag notes "When is the team meeting?"
+
+      tiqo ask --schema person.json "Invent a person" | jq .name
     """
     text = " ".join(prompt or []).strip()
     if not sys.stdin.isatty():
@@ -160,7 +182,11 @@ def ask(
         payload = _payload(model, messages, temperature, max_tokens, seed, keep_alive)
         if rag:
             payload["tiqo"] = {"rag": {"collection": rag, "top_k": top_k}}
-        result = _stream_answer(c, payload, not json_out, routing_headers(user, tier, data_class, no_cache))
+        headers = routing_headers(user, tier, data_class, no_cache)
+        if schema is not None:
+            payload["response_format"] = response_format(schema)
+            return _json_answer(c, payload, headers, json_out)
+        result = _stream_answer(c, payload, not json_out, headers)
     if rag and not json_out:
         sources = result.get("sources") or []
         sys.stdout.write("\nSources:\n" if sources else "\n(no sources found in the collection)\n")
