@@ -362,3 +362,43 @@ def test_tiqo_ask_schema(daemon: DaemonProc, tmp_path: Path) -> None:
     assert usage.returncode == 2 and "not a JSON file" in usage.stderr
     missing = daemon.cli("ask", "--schema", str(tmp_path / "absent.json"), "A number.")
     assert missing.returncode == 2
+
+
+@pytest.mark.parametrize(("schema", "prompt"), CASES[::5], ids=["person", "city", "order", "segment"])
+def test_sampled_answers_validate_too(daemon: DaemonProc, schema: dict[str, Any], prompt: str) -> None:
+    """With temperature the tokens are drawn from those that fit among the likeliest ones (grammar_sampler.py)."""
+    body = ask_json(prompt, schema_format(schema), temperature=1.0, seed=7)
+    r = daemon.client().post(CHAT, json=body, headers={"x-tiqo-cache": "off"})
+    assert r.status_code == 200, r.text
+    jsonschema.validate(json.loads(r.json()["choices"][0]["message"]["content"]), schema)
+
+
+def test_the_grammar_processor_matches_the_whole_vocabulary_when_no_likely_token_fits() -> None:
+    import numpy as np
+
+    from tests.conftest import smollm_path
+    from tiqo.daemon.runtime.engines.grammar_sampler import TOP, GrammarProcessor
+    from tiqo.daemon.runtime.engines.llama import LlamaEngine
+    from tiqo.sdk.engine import ModelSpec
+
+    spec = ModelSpec(name=LOCAL, kind="llm", engine="llama.cpp", path=smollm_path(), source="local", size_bytes=0)
+    runner = LlamaEngine().load(spec, {"n_threads": 1, "n_ctx": 256})
+    llm = runner.llm
+    processor = GrammarProcessor(llm._model.vocab, 'root ::= "{" "}"')
+    try:
+        brace = llm.tokenize(b"{", add_bos=False, special=False)[0]
+        others = [i for i in range(1000, 3000) if not llm.detokenize([i]).lstrip().startswith(b"{")][: TOP * 2]
+        scores = np.zeros(llm.n_vocab(), dtype=np.single)
+        scores[others] = 10.0  # the likeliest tokens all break the grammar
+        fitted = processor([1, 2, 3], scores)
+        allowed = np.flatnonzero(np.isfinite(fitted))
+        assert processor.full_matches == 1 and brace in allowed
+        assert all(llm.detokenize([int(t)]).startswith(b"{") for t in allowed)
+
+        scores[brace] = 20.0  # now a likely token fits: only the likeliest tokens are matched
+        fitted = processor([1, 2, 3], scores)
+        assert processor.full_matches == 1 and np.argmax(fitted) == brace
+        assert np.count_nonzero(np.isfinite(fitted)) <= TOP
+    finally:
+        processor.close()
+        runner.close()

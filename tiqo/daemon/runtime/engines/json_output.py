@@ -53,10 +53,9 @@ FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uui
 
 @dataclass(frozen=True)
 class CompiledFormat:
-    """A schema ready to use: the grammar text (GBNF), the engine's grammar object and the validator."""
+    """A schema ready to use: the grammar (GBNF text), the validator and what the model is told."""
 
     gbnf: str
-    grammar: Any
     validator: Any
     instruction: str
 
@@ -215,7 +214,7 @@ def clear_cache() -> None:
 
 
 def _compile(fmt: JsonFormat, check_grammar: Any) -> CompiledFormat:
-    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     schema = fmt.schema if fmt.schema is not None else {"type": "object"}
     validator = _validator(schema)
@@ -235,7 +234,7 @@ def _compile(fmt: JsonFormat, check_grammar: Any) -> CompiledFormat:
         raise BadRequest(
             f"this JSON Schema cannot be turned into a grammar: {exc}", param=SCHEMA_PARAM, code="unsupported_schema"
         ) from None
-    return CompiledFormat(gbnf, LlamaGrammar.from_string(gbnf, verbose=False), validator, instruction(fmt))
+    return CompiledFormat(gbnf, validator, instruction(fmt))
 
 
 def _validator(schema: dict[str, Any]) -> Any:

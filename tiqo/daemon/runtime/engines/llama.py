@@ -122,12 +122,12 @@ class LlamaRunner:
 
     def _check_grammar(self, gbnf: str) -> None:
         """Raise when llama.cpp's own parser refuses ``gbnf`` (a refused grammar must never reach the sampler)."""
-        import llama_cpp
+        self._grammar(gbnf).close()
 
-        sampler = llama_cpp.llama_sampler_init_grammar(self.llm._model.vocab, gbnf.encode(), b"root")
-        if not sampler:
-            raise ValueError("llama.cpp's grammar parser refused the grammar made from it")
-        llama_cpp.llama_sampler_free(sampler)
+    def _grammar(self, gbnf: str) -> Any:
+        from tiqo.daemon.runtime.engines.grammar_sampler import GrammarProcessor
+
+        return GrammarProcessor(self.llm._model.vocab, gbnf)
 
     def complete(self, prompt: str, params: GenerationParams, stop: StopFlag) -> Iterator[Piece]:
         tokens = self._tokenize(prompt, add_bos=True)
@@ -183,6 +183,22 @@ class LlamaRunner:
         extra_stop: list[str],
         made: CompiledFormat | None,
     ) -> Iterator[Piece]:
+        grammar = None if made is None else self._grammar(made.gbnf)  # this generation's grammar state
+        try:
+            yield from self._pieces(tokens, params, stop, extra_stop, made, grammar)
+        finally:
+            if grammar is not None:
+                grammar.close()
+
+    def _pieces(
+        self,
+        tokens: list[int],
+        params: GenerationParams,
+        stop: StopFlag,
+        extra_stop: list[str],
+        made: CompiledFormat | None,
+        grammar: Any,
+    ) -> Iterator[Piece]:
         stream: Any = self.llm.create_completion(
             tokens,
             max_tokens=params.max_tokens if params.max_tokens is not None else -1,
@@ -193,7 +209,7 @@ class LlamaRunner:
             presence_penalty=params.presence_penalty or 0.0,
             frequency_penalty=params.frequency_penalty or 0.0,
             logit_bias=params.logit_bias,
-            grammar=None if made is None else made.grammar,
+            logits_processor=None if grammar is None else [grammar],
             stream=True,
         )
         parts: list[str] = []
