@@ -12,8 +12,9 @@ from typing import Any, Optional
 import typer
 
 from tiqo.cli import complete
+from tiqo.cli.json_files import SCHEMA, TOOL, response_format, tool
 from tiqo.cli.output import EXIT_USAGE, client, err_console, fail, handle_errors, print_json
-from tiqo.cli.schema_file import SCHEMA, response_format
+from tiqo.protocol.openai import plain_call
 
 MODEL = typer.Option(
     None,
@@ -132,6 +133,23 @@ def _json_answer(c: Any, payload: dict[str, Any], headers: dict[str, str], json_
         sys.stdout.flush()
 
 
+def _tool_calls(c: Any, payload: dict[str, Any], headers: dict[str, str], json_out: bool) -> None:
+    """One answer that calls the given functions, printed as one JSON line per call (name, arguments)."""
+    reply = c.chat({**payload, "tool_choice": "required"}, headers)
+    message = reply["choices"][0]["message"]
+    calls = [plain_call(call) for call in message.get("tool_calls") or []]
+    if not calls:
+        fail(f"{reply.get('model')} answered without calling a function", "try again, or another model (-m)")
+    if json_out:
+        print_json(
+            {"tool_calls": calls, "model": reply.get("model"), "usage": reply.get("usage"), "id": reply.get("id")}
+        )
+        return
+    for call in calls:
+        sys.stdout.write(json.dumps(call, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
 @handle_errors
 def ask(
     prompt: Optional[list[str]] = typer.Argument(None, help="The prompt. Text piped on stdin goes before it."),
@@ -154,9 +172,11 @@ def ask(
     ),
     top_k: int = typer.Option(4, "--top-k", min=1, max=20, help="With --rag: how many chunks to give the model."),
     schema: Optional[Path] = SCHEMA,
+    tools: Optional[list[Path]] = TOOL,
 ) -> None:
     """Ask one question and stream the answer. With --schema, print the answer as one line of JSON that validates
-    against the schema (exit code 1, and the reason, when the model could not produce it).
+    against the schema (exit code 1, and the reason, when the model could not produce it). With --tool, the answer
+    calls one of the functions: each call prints as one JSON line, {"name": ..., "arguments": {...}}.
 
     Examples:
 
@@ -169,6 +189,8 @@ def ask(
       tiqo ask --rag notes "When is the team meeting?"
 
       tiqo ask --schema person.json "Invent a person" | jq .name
+
+      tiqo ask --tool weather.json "Is it raining in Oslo?"
     """
     text = " ".join(prompt or []).strip()
     if not sys.stdin.isatty():
@@ -186,6 +208,9 @@ def ask(
         if schema is not None:
             payload["response_format"] = response_format(schema)
             return _json_answer(c, payload, headers, json_out)
+        if tools:
+            payload["tools"] = [tool(path) for path in tools]
+            return _tool_calls(c, payload, headers, json_out)
         result = _stream_answer(c, payload, not json_out, headers)
     if rag and not json_out:
         sources = result.get("sources") or []

@@ -11,8 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tiqo.cli.json_files import SCHEMA, response_format
 from tiqo.cli.output import EXIT_ERROR, EXIT_USAGE, client, console, fail, handle_errors, print_json
-from tiqo.cli.schema_file import SCHEMA, response_format
 
 app = typer.Typer(help="See how tiqo would route a request (classification, candidates, prices).", no_args_is_help=True)
 

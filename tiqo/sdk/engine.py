@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from tiqo.protocol.openai import JsonFormat
+from tiqo.protocol.openai import JsonFormat, ToolUse
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class GenerationParams:
     frequency_penalty: float | None = None
     logit_bias: dict[int, float] | None = None
     json_format: JsonFormat | None = None  # the answer must be this JSON (engines that cannot honour it refuse)
+    tools: ToolUse | None = None  # functions the answer may (or must) call
 
 
 @dataclass(frozen=True)

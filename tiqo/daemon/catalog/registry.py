@@ -24,9 +24,9 @@ WHISPER_TINY = "whisper-tiny.en"
 JOE = "en_US-joe-medium"
 MINILM = "all-minilm-l6-v2"
 KIND_CAPABILITIES = {"stt": ("stt",), "tts": ("tts",), "embed": ("embed",)}
-# Chat models on llama.cpp also answer in JSON (response_format: a grammar constrains the output, the answer is
-# validated); models of other engines declare only what the sdk's default says.
-ENGINE_CAPABILITIES = {"llama.cpp": ("chat", "completion", "json")}
+# Chat models on llama.cpp also answer in JSON (response_format) and call tools: a grammar constrains the output and
+# the answer is validated; models of other engines declare only what the sdk's default says.
+ENGINE_CAPABILITIES = {"llama.cpp": ("chat", "completion", "json", "tools")}
 KIND_DEFAULTS = {
     "llm": "llm.default_model",
     "stt": "stt.default_model",

@@ -21,6 +21,7 @@ from typing import Any
 
 from tiqo.core.errors import BadRequest, Unprocessable
 from tiqo.protocol.openai import JsonFormat
+from tiqo.sdk.engine import Piece
 
 SCHEMA_PARAM = "response_format.json_schema.schema"
 MAX_INT_RANGE = 256  # integer bounds become an enum of at most this many values
@@ -191,16 +192,17 @@ _cache: OrderedDict[str, CompiledFormat] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def compiled(fmt: JsonFormat, check_grammar: Any = None) -> CompiledFormat:
+def compiled(fmt: JsonFormat, check_grammar: Any = None, param: str = SCHEMA_PARAM) -> CompiledFormat:
     """``fmt`` compiled (from the cache when it was before). Blocking: call it off the event loop. ``check_grammar``
-    (GBNF text → None, or raises) lets the engine reject a grammar its parser would refuse."""
+    (GBNF text → None, or raises) lets the engine reject a grammar its parser would refuse; ``param`` is the field
+    errors name."""
     key = fmt.key()
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
             _cache.move_to_end(key)
             return hit
-    made = _compile(fmt, check_grammar)
+    made = _compile(fmt, check_grammar, param)
     with _cache_lock:
         _cache[key] = made
         while len(_cache) > CACHE_SIZE:
@@ -213,31 +215,24 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def _compile(fmt: JsonFormat, check_grammar: Any) -> CompiledFormat:
+def _compile(fmt: JsonFormat, check_grammar: Any, param: str) -> CompiledFormat:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     schema = fmt.schema if fmt.schema is not None else {"type": "object"}
-    validator = _validator(schema)
-    missing = unsupported(schema)
-    if missing:
-        raise BadRequest(
-            "this JSON Schema uses features local constrained decoding cannot enforce: " + "; ".join(missing),
-            param=SCHEMA_PARAM,
-            code="unsupported_schema",
-            hint="drop or rewrite them (e.g. an enum instead of a range), or send the request to a provider model",
-        )
+    validator = check(schema, param)
     try:
         gbnf = json_schema_to_gbnf(json.dumps(for_grammar(schema)))
         if check_grammar is not None:
             check_grammar(gbnf)
     except (ValueError, KeyError, AssertionError, RecursionError) as exc:
         raise BadRequest(
-            f"this JSON Schema cannot be turned into a grammar: {exc}", param=SCHEMA_PARAM, code="unsupported_schema"
+            f"this JSON Schema cannot be turned into a grammar: {exc}", param=param, code="unsupported_schema"
         ) from None
     return CompiledFormat(gbnf, validator, instruction(fmt))
 
 
-def _validator(schema: dict[str, Any]) -> Any:
+def check(schema: dict[str, Any], param: str) -> Any:
+    """The validator of ``schema``; a 400 naming ``param`` when it is not JSON Schema or not all enforceable."""
     from jsonschema import SchemaError, validators
 
     cls = validators.validator_for(schema, default=validators.Draft202012Validator)
@@ -246,11 +241,18 @@ def _validator(schema: dict[str, Any]) -> Any:
     except SchemaError as exc:
         path = "/".join(str(p) for p in exc.path)
         raise BadRequest(
-            f"response_format.json_schema.schema is not a valid JSON Schema: {exc.message}"
-            + (f" (at /{path})" if path else ""),
-            param=SCHEMA_PARAM,
+            f"{param} is not a valid JSON Schema: {exc.message}" + (f" (at /{path})" if path else ""),
+            param=param,
             code="invalid_schema",
         ) from None
+    missing = unsupported(schema)
+    if missing:
+        raise BadRequest(
+            "this JSON Schema uses features local constrained decoding cannot enforce: " + "; ".join(missing),
+            param=param,
+            code="unsupported_schema",
+            hint="drop or rewrite them (e.g. an enum instead of a range), or send the request to a provider model",
+        )
     return cls(schema)
 
 
@@ -271,8 +273,18 @@ def instruct(messages: list[dict[str, str]], text: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": text}, *messages]
 
 
-def check_answer(text: str, finish: str, made: CompiledFormat, max_tokens: int | None) -> None:
-    """Raise a 422 unless ``text`` is JSON that validates; a cut-off answer says how to get a whole one."""
+def checked(pieces: Iterator[Piece], made: CompiledFormat, max_tokens: int | None) -> Iterator[Piece]:
+    """``pieces`` as they come, the last one only once the whole answer validates (else the 422 is raised there)."""
+    text: list[str] = []
+    for piece in pieces:
+        if piece.finish_reason is not None and piece.finish_reason != "cancelled":
+            check_answer("".join(text), piece.finish_reason, made, max_tokens)
+        text.append(piece.text)
+        yield piece
+
+
+def check_answer(text: str, finish: str, made: CompiledFormat, max_tokens: int | None) -> Any:
+    """The JSON value of ``text``; a 422 unless it is JSON that validates (a cut-off one says how to get it whole)."""
     try:
         value = json.loads(text)
     except ValueError:
@@ -288,6 +300,7 @@ def check_answer(text: str, finish: str, made: CompiledFormat, max_tokens: int |
     if error is not None:
         path = "/".join(str(p) for p in error.absolute_path)
         raise _invalid(f"the answer does not match the schema: {error.message}" + (f" (at /{path})" if path else ""))
+    return value
 
 
 def _invalid(message: str) -> Unprocessable:

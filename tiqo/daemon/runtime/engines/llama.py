@@ -14,7 +14,8 @@ from typing import Any, NoReturn, cast
 
 from tiqo.core.errors import BadRequest, ContextOverflow
 from tiqo.daemon.catalog.gguf import read_gguf
-from tiqo.daemon.runtime.engines.json_output import CompiledFormat, check_answer, compiled, instruct
+from tiqo.daemon.runtime.engines.json_output import checked, compiled, instruct
+from tiqo.daemon.runtime.engines.tool_calls import as_calls, compiled_calls, history
 from tiqo.sdk.engine import GenerationParams, ModelSpec, Piece, StopFlag
 
 log = logging.getLogger("tiqo.engine.llama")
@@ -108,8 +109,11 @@ class LlamaRunner:
 
     def chat(self, messages: list[dict[str, str]], params: GenerationParams, stop: StopFlag) -> Iterator[Piece]:
         made = None if params.json_format is None else compiled(params.json_format, self._check_grammar)
-        if made is not None:
-            messages = instruct(messages, made.instruction)
+        calls = None if params.tools is None else compiled_calls(params.tools, self._check_grammar)
+        messages = history(messages)
+        constrained = made or calls
+        if constrained is not None:
+            messages = instruct(messages, constrained.instruction)
         try:
             rendered = self.formatter(messages=cast(Any, messages))
         except Exception as exc:  # jinja templates raise on roles they do not support
@@ -118,7 +122,13 @@ class LlamaRunner:
             raise BadRequest(f"the chat template of {self.name} rejected these messages: {exc}") from None
         tokens = self._tokenize(rendered.prompt, add_bos=not rendered.added_special)
         extra_stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
-        return self._generate(tokens, params, stop, [s for s in extra_stop if s], made)
+        gbnf = None if constrained is None else constrained.gbnf
+        pieces = self._generate(tokens, params, stop, [s for s in extra_stop if s], gbnf)
+        if made is not None:
+            pieces = checked(pieces, made, params.max_tokens)
+        if calls is not None:
+            pieces = as_calls(pieces, calls, params.max_tokens)
+        return pieces
 
     def _check_grammar(self, gbnf: str) -> None:
         """Raise when llama.cpp's own parser refuses ``gbnf`` (a refused grammar must never reach the sampler)."""
@@ -169,11 +179,11 @@ class LlamaRunner:
         params: GenerationParams,
         stop: StopFlag,
         extra_stop: list[str],
-        made: CompiledFormat | None = None,
+        gbnf: str | None = None,
     ) -> Iterator[Piece]:
         if len(tokens) >= self.n_ctx:
             self._overflow(str(len(tokens)))
-        return self._stream(tokens, params, stop, extra_stop, made)
+        return self._stream(tokens, params, stop, extra_stop, gbnf)
 
     def _stream(
         self,
@@ -181,11 +191,11 @@ class LlamaRunner:
         params: GenerationParams,
         stop: StopFlag,
         extra_stop: list[str],
-        made: CompiledFormat | None,
+        gbnf: str | None,
     ) -> Iterator[Piece]:
-        grammar = None if made is None else self._grammar(made.gbnf)  # this generation's grammar state
+        grammar = None if gbnf is None else self._grammar(gbnf)  # this generation's grammar state
         try:
-            yield from self._pieces(tokens, params, stop, extra_stop, made, grammar)
+            yield from self._pieces(tokens, params, stop, extra_stop, grammar)
         finally:
             if grammar is not None:
                 grammar.close()
@@ -196,7 +206,6 @@ class LlamaRunner:
         params: GenerationParams,
         stop: StopFlag,
         extra_stop: list[str],
-        made: CompiledFormat | None,
         grammar: Any,
     ) -> Iterator[Piece]:
         stream: Any = self.llm.create_completion(
@@ -229,8 +238,6 @@ class LlamaRunner:
         finally:
             stream.close()  # stops llama.cpp at once when the client went away
         text = "".join(parts)
-        if made is not None and finish != "cancelled":
-            check_answer(text, finish, made, params.max_tokens)  # nothing invalid ends as a success
         completion = len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
         yield Piece("", finish_reason=finish, prompt_tokens=len(tokens), completion_tokens=completion)
 
