@@ -159,7 +159,7 @@ def _bound(node: dict[str, Any], inclusive: str, exclusive: str, lower: bool) ->
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _int_bounds(node: dict[str, Any]) -> frozenset[str]:
