@@ -108,27 +108,30 @@ class LlamaRunner:
         self._max_piece: int | None = None
 
     def chat(self, messages: list[dict[str, str]], params: GenerationParams, stop: StopFlag) -> Iterator[Piece]:
+        # a response_format or tools: compiled here, in the runner's thread (cached per schema), never on the loop
         made = None if params.json_format is None else compiled(params.json_format, self._check_grammar)
         calls = None if params.tools is None else compiled_calls(params.tools, self._check_grammar)
-        messages = history(messages)
         constrained = made or calls
+        messages = history(messages)
         if constrained is not None:
             messages = instruct(messages, constrained.instruction)
-        try:
-            rendered = self.formatter(messages=cast(Any, messages))
-        except Exception as exc:  # jinja templates raise on roles they do not support
-            from tiqo.core.errors import BadRequest
-
-            raise BadRequest(f"the chat template of {self.name} rejected these messages: {exc}") from None
-        tokens = self._tokenize(rendered.prompt, add_bos=not rendered.added_special)
-        extra_stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
-        gbnf = None if constrained is None else constrained.gbnf
-        pieces = self._generate(tokens, params, stop, [s for s in extra_stop if s], gbnf)
+        tokens, extra_stop = self._render(messages)
+        pieces = self._generate(tokens, params, stop, extra_stop, None if constrained is None else constrained.gbnf)
         if made is not None:
             pieces = checked(pieces, made, params.max_tokens)
         if calls is not None:
             pieces = as_calls(pieces, calls, params.max_tokens)
         return pieces
+
+    def _render(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
+        """The prompt's tokens through the model's chat template, and the template's stop strings."""
+        try:
+            rendered = self.formatter(messages=cast(Any, messages))
+        except Exception as exc:  # jinja templates raise on roles they do not support
+            raise BadRequest(f"the chat template of {self.name} rejected these messages: {exc}") from None
+        tokens = self._tokenize(rendered.prompt, add_bos=not rendered.added_special)
+        extra_stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
+        return tokens, [s for s in extra_stop if s]
 
     def _check_grammar(self, gbnf: str) -> None:
         """Raise when llama.cpp's own parser refuses ``gbnf`` (a refused grammar must never reach the sampler)."""
