@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import tempfile
 import time
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    logging.getLogger("tiqo.llama.cpp").setLevel(logging.CRITICAL)  # llama.cpp's own log lines
     runner = load(args.threads)
     try:
         result = {"compile": compile_times(runner), "decode": decode_speeds(runner, args.rounds, args.max_tokens)}
