@@ -77,6 +77,7 @@ bench: install
 	$(BIN)/python bench/voice.py
 	$(BIN)/python bench/vectors.py
 	$(BIN)/python bench/semantic_cache.py
+	$(BIN)/python bench/json_output.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info

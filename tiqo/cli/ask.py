@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from tiqo.cli import complete
+from tiqo.cli.json_files import SCHEMA, TOOL, response_format, tool
 from tiqo.cli.output import EXIT_USAGE, client, err_console, fail, handle_errors, print_json
+from tiqo.protocol.openai import plain_call
 
 MODEL = typer.Option(
     None,
@@ -114,6 +118,38 @@ def _stream_answer(
     }
 
 
+def _json_answer(c: Any, payload: dict[str, Any], headers: dict[str, str], json_out: bool) -> None:
+    """One JSON answer (not streamed: only a whole answer can be validated), printed on one line."""
+    reply = c.chat(payload, headers)
+    choice = reply["choices"][0]
+    try:
+        value = json.loads(choice["message"].get("content") or "")
+    except ValueError:
+        fail(f"{reply.get('model')} answered with something that is not JSON", "try again, or another model (-m)")
+    if json_out:
+        print_json({"json": value, "model": reply.get("model"), "usage": reply.get("usage"), "id": reply.get("id")})
+    else:
+        sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+
+def _tool_calls(c: Any, payload: dict[str, Any], headers: dict[str, str], json_out: bool) -> None:
+    """One answer that calls the given functions, printed as one JSON line per call (name, arguments)."""
+    reply = c.chat({**payload, "tool_choice": "required"}, headers)
+    message = reply["choices"][0]["message"]
+    calls = [plain_call(call) for call in message.get("tool_calls") or []]
+    if not calls:
+        fail(f"{reply.get('model')} answered without calling a function", "try again, or another model (-m)")
+    if json_out:
+        print_json(
+            {"tool_calls": calls, "model": reply.get("model"), "usage": reply.get("usage"), "id": reply.get("id")}
+        )
+        return
+    for call in calls:
+        sys.stdout.write(json.dumps(call, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
 @handle_errors
 def ask(
     prompt: Optional[list[str]] = typer.Argument(None, help="The prompt. Text piped on stdin goes before it."),
@@ -135,8 +171,12 @@ def ask(
         None, "--rag", help="Answer from this vector collection (`tiqo vec list`); its sources print after the answer."
     ),
     top_k: int = typer.Option(4, "--top-k", min=1, max=20, help="With --rag: how many chunks to give the model."),
+    schema: Optional[Path] = SCHEMA,
+    tools: Optional[list[Path]] = TOOL,
 ) -> None:
-    """Ask one question and stream the answer.
+    """Ask one question and stream the answer. With --schema, print the answer as one line of JSON that validates
+    against the schema (exit code 1, and the reason, when the model could not produce it). With --tool, the answer
+    calls one of the functions: each call prints as one JSON line, {"name": ..., "arguments": {...}}.
 
     Examples:
 
@@ -147,6 +187,10 @@ def ask(
       tiqo ask --json -m smollm2-135m "What is the capital of France?" | jq -r .text
 
       tiqo ask --rag notes "When is the team meeting?"
+
+      tiqo ask --schema person.json "Invent a person" | jq .name
+
+      tiqo ask --tool weather.json "Is it raining in Oslo?"
     """
     text = " ".join(prompt or []).strip()
     if not sys.stdin.isatty():
@@ -160,7 +204,14 @@ def ask(
         payload = _payload(model, messages, temperature, max_tokens, seed, keep_alive)
         if rag:
             payload["tiqo"] = {"rag": {"collection": rag, "top_k": top_k}}
-        result = _stream_answer(c, payload, not json_out, routing_headers(user, tier, data_class, no_cache))
+        headers = routing_headers(user, tier, data_class, no_cache)
+        if schema is not None:
+            payload["response_format"] = response_format(schema)
+            return _json_answer(c, payload, headers, json_out)
+        if tools:
+            payload["tools"] = [tool(path) for path in tools]
+            return _tool_calls(c, payload, headers, json_out)
+        result = _stream_answer(c, payload, not json_out, headers)
     if rag and not json_out:
         sources = result.get("sources") or []
         sys.stdout.write("\nSources:\n" if sources else "\n(no sources found in the collection)\n")

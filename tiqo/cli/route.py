@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tiqo.cli.json_files import SCHEMA, response_format
 from tiqo.cli.output import EXIT_ERROR, EXIT_USAGE, client, console, fail, handle_errors, print_json
 
 app = typer.Typer(help="See how tiqo would route a request (classification, candidates, prices).", no_args_is_help=True)
@@ -91,6 +93,7 @@ def explain(
     ),
     task: Optional[Task] = typer.Option(None, "--task", help="Force the task instead of guessing it."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Most tokens to generate."),
+    schema: Optional[Path] = SCHEMA,
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show how a prompt would be routed: its classification, every candidate model with its price and why it is
@@ -117,6 +120,7 @@ def explain(
         ("class", data_class.value if data_class else None),
         ("task", task.value if task else None),
         ("max_tokens", max_tokens),
+        ("response_format", response_format(schema) if schema is not None else None),
     ):
         if value is not None:
             body[key] = value

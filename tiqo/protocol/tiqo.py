@@ -100,6 +100,7 @@ class RouteExplainRequest(BaseModel):
     task: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None  # a JSON answer needs a model with the json capability
 
 
 class SetBudgetRequest(BaseModel):

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from tiqo.protocol.openai import JsonFormat, ToolUse
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -34,6 +36,8 @@ class GenerationParams:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[int, float] | None = None
+    json_format: JsonFormat | None = None  # the answer must be this JSON (engines that cannot honour it refuse)
+    tools: ToolUse | None = None  # functions the answer may (or must) call
 
 
 @dataclass(frozen=True)

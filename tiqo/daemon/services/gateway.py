@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import random
 import time
@@ -538,7 +539,7 @@ class Gateway:
     # ------------------------------------------------------------ backends
     async def _local(self, model: CatalogModel, body: oa.ChatCompletionRequest) -> AsyncGenerator[Piece, None]:
         spec = self.registry.resolve(model.name)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+        messages = [_local_message(m) for m in body.messages]
         params = generation_params(body)
         keep_alive = None if body.keep_alive is None else parse_duration(body.keep_alive)
 
@@ -549,7 +550,28 @@ class Gateway:
             yield piece
 
 
+def _local_message(m: oa.ChatMessage) -> dict[str, str]:
+    """A turn for a local engine: its text, and an assistant's earlier tool calls as JSON text."""
+    message = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+    calls = (m.model_extra or {}).get("tool_calls")
+    if m.role == "assistant" and isinstance(calls, list) and calls:
+        message["tool_calls"] = json.dumps(calls)
+    return message
+
+
 def generation_params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> GenerationParams:
+    """The sampling parameters a local engine gets; a chat request's ``response_format`` and tools are checked here
+    (a 400 naming the field when one is malformed)."""
+    json_format, tools = None, None
+    if isinstance(body, oa.ChatCompletionRequest):
+        json_format = oa.json_format(body.response_format)
+        tools = oa.tool_use(body.tools, body.tool_choice, body.parallel_tool_calls)
+        if json_format is not None and tools is not None:
+            raise BadRequest(
+                "local models take response_format or tools, not both in one request",
+                param="response_format",
+                hint='drop one, or send tool_choice "none" with the response_format',
+            )
     return GenerationParams(
         max_tokens=body.token_limit(),
         temperature=body.temperature,
@@ -559,6 +581,8 @@ def generation_params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> 
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         logit_bias=body.logit_bias,
+        json_format=json_format,
+        tools=tools,
     )
 
 

@@ -32,8 +32,9 @@ async def route_explain(body: RouteExplainRequest, request: Request) -> dict[str
     chat: dict[str, Any] = {"messages": messages, "model": body.model}
     if body.max_tokens is not None:
         chat["max_tokens"] = body.max_tokens
-    if body.tools:
-        chat["tools"] = body.tools
+    for field in ("tools", "response_format"):
+        if getattr(body, field):
+            chat[field] = getattr(body, field)
     try:
         request_body = oa.ChatCompletionRequest.model_validate(chat)
     except ValidationError as exc:  # messages or tools a chat request would refuse: the same 422 it gets

@@ -14,6 +14,8 @@ from typing import Any, NoReturn, cast
 
 from tiqo.core.errors import BadRequest, ContextOverflow
 from tiqo.daemon.catalog.gguf import read_gguf
+from tiqo.daemon.runtime.engines.json_output import checked, compiled, instruct
+from tiqo.daemon.runtime.engines.tool_calls import as_calls, compiled_calls, history
 from tiqo.sdk.engine import GenerationParams, ModelSpec, Piece, StopFlag
 
 log = logging.getLogger("tiqo.engine.llama")
@@ -106,15 +108,39 @@ class LlamaRunner:
         self._max_piece: int | None = None
 
     def chat(self, messages: list[dict[str, str]], params: GenerationParams, stop: StopFlag) -> Iterator[Piece]:
+        # a response_format or tools: compiled here, in the runner's thread (cached per schema), never on the loop
+        made = None if params.json_format is None else compiled(params.json_format, self._check_grammar)
+        calls = None if params.tools is None else compiled_calls(params.tools, self._check_grammar)
+        constrained = made or calls
+        messages = history(messages)
+        if constrained is not None:
+            messages = instruct(messages, constrained.instruction)
+        tokens, extra_stop = self._render(messages)
+        pieces = self._generate(tokens, params, stop, extra_stop, None if constrained is None else constrained.gbnf)
+        if made is not None:
+            pieces = checked(pieces, made, params.max_tokens)
+        if calls is not None:
+            pieces = as_calls(pieces, calls, params.max_tokens)
+        return pieces
+
+    def _render(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
+        """The prompt's tokens through the model's chat template, and the template's stop strings."""
         try:
             rendered = self.formatter(messages=cast(Any, messages))
         except Exception as exc:  # jinja templates raise on roles they do not support
-            from tiqo.core.errors import BadRequest
-
             raise BadRequest(f"the chat template of {self.name} rejected these messages: {exc}") from None
         tokens = self._tokenize(rendered.prompt, add_bos=not rendered.added_special)
         extra_stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
-        return self._generate(tokens, params, stop, [s for s in extra_stop if s])
+        return tokens, [s for s in extra_stop if s]
+
+    def _check_grammar(self, gbnf: str) -> None:
+        """Raise when llama.cpp's own parser refuses ``gbnf`` (a refused grammar must never reach the sampler)."""
+        self._grammar(gbnf).close()
+
+    def _grammar(self, gbnf: str) -> Any:
+        from tiqo.daemon.runtime.engines.grammar_sampler import GrammarProcessor
+
+        return GrammarProcessor(self.llm._model.vocab, gbnf)
 
     def complete(self, prompt: str, params: GenerationParams, stop: StopFlag) -> Iterator[Piece]:
         tokens = self._tokenize(prompt, add_bos=True)
@@ -151,14 +177,39 @@ class LlamaRunner:
         )
 
     def _generate(
-        self, tokens: list[int], params: GenerationParams, stop: StopFlag, extra_stop: list[str]
+        self,
+        tokens: list[int],
+        params: GenerationParams,
+        stop: StopFlag,
+        extra_stop: list[str],
+        gbnf: str | None = None,
     ) -> Iterator[Piece]:
         if len(tokens) >= self.n_ctx:
             self._overflow(str(len(tokens)))
-        return self._stream(tokens, params, stop, extra_stop)
+        return self._stream(tokens, params, stop, extra_stop, gbnf)
 
     def _stream(
-        self, tokens: list[int], params: GenerationParams, stop: StopFlag, extra_stop: list[str]
+        self,
+        tokens: list[int],
+        params: GenerationParams,
+        stop: StopFlag,
+        extra_stop: list[str],
+        gbnf: str | None,
+    ) -> Iterator[Piece]:
+        grammar = None if gbnf is None else self._grammar(gbnf)  # this generation's grammar state
+        try:
+            yield from self._pieces(tokens, params, stop, extra_stop, grammar)
+        finally:
+            if grammar is not None:
+                grammar.close()
+
+    def _pieces(
+        self,
+        tokens: list[int],
+        params: GenerationParams,
+        stop: StopFlag,
+        extra_stop: list[str],
+        grammar: Any,
     ) -> Iterator[Piece]:
         stream: Any = self.llm.create_completion(
             tokens,
@@ -170,6 +221,7 @@ class LlamaRunner:
             presence_penalty=params.presence_penalty or 0.0,
             frequency_penalty=params.frequency_penalty or 0.0,
             logit_bias=params.logit_bias,
+            logits_processor=None if grammar is None else [grammar],
             stream=True,
         )
         parts: list[str] = []
