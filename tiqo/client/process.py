@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tiqo.core.paths import ensure_private_dir, make_private_dirs
+from tiqo.core.paths import socket_answers as socket_answers  # part of this module's API (the CLI, the TUI)
 from tiqo.core.settings import Settings
 
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
@@ -47,18 +47,6 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True  # no /proc (macOS): kill(0) is all we know
     return state not in ("Z", "X")
-
-
-def socket_answers(path: Path) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(0.5)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 def read_status(settings: Settings) -> DaemonStatus:

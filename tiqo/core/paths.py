@@ -6,6 +6,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import socket
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -219,3 +220,16 @@ def user_path(text: str | Path, param: str = "path") -> Path:
             param=param,
             hint="give an absolute path, or ~/ for your own home",
         ) from None
+
+
+def socket_answers(path: Path, timeout: float = 0.5) -> bool:
+    """Whether something accepts connections on the Unix socket at ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(timeout)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +55,7 @@ class EventBus:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    async def subscribe(self, after: int | None = None, kinds: set[str] | None = None) -> AsyncIterator[Event]:
+    async def subscribe(self, after: int | None = None, kinds: set[str] | None = None) -> AsyncGenerator[Event, None]:
         """Events from now on (or after the id ``after``, from the history), filtered by kind."""
         sub = _Subscriber()
         self._subscribers.add(sub)

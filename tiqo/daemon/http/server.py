@@ -25,6 +25,7 @@ from tiqo.core.paths import (
     check_socket_dir,
     ensure_private_dir,
     make_private_dirs,
+    socket_answers,
     tighten,
     use_private_umask,
 )
@@ -46,18 +47,6 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def socket_in_use(path: Path) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 def remove_stale_socket(path: Path) -> None:
     """Remove what a crashed daemon left at ``path``: only a socket of ours that nobody answers on. Anything else
     there (a file, a link, another user's socket, a live server) is left alone and refused."""
@@ -69,7 +58,7 @@ def remove_stale_socket(path: Path) -> None:
     if not stat.S_ISSOCK(st.st_mode):
         what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) else "a file"
         raise TiqoError(f"{path} exists and is not a socket ({what}): tiqo will not remove it", hint=hint)
-    if socket_in_use(path):
+    if socket_answers(path, timeout=1.0):
         raise TiqoError(f"another process is serving on {path}", hint="stop it with `tiqo daemon stop`")
     if st.st_uid != os.getuid():
         raise TiqoError(f"{path} is a socket of another user: tiqo will not remove it", hint=hint)

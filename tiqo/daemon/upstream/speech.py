@@ -26,8 +26,9 @@ def _audio_kind(provider: Provider, method: str) -> Any:
 
 
 async def _open(upstream: UpstreamClient, provider: Provider, request: UpstreamRequest, secret: str | None) -> Any:
+    assert provider.kind is not None  # _audio_kind refused a provider without one before the request was built
     try:
-        return await upstream.open(request, provider.kind, provider.timeouts)  # type: ignore[arg-type]
+        return await upstream.open(request, provider.kind, provider.timeouts)
     except AttemptFailed as exc:
         exc.message = scrub(exc.message, secret)
         raise

@@ -93,7 +93,7 @@ async def events(request: Request, kinds: str | None = None) -> StreamingRespons
     after = int(last) if last and last.isascii() and last.isdigit() else None
     wanted = {k.strip() for k in kinds.split(",") if k.strip()} if kinds else None
 
-    feed = daemon.events.subscribe(after, wanted).__aiter__()  # subscribed now: nothing published later is missed
+    feed = daemon.events.subscribe(after, wanted)  # subscribed now: nothing published later is missed
 
     async def stream() -> AsyncIterator[str]:
         yield f": tiqo events, pid {daemon.health()['pid']}\nretry: 2000\n\n"
@@ -112,7 +112,7 @@ async def events(request: Request, kinds: str | None = None) -> StreamingRespons
         finally:
             if pending is not None:
                 pending.cancel()
-            await feed.aclose()  # type: ignore[attr-defined]
+            await feed.aclose()
 
     return ClosingStreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
