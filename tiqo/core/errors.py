@@ -135,3 +135,20 @@ class ConfigError(TiqoError):
     status = 400
     type = "invalid_request_error"
     code = "bad_config"
+
+
+class Cancelled(TiqoError):
+    """Long work (a job) stopped because its owner cancelled it; raised between steps."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "cancelled"
+
+
+class WorkerDied(TiqoError):
+    """A model's worker process died (out of memory, a crash, killed): the work it was doing is lost, the daemon is
+    not. The next request starts a fresh worker."""
+
+    status = 500
+    type = "server_error"
+    code = "worker_died"
