@@ -81,10 +81,13 @@ def add(
     price_mchar: Optional[float] = typer.Option(
         None, "--price-mchar", min=0.0, help="External text-to-speech: USD per 1M characters."
     ),
+    price_image: Optional[float] = typer.Option(
+        None, "--price-image", min=0.0, help="External image generation: USD per image."
+    ),
     capability: list[str] = typer.Option(
         [],
         "--capability",
-        help="External: chat, tools, json, vision, stt, tts… (repeatable; default chat, tools, json).",
+        help="External: chat, tools, json, vision, stt, tts, embed, image… (repeatable; default chat, tools, json).",
     ),
     fallback: list[str] = typer.Option([], "--fallback", help="External: model to try next if it fails (repeatable)."),
     premium: bool = typer.Option(
@@ -121,6 +124,7 @@ def add(
             "--context": context,
             "--price-minute": price_minute,
             "--price-mchar": price_mchar,
+            "--price-image": price_image,
             "--capability": capability or None,
             "--fallback": fallback or None,
             "--premium": premium or None,
@@ -146,6 +150,7 @@ def add(
         "description": description,
         "price_minute": price_minute,
         "price_mchar": price_mchar,
+        "price_image": price_image,
     }
     _add_external(name, entry, json_out)
 
@@ -170,7 +175,12 @@ def _add_external(name: str, entry: dict[str, Any], json_out: bool) -> None:
         f"(${row['price_in']:g} in / ${row['price_out']:g} out per 1M tokens)"
         + (", premium" if row.get("premium") else "")
     )
-    if not row["price_in"] and not row["price_out"] and not row.get("price_minute") and not row.get("price_mchar"):
+    if (
+        not row["price_in"]
+        and not row["price_out"]
+        and not row.get("price_minute")
+        and not any(row.get(k) for k in ("price_minute", "price_mchar", "price_image"))
+    ):
         console.print("[dim]no prices given: routing treats it as free; --price-in/--price-out set them[/]")
 
 

@@ -187,6 +187,38 @@ class TiqoClient(EventStreams):
         result: dict[str, Any] = self.request("POST", "/tiqo/voices", body)
         return result
 
+    # ------------------------------------------------------------------ images and video
+    def image_submit(
+        self,
+        fields: dict[str, Any],
+        files: dict[str, tuple[str, bytes]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """``/v1/images/generations`` (or ``/edits`` with ``files`` image / mask) as a job, answered at once."""
+        if not files:
+            result: dict[str, Any] = self.request(
+                "POST", "/v1/images/generations", {**fields, "wait": False}, headers=headers
+            )
+            return result
+        form = {k: str(v) for k, v in {**fields, "wait": "false"}.items() if v is not None}
+        response = self._send("POST", "/v1/images/edits", files=_files(files), data=form, headers=headers)
+        return dict(self._decode(response))
+
+    def video_submit(
+        self,
+        fields: dict[str, Any],
+        files: dict[str, tuple[str, bytes]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """``/v1/videos`` (multipart, like OpenAI's SDK): the video's job, as OpenAI's Video object."""
+        if not files:
+            return dict(
+                self.request("POST", "/v1/videos", {k: v for k, v in fields.items() if v is not None}, headers=headers)
+            )
+        form = {k: str(v) for k, v in fields.items() if v is not None}
+        response = self._send("POST", "/v1/videos", files=_files(files), data=form, headers=headers)
+        return dict(self._decode(response))
+
     # ------------------------------------------------------------------ vectors
     @staticmethod
     def _as_user(user: str | None) -> dict[str, str] | None:
@@ -284,3 +316,7 @@ class TiqoClient(EventStreams):
 
     def alerts(self, n: int = 50) -> list[dict[str, Any]]:
         return list(self.request("GET", "/tiqo/alerts", params={"n": n})["data"])
+
+
+def _files(files: dict[str, tuple[str, bytes]]) -> dict[str, tuple[str, bytes, str]]:
+    return {field: (name, data, "application/octet-stream") for field, (name, data) in files.items()}

@@ -31,6 +31,7 @@ class CatalogModel:
     premium: bool = False  # tiers with premium = false may not use it
     price_minute: float = 0.0  # USD per minute of audio heard (speech-to-text)
     price_mchar: float = 0.0  # USD per 1M characters spoken (text-to-speech)
+    price_image: float = 0.0  # USD per image made (image generation)
 
     @property
     def local(self) -> bool:

@@ -48,6 +48,7 @@ class AddModelRequest(BaseModel):
     premium: bool = Field(default=False, description="only tiers with premium = true may use it")
     price_minute: float = Field(default=0.0, ge=0, description="USD per minute of audio (speech-to-text)")
     price_mchar: float = Field(default=0.0, ge=0, description="USD per 1M characters (text-to-speech)")
+    price_image: float = Field(default=0.0, ge=0, description="USD per image (image generation)")
 
     @model_validator(mode="after")
     def _one_source(self) -> AddModelRequest:

@@ -120,6 +120,17 @@ class OpenAIKind:
         payload = {k: v for k, v in body.items() if not k.startswith("tiqo") and k != "encoding_format"}
         return self._json_post(config, key, "/embeddings", {**payload, "model": upstream_model}, "application/json")
 
+    def images_request(
+        self, config: ProviderConfig, upstream_model: str, body: Mapping[str, Any], key: str | None
+    ) -> UpstreamRequest:
+        """OpenAI's ``/images/generations`` (JSON in; images as base64 in ``data[].b64_json``)."""
+        payload = {k: v for k, v in body.items() if not k.startswith("tiqo")}
+        if not upstream_model.startswith("gpt-image"):  # GPT image models answer base64 only and refuse the field
+            payload["response_format"] = "b64_json"
+        return self._json_post(
+            config, key, "/images/generations", {**payload, "model": upstream_model}, "application/json"
+        )
+
     def speech_request(
         self, config: ProviderConfig, upstream_model: str, body: Mapping[str, Any], key: str | None
     ) -> UpstreamRequest:

@@ -56,6 +56,10 @@ class RequestRow:
     route: str = ""
     content: str | None = None  # only with ledger.store_content, never for restricted requests
     audio_s: float = 0.0  # seconds of audio heard (stt) or spoken (tts); for tts, tokens_in counts characters
+    images: int = 0  # images made (image), or frames (video)
+    video_s: float = 0.0  # seconds of video made
+    steps: int = 0  # denoising steps run (local image and video models)
+    device: str = ""  # where a local model ran: cpu, cuda:0, ...
 
 
 @dataclass

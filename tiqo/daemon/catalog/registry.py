@@ -272,6 +272,7 @@ class Registry:
         description: str | None = None,
         price_minute: float = 0.0,
         price_mchar: float = 0.0,
+        price_image: float = 0.0,
     ) -> CatalogModel:
         self._check_new(name)
         entry: dict[str, Any] = {
@@ -292,6 +293,8 @@ class Registry:
             entry["price_minute"] = price_minute
         if price_mchar:
             entry["price_mchar"] = price_mchar
+        if price_image:
+            entry["price_image"] = price_image
         if description:
             entry["description"] = description
         try:
@@ -468,6 +471,7 @@ def external_model(name: str, entry: dict[str, Any]) -> CatalogModel:
         premium=bool(entry.get("premium", False)),
         price_minute=_price(entry, "price_minute"),
         price_mchar=_price(entry, "price_mchar"),
+        price_image=_price(entry, "price_image"),
     )
 
 

@@ -78,12 +78,19 @@ class Dispatch:
         needs: tuple[str, ...],
         blocked: dict[str, bp.Charge],
         est_tokens: int = 0,
+        *,
+        local: str | None = None,
     ) -> Decision:
+        """``local``: the task's default local model, the last candidate (default: the task's setting)."""
         self.gateway.check_requested(requested)
         _, config = self.gateway.catalog_and_config()
         # [routes.stt|tts|embed] when configured; the task's default local model is always the last candidate
         table = config.routes.get(task) or {"default": ()}
-        task_config = replace(config, routes={task: table}, local_fallback=self.settings[KIND_DEFAULTS[task]])
+        task_config = replace(
+            config,
+            routes={task: table},
+            local_fallback=local if local is not None else self.settings[KIND_DEFAULTS[task]],
+        )
         return self.gateway.plan_route(
             c,
             requested=requested,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tiqo.core.errors import BadRequest, TiqoError
-from tiqo.daemon.media.audio import Decoded, RawPcm, SpeechEncoder, decode, sentences
+from tiqo.daemon.media.audio import Decoded, RawPcm, SpeechEncoder, decode, sentences, wav_header
 from tiqo.daemon.pipeline.dispatch import Dispatch, _never, _prepend
 from tiqo.daemon.pipeline.fallback import LOCAL_FALLBACK
 from tiqo.daemon.pipeline.ports import LocalCompute, Routing
@@ -222,6 +222,21 @@ class Voice(Dispatch):
                     row.audio_s = round(spoken.samples / spoken.sample_rate, 3)
 
         return served, spoken, self._recorded(served, measured(), row, limits, started, _never, ends_ok=True)
+
+    async def local_wav(self, text: str, voice: str | None = None) -> bytes:
+        """``text`` spoken by a local voice as one WAV file (a video's narration): the machine's own voice, no
+        routing, inside the job that asked for it (and its ledger row)."""
+        pieces = list(sentences(text))
+        if not pieces:
+            raise BadRequest("the narration has nothing to say (no letters or digits)", param="narrate")
+        spec = self.registry.resolve(voice, "tts")
+        spoken = Spoken()
+
+        def call(runner: Any, stop: Any) -> Iterator[bytes]:
+            return _encode(runner, pieces, TtsJob(), stop, "pcm", spoken)
+
+        pcm = b"".join([chunk async for chunk in self.daemon.generate(spec, None, call)])
+        return wav_header(spoken.sample_rate, len(pcm)) + pcm
 
     async def _serve_tts(
         self,

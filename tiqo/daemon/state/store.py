@@ -62,7 +62,11 @@ CREATE TABLE IF NOT EXISTS requests (
     attempts INTEGER NOT NULL DEFAULT 0,
     route TEXT NOT NULL DEFAULT '',
     content TEXT,
-    audio_s REAL NOT NULL DEFAULT 0
+    audio_s REAL NOT NULL DEFAULT 0,
+    images INTEGER NOT NULL DEFAULT 0,
+    video_s REAL NOT NULL DEFAULT 0,
+    steps INTEGER NOT NULL DEFAULT 0,
+    device TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 CREATE INDEX IF NOT EXISTS requests_user_ts ON requests (user, ts);
@@ -158,6 +162,10 @@ class Store:
     # Columns added after a table first shipped: (table, column, definition). CREATE TABLE has them for new files.
     MIGRATIONS = (
         ("requests", "audio_s", "REAL NOT NULL DEFAULT 0"),
+        ("requests", "images", "INTEGER NOT NULL DEFAULT 0"),  # image and video generation
+        ("requests", "video_s", "REAL NOT NULL DEFAULT 0"),
+        ("requests", "steps", "INTEGER NOT NULL DEFAULT 0"),
+        ("requests", "device", "TEXT NOT NULL DEFAULT ''"),
         ("cache", "sem_group", "TEXT"),  # the semantic cache: which entries' questions may be compared
         ("cache", "vector", "BLOB"),  # and the question's embedding, float32
     )

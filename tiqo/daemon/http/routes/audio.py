@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 from tiqo.core.errors import BadRequest, PayloadTooLarge, TiqoError
 from tiqo.core.paths import user_path
 from tiqo.daemon.http.dependencies import daemon_of, request_meta, until_disconnect
+from tiqo.daemon.http.forms import Fields, flag, number, one, read_form
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
 from tiqo.daemon.pipeline.served import Served
 from tiqo.daemon.root import Daemon
@@ -51,58 +52,22 @@ async def translations(request: Request) -> Response:
     return await _transcribe(request, translate=True)
 
 
-async def _read_form(request: Request) -> tuple[UploadFile, dict[str, str | list[str]]]:
-    ctype = request.headers.get("content-type", "")
-    if not ctype.startswith("multipart/form-data"):
-        raise BadRequest(
-            f"expected multipart/form-data with a `file` field, got {ctype or 'no content type'}",
-            param="file",
-            hint="send the audio as a form upload: curl -F file=@talk.mp3 …, or `tiqo transcribe FILE`",
-        )
-    try:
-        form = await request.form(max_files=1, max_fields=64)
-    except TiqoError:
-        raise
-    except Exception as exc:  # starlette's MultiPartException and parser errors
-        raise BadRequest(f"could not read the form: {exc}", param="file") from None
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
+async def _read_form(request: Request) -> tuple[UploadFile, Fields]:
+    uploads, fields = await read_form(
+        request, hint="send the audio as a form upload: curl -F file=@talk.mp3 …, or `tiqo transcribe FILE`"
+    )
+    upload = uploads.get("file")
+    if not upload:
         raise BadRequest("the form has no `file` field with the audio", param="file", hint="curl -F file=@talk.mp3")
-    fields: dict[str, str | list[str]] = {}
-    for name, value in form.multi_items():
-        if isinstance(value, str):
-            key = name.removesuffix("[]")
-            if name.endswith("[]") or key in fields:
-                previous = fields.get(key, [])
-                fields[key] = [*(previous if isinstance(previous, list) else [previous]), value]
-            else:
-                fields[key] = value
-    return upload, fields
+    return upload[0], fields
 
 
-def _one(fields: dict[str, str | list[str]], name: str) -> str | None:
-    value = fields.get(name)
-    if isinstance(value, list):
-        return value[-1] if value else None
-    return value
-
-
-def _number(fields: dict[str, str | list[str]], name: str, kind: type[int] | type[float]) -> Any:
-    value = _one(fields, name)
-    if value is None or value == "":
-        return None
-    try:
-        return kind(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be a number, not {value!r}", param=name) from None
-
-
-def _stt_request(upload: UploadFile, data: bytes, fields: dict[str, str | list[str]], translate: bool) -> Any:
+def _stt_request(upload: UploadFile, data: bytes, fields: Fields, translate: bool) -> Any:
     from tiqo.daemon.media.audio import RawPcm
     from tiqo.daemon.services.voice import SttRequest
 
     try:
-        fmt = pa.transcription_format(_one(fields, "response_format"))
+        fmt = pa.transcription_format(one(fields, "response_format"))
     except ValueError as exc:
         raise BadRequest(str(exc), param="response_format") from None
     given = fields.get("timestamp_granularities", ["segment"])
@@ -112,7 +77,7 @@ def _stt_request(upload: UploadFile, data: bytes, fields: dict[str, str | list[s
         raise BadRequest(
             f"timestamp_granularities may be segment and word, not {unknown}", param="timestamp_granularities"
         )
-    rate = _number(fields, "sample_rate", int)
+    rate = number(fields, "sample_rate", int)
     filename = upload.filename or "audio"
     raw = None
     if rate is not None or Path(filename).suffix.lower() in (".pcm", ".raw"):
@@ -122,23 +87,23 @@ def _stt_request(upload: UploadFile, data: bytes, fields: dict[str, str | list[s
                 param="sample_rate",
                 hint="pass it: `tiqo transcribe --rate 16000 --channels 1 FILE` (form field sample_rate)",
             )
-        raw = RawPcm(rate, _number(fields, "channels", int) or 1, _one(fields, "sample_format") or "s16le")
+        raw = RawPcm(rate, number(fields, "channels", int) or 1, one(fields, "sample_format") or "s16le")
         raw.check()
-    vad = _one(fields, "vad_filter")
-    language = (_one(fields, "language") or "").strip().lower() or None
+    vad = flag(fields, "vad_filter")
+    language = (one(fields, "language") or "").strip().lower() or None
     return SttRequest(
         audio=data,
         filename=filename,
         content_type=upload.content_type or "application/octet-stream",
-        model=_one(fields, "model") or None,
+        model=one(fields, "model") or None,
         language=language,
-        prompt=_one(fields, "prompt") or None,
+        prompt=one(fields, "prompt") or None,
         response_format=fmt,
-        temperature=_number(fields, "temperature", float),
+        temperature=number(fields, "temperature", float),
         granularities=granularities,
         translate=translate,
         raw=raw,
-        vad_filter=None if vad is None else vad.lower() in ("1", "true", "yes", "on"),
+        vad_filter=vad,
         fields=fields,
     )
 
@@ -149,8 +114,8 @@ async def _transcribe(request: Request, translate: bool) -> Response:
     data = await upload.read()
     await upload.close()
     req = _stt_request(upload, data, fields, translate)
-    meta = request_meta(request, _one(fields, "user"))
-    stream = (_one(fields, "stream") or "").lower() in ("1", "true", "yes", "on")
+    meta = request_meta(request, one(fields, "user"))
+    stream = bool(flag(fields, "stream"))
     if stream:
         served, events = await daemon.voice.transcribe(req, meta)
         return ClosingStreamingResponse(

@@ -55,10 +55,17 @@ async def ps(request: Request) -> dict[str, Any]:
     }
 
 
+def _external_kind(capabilities: tuple[str, ...]) -> str:
+    for capability, kind in (("stt", "stt"), ("tts", "tts"), ("embed", "embed"), ("image", "image")):
+        if capability in capabilities:
+            return kind
+    return "llm"
+
+
 def _external_row(model: CatalogModel) -> dict[str, Any]:
     return {
         "name": model.name,
-        "kind": "stt" if "stt" in model.capabilities else "tts" if "tts" in model.capabilities else "llm",
+        "kind": _external_kind(model.capabilities),
         "engine": None,
         "provider": model.provider,
         "upstream_model": model.upstream_model,
@@ -67,6 +74,7 @@ def _external_row(model: CatalogModel) -> dict[str, Any]:
         "price_out": model.price_out,
         "price_minute": model.price_minute,
         "price_mchar": model.price_mchar,
+        "price_image": model.price_image,
         "context": model.context,
         "capabilities": list(model.capabilities),
         "fallbacks": list(model.fallbacks),
@@ -111,6 +119,7 @@ async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
             description=body.description,
             price_minute=body.price_minute,
             price_mchar=body.price_mchar,
+            price_image=body.price_image,
         )
         return _external_row(model)
     assert body.path is not None
