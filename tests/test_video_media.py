@@ -300,8 +300,12 @@ def test_frames_from_image_fits_without_stretching() -> None:
 
 def png_header(width: int, height: int) -> bytes:
     """Only a PNG's signature and IHDR: what a decompression bomb shows before it is decoded."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
 
 
 @pytest.mark.parametrize(
@@ -320,3 +324,5 @@ def test_frames_from_image_refuses_bad_input(data: bytes, size: tuple[int, int],
     with pytest.raises(BadRequest) as caught:
         frames_from_image(data, *size)
     assert caught.value.param == param and caught.value.hint
+    if data.startswith(png_header(1, 1)[:16]) and len(data) > 40:
+        assert "megapixels" in caught.value.message  # refused from its header, before decoding

@@ -25,6 +25,7 @@ import math
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -490,7 +491,10 @@ def frames_from_image(data: bytes, width: int, height: int) -> np.ndarray:
     if not data:
         raise BadRequest("the image is empty (0 bytes)", param="input_reference", hint=IMAGE_HINT)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():  # PIL warns of big pictures; tiqo refuses them itself, below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        with img:
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise BadRequest(
                     f"the image is {img.width}x{img.height}; at most {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels",
