@@ -90,6 +90,10 @@ def test_h264_mp4_has_the_frames_fps_and_size_ffprobe_reports(tmp_path: Path) ->
     assert (info.frames, info.fps, info.width, info.height, info.codec) == (12, 8.0, 96, 64, "h264")
     assert info.seconds == pytest.approx(1.5, abs=0.01) and not info.has_audio and info.bytes == len(raw)
     assert leftovers(tmp_path) == []
+    played = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(out), "-f", "null", "-"], capture_output=True, text=True, timeout=60
+    )
+    assert played.returncode == 0 and played.stderr == "", played.stderr  # FFmpeg decodes it start to end cleanly
     # what was encoded is what plays back (H.264 is lossy: close, not equal)
     first = decoded(out)[0].astype(int)
     assert np.abs(first - moving_square(1).astype(int)).mean() < 6
