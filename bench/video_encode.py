@@ -102,7 +102,8 @@ def main() -> None:
             ("upscale x2 (Lanczos)", {"upscale": 2}),
         ):
             seconds, info, _ = timed(frames, args.rounds, folder, **kwargs)
-            filters.append({"filter": label, "frames_out": info.frames, "ms_per_output_frame": 1000 * seconds / info.frames})
+            per_frame = 1000 * seconds / info.frames
+            filters.append({"filter": label, "frames_out": info.frames, "ms_per_output_frame": per_frame})
     if args.json:
         print(json.dumps({"preset": chosen, "crf": video.X264_CRF, "encode": rows, "filters_256": filters}, indent=2))
         return
