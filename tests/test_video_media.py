@@ -197,6 +197,27 @@ def test_motion_interpolation_from_8_to_24_fps_triples_the_frames(tmp_path: Path
     assert video.INTERPOLATION.startswith("ffmpeg motion interpolation")
 
 
+@pytest.mark.parametrize(
+    ("count", "fps", "target", "expected"),
+    [(1, 8, 24, 3), (2, 8, 24, 6), (8, 7.5, 24, 26), (8, 8, 25, 25), (5, 12, 60, 25)],
+)
+def test_interpolation_keeps_the_length(tmp_path: Path, count: int, fps: float, target: int, expected: int) -> None:
+    out = tmp_path / "smooth.mp4"
+    info = encode_mp4(moving_square(count), fps, out, interpolate_fps=target)
+    v = stream(ffprobe(out), "video")
+    assert int(v["nb_read_frames"]) == expected == info.frames  # ceil(count / fps * target)
+    assert v["r_frame_rate"] == f"{target}/1"
+
+
+def test_interpolated_upscaled_and_narrated_together(tmp_path: Path) -> None:
+    out = tmp_path / "all.mp4"
+    info = encode_mp4(moving_square(9), 8, out, interpolate_fps=60, upscale=3, audio=wav_bytes(1.3))
+    data = ffprobe(out)
+    v, a = stream(data, "video"), stream(data, "audio")
+    assert (int(v["nb_read_frames"]), v["width"], v["height"]) == (78, 288, 192)  # 1.3 s at 60 fps
+    assert float(a["duration"]) == pytest.approx(1.3, abs=0.05) and info.has_audio
+
+
 def test_upscale_2_doubles_the_size_with_lanczos(tmp_path: Path) -> None:
     out = tmp_path / "big.mp4"
     info = encode_mp4(moving_square(4), 8, out, upscale=2)
