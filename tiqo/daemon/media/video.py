@@ -14,7 +14,8 @@ Lengths: when the audio is longer than the video, the video holds its last frame
 is never cut); when it is shorter, the audio track is padded with silence to the video's length (players show the
 whole video with sound to the end). Every function blocks: the daemon calls them in a worker thread.
 
-Imported by the daemon's image/video service only (numpy, av; PIL inside functions): never by the CLI.
+The audio side is ``tiqo.daemon.media.soundtrack``. Imported by the daemon's image/video service only (numpy, av;
+PIL inside functions): never by the CLI.
 """
 
 from __future__ import annotations
@@ -34,17 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from tiqo.core.errors import BadRequest, Cancelled
+from tiqo.core.errors import BadRequest
+from tiqo.daemon.media.soundtrack import MAX_AUDIO_SECONDS, Soundtrack, reason, stopped
 
 MAX_FACTOR = 4  # upscale: at most 4x each side
 MAX_FPS = 60  # source and interpolated frame rates
 MAX_SIDE = 8192  # output width or height, after upscaling
 # output width x height x frames (held frames for a long narration included): about a minute of 720p at 24 fps
 MAX_OUTPUT_PIXELS = 1280 * 720 * 24 * 60
-MAX_AUDIO_SECONDS = 600.0
 MAX_IMAGE_PIXELS = 64_000_000  # an input picture, checked from its header before it is decoded
-AUDIO_RATE = 48_000
-AUDIO_BITRATE = 128_000
 # x264 preset and quality, measured with bench/video_encode.py (48 frames, CRF 20, 2 loaded cores): veryfast took
 # 4.2 ms/frame at 256x256 and 25 ms at 512x512; ultrafast/superfast were 0.16-0.8x the time but 1.7-2.1x the bytes,
 # faster/fast/medium 1.4-3.8x the time for the same bytes (+-10 %) and PSNR. A diffusion step takes far longer.
@@ -52,7 +51,6 @@ X264_PRESET = "veryfast"
 X264_CRF = 20
 INTERPOLATION = "ffmpeg motion interpolation (minterpolate, mci)"
 UPSCALER = "Lanczos (ffmpeg scale filter)"
-AUDIO_HINT = "send an audio file FFmpeg reads (wav, flac, mp3, ogg/opus, m4a), e.g. `ffmpeg -i IN -ac 1 narration.wav`"
 IMAGE_HINT = "send a PNG, JPEG or WebP picture, e.g. `--image first_frame.png`"
 
 Progress = Callable[[int, int], None]  # (frames encoded, frames in all)
@@ -119,7 +117,7 @@ def encode_mp4(
             vstream = _video_stream(container, out_rate, out_w, out_h)
             track = None
             if audio is not None:
-                track = _AudioTrack(container, audio, max_audio_seconds, stop)
+                track = Soundtrack(container, audio, max_audio_seconds, stop)
                 audio_frames = math.ceil(track.seconds * out_rate - 1e-9)
                 if audio_frames > video_frames:
                     _check_budget(
@@ -134,7 +132,7 @@ def encode_mp4(
                 if progress is not None:
                     progress(done, total)
             while done < total:  # hold the last frame until the narration ends
-                _stopped(stop)
+                stopped(stop)
                 last = _put(container, vstream, track, last, done, out_rate)
                 done += 1
                 if progress is not None:
@@ -151,7 +149,7 @@ def encode_mp4(
     return probe(out)
 
 
-def _put(container: Any, stream: Any, track: _AudioTrack | None, frame: Any, index: int, rate: Fraction) -> Any:
+def _put(container: Any, stream: Any, track: Soundtrack | None, frame: Any, index: int, rate: Fraction) -> Any:
     """Encode one frame as the ``index``-th, and the audio up to its time, so the file is interleaved."""
     frame.pts = index
     frame.time_base = 1 / rate
@@ -201,7 +199,7 @@ def _filtered(
     tail = 2 if out_rate != rate else 0
     made = 0
     for index in range(frames.shape[0] + tail):
-        _stopped(stop)
+        stopped(stop)
         frame = av.VideoFrame.from_ndarray(_even(frames[min(index, frames.shape[0] - 1)]), format="rgb24")
         frame.pts, frame.time_base = index, 1 / rate
         graph.vpush(frame)
@@ -232,138 +230,6 @@ def _even(frame: np.ndarray) -> np.ndarray:
     if pad_h or pad_w:
         frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     return np.ascontiguousarray(frame)
-
-
-def _stopped(stop: threading.Event | None) -> None:
-    if stop is not None and stop.is_set():
-        raise Cancelled("the video encoding was cancelled", hint="start the job again to make the video")
-
-
-# ---------------------------------------------------------------- audio track
-class _AudioTrack:
-    """The whole audio, decoded, resampled to 48 kHz and encoded to AAC packets up front (128 kbit/s: 10 minutes
-    are ~10 MB), so its length is known before the video is; muxed beside the video frames as they are made."""
-
-    def __init__(self, container: Any, source: Path | bytes, max_seconds: float, stop: threading.Event | None) -> None:
-        import av
-
-        self.container = container
-        self.packets: list[Any] = []
-        self.samples = 0
-        opened = _open_audio(source)
-        with opened as inp:
-            in_stream = _audio_stream(inp)
-            channels = 1 if in_stream.codec_context.channels <= 1 else 2
-            layout = "mono" if channels == 1 else "stereo"
-            self.stream = container.add_stream("aac", rate=AUDIO_RATE)
-            self.stream.layout = layout
-            self.stream.bit_rate = AUDIO_BITRATE if channels == 2 else AUDIO_BITRATE * 3 // 4
-            self.layout = layout
-            declared = _declared_seconds(inp, in_stream)
-            if declared is not None and declared > max_seconds + 1.0:
-                raise _too_long(declared, max_seconds)
-            resampler = av.AudioResampler(format="fltp", layout=layout, rate=AUDIO_RATE)
-            limit = math.ceil(max_seconds * AUDIO_RATE)
-            try:
-                for frame in inp.decode(in_stream):
-                    _stopped(stop)
-                    for chunk in resampler.resample(frame):
-                        self._encode(chunk)
-                    if self.samples > limit:
-                        raise _too_long(None, max_seconds)
-                for chunk in resampler.resample(None):
-                    self._encode(chunk)
-            except (av.error.FFmpegError, IndexError, ValueError) as exc:
-                raise BadRequest(
-                    f"the audio is corrupt or truncated after {self.samples / AUDIO_RATE:.1f} s ({_reason(exc)})",
-                    param="audio",
-                    hint=AUDIO_HINT,
-                ) from None
-        if self.samples > limit:
-            raise _too_long(None, max_seconds)
-        if self.samples == 0:
-            raise BadRequest("the audio file holds no sound (0 samples)", param="audio", hint=AUDIO_HINT)
-        self.seconds = self.samples / AUDIO_RATE
-        self._next = 0
-
-    def _encode(self, frame: Any) -> None:
-        frame.pts = self.samples
-        frame.time_base = Fraction(1, AUDIO_RATE)
-        self.samples += frame.samples
-        self.packets.extend(self.stream.encode(frame))
-
-    def mux_until(self, seconds: float) -> None:
-        while self._next < len(self.packets):
-            packet = self.packets[self._next]
-            if packet.pts is not None and float(packet.pts * packet.time_base) > seconds:
-                return
-            self.container.mux(packet)
-            self._next += 1
-
-    def finish(self, video_seconds: float) -> None:
-        """Pad with silence to the video's length, then flush the encoder and mux what is left."""
-        import av
-
-        missing = math.ceil(video_seconds * AUDIO_RATE) - self.samples
-        channels = 1 if self.layout == "mono" else 2
-        while missing > 0:
-            size = min(missing, 4096)
-            silence = av.AudioFrame.from_ndarray(
-                np.zeros((channels, size), dtype=np.float32), format="fltp", layout=self.layout
-            )
-            silence.sample_rate = AUDIO_RATE
-            self._encode(silence)
-            missing -= size
-        self.packets.extend(self.stream.encode(None))
-        self.mux_until(math.inf)
-
-
-def _open_audio(source: Path | bytes) -> Any:
-    import av
-
-    if isinstance(source, bytes | bytearray):
-        if not source:
-            raise BadRequest("the audio file is empty (0 bytes)", param="audio", hint=AUDIO_HINT)
-        target: Any = io.BytesIO(source)
-    else:
-        target = str(source)
-    try:
-        return av.open(target, mode="r", metadata_errors="ignore")
-    except (av.error.FFmpegError, IndexError, ValueError, OSError) as exc:
-        raise BadRequest(f"this is not audio tiqo can read ({_reason(exc)})", param="audio", hint=AUDIO_HINT) from None
-
-
-def _audio_stream(container: Any) -> Any:
-    streams = [s for s in container.streams if s.type == "audio"]
-    if not streams:
-        kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
-        raise BadRequest(f"the audio file has no audio stream (it holds {kinds})", param="audio", hint=AUDIO_HINT)
-    return streams[0]
-
-
-def _declared_seconds(container: Any, stream: Any) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return float(container.duration) / 1_000_000
-    return None
-
-
-def _too_long(seconds: float | None, max_seconds: float) -> BadRequest:
-    said = (
-        f"{seconds:.1f} s long" if seconds is not None else f"longer than {max_seconds:.0f} s (decoding stopped there)"
-    )
-    return BadRequest(
-        f"the audio is {said}; a video's audio may last at most {max_seconds:.0f} s",
-        param="audio",
-        code="audio_too_long",
-        hint="shorten the narration or cut the file, e.g. `ffmpeg -i IN -t 60 short.wav`",
-    )
-
-
-def _reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return str(text).split(": '<", 1)[0].strip()
 
 
 # ---------------------------------------------------------------- checks
@@ -436,7 +302,7 @@ def probe(path: Path) -> VideoInfo:
     try:
         container = av.open(str(path), mode="r")
     except (av.error.FFmpegError, OSError) as exc:
-        raise BadRequest(f"{path.name} is not a video tiqo can read ({_reason(exc)})", param="file") from None
+        raise BadRequest(f"{path.name} is not a video tiqo can read ({reason(exc)})", param="file") from None
     with container:
         videos = container.streams.video
         if not videos:
