@@ -364,6 +364,12 @@ class Images(Dispatch):
                     param="seconds",
                     hint="ask for fewer seconds, or a lower fps",
                 )
+            if task.interpolate is not None and task.interpolate <= fps:
+                raise BadRequest(
+                    f"interpolate={task.interpolate} must be above the video's {fps} fps",
+                    param="interpolate",
+                    hint=f"e.g. interpolate={min(60, fps * 3)}",
+                )
             first_frame = None
             if task.image is not None:
                 await asyncio.to_thread(_check_pictures, task.image, None, int(self.settings["image.max_side"]))
@@ -461,7 +467,7 @@ class Images(Dispatch):
                 upscale=task.upscale,
                 stop=handle.stop,
                 progress=encode,
-                max_seconds=float(self.settings["video.max_seconds"]),
+                max_audio_seconds=float(self.settings["video.max_seconds"]),
             )
             thumb = await asyncio.to_thread(mv.thumbnail, made.frames)
             (handle.dir / "thumbnail.png").write_bytes(thumb)
