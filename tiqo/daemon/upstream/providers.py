@@ -389,6 +389,8 @@ class ProviderHub:
         for p in self.providers.values():
             if provider is not None and p.name != provider:
                 continue
+            if self.key_states is not None:
+                self.key_states.refresh(p.pool, now)
             for key_name in p.pool.limits:
                 row = p.pool.describe(key_name, now)
                 row["key"] = redact(self._secrets[p.name][key_name])
