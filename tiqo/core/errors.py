@@ -123,6 +123,13 @@ class Busy(TiqoError):
     code = "server_busy"
 
 
+class StateUnavailable(Busy):
+    """The shared state (Redis) that a limit lives in cannot be reached: the request is refused rather than let
+    through uncounted (fail closed)."""
+
+    code = "state_unavailable"
+
+
 class ModelLoadFailed(TiqoError):
     status = 500
     type = "server_error"

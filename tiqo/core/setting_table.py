@@ -375,7 +375,8 @@ SETTINGS: tuple[Setting, ...] = (
         "state.backend",
         "sqlite",
         choice("sqlite", "redis"),
-        "Where budget counters and reservations live: sqlite (one daemon) or redis (daemons sharing budgets)",
+        "Where shared state lives: sqlite (one daemon) or redis (daemons sharing budgets, rate limits, key "
+        "limits and health, breakers, the response cache and alerts)",
         "choice",
         env_var="TIQO_STATE_BACKEND",
     ),
@@ -387,6 +388,15 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         env_var="TIQO_REDIS_URL",
         secret=True,
+    ),
+    Setting(
+        "state.redis_prefix",
+        "tiqo",
+        text,
+        "Prefix of every Redis key (state.backend = redis): daemons with one prefix share state; another prefix "
+        "lets a second deployment use the same server",
+        "str",
+        env_var="TIQO_REDIS_PREFIX",
     ),
     Setting(
         "vectors.chunk_size",

@@ -29,6 +29,7 @@ from tiqo.daemon.services.backup import Backup
 from tiqo.daemon.services.embeddings import Embeddings
 from tiqo.daemon.services.gateway import Gateway
 from tiqo.daemon.services.voice import Voice
+from tiqo.daemon.state.shared import SharedState
 from tiqo.daemon.state.store import Store
 from tiqo.daemon.telemetry.gauges import LiveState
 from tiqo.daemon.upstream.providers import ProviderHub
@@ -75,18 +76,28 @@ class Daemon:
         self.engines = engines
         self.registry = registry or Registry(settings)
         self.store = Store(settings.paths.db_file)
-        self.hub = ProviderHub(settings, self.store, provider_kinds)
         self.events = EventBus()
-        counters = None
+        counters, shared = None, SharedState()
         if settings["state.backend"] == "redis":  # redis-py is imported only for this backend
             from tiqo.daemon.state.redis_counters import RedisCounters
+            from tiqo.daemon.state.redis_shared import RedisState
 
-            counters = RedisCounters(settings["state.redis_url"])
+            counters = RedisCounters(settings["state.redis_url"], prefix=settings["state.redis_prefix"])
+            warn = lambda piece, message: self.events.publish("state", {"piece": piece, "message": message})  # noqa: E731
+            shared = RedisState(counters, warn).pieces(self.store)
+        self.shared = shared
+        self.hub = ProviderHub(
+            settings,
+            self.store,
+            provider_kinds,
+            key_states=shared.keys if shared.shared else None,
+            breakers=shared.breakers if shared.shared else None,
+        )
         self.ledger = Ledger(self.store, counters=counters, timezone=settings["budget.timezone"])
         reconciled = self.ledger.reconcile()
         if reconciled:
             log.warning("settled %d external call(s) a previous run left in flight, at their reserved cost", reconciled)
-        self.budgets = Budgets(settings, self.ledger, self.events)
+        self.budgets = Budgets(settings, self.ledger, self.events, shared.alerts if shared.shared else None)
         self.hub.watch(self.events.publish, self.budgets.alert)  # breakers opening, keys failing: events + alerts
         self.metrics = (
             Metrics(user_labels=settings["metrics.user_labels"], max_label_values=settings["metrics.max_label_values"])
@@ -94,7 +105,16 @@ class Daemon:
             else None
         )
         self.gateway = Gateway(
-            settings, self.registry, self.hub, self.store, self, self.ledger, self.budgets, self.events, self.metrics
+            settings,
+            self.registry,
+            self.hub,
+            self.store,
+            self,
+            self.ledger,
+            self.budgets,
+            self.events,
+            self.metrics,
+            shared,
         )
         self.voice = Voice(self.gateway, self)
         self.embeddings = Embeddings(self.gateway, self)

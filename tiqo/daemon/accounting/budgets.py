@@ -13,6 +13,7 @@ from tiqo.core.errors import ConfigError
 from tiqo.core.settings import Settings, write_config_value
 from tiqo.daemon.accounting.events import EventBus
 from tiqo.daemon.accounting.ledger import CallRow, CounterKey, Ledger
+from tiqo.daemon.state.shared import AlertGate
 from tiqo.policy import budget as bp
 from tiqo.policy.routing import CatalogModel
 
@@ -21,8 +22,9 @@ ALERT_TIMEOUT_S = 10.0
 
 
 class Budgets:
-    def __init__(self, settings: Settings, ledger: Ledger, events: EventBus) -> None:
+    def __init__(self, settings: Settings, ledger: Ledger, events: EventBus, alerts: AlertGate | None = None) -> None:
         self.settings = settings
+        self.alerts = alerts  # several daemons: the first to raise an alert sends it (None: one daemon)
         self.ledger = ledger
         self.events = events
         self.error: str | None = None
@@ -99,6 +101,8 @@ class Budgets:
 
     def alert(self, dedupe: str, kind: str, level: str, message: str, data: dict[str, Any]) -> None:
         """Record an alert (once per ``dedupe``), log it, publish it and hand it to the configured command/webhook."""
+        if self.alerts is not None and not self.alerts.first(dedupe):
+            return  # another daemon sharing the state raised it
         alert_id = self.ledger.alert_once(dedupe, kind, level, message, data)
         if alert_id is None:
             return

@@ -138,12 +138,13 @@ class Dispatch:
         tried: set[str] = set()
         for _ in range(max(1, self.settings["routing.max_attempts"])):
             why = self.hub.unavailable(model.provider, 0)
+            why = why or self.hub.take_probe(model.provider)
             if why is not None:
                 served.attempts.append({"model": name, "provider": model.provider, "error": why})
                 return None
             key_name = None
             if self.hub.has_keys(model.provider):
-                key_name = provider.pool.pick(self.gateway.clock(), 0, tried)
+                key_name = self.hub.pick_key(model.provider, 0, tried)
                 if key_name is None:
                     served.attempts.append(
                         {"model": name, "provider": model.provider, "error": "no untried usable key"}

@@ -17,6 +17,7 @@ from tiqo.daemon.accounting.events import EventBus
 from tiqo.daemon.accounting.ledger import CallRow, Ledger, RequestRow
 from tiqo.daemon.accounting.metrics import Metrics
 from tiqo.daemon.pipeline.served import Served
+from tiqo.daemon.state.shared import DayCounts, Limiter
 from tiqo.daemon.upstream.client import AttemptFailed
 from tiqo.daemon.upstream.providers import ProviderHub
 from tiqo.policy import budget as bp
@@ -42,6 +43,8 @@ class Accounting:
         events: EventBus,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        limiter: Limiter | None = None,
+        days: DayCounts | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics  # None: metrics.enabled is off
@@ -49,7 +52,8 @@ class Accounting:
         self.ledger = ledger
         self.budgets = budgets
         self.events = events
-        self.limiter = RateLimiter()
+        self.limiter: Limiter = limiter or RateLimiter()
+        self.days: DayCounts = days or ledger  # requests per day: the ledger's table, or shared
         self.clock = clock
 
     def rate_limits(self, classification: Classification, config: RoutingConfig) -> RateLimits:
@@ -74,7 +78,7 @@ class Accounting:
             )
         if limits.rpd is not None:
             day, resets = bp.period_of("day", now, self.budgets.policy.timezone)
-            if self.ledger.count_request(user, day, limits.rpd) is None:
+            if self.days.count_request(user, day, limits.rpd) is None:
                 raise RateLimited(
                     f"user {user} has used the {limits.rpd} requests per day of tier {classification.tier}",
                     retry_after=max(1.0, resets - now),

@@ -40,6 +40,7 @@ from tiqo.daemon.pipeline.pieces import prime, replay
 from tiqo.daemon.pipeline.ports import LocalCompute
 from tiqo.daemon.pipeline.recording import DEFAULT_MAX_TOKENS, Accounting
 from tiqo.daemon.pipeline.served import RequestMeta, Served
+from tiqo.daemon.state.shared import SharedState
 from tiqo.daemon.state.store import Store
 from tiqo.daemon.upstream.client import AttemptFailed, UpstreamClient
 from tiqo.daemon.upstream.external import stream_external
@@ -83,7 +84,9 @@ class Gateway:
         budgets: Budgets,
         events: EventBus,
         metrics: Metrics | None = None,
+        shared: SharedState | None = None,
     ) -> None:
+        shared = shared or SharedState()
         self.settings = settings
         self.registry = registry
         self.hub = hub
@@ -92,12 +95,14 @@ class Gateway:
         self.ledger = ledger
         self.budgets = budgets
         self.events = events
-        self.accounting = Accounting(settings, hub, ledger, budgets, events, lambda: self.clock(), metrics)
+        self.accounting = Accounting(
+            settings, hub, ledger, budgets, events, lambda: self.clock(), metrics, shared.limiter, shared.days
+        )
         self.upstream = UpstreamClient()
         self.clock = time.time
         self._patterns = restricted_patterns(settings)
         self._derived: tuple[tuple[int, int], dict[str, CatalogModel], RoutingConfig] | None = None
-        self.cache = ResponseCache(store, settings, lambda: self.clock())
+        self.cache = ResponseCache(shared.cache or store, settings, lambda: self.clock())
 
     def catalog_and_config(self) -> tuple[dict[str, CatalogModel], RoutingConfig]:
         """The catalog and routing config, rebuilt only when models or providers changed."""
@@ -348,13 +353,13 @@ class Gateway:
                 call: CallRow | None = None
                 call_wire = wire
                 if not model.local:
-                    provider = self.hub.providers[model.provider]
                     why = self.hub.unavailable(model.provider, decision.est_prompt_tokens + decision.max_tokens)
+                    why = why or self.hub.take_probe(model.provider)
                     if why is not None:
                         served.attempts.append({"model": cand.model, "provider": model.provider, "error": why})
                         break
                     if self.hub.has_keys(model.provider):
-                        key_name = provider.pool.pick(self.clock(), decision.est_prompt_tokens, tried_keys)
+                        key_name = self.hub.pick_key(model.provider, decision.est_prompt_tokens, tried_keys)
                         if key_name is None:
                             served.attempts.append(
                                 {"model": cand.model, "provider": model.provider, "error": "no untried usable key"}
@@ -524,6 +529,7 @@ class Gateway:
         provider.breaker.success()
         if key_name is not None:
             provider.pool.success(key_name, tokens, self.clock())
+            self.hub.key_used(provider.name, key_name, tokens)
             self.hub.persist(provider.name, key_name)
 
     def record_failure(self, provider: Provider, key_name: str | None, exc: AttemptFailed) -> None:

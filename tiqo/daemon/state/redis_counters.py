@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from tiqo.core.errors import ConfigError, TiqoError
+from tiqo.core.errors import ConfigError, StateUnavailable
 from tiqo.policy.budget import Charge, Refusal, Usage, to_nano
 
 try:
@@ -163,16 +163,16 @@ class RedisCounters:
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise TiqoError(
+            raise StateUnavailable(
                 f"cannot reach the Redis server that holds the budget counters ({self.url}): {exc}",
                 hint=HINT,
-                code="state_unavailable",
+                retry_after=5,
             ) from exc
         except RedisError as exc:
-            raise TiqoError(
+            raise StateUnavailable(
                 f"the Redis server that holds the budget counters ({self.url}) failed: {exc}",
                 hint=HINT,
-                code="state_unavailable",
+                retry_after=5,
             ) from exc
 
     # ------------------------------------------------------------ the Counters protocol

@@ -18,6 +18,7 @@ from typing import Any
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import BadRequest, Conflict, NotFound
 from tiqo.core.settings import Settings, read_toml, write_config_value
+from tiqo.daemon.state.shared import Breakers, KeyStates
 from tiqo.daemon.state.store import Store
 from tiqo.daemon.upstream.client import Timeouts
 from tiqo.policy.breaker import CircuitBreaker
@@ -58,18 +59,29 @@ class WatchedBreaker(CircuitBreaker):
     """A provider's breaker that says when it opens (or closes again), for alerts and the dashboard."""
 
     on_change: Callable[[str, CircuitBreaker], None] | None = field(default=None, repr=False, compare=False)
+    # Several daemons: the breaker's state is shared (None: this daemon's alone, as a single daemon needs)
+    shared: Breakers | None = field(default=None, repr=False, compare=False)
+    provider: str = ""
 
     def failure(self, now: float, error: str = "") -> None:
         before = self.opened_at
-        super().failure(now, error)
+        if self.shared is None or not self.shared.failure(self.provider, self, now, error, self.probing):
+            super().failure(now, error)
         if self.on_change is not None and self.opened_at is not None and self.opened_at != before:
             self.on_change("open", self)
 
     def success(self) -> None:
         was_open = self.opened_at is not None
+        if self.shared is not None and (self.failures or was_open or self.probing):
+            self.shared.success(self.provider)
         super().success()
         if was_open and self.on_change is not None:
             self.on_change("closed", self)
+
+    def release(self) -> None:
+        if self.shared is not None and self.probing:
+            self.shared.release_probe(self.provider)
+        super().release()
 
 
 @dataclass
@@ -93,11 +105,17 @@ class ProviderHub:
         store: Store,
         kinds: dict[str, ProviderKind],
         clock: Callable[[], float] = time.time,
+        *,
+        key_states: KeyStates | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.kinds = kinds
         self.clock = clock
+        # Shared with other daemons (state.backend = redis); None: this daemon's pools and breakers are the truth
+        self.key_states = key_states
+        self.breakers = breakers
         self.providers: dict[str, Provider] = {}
         self._secrets: dict[str, dict[str, str]] = {}
         self._dirty: set[tuple[str, str]] = set()
@@ -166,6 +184,7 @@ class ProviderHub:
         )
         breaker = WatchedBreaker(s["routing.breaker_failures"], s["routing.breaker_cooldown"])
         breaker.on_change = lambda state, b: self._breaker_changed(name, state, b)
+        breaker.shared, breaker.provider = self.breakers, name
         now = self.clock()
         for key_name in limits:
             self._key_status[(name, key_name)] = pool.describe(key_name, now)["status"]
@@ -197,16 +216,50 @@ class ProviderHub:
         if provider.kind is None:
             return f"no plugin speaks kind {provider.config.kind!r} (see `tiqo plugins`)"
         now = self.clock()
+        if self.breakers is not None:
+            self.breakers.sync(name, provider.breaker)
         if not provider.breaker.allows(now):
             return provider.breaker.describe(now)
         if not self.has_keys(name):
             if _keyless(provider.config.options):
                 return None  # a local vLLM, another tiqo, or a fixed auth header
             return f'no keys (add one with `tiqo keys add {name}`, or set auth = "none" for a keyless server)'
+        if self.key_states is not None:
+            self.key_states.refresh(provider.pool, now)
         verdicts = provider.pool.verdicts(now, est_tokens)
         if any(v.usable for v in verdicts):
             return None
         return "no usable key: " + "; ".join(f"{v.name} {v.reason}" for v in verdicts)
+
+    def take_probe(self, name: str) -> str | None:
+        """With shared breakers, a half-open breaker lets one call through across every daemon: None when this
+        call may go (it is the probe, or the breaker is closed), else why not."""
+        provider = self.providers[name]
+        now = self.clock()
+        if self.breakers is None or provider.breaker.state(now) != "half_open":
+            return None
+        if self.breakers.take_probe(name, provider.breaker, now):
+            return None
+        return "circuit half-open (another daemon is probing)"
+
+    def pick_key(self, name: str, est_tokens: int, exclude: set[str]) -> str | None:
+        """The next key by the pool's strategy; with shared key states, counted atomically against its limits
+        across every daemon (a key another daemon used up is skipped). None: no usable key is left."""
+        pool = self.providers[name].pool
+        now = self.clock()
+        if self.key_states is None:
+            return pool.pick(now, est_tokens, exclude)
+        skip = set(exclude)
+        while (key := pool.pick(now, est_tokens, skip)) is not None:
+            if self.key_states.claim(pool, key, now, est_tokens) is None:
+                return key
+            skip.add(key)
+        return None
+
+    def key_used(self, name: str, key_name: str, tokens: int) -> None:
+        """Tokens a call on a key consumed, for the shared tpm/tpd counts (the pool counted its own)."""
+        if self.key_states is not None:
+            self.key_states.count_tokens(self.providers[name].pool, key_name, tokens, self.clock())
 
     def retry_after(self, name: str) -> float | None:
         provider = self.providers.get(name)
@@ -220,6 +273,8 @@ class ProviderHub:
         """Save a key's state. Usage counters are written at most every FLUSH_S (batched, off the hot path);
         health changes (``now=True``: cooldowns, exhaustion, disabling) at once."""
         self._dirty.add((provider, key_name))
+        if now and self.key_states is not None and provider in self.providers:
+            self.key_states.save_health(self.providers[provider].pool, key_name)
         if now or self._key_status.get((provider, key_name), "healthy") != "healthy":
             self._key_changed(provider, key_name)
         if now:
@@ -334,6 +389,8 @@ class ProviderHub:
         for p in self.providers.values():
             if provider is not None and p.name != provider:
                 continue
+            if self.key_states is not None:
+                self.key_states.refresh(p.pool, now)
             for key_name in p.pool.limits:
                 row = p.pool.describe(key_name, now)
                 row["key"] = redact(self._secrets[p.name][key_name])
