@@ -148,7 +148,9 @@ def _images(runner: DiffusionRunner, request: ImageRequest, stop: StopFlag | Non
 
 def test_text_to_image_png_of_the_requested_size_seeds_and_progress(sd: DiffusionRunner) -> None:
     steps: list[tuple[int, int]] = []
-    result = sd.images(ImageRequest("a red cat", 64, 48, steps=4, seed=7, n=2), lambda i, n: steps.append((i, n)), StopFlag())
+    result = sd.images(
+        ImageRequest("a red cat", 64, 48, steps=4, seed=7, n=2), lambda i, n: steps.append((i, n)), StopFlag()
+    )
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert len(result.images) == 2 and result.seed == 7 and result.steps == 4 and result.device == "cpu"
     picture = Image.open(io.BytesIO(result.images[0]))
@@ -165,7 +167,9 @@ def test_text_to_image_png_of_the_requested_size_seeds_and_progress(sd: Diffusio
 def test_image_to_image_and_inpainting_from_the_same_weights(sd: DiffusionRunner) -> None:
     steps: list[int] = []
     edited = sd.images(
-        ImageRequest("a cat", 64, 64, steps=4, image=_png(80, 80), strength=0.5), lambda i, n: steps.append(n), StopFlag()
+        ImageRequest("a cat", 64, 64, steps=4, image=_png(80, 80), strength=0.5),
+        lambda i, n: steps.append(n),
+        StopFlag(),
     )
     assert Image.open(io.BytesIO(edited.images[0])).size == (64, 64)
     assert edited.steps == 2 and set(steps) == {2}  # strength 0.5 runs half the steps
@@ -219,7 +223,9 @@ def test_text_to_video_and_image_to_video_frames(tiny_pipelines: dict[str, Path]
     t2v = ENGINE.load(_spec("t2v", tiny_pipelines[TEXT_TO_VIDEO], "video"), {"n_threads": 1})
     try:
         steps: list[int] = []
-        video = t2v.video(VideoRequest("a cat", 64, 48, frames=6, fps=8, steps=3, seed=1), lambda i, n: steps.append(i), StopFlag())
+        video = t2v.video(
+            VideoRequest("a cat", 64, 48, frames=6, fps=8, steps=3, seed=1), lambda i, n: steps.append(i), StopFlag()
+        )
         assert steps == [1, 2, 3]  # the legacy callback= of TextToVideoSDPipeline
         assert video.frames.shape == (6, 48, 64, 3) and str(video.frames.dtype) == "uint8" and video.fps == 8
         with pytest.raises(BadRequest, match="makes videos"):
@@ -232,7 +238,9 @@ def test_text_to_video_and_image_to_video_frames(tiny_pipelines: dict[str, Path]
             i2v.video(VideoRequest("", 64, 64, frames=3, fps=7), lambda i, n: None, StopFlag())
         steps = []
         video = i2v.video(
-            VideoRequest("", 64, 64, frames=3, fps=7, steps=2, image=_png(100, 80)), lambda i, n: steps.append(i), StopFlag()
+            VideoRequest("", 64, 64, frames=3, fps=7, steps=2, image=_png(100, 80)),
+            lambda i, n: steps.append(i),
+            StopFlag(),
         )
         assert steps == [1, 2] and video.frames.shape == (3, 64, 64, 3)
     finally:

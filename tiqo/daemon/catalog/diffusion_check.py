@@ -198,7 +198,9 @@ def _inspect_folder(folder: Path) -> DiffusionInfo:
     )
 
 
-_COPY_AGAIN = "copy the whole model folder again (`huggingface-cli download REPO --local-dir DIR` on a connected machine)"
+_COPY_AGAIN = (
+    "copy the whole model folder again (`huggingface-cli download REPO --local-dir DIR` on a connected machine)"
+)
 
 
 def _inspect_file(path: Path, pipeline_class: str) -> DiffusionInfo:

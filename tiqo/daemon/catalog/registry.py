@@ -422,15 +422,18 @@ def _local_entry(path: Path, pipeline: str | None = None) -> dict[str, Any]:
     from tiqo.daemon.runtime.engines.whisper import is_whisper_dir
 
     if is_diffusers_dir(path) or path.suffix in (".safetensors", ".ckpt") or pipeline:
-        info = inspect_diffusion(path, pipeline)  # 400 naming a missing component, a wrong class, a cut file
-        entry = {
+        found_info = inspect_diffusion(path, pipeline)  # 400 naming a missing component, a wrong class, a cut file
+        found = {
             "path": str(path.absolute()),
-            "kind": info.kind,
+            "kind": found_info.kind,
             "engine": "diffusers",
-            "task": info.task,
-            "pipeline": info.pipeline_class,
+            "task": found_info.task,
+            "pipeline": found_info.pipeline_class,
         }
-        return {**entry, "_label": f"{info.pipeline_class} ({info.task}, {info.weight_bytes} bytes of weights)"}
+        return {
+            **found,
+            "_label": f"{found_info.pipeline_class} ({found_info.task}, {found_info.weight_bytes} bytes of weights)",
+        }
     if is_embedding_dir(path):
         return {"path": str(path.absolute()), "kind": "embed", "engine": "onnx-embed", "_label": "onnx embeddings"}
     if path.is_dir():

@@ -12,6 +12,7 @@ is ``diffusion_worker``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import signal
@@ -21,7 +22,15 @@ from typing import Any
 from tiqo.core.errors import BadRequest, Cancelled, ModelLoadFailed, TiqoError, WorkerDied
 from tiqo.daemon.catalog.diffusion_check import DiffusionInfo, inspect
 from tiqo.sdk.engine import ModelSpec, StopFlag
-from tiqo.sdk.imaging import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, ImageRequest, ImageResult, Progress, VideoRequest, VideoResult
+from tiqo.sdk.imaging import (
+    IMAGE_TO_VIDEO,
+    TEXT_TO_VIDEO,
+    ImageRequest,
+    ImageResult,
+    Progress,
+    VideoRequest,
+    VideoResult,
+)
 
 log = logging.getLogger("tiqo.engine.diffusers")
 
@@ -69,7 +78,7 @@ class DiffusionRunner:
         self._proc.start()
         child.close()
         try:
-            kind, payload = self._receive(None, None, "loading")
+            _kind, payload = self._receive(None, None, "loading")
         except TiqoError as exc:
             self.close()
             raise ModelLoadFailed(f"could not load {spec.name}: {exc.message}", hint=exc.hint) from None
@@ -159,10 +168,8 @@ class DiffusionRunner:
     def close(self) -> None:
         """Stop the worker; its memory goes back to the OS with it."""
         if self._proc.is_alive():
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):
                 self._conn.send(("close",))
-            except (BrokenPipeError, OSError):
-                pass
             self._proc.join(10)
         if self._proc.is_alive():
             self._proc.terminate()
@@ -198,4 +205,3 @@ def _device(options: dict[str, Any]) -> str:
     import os
 
     return "cuda" if os.path.exists("/proc/driver/nvidia/version") else "cpu"
-

@@ -49,7 +49,7 @@ def serve(conn: Connection, cancel: Event, path: str, options: dict[str, Any]) -
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bars in the daemon log
     try:
         worker = Worker(Path(path), options, cancel)
-    except BaseException as exc:  # noqa: BLE001 - every load failure goes back to the daemon as a message
+    except BaseException as exc:  # every load failure goes back to the daemon as a message
         conn.send(("error", _error_payload(exc, "loading")))
         return
     conn.send(("ready", worker.details))
@@ -63,7 +63,7 @@ def serve(conn: Connection, cancel: Event, path: str, options: dict[str, Any]) -
         try:
             done = worker.run(message[0], message[1], lambda i, n: conn.send(("progress", i, n)))
             conn.send(("result", done))
-        except BaseException as exc:  # noqa: BLE001 - the daemon turns the payload back into the error
+        except BaseException as exc:  # the daemon turns the payload back into the error
             conn.send(("error", _error_payload(exc, message[0])))
 
 
@@ -114,7 +114,8 @@ class Worker:
             extra = {"config": str(options["config"])} if options.get("config") else {}
             self.pipe = cls.from_single_file(str(path), dtype=self.dtype, local_files_only=True, **extra)
         else:
-            self.pipe = diffusers.DiffusionPipeline.from_pretrained(path, dtype=self.dtype, local_files_only=True)
+            load = diffusers.DiffusionPipeline.from_pretrained
+            self.pipe = load(path, dtype=self.dtype, local_files_only=True)  # type: ignore[no-untyped-call]  # untyped
         self.pipe.set_progress_bar_config(disable=True)
         self.memory_mode = self._place(torch, int(options.get("weight_bytes") or 0))
         self._derived: dict[str, Any] = {}
@@ -316,7 +317,13 @@ class Worker:
         if frames.dtype != np.uint8:
             frames = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
         return VideoResult(
-            frames, r.fps, seed, steps, self._device_name(), time.perf_counter() - started, {"pipeline": type(self.pipe).__name__}
+            frames,
+            r.fps,
+            seed,
+            steps,
+            self._device_name(),
+            time.perf_counter() - started,
+            {"pipeline": type(self.pipe).__name__},
         )
 
     def _device_name(self) -> str:
