@@ -13,6 +13,7 @@ Builds a small random-weight Stable Diffusion (tests/tiny_diffusion.py, wider UN
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import statistics
 import sys
@@ -22,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.tiny_diffusion import stable_diffusion  # noqa: E402
-from tiqo.daemon.runtime.engines.diffusion import DiffusionEngine  # noqa: E402
-from tiqo.sdk.engine import ModelSpec, StopFlag  # noqa: E402
-from tiqo.sdk.imaging import ImageRequest  # noqa: E402
+from tests.tiny_diffusion import stable_diffusion
+from tiqo.daemon.runtime.engines.diffusion import DiffusionEngine
+from tiqo.sdk.engine import ModelSpec, StopFlag
+from tiqo.sdk.imaging import ImageRequest
 
 
 def rss() -> int:
@@ -38,7 +39,7 @@ def step_times(call: object, steps: int) -> list[float]:
     """Seconds between consecutive step callbacks of one generation (the first step, with warm-up, is dropped)."""
     marks: list[float] = []
     call(lambda: marks.append(time.perf_counter()))  # type: ignore[operator]  # a closure, typed by use
-    return [b - a for a, b in zip(marks[1:], marks[2:], strict=False)] or [0.0]
+    return [b - a for a, b in itertools.pairwise(marks[1:])] or [0.0]
 
 
 def busy() -> None:
@@ -90,7 +91,6 @@ def main() -> None:
     for _ in range(4):  # interleaved: the machine is shared, so its load drifts between rounds
         through += step_times(lambda mark: runner.images(request, lambda i, n: mark(), StopFlag()), steps)
         inproc += step_times(local, steps)
-    del pipe
     rss_loaded_here = rss()
     unload_started = time.perf_counter()
     runner.close()

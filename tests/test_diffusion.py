@@ -30,6 +30,8 @@ from tiqo.sdk.engine import ModelSpec, StopFlag
 from tiqo.sdk.imaging import ImageRequest, ImageResult, VideoRequest
 
 ENGINE = DiffusionEngine()
+DEVICE = os.environ.get("TIQO_IMAGE_DEVICE", "cpu")  # bench/gpu_check.sh runs these on cuda
+OPTS = {"n_threads": 1, "device": DEVICE}
 
 
 def _spec(name: str, path: Path, kind: str = "image") -> ModelSpec:
@@ -124,7 +126,7 @@ def test_load_and_unload_through_the_daemon_returns_the_workers_memory(
     ps = d.client().get("/tiqo/ps").json()
     row = next(m for m in ps["models"] if m["name"] == "sd")
     pid = row["details"]["pid"]
-    assert row["details"]["worker"] == "process" and row["details"]["device"] == "cpu"
+    assert row["details"]["worker"] == "process" and row["details"]["device"] in ("cpu", "cuda")
     worker = psutil.Process(pid)
     assert worker.memory_info().rss > 100 * 1024 * 1024  # torch and the pipeline live in the worker...
     grown = psutil.Process(d.proc.pid).memory_info().rss - daemon_rss
@@ -137,7 +139,7 @@ def test_load_and_unload_through_the_daemon_returns_the_workers_memory(
 # --------------------------------------------------------------------------- the engine
 @pytest.fixture(scope="module")
 def sd(tiny_pipelines: dict[str, Path]) -> Iterator[DiffusionRunner]:
-    runner = ENGINE.load(_spec("sd", tiny_pipelines[TEXT_TO_IMAGE]), {"n_threads": 1, "steps": 3})
+    runner = ENGINE.load(_spec("sd", tiny_pipelines[TEXT_TO_IMAGE]), {**OPTS, "steps": 3})
     yield runner
     runner.close()
 
@@ -152,7 +154,7 @@ def test_text_to_image_png_of_the_requested_size_seeds_and_progress(sd: Diffusio
         ImageRequest("a red cat", 64, 48, steps=4, seed=7, n=2), lambda i, n: steps.append((i, n)), StopFlag()
     )
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert len(result.images) == 2 and result.seed == 7 and result.steps == 4 and result.device == "cpu"
+    assert len(result.images) == 2 and result.seed == 7 and result.steps == 4 and result.device.startswith(DEVICE)
     picture = Image.open(io.BytesIO(result.images[0]))
     assert (picture.format, picture.size) == ("PNG", (64, 48))
     again = _images(sd, ImageRequest("a red cat", 64, 48, steps=4, seed=7, n=2))
@@ -208,7 +210,7 @@ def test_cancel_stops_within_one_step(sd: DiffusionRunner) -> None:
 
 
 def test_dedicated_inpainting_model_needs_a_mask(tiny_pipelines: dict[str, Path]) -> None:
-    runner = ENGINE.load(_spec("inpaint", tiny_pipelines[INPAINTING]), {"n_threads": 1})
+    runner = ENGINE.load(_spec("inpaint", tiny_pipelines[INPAINTING]), OPTS)
     try:
         assert runner.task == "inpainting"
         with pytest.raises(BadRequest, match="needs an image and a mask"):
@@ -220,7 +222,7 @@ def test_dedicated_inpainting_model_needs_a_mask(tiny_pipelines: dict[str, Path]
 
 
 def test_text_to_video_and_image_to_video_frames(tiny_pipelines: dict[str, Path]) -> None:
-    t2v = ENGINE.load(_spec("t2v", tiny_pipelines[TEXT_TO_VIDEO], "video"), {"n_threads": 1})
+    t2v = ENGINE.load(_spec("t2v", tiny_pipelines[TEXT_TO_VIDEO], "video"), OPTS)
     try:
         steps: list[int] = []
         video = t2v.video(
@@ -232,7 +234,7 @@ def test_text_to_video_and_image_to_video_frames(tiny_pipelines: dict[str, Path]
             _images(t2v, ImageRequest("x", 64, 64))
     finally:
         t2v.close()
-    i2v = ENGINE.load(_spec("svd", tiny_pipelines[IMAGE_TO_VIDEO], "video"), {"n_threads": 1})
+    i2v = ENGINE.load(_spec("svd", tiny_pipelines[IMAGE_TO_VIDEO], "video"), OPTS)
     try:
         with pytest.raises(BadRequest, match="needs a first image"):
             i2v.video(VideoRequest("", 64, 64, frames=3, fps=7), lambda i, n: None, StopFlag())
@@ -252,7 +254,7 @@ def test_kill_9_of_the_worker_fails_that_request_and_the_next_one_reloads(tiny_p
     spec = _spec("sd", tiny_pipelines[TEXT_TO_IMAGE])
 
     async def main() -> None:
-        sched = Scheduler({"diffusers": ENGINE}, memory_budget=64 * 1024**3, options_for=lambda s: {"n_threads": 1})
+        sched = Scheduler({"diffusers": ENGINE}, memory_budget=64 * 1024**3, options_for=lambda s: OPTS)
         loop = asyncio.get_running_loop()
         try:
             async with sched.acquire(spec) as slot:
