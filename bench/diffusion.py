@@ -119,9 +119,8 @@ def main() -> None:
             for _ in range(2):
                 times += step_times(lambda mark, r=r: r.images(request, lambda i, n: mark(), StopFlag()), steps)
             r.close()
-            print(
-                f"  {'busy neighbour' if hog else 'idle          '} n_threads={threads}: {statistics.median(times) * 1000:7.1f}"
-            )
+            where = "busy neighbour" if hog else "idle          "
+            print(f"  {where} n_threads={threads}: {statistics.median(times) * 1000:7.1f}")
         if proc is not None:
             proc.kill()
 
