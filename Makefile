@@ -38,7 +38,7 @@ install: $(BIN)/python
 		$(PIP) --force-reinstall --no-deps llama-cpp-python && $(BIN)/python -m tiqo.daemon.runtime.engines.llama_check; }
 
 install-test: install
-	$(PIP) -e '.[llm,voice,embed,vectors,models,test]'
+	$(PIP) -e '.[llm,voice,embed,vectors,models,image,test]'
 
 run: install
 	$(BIN)/tiqo ask "$(PROMPT)"

@@ -190,3 +190,11 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> A
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight diffusers folders (tests/tiny_diffusion.py), built once per run under pytest's basetemp."""
+    from tests.tiny_diffusion import build_all
+
+    return build_all(tmp_path_factory.getbasetemp() / "tiny-diffusion")

@@ -18,6 +18,8 @@ HEAVY = (
     "faster_whisper",
     "piper",
     "diffusers",
+    "transformers",
+    "PIL",
     "lancedb",
     "numpy",
     "fastapi",

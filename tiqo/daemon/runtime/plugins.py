@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "tiqo"
 class _Builtins:
     @hookimpl
     def register_engines(self, register: Any) -> None:
+        from tiqo.daemon.runtime.engines.diffusion import DiffusionEngine
         from tiqo.daemon.runtime.engines.embed import EmbedEngine
         from tiqo.daemon.runtime.engines.llama import LlamaEngine
         from tiqo.daemon.runtime.engines.piper import PiperEngine
@@ -28,6 +29,7 @@ class _Builtins:
         register(WhisperEngine())
         register(PiperEngine())
         register(EmbedEngine())
+        register(DiffusionEngine())
 
 
 @dataclass

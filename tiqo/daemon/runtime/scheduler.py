@@ -128,7 +128,9 @@ class Scheduler:
             entry.in_flight -= 1
             entry.requests_served += 1
             entry.last_used = self.clock()
-            if entry.in_flight == 0:
+            if getattr(slot.runner, "broken", False):  # its worker died: drop it, the next request loads afresh
+                await self._unload(entry, reason="its worker died")
+            elif entry.in_flight == 0:
                 self._arm_expiry(entry)
             await self._notify()
 
@@ -301,6 +303,8 @@ class Scheduler:
         rss_before = await loop.run_in_executor(self._loader, _rss)
         for slot in entry.slots:
             await self._close_slot(slot)
+        for slot in entry.slots:  # requests still waiting on this entry wake, see it unloading and start over
+            entry.free.put_nowait(slot)
         entry.slots.clear()
         rss_after = await loop.run_in_executor(self._loader, _rss)
         log.info("unloaded %s (%s); rss -%s", entry.spec.name, reason, format_size(max(0, rss_before - rss_after)))

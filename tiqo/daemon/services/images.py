@@ -182,7 +182,7 @@ class Images(Dispatch):
                 raise BadRequest("a mask needs an image to repaint", param="mask")
             texts = [task.prompt] + ([task.negative_prompt] if task.negative_prompt else [])
             c, _ = await self._admit(row, meta, "image", texts, len(task.prompt) // 4 + 1)
-            capability = "image-edit" if edit else "image"
+            capability = _capability(task)
             requested = self._openai_name(task.model, OPENAI_IMAGE_MODELS)
             blocked: dict[str, bp.Charge] = {}
             decision = self._decide(c, "image", requested, (capability,), blocked, local=self.default_model("image"))
@@ -270,7 +270,7 @@ class Images(Dispatch):
     async def _local_images(
         self, name: str, task: ImageTask, handle: JobHandle, progress: im.Progress | None = None
     ) -> tuple[list[bytes], dict[str, Any]]:
-        spec = self._local_spec(name, "image", "image-edit" if task.image is not None else "image")
+        spec = self._local_spec(name, "image", _capability(task))
         size = self._check_size(task.size, spec, "image")
         request = im.ImageRequest(
             prompt=task.prompt,
@@ -505,6 +505,10 @@ class Images(Dispatch):
         if error is not None:
             raise error
         raise TiqoError(f"the job {done.status}: {(done.error or {}).get('message', '')}", code="job_failed")
+
+
+def _capability(task: ImageTask) -> str:
+    return "inpaint" if task.mask is not None else "image-edit" if task.image is not None else "image"
 
 
 def _public(details: dict[str, Any]) -> dict[str, Any]:
