@@ -22,6 +22,7 @@ from tiqo.daemon.accounting.metrics import Metrics
 from tiqo.daemon.catalog.registry import Registry
 from tiqo.daemon.http import server as server_setup
 from tiqo.daemon.knowledge.vectors import VectorStore
+from tiqo.daemon.runtime.jobs import Jobs
 from tiqo.daemon.runtime.plugins import PluginReport, collect_engines, collect_providers, load_plugins
 from tiqo.daemon.runtime.scheduler import Scheduler
 from tiqo.daemon.runtime.streaming import iterate_in_thread
@@ -111,6 +112,14 @@ class Daemon:
             prepare=self.registry.prepare,
             on_event=self.events.publish_named,  # model loading / loaded / unloaded, for the dashboard
         )
+        self.jobs = Jobs(
+            self.store,
+            self.events,
+            settings.paths.state_dir / "jobs",
+            keep_s=settings["jobs.keep"],
+            max_active=settings["jobs.max_active"],
+            max_queued=settings["jobs.max_queued"],
+        )
         if self.metrics is not None:
             live = LiveState(
                 self.hub, self.scheduler, self.budgets, self.events, user_labels=settings["metrics.user_labels"]
@@ -142,6 +151,7 @@ class Daemon:
                 yield piece
 
     async def close(self) -> None:
+        await self.jobs.close()  # first: running jobs hold model slots
         await self.gateway.close()
         await self.budgets.close()
         await self.scheduler.close()

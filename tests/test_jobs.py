@@ -1,0 +1,273 @@
+"""Jobs, tiqo's mechanism for long work: ``Jobs`` driven directly (real SQLite, real threads for the steps), then a
+real daemon process on its Unix socket, the CLI and the dashboard tab.
+
+No job kind exists in the product yet, so the end-to-end tests start the daemon through ``tests/jobs_daemon.py``:
+the real ``python -m tiqo.daemon`` start-up with one extra route, ``POST /test/jobs``, that submits a job whose steps
+sleep in a worker thread. The route exists only in that test launcher, never in tiqo itself."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import short_home
+from tiqo.core.errors import Busy, Cancelled, NotFound, TiqoError
+from tiqo.daemon.accounting.events import EventBus
+from tiqo.daemon.runtime.jobs import JobHandle, Jobs
+from tiqo.daemon.state.store import Store
+
+
+def stepper(steps: int, step_s: float, fail_at: int | None = None, error: Exception | None = None) -> Any:
+    """A work function like an engine's: each step runs in a worker thread, checks the stop flag, reports progress,
+    and the last one writes a result file."""
+
+    async def work(job: JobHandle) -> dict[str, Any]:
+        job.note(model="test-model", device="cpu")
+
+        def run() -> dict[str, Any]:
+            job.progress(0, steps, "loading")
+            for i in range(steps):
+                job.check()
+                time.sleep(step_s)
+                if fail_at is not None and i == fail_at:
+                    raise error or RuntimeError("step exploded")
+                job.progress(i + 1, steps, "denoising")
+            (job.dir / "out.txt").write_text(f"{steps} steps\n")
+            return {"files": {"text": "out.txt"}, "steps": steps}
+
+        return await asyncio.to_thread(run)
+
+    return work
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    path = short_home()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_jobs(home: Path, bus: EventBus | None = None, **kw: Any) -> tuple[Jobs, Store]:
+    store = Store(home / "tiqo.db")
+    options: dict[str, Any] = {"keep_s": 3600.0, "max_active": 1, "max_queued": 4, **kw}
+    return Jobs(store, bus or EventBus(), home / "jobs", **options), store
+
+
+def test_a_job_runs_reports_rising_progress_and_keeps_its_result(home: Path) -> None:
+    async def main() -> None:
+        bus = EventBus()
+        jobs, _ = make_jobs(home, bus)
+        seen: list[dict[str, Any]] = []
+
+        async def watch() -> None:
+            async for event in bus.subscribe(kinds={"job"}):
+                seen.append(event.data)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0)
+        job = await jobs.submit("test", "alice", {"prompt": "a cat"}, stepper(5, 0.05))
+        assert job.status == "in_progress" and job.id.startswith("job_")
+        assert (home / "jobs" / job.id).stat().st_mode & 0o777 == 0o700
+        done = await jobs.wait(job.id, "alice", 30)
+        await asyncio.sleep(0.05)
+        watcher.cancel()
+        assert done.status == "completed" and done.progress == 100 and done.step == done.total == 5
+        assert done.result == {"files": {"text": "out.txt"}, "steps": 5}
+        assert done.meta == {"model": "test-model", "device": "cpu"}
+        assert done.params == {"prompt": "a cat"} and done.error is None
+        assert done.expires_at == pytest.approx(done.finished_at + 3600)
+        assert jobs.file(job.id, "alice", "out.txt").read_text() == "5 steps\n"
+        progress = [e["progress"] for e in seen if e["status"] == "in_progress"]
+        assert progress == sorted(progress) and len(set(progress)) >= 2
+        assert seen[-1]["status"] == "completed" and all(e["user"] == "alice" for e in seen)
+        assert set(seen[-1]) >= {"id", "user", "kind", "status", "progress", "step", "total", "eta_s", "stage"}
+        assert any(e["eta_s"] is not None for e in seen)
+        await jobs.close()
+
+    asyncio.run(main())
+
+
+def test_cancel_stops_within_one_step_and_a_queued_job_at_once(home: Path) -> None:
+    async def main() -> None:
+        jobs, _ = make_jobs(home)
+        running = await jobs.submit("test", "alice", {}, stepper(200, 0.05))
+        waiting = await jobs.submit("test", "alice", {}, stepper(3, 0.01))
+        assert waiting.status == "queued"
+        assert (await jobs.cancel(waiting.id, "alice")).status == "cancelled"
+        await asyncio.sleep(0.3)
+        before = jobs.get(running.id, "alice").step
+        cancelled = await jobs.cancel(running.id, "alice")
+        assert cancelled.status == "cancelled" and cancelled.result is None
+        assert cancelled.step <= before + 2  # the step under way, then it stopped
+        assert jobs.counts == {"active": 0, "queued": 0}
+        after = await jobs.submit("test", "alice", {}, stepper(2, 0.01))  # the slot is free again
+        assert (await jobs.wait(after.id, "alice", 30)).status == "completed"
+        await jobs.close()
+
+    asyncio.run(main())
+
+
+def test_another_user_sees_nothing_of_a_job(home: Path) -> None:
+    async def main() -> None:
+        jobs, _ = make_jobs(home)
+        job = await jobs.submit("test", "alice", {}, stepper(2, 0.01))
+        await jobs.wait(job.id, "alice", 30)
+        for call in (
+            lambda: jobs.get(job.id, "bob"),
+            lambda: jobs.file(job.id, "bob", "out.txt"),
+            lambda: jobs.list("bob", after=job.id),
+        ):
+            with pytest.raises(NotFound):
+                call()
+        for coro in (jobs.cancel(job.id, "bob"), jobs.remove(job.id, "bob"), jobs.wait(job.id, "bob", 1)):
+            with pytest.raises(NotFound):
+                await coro
+        assert jobs.list("bob") == []
+        assert [j.id for j in jobs.list("alice")] == [job.id] == [j.id for j in jobs.list(None)]
+        assert jobs.get(job.id, None).user == "alice"  # None: the daemon itself (admin) sees all
+        await jobs.close()
+
+    asyncio.run(main())
+
+
+def test_outcomes_failed_with_the_message_and_internal_errors(home: Path) -> None:
+    async def main() -> None:
+        jobs, _ = make_jobs(home, max_queued=8)
+        plain = await jobs.submit("test", "u", {}, stepper(3, 0.01, fail_at=1))
+        tiqo = await jobs.submit("test", "u", {}, stepper(3, 0.01, fail_at=0, error=TiqoError("no GPU", code="x")))
+
+        async def cancels(job: JobHandle) -> dict[str, Any]:
+            raise Cancelled("stopped")
+
+        async def not_json(job: JobHandle) -> dict[str, Any]:
+            return {"x": object()}
+
+        c = await jobs.submit("test", "u", {}, cancels)
+        j = await jobs.submit("test", "u", {}, not_json)
+        p, t, c2, j2 = [await jobs.wait(x.id, "u", 30) for x in (plain, tiqo, c, j)]
+        assert p.status == "failed" and p.error is not None
+        assert p.error["code"] == "internal_error" and "step exploded" in p.error["message"]
+        assert (
+            t.status == "failed" and t.error is not None and t.error["code"] == "x" and t.error["message"] == "no GPU"
+        )
+        assert c2.status == "cancelled"
+        assert j2.status == "failed" and j2.error is not None and j2.error["code"] == "internal_error"
+        await jobs.close()
+
+    asyncio.run(main())
+
+
+def test_a_full_queue_is_busy_with_a_retry_after(home: Path) -> None:
+    async def main() -> None:
+        jobs, _ = make_jobs(home, max_active=1, max_queued=2)
+        for _ in range(3):
+            await jobs.submit("test", "u", {}, stepper(100, 0.02))
+        with pytest.raises(Busy) as refused:
+            await jobs.submit("test", "u", {}, stepper(1, 0.01))
+        assert refused.value.status == 503 and refused.value.retry_after is not None and refused.value.hint
+        await jobs.close()
+
+    asyncio.run(main())
+
+
+def test_a_restart_marks_unfinished_jobs_interrupted_and_close_too(home: Path) -> None:
+    async def main() -> tuple[str, str]:
+        jobs, store = make_jobs(home)
+        a = await jobs.submit("test", "u", {}, stepper(100, 0.02))
+        b = await jobs.submit("test", "u", {}, stepper(100, 0.02))
+        store.close()  # the daemon "dies": no close(), rows stay in_progress / queued
+        return a.id, b.id
+
+    a, b = asyncio.run(main())
+    jobs, store = make_jobs(home)
+    for job_id in (a, b):
+        job = jobs.get(job_id, "u")
+        assert job.status == "failed" and job.error is not None and job.error["code"] == "interrupted"
+        assert "submit it again" in job.error["message"] and job.finished_at is not None
+
+    async def closing() -> None:
+        job = await jobs.submit("test", "u", {}, stepper(1000, 0.02))
+        queued = await jobs.submit("test", "u", {}, stepper(1, 0.01))
+        await jobs.close()
+        for j in (job, queued):
+            assert jobs.get(j.id, "u").status == "failed"
+            assert jobs.get(j.id, "u").error == {**(jobs.get(j.id, "u").error or {}), "code": "interrupted"}
+
+    asyncio.run(closing())
+    store.close()
+
+
+def test_expiry_and_remove_delete_rows_and_files(home: Path) -> None:
+    now = [1000.0]
+    jobs, store = make_jobs(home, keep_s=60.0, clock=lambda: now[0])
+
+    async def main() -> tuple[str, str]:
+        old = await jobs.submit("test", "u", {}, stepper(1, 0.01))
+        await jobs.wait(old.id, "u", 30)
+        gone = await jobs.submit("test", "u", {}, stepper(1, 0.01))
+        await jobs.wait(gone.id, "u", 30)
+        assert (home / "jobs" / gone.id / "out.txt").exists()
+        removed = await jobs.remove(gone.id, "u")
+        assert removed.id == gone.id and not (home / "jobs" / gone.id).exists()
+        with pytest.raises(NotFound):
+            jobs.get(gone.id, "u")
+        await jobs.close()
+        return old.id, gone.id
+
+    old, _ = asyncio.run(main())
+    assert (home / "jobs" / old / "out.txt").exists()
+    now[0] += 61
+    (home / "jobs" / ("job_" + "0" * 32)).mkdir()  # a folder a cut-short removal left behind
+    store.close()
+    jobs, store = make_jobs(home, keep_s=60.0, clock=lambda: now[0])  # start-up sweeps
+    with pytest.raises(NotFound):
+        jobs.get(old, "u")
+    assert list((home / "jobs").iterdir()) == []
+    store.close()
+
+
+def test_file_names_cannot_escape_the_job_folder(home: Path) -> None:
+    async def main() -> None:
+        jobs, _ = make_jobs(home)
+        job = await jobs.submit("test", "u", {}, stepper(1, 0.01))
+        await jobs.wait(job.id, "u", 30)
+        (home / "secret").write_text("no")
+        os.symlink(home / "secret", home / "jobs" / job.id / "link.txt")
+        for name in ("../secret", "..", ".hidden", "a/b", "", "x" * 300, "out.txt\0"):
+            with pytest.raises(TiqoError) as bad:
+                jobs.file(job.id, "u", name)
+            assert bad.value.status == 400 and bad.value.hint
+        with pytest.raises(NotFound):
+            jobs.file(job.id, "u", "link.txt")  # a symlink is not a result file
+        with pytest.raises(NotFound):
+            jobs.file(job.id, "u", "missing.mp4")
+        await jobs.close()
+
+    asyncio.run(main())
+
+
+def test_list_pages_newest_first_and_filters_by_kind(home: Path) -> None:
+    async def main() -> None:
+        jobs, _ = make_jobs(home, max_queued=16)
+        ids = []
+        for i in range(5):
+            job = await jobs.submit("video" if i % 2 else "image", "u", {}, stepper(1, 0.0))
+            ids.append(job.id)
+            await jobs.wait(job.id, "u", 30)
+        first = jobs.list("u", limit=2)
+        assert [j.id for j in first] == ids[::-1][:2]
+        rest = jobs.list("u", limit=10, after=first[-1].id)
+        assert [j.id for j in rest] == ids[::-1][2:]
+        assert [j.id for j in jobs.list("u", kind="video")] == [ids[3], ids[1]]
+        with pytest.raises(TiqoError):
+            jobs.list("u", limit=0)
+        await jobs.close()
+
+    asyncio.run(main())
