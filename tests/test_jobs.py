@@ -8,16 +8,21 @@ sleep in a worker thread. The route exists only in that test launcher, never in 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.conftest import short_home
+from tests.conftest import ROOT, DaemonProc, home_env, short_home, wait_for
 from tiqo.core.errors import Busy, Cancelled, NotFound, TiqoError
 from tiqo.daemon.accounting.events import EventBus
 from tiqo.daemon.runtime.jobs import JobHandle, Jobs
@@ -271,3 +276,174 @@ def test_list_pages_newest_first_and_filters_by_kind(home: Path) -> None:
         await jobs.close()
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------- a real daemon on its socket
+def start_jobs_daemon(home: Path | None = None, **extra_env: str) -> DaemonProc:
+    """Like conftest.start_daemon, through tests/jobs_daemon.py (the real daemon plus ``POST /test/jobs``)."""
+    home = home or short_home()
+    env = home_env(home, PYTHONPATH=str(ROOT), **extra_env)
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    with (home / "logs" / "daemon.log").open("ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.jobs_daemon"], env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT
+        )
+    d = DaemonProc(home, env, proc)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {proc.returncode}:\n{d.log_text()}")
+        try:
+            return d.socket.exists() and d.client(5).get("/tiqo/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    if not wait_for(up, timeout=60):
+        d.stop()
+        raise RuntimeError(f"daemon did not start:\n{d.log_text()}")
+    return d
+
+
+@pytest.fixture
+def jobs_daemon() -> Iterator[DaemonProc]:
+    d = start_jobs_daemon(TIQO_JOBS_MAX_QUEUED="1")
+    yield d
+    d.stop()
+    shutil.rmtree(d.home, ignore_errors=True)
+
+
+ALICE = {"x-tiqo-user": "alice"}
+BOB = {"x-tiqo-user": "bob"}
+
+
+def submit(http: httpx.Client, steps: int, step_s: float, headers: dict[str, str], **extra: Any) -> dict[str, Any]:
+    r = http.post("/test/jobs", json={"steps": steps, "step_s": step_s, **extra}, headers=headers)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def replayed_events(d: DaemonProc, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """Every ``job`` event the daemon's history holds that this caller may see (replayed from Last-Event-ID 0)."""
+    seen: list[dict[str, Any]] = []
+    http = d.client(timeout=1.5)
+    try:
+        with http.stream(
+            "GET", "/tiqo/events", params={"kinds": "job"}, headers={**headers, "last-event-id": "0"}
+        ) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]))
+    except httpx.ReadTimeout:
+        pass  # the history is replayed; nothing new comes
+    return seen
+
+
+def test_jobs_over_the_socket_progress_ownership_files_and_a_full_queue(jobs_daemon: DaemonProc) -> None:
+    d = jobs_daemon
+    http = d.client()
+    job = submit(http, 30, 0.05, ALICE)
+    seen = [job["progress"]]
+    wait_for(
+        lambda: seen.append(http.get(f"/tiqo/jobs/{job['id']}", headers=ALICE).json()["progress"]) or seen[-1] > 30
+    )
+    assert seen == sorted(seen) and seen[-1] > seen[0]
+    waiting = submit(http, 1, 0.01, ALICE)  # one may wait (jobs.max_queued = 1) ...
+    refused = http.post("/test/jobs", json={"steps": 1}, headers=ALICE)  # ... the next is refused
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "server_busy" and refused.json()["error"]["hint"]
+    # another user: every route answers 404, the list is empty
+    base = f"/tiqo/jobs/{job['id']}"
+    for method, path in (
+        ("GET", base),
+        ("GET", base + "/wait?timeout=0"),
+        ("POST", base + "/cancel"),
+        ("DELETE", base),
+        ("GET", base + "/files/out.txt"),
+    ):
+        r = http.request(method, path, headers=BOB)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (method, path, r.text)
+    assert http.get("/tiqo/jobs", headers=BOB).json() == {"data": [], "has_more": False}
+    done = http.get(base + "/wait", params={"timeout": 60}, headers=ALICE).json()
+    assert done["status"] == "completed" and done["result"]["files"] == {"text": "out.txt"}
+    assert done["meta"] == {"model": "test-steps", "device": "cpu"}
+    got = http.get(base + "/files/out.txt", headers=ALICE)
+    assert got.status_code == 200 and got.text == "30 steps\n"
+    for name in ("..%2Fdaemon.json", ".hidden", "a%00b"):
+        r = http.get(f"{base}/files/{name}", headers=ALICE)
+        assert r.status_code in (400, 404) and r.json()["error"].get("hint"), (name, r.text)
+    assert http.get(base + "/wait", params={"timeout": 61}, headers=ALICE).status_code == 422  # bounded long-poll
+    assert http.get("/tiqo/jobs/job_nope", headers=ALICE).status_code == 404
+    listed = http.get("/tiqo/jobs", params={"limit": 1}, headers=ALICE).json()
+    assert [j["id"] for j in listed["data"]] == [waiting["id"]] and listed["has_more"]
+    http.get(f"/tiqo/jobs/{waiting['id']}/wait", params={"timeout": 60}, headers=ALICE)
+    # events: alice's stream carries her job's progress; bob's carries none of it
+    mine = replayed_events(d, ALICE)
+    assert {e["data"]["id"] for e in mine} == {job["id"], waiting["id"]}
+    progress = [e["data"]["progress"] for e in mine if e["data"]["id"] == job["id"]]
+    assert progress == sorted(progress) and mine[-1]["data"]["status"] == "completed"
+    assert replayed_events(d, BOB) == []
+    assert http.delete(base, headers=ALICE).json()["id"] == job["id"]
+    assert http.get(base, headers=ALICE).status_code == 404
+
+
+def test_cancel_over_the_socket_stops_within_a_step_and_a_failure_is_reported(jobs_daemon: DaemonProc) -> None:
+    http = jobs_daemon.client()
+    job = submit(http, 1000, 0.05, ALICE)
+    wait_for(lambda: http.get(f"/tiqo/jobs/{job['id']}", headers=ALICE).json()["step"] >= 3)
+    before = http.get(f"/tiqo/jobs/{job['id']}", headers=ALICE).json()["step"]
+    cancelled = http.post(f"/tiqo/jobs/{job['id']}/cancel", headers=ALICE).json()
+    assert cancelled["status"] == "cancelled" and cancelled["step"] <= before + 3
+    failing = submit(http, 5, 0.01, ALICE, fail=2)
+    failed = http.get(f"/tiqo/jobs/{failing['id']}/wait", params={"timeout": 60}, headers=ALICE).json()
+    assert failed["status"] == "failed" and failed["error"]["code"] == "internal_error"
+    assert "step 2 exploded" in failed["error"]["message"]
+
+
+def test_a_daemon_killed_mid_job_shows_it_interrupted_after_a_restart() -> None:
+    d = start_jobs_daemon()
+    try:
+        job = submit(d.client(), 1000, 0.05, ALICE)
+        wait_for(lambda: d.client().get(f"/tiqo/jobs/{job['id']}", headers=ALICE).json()["step"] >= 2)
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(10)
+        d.stop()
+        d = start_jobs_daemon(d.home)
+        row = d.client().get(f"/tiqo/jobs/{job['id']}", headers=ALICE).json()
+        assert row["status"] == "failed" and row["error"]["code"] == "interrupted"
+        assert "submit it again" in row["error"]["message"]
+    finally:
+        d.stop()
+        shutil.rmtree(d.home, ignore_errors=True)
+
+
+def test_cli_jobs_commands(jobs_daemon: DaemonProc) -> None:
+    d = jobs_daemon
+    http = d.client()
+    quick = submit(http, 3, 0.02, ALICE)
+    waited = d.cli("jobs", "wait", quick["id"], "--json", "-u", "alice")
+    assert waited.returncode == 0, waited.stderr
+    assert json.loads(waited.stdout)["status"] == "completed"
+    plain = d.cli("jobs", "wait", quick["id"], "-u", "alice")
+    assert plain.returncode == 0 and "completed: out.txt" in plain.stdout
+    listed = d.cli("jobs", "list", "-u", "alice", "--json")
+    assert [j["id"] for j in json.loads(listed.stdout)["data"]] == [quick["id"]]
+    table = d.cli("jobs", "list", "-u", "alice")
+    assert quick["id"] in table.stdout and "completed" in table.stdout and "100% 3/3" in table.stdout
+    shown = d.cli("jobs", "show", quick["id"], "-u", "alice")
+    assert "test-steps" in shown.stdout and "out.txt" in shown.stdout
+    assert json.loads(d.cli("jobs", "show", quick["id"], "-u", "alice", "--json").stdout)["id"] == quick["id"]
+    foreign = d.cli("jobs", "show", quick["id"], "-u", "bob")
+    assert foreign.returncode == 1 and "no job" in foreign.stderr and "tiqo jobs list" in foreign.stderr
+    failing = submit(http, 5, 0.01, ALICE, fail=1)
+    failed = d.cli("jobs", "wait", failing["id"], "-u", "alice")
+    assert failed.returncode == 1 and "step 1 exploded" in failed.stderr
+    slow = submit(http, 1000, 0.05, ALICE)
+    timed_out = d.cli("jobs", "wait", slow["id"], "-u", "alice", "--timeout", "0.3")
+    assert timed_out.returncode == 124 and "still in_progress" in timed_out.stderr
+    cancelled = d.cli("jobs", "cancel", slow["id"], "-u", "alice", "--json")
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["status"] == "cancelled"
+    assert d.cli("jobs", "wait", slow["id"], "-u", "alice").returncode == 1
+    removed = d.cli("jobs", "rm", quick["id"], "-u", "alice")
+    assert removed.returncode == 0 and "removed" in removed.stdout
+    assert d.cli("jobs", "show", quick["id"], "-u", "alice").returncode == 1

@@ -13,6 +13,7 @@ from tiqo.cli import (
     daemon,
     embed,
     gateway_misc,
+    jobs,
     keys,
     ledger,
     models,
@@ -61,6 +62,7 @@ app.command("speak")(voice.speak)
 app.command("embed")(embed.embed)
 app.add_typer(voice.voices_app, name="voices")
 app.add_typer(vec.app, name="vec")
+app.add_typer(jobs.app, name="jobs")
 app.command("ps")(models.ps)
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(models.app, name="models")
