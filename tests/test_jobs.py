@@ -447,3 +447,39 @@ def test_cli_jobs_commands(jobs_daemon: DaemonProc) -> None:
     removed = d.cli("jobs", "rm", quick["id"], "-u", "alice")
     assert removed.returncode == 0 and "removed" in removed.stdout
     assert d.cli("jobs", "show", quick["id"], "-u", "alice").returncode == 1
+
+
+def test_the_dashboard_jobs_tab_shows_live_progress(jobs_daemon: DaemonProc) -> None:
+    from tests.test_tui import cells, dash_client, screen_text, until
+    from tiqo.tui.app import DashApp
+    from tiqo.tui.widgets import JobsTable
+
+    d = jobs_daemon
+    http = d.client()
+    earlier = submit(http, 2, 0.01, {})  # the dashboard shows the jobs of its user (the OS user, like the CLI)
+    http.get(f"/tiqo/jobs/{earlier['id']}/wait", params={"timeout": 60})
+    submit(http, 1, 0.01, BOB)  # someone else's: never shown
+
+    async def scenario() -> None:
+        app = DashApp(dash_client(d))
+        async with app.run_test(size=(120, 30)) as pilot:
+            await until(pilot, lambda: app.connected, "the first snapshot")
+            await pilot.press("7")
+            table = app.query_one(JobsTable)
+            await until(pilot, lambda: table.row_count == 1, "the earlier job from the snapshot")
+            assert cells(table)[0][:3] == [earlier["id"], "test", "completed"]
+            job = await asyncio.to_thread(submit, http, 40, 0.05, {})
+            seen: list[str] = []
+
+            def progress() -> bool:
+                rows = {r[0]: r for r in cells(table)}
+                if job["id"] in rows:
+                    seen.append(rows[job["id"]][3])
+                return bool(seen) and seen[-1].startswith("100%")
+
+            await until(pilot, progress, "the new job's progress from its events")
+            percents = [int(p.split("%")[0]) for p in seen]
+            assert len(set(percents)) >= 3 and percents == sorted(percents)
+            assert table.row_count == 2 and "7 Jobs" in screen_text(app)
+
+    asyncio.run(scenario())

@@ -34,8 +34,10 @@ async def list_jobs(
     after: str | None = None,
 ) -> dict[str, Any]:
     """Your jobs, newest first; ``after`` (the last id of a page) gives the next page."""
-    jobs = _jobs(request).list(_user(request), kind=kind, limit=limit + 1, after=after)
-    return {"data": [j.as_dict() for j in jobs[:limit]], "has_more": len(jobs) > limit}
+    jobs, user = _jobs(request), _user(request)
+    page = jobs.list(user, kind=kind, limit=limit, after=after)
+    more = len(page) == limit and bool(jobs.list(user, kind=kind, limit=1, after=page[-1].id))
+    return {"data": [j.as_dict() for j in page], "has_more": more}
 
 
 @router.get("/{job_id}", response_model=JobObject, responses=errors(404))
