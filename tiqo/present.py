@@ -86,3 +86,26 @@ def key_status(row: dict[str, Any], now: float | None = None) -> str:
     if status == "circuit-open":
         return "circuit open" + (f" until {clock(float(until), now)}" if until else "")
     return f"{status}: {reason}" if reason else str(status)
+
+
+JOB_COLUMNS = ("ID", "KIND", "STATUS", "PROGRESS", "STAGE", "ETA", "CREATED")
+
+
+def job_row(job: dict[str, Any], now: float | None = None) -> list[str]:
+    """A job (``GET /tiqo/jobs``) or a ``job`` event's data as table cells, under ``JOB_COLUMNS``."""
+    total, step = int(job.get("total") or 0), int(job.get("step") or 0)
+    progress = f"{int(job.get('progress') or 0)}%" + (f" {step}/{total}" if total else "")
+    eta = job.get("eta_s")
+    status = str(job.get("status") or "-")
+    error = job.get("error")
+    if status == "failed" and isinstance(error, dict) and error.get("code"):
+        status = f"failed ({error['code']})"
+    return [
+        str(job.get("id") or "-"),
+        str(job.get("kind") or "-"),
+        status,
+        progress,
+        str(job.get("stage") or "-"),
+        format_duration(float(eta)) if eta is not None else "-",
+        clock(job.get("created_at"), now),
+    ]

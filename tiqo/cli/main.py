@@ -13,8 +13,10 @@ from tiqo.cli import (
     daemon,
     embed,
     gateway_misc,
+    jobs,
     keys,
     ledger,
+    media,
     models,
     providers,
     route,
@@ -58,9 +60,12 @@ app.command("ask")(ask.ask)
 app.command("chat")(ask.chat)
 app.command("transcribe")(voice.transcribe)
 app.command("speak")(voice.speak)
+app.command("image")(media.image)
+app.command("video")(media.video)
 app.command("embed")(embed.embed)
 app.add_typer(voice.voices_app, name="voices")
 app.add_typer(vec.app, name="vec")
+app.add_typer(jobs.app, name="jobs")
 app.command("ps")(models.ps)
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(models.app, name="models")

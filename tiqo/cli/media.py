@@ -10,7 +10,7 @@ import typer
 
 from tiqo.cli import complete
 from tiqo.cli.ask import DATA_CLASS, TIER, USER, routing_headers
-from tiqo.cli.jobs import follow
+from tiqo.cli.jobs import fail_unless_completed, follow
 from tiqo.cli.output import EXIT_ERROR, EXIT_USAGE, client, console, err_console, fail, handle_errors, print_json
 from tiqo.core.paths import open_user_file
 
@@ -59,7 +59,9 @@ def _numbered(output: Path, i: int, n: int) -> Path:
 @handle_errors
 def image(
     prompt: str = typer.Argument(..., help="What to draw, or - to read it from stdin."),
-    output: Path = typer.Option(Path("image.png"), "--output", "-o", help="File to write (.png/.jpg/.webp), - = stdout."),
+    output: Path = typer.Option(
+        Path("image.png"), "--output", "-o", help="File to write (.png/.jpg/.webp), - = stdout."
+    ),
     size: Optional[str] = typer.Option(None, "--size", "-s", help="WIDTHxHEIGHT, multiples of 8 (default: model's)."),
     n: int = typer.Option(1, "--n", "-n", min=1, help="How many images (out-1.png, out-2.png, ...)."),
     steps: Optional[int] = STEPS,
@@ -116,9 +118,12 @@ def image(
             print_json(job) if json_out else console.print(job["id"])
             return
         job = follow(c, job["id"], user=user)
+        fail_unless_completed(job)
         names = list((job.get("result") or {}).get("files") or [])
-        written = [(_numbered(output, i, len(names)), _write(c, job, name, _numbered(output, i, len(names)), user))
-                   for i, name in enumerate(names)]
+        written = [
+            (_numbered(output, i, len(names)), _write(c, job, name, _numbered(output, i, len(names)), user))
+            for i, name in enumerate(names)
+        ]
     if json_out:
         print_json(job)
     elif not to_stdout:
@@ -190,7 +195,9 @@ def video(
         "upscale": upscale,
     }
     files = {
-        k: v for k, v in (("input_reference", _read(source, "image")), ("audio", _read(audio, "audio"))) if v is not None
+        k: v
+        for k, v in (("input_reference", _read(source, "image")), ("audio", _read(audio, "audio")))
+        if v is not None
     }
     with client() as c:
         job = c.video_submit(fields, files, headers=routing_headers(user, tier, data_class))
@@ -198,6 +205,7 @@ def video(
             print_json(job) if json_out else console.print(job["id"])
             return
         job = follow(c, job["id"], user=user)
+        fail_unless_completed(job)
         written = _write(c, job, "video.mp4", output, user)
     if json_out:
         print_json(job)

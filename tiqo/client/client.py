@@ -3,7 +3,7 @@ event streams are in ``transport`` and ``events``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
 from tiqo.client.events import EventStreams
@@ -218,6 +218,60 @@ class TiqoClient(EventStreams):
         form = {k: str(v) for k, v in fields.items() if v is not None}
         response = self._send("POST", "/v1/videos", files=_files(files), data=form, headers=headers)
         return dict(self._decode(response))
+
+    # ------------------------------------------------------------------ jobs
+    def jobs(
+        self, kind: str | None = None, limit: int = 20, after: str | None = None, user: str | None = None
+    ) -> dict[str, Any]:
+        """Your jobs, newest first: ``{"data": [job, ...], "has_more"}`` (pass the last id as ``after``)."""
+        params = {k: v for k, v in {"kind": kind, "limit": limit, "after": after}.items() if v is not None}
+        result: dict[str, Any] = self.request("GET", "/tiqo/jobs", params=params, headers=self._as_user(user))
+        return result
+
+    def job(self, job_id: str, user: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "GET", f"/tiqo/jobs/{quote(job_id, safe='')}", headers=self._as_user(user)
+        )
+        return result
+
+    def job_wait(self, job_id: str, timeout: float = 30.0, user: str | None = None) -> dict[str, Any]:
+        """The job once finished, or as it is after ``timeout`` seconds (at most 60: the daemon's long-poll)."""
+        result: dict[str, Any] = self.request(
+            "GET",
+            f"/tiqo/jobs/{quote(job_id, safe='')}/wait",
+            params={"timeout": timeout},
+            headers=self._as_user(user),
+            timeout=timeout + 30.0,
+        )
+        return result
+
+    def job_cancel(self, job_id: str, user: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST", f"/tiqo/jobs/{quote(job_id, safe='')}/cancel", headers=self._as_user(user)
+        )
+        return result
+
+    def job_remove(self, job_id: str, user: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "DELETE", f"/tiqo/jobs/{quote(job_id, safe='')}", headers=self._as_user(user), timeout=60.0
+        )
+        return result
+
+    def job_file(self, job_id: str, name: str, out: BinaryIO, user: str | None = None) -> int:
+        """Write the job's file ``name`` to ``out``; the bytes written."""
+        path = f"/tiqo/jobs/{quote(job_id, safe='')}/files/{quote(name, safe='')}"
+        response = self._send("GET", path, stream=True, headers=self._as_user(user))
+        try:
+            if response.status_code >= 400:
+                response.read()
+                self._decode(response)
+            written = 0
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+                written += len(chunk)
+            return written
+        finally:
+            response.close()
 
     # ------------------------------------------------------------------ vectors
     @staticmethod

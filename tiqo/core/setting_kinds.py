@@ -34,6 +34,13 @@ def positive_int(value: Any) -> int:
     return number
 
 
+def non_negative_int(value: Any) -> int:
+    number = integer(value)
+    if number < 0:
+        raise ValueError(f"{value!r} is not a whole number of 0 or more")
+    return number
+
+
 def auto_int(value: Any) -> int | None:
     """``auto`` (None: decided at run time) or an integer."""
     if value is None or str(value).strip().lower() == "auto":

@@ -22,12 +22,14 @@ from tiqo.daemon.accounting.metrics import Metrics
 from tiqo.daemon.catalog.registry import Registry
 from tiqo.daemon.http import server as server_setup
 from tiqo.daemon.knowledge.vectors import VectorStore
+from tiqo.daemon.runtime.jobs import Jobs
 from tiqo.daemon.runtime.plugins import PluginReport, collect_engines, collect_providers, load_plugins
 from tiqo.daemon.runtime.scheduler import Scheduler
 from tiqo.daemon.runtime.streaming import iterate_in_thread
 from tiqo.daemon.services.backup import Backup
 from tiqo.daemon.services.embeddings import Embeddings
 from tiqo.daemon.services.gateway import Gateway
+from tiqo.daemon.services.images import Images
 from tiqo.daemon.services.voice import Voice
 from tiqo.daemon.state.shared import SharedState
 from tiqo.daemon.state.store import Store
@@ -131,6 +133,15 @@ class Daemon:
             prepare=self.registry.prepare,
             on_event=self.events.publish_named,  # model loading / loaded / unloaded, for the dashboard
         )
+        self.jobs = Jobs(
+            self.store,
+            self.events,
+            settings.paths.state_dir / "jobs",
+            keep_s=settings["jobs.keep"],
+            max_active=settings["jobs.max_active"],
+            max_queued=settings["jobs.max_queued"],
+        )
+        self.images = Images(self.gateway, self, self.jobs, narrate=self.voice.local_wav)
         if self.metrics is not None:
             live = LiveState(
                 self.hub, self.scheduler, self.budgets, self.events, user_labels=settings["metrics.user_labels"]
@@ -162,6 +173,7 @@ class Daemon:
                 yield piece
 
     async def close(self) -> None:
+        await self.jobs.close()  # first: running jobs hold model slots
         await self.gateway.close()
         await self.budgets.close()
         await self.scheduler.close()

@@ -21,9 +21,18 @@ from tiqo.client import ApiError, DaemonUnavailable, TiqoClient
 from tiqo.tui.feed import Feed, fetch, snapshot
 from tiqo.tui.model import LEVELS, DashState, Severity
 from tiqo.tui.screens import ExplainScreen, HelpScreen, LoadScreen
-from tiqo.tui.widgets import AlertsTable, Budgets, KeysTable, ModelsTable, Overview, RequestsTable, selected_key
+from tiqo.tui.widgets import (
+    AlertsTable,
+    Budgets,
+    JobsTable,
+    KeysTable,
+    ModelsTable,
+    Overview,
+    RequestsTable,
+    selected_key,
+)
 
-TABS = ("overview", "budgets", "keys", "models", "requests", "alerts")
+TABS = ("overview", "budgets", "keys", "models", "requests", "alerts", "jobs")
 WIDE = 120  # columns from which tables show more and charts sit side by side
 TALL = 36  # lines from which the overview lists the latest requests
 MODEL_ACTIONS = {"load", "pin", "unload"}
@@ -84,6 +93,9 @@ class DashApp(App[None]):
                 yield Static("enter: how the selected request was routed", classes="dim")
             with TabPane("6 Alerts", id="alerts"):
                 yield AlertsTable(id="alerts-table")
+            with TabPane("7 Jobs", id="jobs"):
+                yield JobsTable(id="jobs-table")
+                yield Static("your jobs (video, images): `tiqo jobs show ID`, `tiqo jobs cancel ID`", classes="dim")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -103,7 +115,7 @@ class DashApp(App[None]):
     def _on_snapshot(self, snap: dict[str, Any]) -> None:
         self.state.load_snapshot(snap)
         self.connected, self.down = True, None
-        self._draw({"overview", "budget", "keys", "ps", "requests", "alerts", "status"})
+        self._draw({"overview", "budget", "keys", "ps", "requests", "alerts", "jobs", "status"})
         if self.feed.connections > 1:
             self.notify("reconnected to the tiqo daemon", title="daemon")
 
@@ -166,7 +178,7 @@ class DashApp(App[None]):
 
     def _on_snapshot_again(self, snap: dict[str, Any]) -> None:
         self.state.load_snapshot(snap)
-        self._draw({"overview", "budget", "keys", "ps", "requests", "alerts", "status"})
+        self._draw({"overview", "budget", "keys", "ps", "requests", "alerts", "jobs", "status"})
 
     def _schedule_key_refresh(self) -> None:
         """Cooldowns and exhaustion end by the clock, not by an event: fetch the keys again when the first ends."""
@@ -215,6 +227,8 @@ class DashApp(App[None]):
             self.query_one(RequestsTable).show(s, self.wide)
         if "alerts" in parts:
             self.query_one(AlertsTable).show(s)
+        if "jobs" in parts:
+            self.query_one(JobsTable).show(s)
 
     def _draw_status(self) -> None:
         status = self.query_one("#status", Static)

@@ -18,6 +18,7 @@ from tiqo.tui.model import midnight
 
 LOGS = 500  # recent requests in the snapshot
 ALERTS = 100
+JOBS = 100
 CONNECT_WAIT_S = 10.0  # for the daemon to answer a new event stream
 RETRY_S = (0.25, 0.5, 1.0, 2.0)  # waits between checks that the daemon is back
 
@@ -35,6 +36,7 @@ def snapshot(client: TiqoClient) -> dict[str, Any]:
         "keys": client.keys(),
         "ps": client.ps(),
         "catalog": client.models(),
+        "jobs": client.jobs(limit=JOBS)["data"],
     }
 
 

@@ -9,11 +9,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tiqo.present import clock, fmt_duration, fmt_size, key_status, latency, limit_label, usd
+from tiqo.present import clock, fmt_duration, fmt_size, job_row, key_status, latency, limit_label, usd
 
 MINUTES = 30  # requests/min sparkline: the last half hour
 MAX_REQUESTS = 500
 MAX_ALERTS = 200
+MAX_JOBS = 100  # the dashboard's own jobs, newest first
 Severity = Literal["information", "warning", "error"]
 LEVELS: dict[str, Severity] = {"critical": "error", "error": "error", "warning": "warning"}  # alert -> toast
 
@@ -82,6 +83,7 @@ class DashState:
     health: dict[str, Any] = field(default_factory=dict)
     last_id: int | None = None
     seen: set[str] = field(default_factory=set)  # request and alert ids already shown (the snapshot overlaps events)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> job (or a job event's data), newest first
 
     # ------------------------------------------------------------ snapshot and events
     def load_snapshot(self, snap: dict[str, Any], now: float | None = None) -> None:
@@ -116,6 +118,7 @@ class DashState:
         self.keys = snap.get("keys") or []
         self.set_ps(snap.get("ps") or {})
         self.catalog = snap.get("catalog") or []
+        self.jobs = {str(j["id"]): j for j in snap.get("jobs") or [] if j.get("id")}
 
     def set_ps(self, ps: dict[str, Any]) -> None:
         self.ps, self.ps_at = ps, time.monotonic()
@@ -155,9 +158,30 @@ class DashState:
             return {"ps"}
         if kind == "budget":
             return {"budget"}
+        if kind == "job":
+            self.apply_job(data)
+            return {"jobs"}
         if kind == "dropped":  # missed some: fetch everything again
             return {"snapshot"}
         return set()
+
+    def apply_job(self, data: dict[str, Any]) -> None:
+        """A job event: progress of a job (its fields replace the ones shown), a new job, or ``removed``."""
+        ident = str(data.get("id") or "")
+        if not ident:
+            return
+        if data.get("status") == "removed":
+            self.jobs.pop(ident, None)
+            return
+        if ident in self.jobs:
+            self.jobs[ident] = {**self.jobs[ident], **data}
+            return
+        self.jobs = {ident: {"created_at": time.time(), **data}, **self.jobs}
+        while len(self.jobs) > MAX_JOBS:
+            self.jobs.pop(next(reversed(self.jobs)))
+
+    def job_rows(self, now: float | None = None) -> list[tuple[str, list[str]]]:
+        return [(ident, job_row(job, now)) for ident, job in self.jobs.items()]
 
     # ------------------------------------------------------------ rows for the tables
     def request_row(self, r: dict[str, Any], wide: bool = False, now: float | None = None) -> list[str]:

@@ -19,7 +19,7 @@ from tiqo.present import clock, latency, usd
 HELP = """\
 tiqo dash: the tiqo daemon, live (from its event stream)
 
-  1 … 6      Overview Budgets Keys Models Requests Alerts
+  1 … 7      Overview Budgets Keys Models Requests Alerts Jobs
   tab        next widget (shift+tab: previous)
   ↑ ↓ pgup   move in a table; the mouse clicks tabs and rows
   enter      Requests: how the selected request was routed

@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import DataTable, Sparkline, Static
 
-from tiqo.present import usd
+from tiqo.present import JOB_COLUMNS, usd
 from tiqo.tui.model import MINUTES, DashState, resets_text
 
 RECENT = 10  # requests listed on the overview of a tall terminal
@@ -190,3 +190,14 @@ class AlertsTable(DataTable[Any]):
     def show(self, state: DashState) -> None:
         now = time.time()
         fill(self, [(str(a.get("id") or i), state.alert_row(a, now)) for i, a in enumerate(state.alerts)])
+
+
+class JobsTable(DataTable[Any]):
+    """Jobs (video, images) with live progress from ``job`` events."""
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.add_columns(*JOB_COLUMNS)
+
+    def show(self, state: DashState) -> None:
+        fill(self, state.job_rows(time.time()))

@@ -22,7 +22,7 @@ QUEUE = 1024
 class Event:
     id: int
     ts: float
-    kind: str  # request | alert | breaker | key | model | budget
+    kind: str  # request | alert | breaker | key | model | budget | job
     data: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

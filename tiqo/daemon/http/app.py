@@ -23,6 +23,8 @@ from tiqo.daemon.http.openapi_errors import document_errors
 from tiqo.daemon.http.routes.audio import router as audio_router
 from tiqo.daemon.http.routes.embeddings import router as embeddings_router
 from tiqo.daemon.http.routes.gateway import router as gateway_router
+from tiqo.daemon.http.routes.images import router as images_router
+from tiqo.daemon.http.routes.jobs import router as jobs_router
 from tiqo.daemon.http.routes.ledger import router as ledger_router
 from tiqo.daemon.http.routes.manage import router as manage_router
 from tiqo.daemon.http.routes.metrics import router as metrics_router
@@ -248,6 +250,8 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.include_router(gateway_router)
     app.include_router(ledger_router)
     app.include_router(vectors_router)
+    app.include_router(jobs_router)
+    app.include_router(images_router)
     app.include_router(metrics_router)
     document_errors(app)
     counter = ExactCounter()

@@ -1,5 +1,5 @@
-"""The daemon's SQLite state (WAL): key usage and health, the exact response cache, and the tables of the ledger
-(requests, calls, budget counters, alerts; see ledger.py).
+"""The daemon's SQLite state (WAL): key usage and health, the exact response cache, the tables of the ledger
+(requests, calls, budget counters, alerts; see ledger.py) and long work (jobs; see jobs_store.py).
 
 One connection, used from the event loop only (writes are small; WAL with synchronous=NORMAL survives kill -9 of the
 process; a small commit costs about 60 µs in memory and 120-140 µs on disk here, see bench/ledger.py).
@@ -123,6 +123,25 @@ CREATE TABLE IF NOT EXISTS vector_collections (
     created REAL NOT NULL,
     PRIMARY KEY (owner, name)
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    stage TEXT NOT NULL DEFAULT '',
+    eta_s REAL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    params TEXT NOT NULL DEFAULT '{}',
+    result TEXT,
+    meta TEXT NOT NULL DEFAULT '{}',
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_user_created ON jobs (user, created_at);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 """
 
 

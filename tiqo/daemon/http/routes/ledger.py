@@ -17,7 +17,7 @@ from tiqo.core.errors import BadRequest, ConfigError
 from tiqo.core.settings import write_config_value
 from tiqo.daemon.accounting.ledger import GROUPS
 from tiqo.daemon.catalog.routing_config import tcp_tier
-from tiqo.daemon.http.dependencies import daemon_of
+from tiqo.daemon.http.dependencies import daemon_of, request_meta
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.http.tcp import SCRAPE_ROLE, new_token
 from tiqo.daemon.root import Daemon
@@ -86,9 +86,10 @@ async def alerts(request: Request, n: Annotated[int, Query(ge=1, le=10_000)] = 5
 
 @router.get("/events")
 async def events(request: Request, kinds: str | None = None) -> StreamingResponse:
-    """Server-sent events: ``request`` (each ledger row), ``alert`` … A reconnecting client sends Last-Event-ID and
-    gets what it missed from a short history."""
+    """Server-sent events: ``request`` (each ledger row), ``alert``, ``job`` (progress of the caller's own jobs
+    only) … A reconnecting client sends Last-Event-ID and gets what it missed from a short history."""
     daemon = daemon_of(request)
+    user = request_meta(request).user  # a job event goes to its owner only
     last = request.headers.get("last-event-id")
     after = int(last) if last and last.isascii() and last.isdigit() else None
     wanted = {k.strip() for k in kinds.split(",") if k.strip()} if kinds else None
@@ -107,6 +108,8 @@ async def events(request: Request, kinds: str | None = None) -> StreamingRespons
                     yield ": keep-alive\n\n"
                     continue
                 event, pending = pending.result(), None
+                if event.kind == "job" and event.data.get("user") != user:
+                    continue
                 ident = f"id: {event.id}\n" if event.id else ""
                 yield f"{ident}event: {event.kind}\ndata: {json.dumps(event.as_dict(), separators=(',', ':'))}\n\n"
         finally:
