@@ -35,6 +35,8 @@ KIND_DEFAULTS = {
     "stt": "stt.default_model",
     "tts": "tts.default_voice",
     "embed": "embed.default_model",
+    "image": "image.default_model",
+    "video": "video.default_model",
 }
 KIND_WORDS = {
     "llm": "language model",
@@ -198,7 +200,7 @@ class Registry:
         spec = self._user.get(name) or self._bundled.get(name)
         if spec is not None and kind is not None and spec.kind != kind:
             raise BadRequest(
-                f"{name} is a {KIND_WORDS.get(spec.kind, spec.kind)}, not a {KIND_WORDS.get(kind, kind)}",
+                f"{name} is {_a(KIND_WORDS.get(spec.kind, spec.kind))}, not {_a(KIND_WORDS.get(kind, kind))}",
                 param="model",
                 hint=f"`tiqo models list` shows each model's kind; pick a {KIND_WORDS.get(kind, kind)}",
             )
@@ -406,6 +408,10 @@ class Registry:
             description=str(entry.get("description", "")),
             capabilities=_capabilities(kind, engine, entry),
         )
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
 
 
 def _capabilities(kind: str, engine: str, entry: dict[str, Any]) -> tuple[str, ...]:

@@ -177,7 +177,11 @@ class Images(Dispatch):
                 raise BadRequest(f"n must be between 1 and {most}, not {task.n}", param="n", hint="image.max_n")
             self._check_steps(task.steps)
             if task.image is not None:
-                await asyncio.to_thread(_check_pictures, task.image, task.mask, int(self.settings["image.max_side"]))
+                size = await asyncio.to_thread(
+                    _check_pictures, task.image, task.mask, int(self.settings["image.max_side"])
+                )
+                if task.size is None:  # an edit keeps the picture's size (to a multiple of 8), as OpenAI's does
+                    task = replace(task, size=(max(64, size[0] // 8 * 8), max(64, size[1] // 8 * 8)))
             elif task.mask is not None:
                 raise BadRequest("a mask needs an image to repaint", param="mask")
             texts = [task.prompt] + ([task.negative_prompt] if task.negative_prompt else [])
@@ -185,7 +189,10 @@ class Images(Dispatch):
             capability = _capability(task)
             requested = self._openai_name(task.model, OPENAI_IMAGE_MODELS)
             blocked: dict[str, bp.Charge] = {}
-            decision = self._decide(c, "image", requested, (capability,), blocked, local=self.default_model("image"))
+            local = self.default_model("image", capability)
+            if requested is None and local is None and "image" not in self.gateway.catalog_and_config()[1].routes:
+                self._local_spec(None, "image", capability)  # raises: no image model is registered, and how to add one
+            decision = self._decide(c, "image", requested, (capability,), blocked, local=local or "")
             if not decision.kept:
                 raise self._none_served(decision, blocked, [], Served(route=decision.source))
             first = self.gateway.catalog_and_config()[0][decision.kept[0].model]
@@ -352,6 +359,10 @@ class Images(Dispatch):
             requested = self._openai_name(task.model, OPENAI_VIDEO_MODELS)
             from_image = task.image is not None
             spec = self._video_spec(requested, from_image)
+            if task.image is not None:
+                given = await asyncio.to_thread(_check_pictures, task.image, None, int(self.settings["image.max_side"]))
+                if task.size is None:  # the video keeps the first frame's size (to a multiple of 8)
+                    task = replace(task, size=(max(64, given[0] // 8 * 8), max(64, given[1] // 8 * 8)))
             size = self._check_size(task.size, spec, "video")
             fps = task.fps or int(spec.options.get("fps") or self.settings["video.fps"])
             frames = task.frames or (
@@ -371,9 +382,7 @@ class Images(Dispatch):
                     hint=f"e.g. interpolate={min(60, fps * 3)}",
                 )
             first_frame = None
-            if task.image is not None:
-                await asyncio.to_thread(_check_pictures, task.image, None, int(self.settings["image.max_side"]))
-            elif spec.options.get("task") == im.IMAGE_TO_VIDEO:
+            if task.image is None and spec.options.get("task") == im.IMAGE_TO_VIDEO:
                 first_frame = self._local_spec(task.image_model, "image", "image")
             task = replace(task, size=size, fps=fps, frames=frames)
         except TiqoError as exc:
@@ -515,8 +524,9 @@ def _public(details: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in details.items() if isinstance(v, (str, int, float, bool)) or v is None}
 
 
-def _check_pictures(image: bytes, mask: bytes | None, largest: int) -> None:
-    """The upload is an image (header read only; a decompression bomb never decodes), and the mask matches it."""
+def _check_pictures(image: bytes, mask: bytes | None, largest: int) -> tuple[int, int]:
+    """The upload is an image (header read only; a decompression bomb never decodes), and the mask matches it.
+    Returns the image's size."""
     from PIL import Image, UnidentifiedImageError
 
     sizes = []
@@ -541,6 +551,7 @@ def _check_pictures(image: bytes, mask: bytes | None, largest: int) -> None:
             param="mask",
             hint="make the mask the same size as the image (white where it is repainted)",
         )
+    return sizes[0]
 
 
 def _save_pictures(pictures: list[bytes], fmt: str, handle: JobHandle) -> list[str]:
