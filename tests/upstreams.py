@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import base64
 import contextlib
 import functools
 import hashlib
@@ -316,6 +317,18 @@ _SPEECH_CODECS = {
     "aac": ("adts", "aac", SPEECH_RATE),
     "flac": ("flac", "flac", SPEECH_RATE),
 }
+
+
+def grey_png(width: int, height: int) -> bytes:
+    """A mid-grey 8-bit RGB PNG, written with zlib alone."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + b"\x80" * (3 * width) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def speech_seconds(text: str, speed: float = 1.0) -> float:
@@ -630,6 +643,7 @@ class Upstream:
         app.router.add_post("/v1/audio/translations", self._openai_translations)
         app.router.add_post("/v1/audio/speech", self._openai_speech)
         app.router.add_post("/v1/embeddings", self._openai_embeddings)
+        app.router.add_post("/v1/images/generations", self._openai_images)
         app.router.add_post("/v1/messages", self._anthropic_messages)
         app.router.add_post("/v1beta/models/{name}", self._gemini)
         app.router.add_post("/v1/models/{name}", self._gemini)
@@ -1140,6 +1154,23 @@ class Upstream:
         tokens = sum(_words(t) for t in inputs)
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return _json_response(200, {"object": "list", "data": data, "model": body["model"], "usage": usage})
+
+    async def _openai_images(self, request: web.Request) -> web.StreamResponse:
+        """``/v1/images/generations``: ``n`` grey PNGs of ``size`` as ``b64_json`` (as gpt-image models answer)."""
+        key = _bearer(request)
+        rec, body, early, _, _ = await self._begin(request, "openai", key)
+        if early is not None:
+            return early
+        if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+            rec["status"] = 400
+            return _bad_request("openai", "'prompt' is required.")
+        refused = self._allow(rec, "openai", key)
+        if refused is not None:
+            return refused
+        width, height = (int(v) for v in str(body.get("size") or "64x64").split("x"))
+        picture = base64.b64encode(grey_png(width, height)).decode()
+        data = [{"b64_json": picture} for _ in range(int(body.get("n") or 1))]
+        return _json_response(200, {"created": int(time.time()), "data": data})
 
     # ---------------------------------------------------------------- Anthropic
 
