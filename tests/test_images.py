@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -333,3 +334,20 @@ def test_restart_marks_a_running_video_failed(tiny_pipelines: dict[str, Path]) -
     finally:
         d.stop()
         shutil.rmtree(d.home, ignore_errors=True)
+
+
+def test_kill_9_of_the_worker_fails_that_job_and_the_next_one_succeeds(media: DaemonProc) -> None:
+    c = media.client()
+    body = {"model": "tiny-t2v", "prompt": "doomed", "frames": 8, "fps": 4, "steps": 150, "size": SIZE}
+    job = c.post("/v1/videos", json=body).json()
+    assert wait_for(lambda: c.get(f"/tiqo/jobs/{job['id']}").json()["step"] >= 1, timeout=300)
+    row = next(m for m in c.get("/tiqo/ps").json()["models"] if m["name"] == "tiny-t2v")
+    os.kill(row["details"]["pid"], signal.SIGKILL)
+    failed = wait_for(lambda: (j := c.get(f"/tiqo/jobs/{job['id']}").json())["status"] == "failed" and j, timeout=60)
+    assert failed and failed["error"]["code"] == "worker_died"
+    assert c.get("/tiqo/health").status_code == 200
+    again = c.post("/v1/videos", json={**body, "prompt": "after", "frames": 2, "steps": 1}).json()
+    done = wait_for(
+        lambda: (j := c.get(f"/tiqo/jobs/{again['id']}").json())["status"] == "completed" and j, timeout=300
+    )
+    assert done, c.get(f"/tiqo/jobs/{again['id']}").json()
