@@ -257,6 +257,20 @@ SETTINGS: tuple[Setting, ...] = (
         "routing.breaker_cooldown", "60s", parse_duration, "How long an open breaker waits before a probe", "duration"
     ),
     Setting(
+        "routing.replica_probe_interval",
+        "5s",
+        parse_duration,
+        "How often each endpoint of a provider with several (endpoints = [...]) is probed (GET /models); 0 = never",
+        "duration",
+    ),
+    Setting(
+        "routing.replica_failures",
+        2,
+        integer,
+        "Failures in a row that take a replica endpoint out until a probe succeeds (a refused connection: one)",
+        "int",
+    ),
+    Setting(
         "routing.key_strategy",
         "round-robin",
         choice("round-robin", "least-used", "weighted"),
