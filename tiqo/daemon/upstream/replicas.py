@@ -113,7 +113,7 @@ class ReplicaSet:
         left = [e for e in self.endpoints if id(e) not in skip]
         up = [e for e in left if e.up]
         if up:
-            return min(up, key=lambda e: ((e.outstanding + 1) / e.weight, e.served / e.weight))
+            return min(up, key=lambda e: (e.outstanding / e.weight, e.served / e.weight))
         if not left:
             return None
         return min(left, key=lambda e: e.down_since or 0.0)
