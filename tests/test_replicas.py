@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import DaemonProc, short_home, start_daemon
 from tests.test_tcp import free_port
 from tests.upstreams import UpstreamProcess
+from tiqo.tui.feed import replica_rows
 
 CHAT = {"model": "pooled", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
 
@@ -99,6 +100,8 @@ def test_load_spreads_by_outstanding_requests_and_a_killed_replica_costs_no_requ
     assert provider["circuit"] == "closed" and provider["status"] == "available"
     listing = d.cli("providers", "list")
     assert listing.returncode == 0 and "out" in listing.stdout and "served" in listing.stdout, listing.stdout
+    shown = replica_rows(d.client().get("/tiqo/providers").json())  # what the dashboard's keys tab lists
+    assert {(r["url"], r["healthy"]) for r in shown} == {(a.url + "/v1", False), (b.url + "/v1", True)}
     explain = d.client().post("/tiqo/route/explain", json={"prompt": "hi", "model": "pooled"}).json()
     assert explain["replicas"]["pool"]["next"] == b.url + "/v1"
 
