@@ -141,3 +141,12 @@ def test_unsupported_version_and_missing_file(tmp_path: Path) -> None:
         read_gguf(tmp_path / "missing.gguf")
     with pytest.raises(GGUFError, match="not a file"):
         read_gguf(tmp_path)
+
+
+def test_every_setting_has_its_own_environment_variable() -> None:
+    from collections import Counter
+
+    from tiqo.core.setting_table import SETTINGS
+
+    shared = [env for env, n in Counter(s.env for s in SETTINGS).items() if n > 1]
+    assert shared == []  # e.g. image.default_size and video.default_size would both read TIQO_DEFAULT_SIZE

@@ -138,7 +138,7 @@ def test_seed_policy_code_goes_to_a_code_model() -> None:
 def test_restricted_data_never_leaves_the_machine() -> None:
     d = route("Analyze this in depth " * 40, data_class="restricted", tier="pro")
     assert all(c.provider == LOCAL for c in d.kept)
-    assert any(c.reason == "restricted data never leaves the machine" for c in d.candidates)
+    assert any(c.reason.startswith("restricted data never leaves the machine") for c in d.candidates)
     d = route("hi", model="gpt-4o-mini", data_class="restricted")
     assert d.chosen is None
 

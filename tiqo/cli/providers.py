@@ -34,7 +34,8 @@ def status_markup(status: str) -> str:
 @app.command("list")
 @handle_errors
 def list_providers(json_out: bool = JSON) -> None:
-    """List providers: kind, base URL, number of keys, status and the models that use them.
+    """List providers: kind, base URL (or each replica endpoint: healthy, outstanding, served, last error), number
+    of keys, status and the models that use them.
 
     Example: tiqo providers list
     """
@@ -67,6 +68,12 @@ def list_providers(json_out: bool = JSON) -> None:
             status_markup(str(r["status"])),
             _escape(", ".join(r.get("models") or []) or "-"),
         )
+        for e in r.get("endpoints") or ():
+            health = "[green]healthy[/]" if e["healthy"] else "[red]out[/]"
+            detail = f"{health} · {e['outstanding']} outstanding · {e['served']} served · weight {e['weight']:g}"
+            if e.get("last_error"):
+                detail += f" · last error: {_escape(str(e['last_error']))}"
+            table.add_row("", "", f"  └ {_escape(e['url'])}", "", detail, "")
     console.print(table)
 
 
@@ -91,6 +98,45 @@ def _headers(provider: str, values: list[str]) -> dict[str, str] | None:
             )
         headers[name] = value.strip()
     return headers or None
+
+
+def _endpoint(raw: str) -> dict[str, Any]:
+    """``URL`` or ``URL,weight=N``."""
+    url, _, rest = raw.partition(",")
+    entry: dict[str, Any] = {"url": url.strip()}
+    if rest:
+        name, _, value = rest.partition("=")
+        try:
+            if name.strip() != "weight":
+                raise ValueError
+            entry["weight"] = float(value)
+        except ValueError:
+            fail(
+                f"--endpoint {raw!r} is not URL or URL,weight=N",
+                "e.g. --endpoint http://10.0.0.6:8000/v1,weight=2",
+                EXIT_USAGE,
+            )
+    return entry
+
+
+def _key_from(provider: str, source: str) -> str:
+    """A key from stdin / a hidden prompt ('-') or an environment variable ('env:VAR'), never the command line."""
+    import os
+
+    from tiqo.cli.keys import _read_secret
+
+    if source == "-":
+        return _read_secret(provider)
+    if source.startswith("env:") and os.environ.get(source[4:], "").strip():
+        return os.environ[source[4:]].strip()
+    if source.startswith("env:"):
+        fail(f"environment variable {source[4:]} is empty or not set", "export it first, or use --key -", EXIT_USAGE)
+    fail(
+        "--key takes '-' or env:VAR, not the key itself (it would stay in the shell history and the process list)",
+        f"pipe it in: `printenv TOKEN | tiqo providers add {provider} … --key -`",
+        EXIT_USAGE,
+    )
+    raise AssertionError  # fail() exits
 
 
 @app.command("add")
@@ -118,13 +164,38 @@ def add(
         [], "--header", "-H", help="Extra HTTP header 'Name: value' (repeatable; not for keys: `tiqo keys add`)."
     ),
     no_auth: bool = typer.Option(False, "--no-auth", help="A keyless server (a local vLLM or llama.cpp server)."),
+    endpoint: list[str] = typer.Option(
+        [],
+        "--endpoint",
+        "-e",
+        help="A replica serving the same models: URL or URL,weight=N (repeatable; requests go to the least busy).",
+    ),
+    trusted: bool = typer.Option(
+        False,
+        "--trusted",
+        help="Inside your trust boundary (another tiqo on your own network): it may receive restricted data.",
+    ),
+    key: Optional[str] = typer.Option(
+        None,
+        "--key",
+        help="Also add its key (a remote tiqo's token): '-' reads it from stdin or a hidden prompt, env:VAR from "
+        "an environment variable; never the key itself (shell history).",
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Add an external provider. Its keys go in with `tiqo keys add`, its models with `tiqo models add`.
 
-    Example: tiqo providers add groq --kind openai --base-url https://api.groq.com/openai/v1
+    Examples:
+
+      tiqo providers add groq --kind openai --base-url https://api.groq.com/openai/v1
+
+      tiqo providers add vllm --no-auth -e http://10.0.0.5:8000/v1 -e http://10.0.0.6:8000/v1,weight=2
+
+      printenv GPU_BOX_TOKEN | tiqo providers add gpu-box --kind tiqo --base-url https://gpu-box:8443/v1 --key -
     """
     headers = _headers(name, header)
+    secret = _key_from(name, key) if key is not None else None
+    endpoints = [_endpoint(e) for e in endpoint] or None
     with client() as c:
         row = c.add_provider(
             name,
@@ -137,11 +208,18 @@ def add(
             timeout_idle=timeout_idle,
             headers=headers,
             auth="none" if no_auth else None,
+            endpoints=endpoints,
+            trusted=True if trusted else None,
         )
+        if secret is not None:
+            c.add_key(name, secret)
+            row["keys"] = 1
     if json_out:
         print_json(row)
         return
     console.print(f"added provider {_escape(row['name'])} ({_escape(row['kind'])}, {_escape(row['base_url'])})")
+    if row.get("trusted"):
+        console.print("[yellow]trusted: it may receive restricted data, like a local model[/]")
     console.print(
         f"[dim]next: `tiqo keys add {row['name']}` (reads the key from stdin or a hidden prompt), then\n"
         f"      `tiqo models add MODEL --provider {row['name']} --upstream-model M --price-in X --price-out Y`[/]",

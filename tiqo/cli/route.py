@@ -75,6 +75,15 @@ def render(result: dict[str, Any]) -> None:
     if result["candidates"]:
         console.print(table)
         console.print("[dim]PRICE: USD per 1M tokens in/out · EST COST: prompt estimate + max tokens[/]")
+    for provider, replicas in (result.get("replicas") or {}).items():
+        console.print(f"endpoints of {escape(provider)} (next: {escape(str(replicas.get('next') or 'none'))}):")
+        for e in replicas["endpoints"]:
+            state = "[green]healthy[/]" if e["healthy"] else f"[red]out[/] ({escape(str(e['last_error'] or ''))})"
+            console.print(
+                f"  {escape(e['url'])}  weight {e['weight']:g}  {state}  "
+                f"{e['outstanding']} outstanding  {e['served']} served",
+                soft_wrap=True,
+            )
     if result.get("chosen"):
         console.print(f"→ chosen: [bold green]{escape(result['chosen'])}[/]")
     else:

@@ -72,7 +72,8 @@ class RoutingConfig:
     aliases: Mapping[str, Sequence[str]] = field(default_factory=dict)
     tiers: Mapping[str, Tier] = field(default_factory=dict)
     local_fallback: str = ""  # appended as the last candidate of every route (the default local model)
-    provider_max_class: Mapping[str, str] = field(default_factory=dict)  # provider -> highest data class it may see
+    # provider -> highest data class it may see; "restricted" only for providers configured as trusted = true
+    provider_max_class: Mapping[str, str] = field(default_factory=dict)
     users: Mapping[str, UserProfile] = field(default_factory=dict)
 
     def route_for(self, task: str, complexity: str) -> tuple[str, list[str]]:
@@ -232,9 +233,11 @@ def _drop_reason(
     if missing:
         return f"lacks capability {', '.join(missing)}"
     if not model.local:
-        if classification.data_class == "restricted":
-            return "restricted data never leaves the machine"
         limit = config.provider_max_class.get(model.provider, "confidential")
+        if classification.data_class == "restricted" and limit != "restricted":
+            # "restricted" is the limit of a provider configured as trusted = true (another tiqo inside the trust
+            # boundary) and of no other
+            return f"restricted data never leaves the machine ({model.provider} is not trusted = true)"
         if limit in DATA_CLASSES and rank > class_rank(limit):
             return f"{classification.data_class} data may not go to {model.provider} (allows up to {limit})"
     if tier is not None and not tier.allows(model.provider):

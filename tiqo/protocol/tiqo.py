@@ -60,6 +60,12 @@ class AddModelRequest(BaseModel):
         return self
 
 
+class ReplicaEndpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=2048)
+    weight: float = Field(default=1.0, gt=0, le=1000)
+
+
 class AddProviderRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=_NAME)
@@ -72,6 +78,12 @@ class AddProviderRequest(BaseModel):
     timeout_idle: str | None = None
     headers: dict[str, str] | None = None
     auth: Literal["key", "none"] | None = Field(default=None, description='"none": a keyless server (local vLLM)')
+    endpoints: list[ReplicaEndpoint] | None = Field(
+        default=None, max_length=64, description="replicas serving the same models (balanced, health-checked)"
+    )
+    trusted: bool | None = Field(
+        default=None, description="inside the trust boundary (another tiqo): it may receive restricted data"
+    )
 
 
 class AddKeyRequest(BaseModel):

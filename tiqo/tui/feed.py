@@ -34,10 +34,16 @@ def snapshot(client: TiqoClient) -> dict[str, Any]:
         "alerts": client.alerts(ALERTS),
         "budget": client.budget(),
         "keys": client.keys(),
+        "replicas": replica_rows(client.providers()),
         "ps": client.ps(),
         "catalog": client.models(),
         "jobs": client.jobs(limit=JOBS)["data"],
     }
+
+
+def replica_rows(providers: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per endpoint of each provider served by several (replicas), for the keys tab."""
+    return [{"provider": p["name"], **e} for p in providers.get("providers") or [] for e in p.get("endpoints") or []]
 
 
 def fetch(client: TiqoClient, what: str) -> Any:

@@ -77,6 +77,7 @@ class DashState:
     alerts: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=MAX_ALERTS))
     budget: dict[str, Any] = field(default_factory=dict)
     keys: list[dict[str, Any]] = field(default_factory=list)
+    replicas: list[dict[str, Any]] = field(default_factory=list)  # endpoints of providers with several
     ps: dict[str, Any] = field(default_factory=dict)
     ps_at: float = 0.0  # time.monotonic() when ps was fetched (keep-alive countdowns run from there)
     catalog: list[dict[str, Any]] = field(default_factory=list)
@@ -116,6 +117,7 @@ class DashState:
         self.seen = {f"r{r.get('id')}" for r in logs} | {f"a{a.get('id')}" for a in self.alerts}
         self.budget = snap.get("budget") or {}
         self.keys = snap.get("keys") or []
+        self.replicas = snap.get("replicas") or []
         self.set_ps(snap.get("ps") or {})
         self.catalog = snap.get("catalog") or []
         self.jobs = {str(j["id"]): j for j in snap.get("jobs") or [] if j.get("id")}

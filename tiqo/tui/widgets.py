@@ -146,7 +146,17 @@ class KeysTable(DataTable[Any]):
 
     def show(self, state: DashState) -> None:
         now = time.time()
-        fill(self, [(f"{r['provider']}/{r['name']}", state.key_row(r, now)) for r in state.keys])
+        rows = [(f"{r['provider']}/{r['name']}", state.key_row(r, now)) for r in state.keys]
+        for e in state.replicas:  # replica endpoints: health and load instead of a secret and limits
+            row = [
+                f"{e['provider']} @ {e['url']}",
+                "-",
+                "healthy" if e.get("healthy") else "out",
+                f"{e.get('outstanding', 0)} outstanding, {e.get('served', 0)} served, weight {e.get('weight', 1):g}",
+                str(e.get("last_error") or "-"),
+            ]
+            rows.append((f"{e['provider']}@{e['url']}", row))
+        fill(self, rows)
 
 
 class ModelsTable(DataTable[Any]):

@@ -1,5 +1,6 @@
 """Provider kind "openai": any OpenAI-compatible chat-completions server (OpenAI, Groq, DeepSeek, OpenRouter, Together,
-vLLM, llama.cpp's server, another tiqo). The body passes through; the stream is already in OpenAI's shape.
+vLLM, llama.cpp's server), and "tiqo": another tiqo daemon (the same protocol, its token as the key). The body
+passes through; the stream is already in OpenAI's shape.
 
 Options read: ``headers`` (extra request headers), ``stream_usage`` (False: do not send ``stream_options``, for
 servers that reject it).
@@ -201,6 +202,17 @@ class OpenAIKind:
         return result
 
 
+class TiqoKind(OpenAIKind):
+    """Another tiqo daemon over its TCP listener (``daemon.listen``, usually behind a TLS proxy): its /v1 routes are
+    OpenAI's, and its bearer token (``tiqo users token NAME`` on that machine) is this provider's key. The calling
+    daemon adds ``X-Tiqo-Class`` to requests for a provider with ``trusted = true``, so the remote daemon keeps
+    restricted data on its own machine as well."""
+
+    kind = "tiqo"
+    default_base_url = "http://127.0.0.1:8484/v1"
+
+
 @hookimpl
 def register_providers(register: Callable[[Any], None]) -> None:
     register(OpenAIKind())
+    register(TiqoKind())

@@ -161,7 +161,8 @@ class Dispatch:
             if key_name is not None:
                 provider.pool.begin(key_name, now)
             try:
-                result = await call(self.hub.secret(provider.name, key_name), provider, row.id)
+                view = self.hub.for_call(provider, decision.classification.data_class)
+                result = await call(self.hub.secret(provider.name, key_name), view, row.id)
             except AttemptFailed as exc:
                 failures.append(exc)
                 served.attempts.append(
@@ -174,6 +175,9 @@ class Dispatch:
                 if step == "stop":
                     raise BadRequest(f"{model.provider} rejected the request: {exc.message}") from None
                 if step == "key":
+                    continue
+                if self.hub.replica_takes_failure(model.provider, exc.kind):
+                    tried.discard(key_name or "")  # cut off by one replica while another is up: try that one
                     continue
                 return None
             except BaseException:

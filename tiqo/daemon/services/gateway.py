@@ -98,7 +98,7 @@ class Gateway:
         self.accounting = Accounting(
             settings, hub, ledger, budgets, events, lambda: self.clock(), metrics, shared.limiter, shared.days
         )
-        self.upstream = UpstreamClient()
+        self.upstream = UpstreamClient(hub.replicas)  # one door for every provider call, replicas chosen there
         self.clock = time.time
         self._patterns = restricted_patterns(settings)
         self._derived: tuple[tuple[int, int], dict[str, CatalogModel], RoutingConfig] | None = None
@@ -398,6 +398,11 @@ class Gateway:
                     last_provider_failed = model.provider
                     if step == "key":
                         continue  # same candidate, another key (never the one that just failed)
+                    if isinstance(exc, AttemptFailed) and self.hub.replica_takes_failure(model.provider, exc.kind):
+                        # cut off midway by one replica while another is up: the same model on that one
+                        tried_keys.discard(key_name or "")
+                        last_provider_failed = None
+                        continue
                     break
                 served.backend = f"local:{self.registry.resolve(model.name).engine}" if model.local else model.provider
                 served.provider, served.model, served.key = model.provider, model.name, key_name
@@ -470,7 +475,8 @@ class Gateway:
         else:
             provider = self.hub.providers[model.provider]
             secret = self.hub.secret(provider.name, key_name)
-            inner = stream_external(self.upstream, secret, provider, model, wire, call.id if call else None)
+            view = self.hub.for_call(provider, decision.classification.data_class)
+            inner = stream_external(self.upstream, secret, view, model, wire, call.id if call else None)
         return self._account(inner, model, key_name, call, wire, decision, served, cache)
 
     async def _account(
@@ -534,7 +540,7 @@ class Gateway:
 
     def record_failure(self, provider: Provider, key_name: str | None, exc: AttemptFailed) -> None:
         now = self.clock()
-        if exc.kind in HEALTH_FAILURES:
+        if exc.kind in HEALTH_FAILURES and not self.hub.replica_takes_failure(provider.name, exc.kind):
             provider.breaker.failure(now, f"{exc.kind}: {exc.message}"[:120])
         else:
             provider.breaker.release()

@@ -7,8 +7,10 @@ CPU per streamed request under concurrency; encode/httpx#3215).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncGenerator
@@ -17,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from tiqo.daemon.upstream.replicas import Endpoint, Replicas, ReplicaSet
 from tiqo.sdk.provider import FormFile, ProviderKind, UpstreamRequest
 
 log = logging.getLogger("tiqo.upstream")
@@ -45,10 +48,46 @@ class AttemptFailed(Exception):
         return self.kind != "bad_request"
 
 
+class TrackedResponse(aiohttp.ClientResponse):
+    """A response that tells its replica endpoint when it ends (released, closed, or cut off mid-answer), so the
+    endpoint's outstanding count is exact for streamed answers too."""
+
+    _replica: tuple[ReplicaSet, Endpoint] | None = None
+
+    def track(self, replica_set: ReplicaSet, endpoint: Endpoint) -> None:
+        endpoint.outstanding += 1
+        self._replica = (replica_set, endpoint)
+
+    def finish(self, error: AttemptFailed | None = None) -> None:
+        replica, self._replica = self._replica, None
+        if replica is None:
+            return
+        replica_set, endpoint = replica
+        endpoint.outstanding -= 1
+        if error is None:
+            endpoint.served += 1
+            replica_set.succeeded(endpoint)
+        elif error.kind in REPLICA_FAILURES:
+            replica_set.failed(endpoint, error.kind, error.message, time.time())
+
+    def release(self) -> Any:
+        self.finish()
+        return super().release()
+
+    def close(self) -> None:
+        self.finish()
+        super().close()
+
+
+# Failures that say something about the endpoint (another replica may well answer), not about the request or key
+REPLICA_FAILURES = frozenset({"connection", "timeout", "server", "protocol"})
+
+
 class UpstreamClient:
-    def __init__(self) -> None:
+    def __init__(self, replicas: Replicas | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._proxies: dict[str, str] = {}
+        self.replicas = replicas or Replicas()
 
     def _proxy_for(self, url: str) -> str | None:
         if not self._proxies:
@@ -68,16 +107,54 @@ class UpstreamClient:
                 # trust_env costs two thread-pool round trips per request (netrc + proxy lookup); proxies are
                 # read from the environment once, here, instead.
                 trust_env=False,
+                response_class=TrackedResponse,
             )
             self._proxies = urllib.request.getproxies()
         return self._session
 
     async def close(self) -> None:
+        await self.replicas.close()
         if self._session is not None:
             await self._session.close()
 
     async def open(self, req: UpstreamRequest, kind: ProviderKind, timeouts: Timeouts) -> aiohttp.ClientResponse:
-        """Send ``req``; return the response once its headers say 2xx, else raise ``AttemptFailed``."""
+        """Send ``req``; return the response once its headers say 2xx, else raise ``AttemptFailed``. A request to a
+        provider with replicas (``replicas://NAME/…``) goes to the endpoint ``Replicas`` picks, and on a failure
+        before the first byte to the next one, until an endpoint answers or none is left."""
+        try:
+            target = self.replicas.resolve(req.url)
+        except LookupError as exc:
+            raise AttemptFailed("connection", str(exc)) from None
+        if target is None:
+            return await self._open(req, kind, timeouts)
+        replica_set, path = target
+        self.replicas.ensure_probing(self.session)
+        tried: list[Endpoint] = []
+        while (endpoint := replica_set.choose(tried)) is not None:
+            tried.append(endpoint)
+            endpoint.outstanding += 1  # counted from the choice: concurrent choices see it at once
+            try:
+                resp = await self._open(dataclasses.replace(req, url=endpoint.url + path), kind, timeouts)
+            except AttemptFailed as exc:
+                if exc.kind in REPLICA_FAILURES:
+                    replica_set.failed(endpoint, exc.kind, exc.message, time.time())
+                    if replica_set.choose(tried) is not None:
+                        log.info(
+                            "replica %s of %s failed (%s); trying the next",
+                            endpoint.url,
+                            replica_set.provider,
+                            exc.kind,
+                        )
+                        continue
+                raise
+            finally:
+                endpoint.outstanding -= 1
+            if isinstance(resp, TrackedResponse):
+                resp.track(replica_set, endpoint)
+            return resp
+        raise AttemptFailed("connection", f"provider {replica_set.provider} has no endpoint left to try")
+
+    async def _open(self, req: UpstreamRequest, kind: ProviderKind, timeouts: Timeouts) -> aiohttp.ClientResponse:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, connect=timeouts.connect)
         try:
             async with asyncio.timeout(timeouts.first_byte + timeouts.connect):
@@ -105,6 +182,14 @@ class UpstreamClient:
             raise AttemptFailed("connection", f"{type(exc).__name__}: {exc}") from None
         failure = kind.failure(resp.status, {k.lower(): v for k, v in resp.headers.items()}, error_body)
         raise AttemptFailed(failure.kind, failure.message, status=failure.status, retry_after=failure.retry_after)
+
+
+def _mid_answer(resp: aiohttp.ClientResponse, kind: str, message: str) -> AttemptFailed:
+    """The failure of an answer cut off midway, counted against the replica endpoint that sent it (if any)."""
+    exc = AttemptFailed(kind, message)
+    if isinstance(resp, TrackedResponse):
+        resp.finish(exc)
+    return exc
 
 
 def _form_data(parts: tuple[tuple[str, str | FormFile], ...]) -> aiohttp.FormData:
@@ -144,9 +229,9 @@ async def iter_body(
             wait = timeouts.idle
             yield chunk
     except TimeoutError:
-        raise AttemptFailed("timeout", f"provider went silent for {wait:g}s mid-answer") from None
+        raise _mid_answer(resp, "timeout", f"provider went silent for {wait:g}s mid-answer") from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise AttemptFailed("connection", f"connection lost mid-answer ({type(exc).__name__})") from None
+        raise _mid_answer(resp, "connection", f"connection lost mid-answer ({type(exc).__name__})") from None
     finally:
         if resp.content.at_eof():
             resp.release()
@@ -192,9 +277,9 @@ async def sse_events(resp: aiohttp.ClientResponse, timeouts: Timeouts) -> AsyncG
             if eof:
                 break
     except TimeoutError:
-        raise AttemptFailed("timeout", f"provider went silent for {wait:g}s mid-answer") from None
+        raise _mid_answer(resp, "timeout", f"provider went silent for {wait:g}s mid-answer") from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise AttemptFailed("connection", f"connection lost mid-answer ({type(exc).__name__})") from None
+        raise _mid_answer(resp, "connection", f"connection lost mid-answer ({type(exc).__name__})") from None
     finally:
         if content.at_eof():
             resp.release()

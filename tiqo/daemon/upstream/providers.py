@@ -1,6 +1,7 @@
 """External providers as configured: endpoints, their protocol kinds (plugins), key pools with secrets, breakers.
 
-Config: ``[providers.NAME]`` in config.toml (kind, base_url, key_strategy, max_class, timeouts, headers).
+Config: ``[providers.NAME]`` in config.toml (kind, base_url or endpoints (replicas.py), key_strategy, max_class,
+trusted, timeouts, headers).
 Secrets: ``keys.toml`` (mode 0600) as ``[PROVIDER.KEYNAME]`` with ``secret`` and limits. Key health and usage live in
 SQLite (``Store``) so they survive restarts. Secrets never leave this module except into an upstream request.
 """
@@ -8,6 +9,7 @@ SQLite (``Store``) so they survive restarts. Secrets never leave this module exc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -21,6 +23,7 @@ from tiqo.core.settings import Settings, read_toml, write_config_value
 from tiqo.daemon.state.shared import Breakers, KeyStates
 from tiqo.daemon.state.store import Store
 from tiqo.daemon.upstream.client import Timeouts
+from tiqo.daemon.upstream.replicas import Replicas, ReplicaSet, parse_endpoints
 from tiqo.policy.breaker import CircuitBreaker
 from tiqo.policy.classify import DATA_CLASSES
 from tiqo.policy.keys import STRATEGIES, KeyLimits, KeyPool, KeyState
@@ -92,6 +95,10 @@ class Provider:
     breaker: CircuitBreaker
     timeouts: Timeouts
     max_class: str
+    # Inside this machine's trust boundary (another tiqo on the same private network, run by the same people):
+    # it may receive restricted data, as a local model may. Only ever set by the user, never inferred.
+    trusted: bool = False
+    replicas: ReplicaSet | None = None  # several endpoints (replicas.py); None: the one base_url
 
     @property
     def name(self) -> str:
@@ -117,6 +124,7 @@ class ProviderHub:
         self.key_states = key_states
         self.breakers = breakers
         self.providers: dict[str, Provider] = {}
+        self.replicas = Replicas(settings["routing.replica_probe_interval"], clock)
         self._secrets: dict[str, dict[str, str]] = {}
         self._dirty: set[tuple[str, str]] = set()
         self.version = 0  # bumped when providers change (routing caches what it derives from them)
@@ -136,6 +144,7 @@ class ProviderHub:
         keys = read_toml(self.settings.paths.keys_file)
         _check_private(self.settings.paths.keys_file)
         self.providers.clear()
+        self.replicas.sets.clear()
         self._secrets.clear()
         self.errors: dict[str, str] = {}
         for name, entry in self.settings.toml.get("providers", {}).items():
@@ -151,8 +160,17 @@ class ProviderHub:
         self.version += 1
         kind_name = str(entry.get("kind", "openai"))
         kind = self.kinds.get(kind_name)
+        endpoints = parse_endpoints(entry)
+        trusted = entry.get("trusted", False)
+        if not isinstance(trusted, bool):
+            raise ValueError("trusted must be true or false")
         base_url = str(entry.get("base_url") or (kind.default_base_url if kind else "")).rstrip("/")
-        options = {k: v for k, v in entry.items() if k not in ("kind", "base_url")}
+        replica_set = None
+        if endpoints is not None:
+            # Kinds build on this base URL as on any other; the upstream client resolves it to an endpoint
+            base_url = Replicas.base_url(name)
+            replica_set = self._replica_set(name, endpoints)
+        options = {k: v for k, v in entry.items() if k not in ("kind", "base_url", "endpoints", "trusted")}
         config = ProviderConfig(name=name, kind=kind_name, base_url=base_url, options=options)
         limits, secrets = {}, {}
         for key_name, key_entry in keys.items():
@@ -188,9 +206,34 @@ class ProviderHub:
         now = self.clock()
         for key_name in limits:
             self._key_status[(name, key_name)] = pool.describe(key_name, now)["status"]
-        max_class = str(entry.get("max_class", "confidential"))
-        self.providers[name] = Provider(config, kind, pool, breaker, timeouts, max_class)
+        max_class = "restricted" if trusted else str(entry.get("max_class", "confidential"))
+        if max_class == "restricted" and not trusted:
+            raise ValueError('max_class "restricted" needs trusted = true (the provider is inside your trust boundary)')
+        self.providers[name] = Provider(config, kind, pool, breaker, timeouts, max_class, trusted, replica_set)
         self._secrets[name] = secrets
+
+    def _replica_set(self, name: str, endpoints: list[Any]) -> ReplicaSet:
+        """The provider's replica set; rebuilt on a config change, but an unchanged one keeps its live state
+        (outstanding requests, health) across a rebuild (adding a key rebuilds the provider)."""
+        old = self.replicas.sets.get(name)
+        if old is not None and [(e.url, e.weight) for e in old.endpoints] == [(e.url, e.weight) for e in endpoints]:
+            return old
+        replica_set = ReplicaSet(name, endpoints, self.settings["routing.replica_failures"])
+        self.replicas.sets[name] = replica_set
+        return replica_set
+
+    def replica_takes_failure(self, name: str, kind: str) -> bool:
+        """A failure that the replica layer has already counted against one endpoint, while another is healthy:
+        the provider as a whole is fine, so its circuit breaker must not hear of it."""
+        from tiqo.daemon.upstream.client import REPLICA_FAILURES
+
+        provider = self.providers.get(name)
+        return (
+            provider is not None
+            and provider.replicas is not None
+            and kind in REPLICA_FAILURES
+            and provider.replicas.healthy() > 0
+        )
 
     # ------------------------------------------------------------ lookups
     def get(self, name: str) -> Provider:
@@ -201,6 +244,16 @@ class ProviderHub:
                 hint="`tiqo providers list` shows them; `tiqo providers add NAME --kind KIND --base-url URL` adds one",
             )
         return provider
+
+    def for_call(self, provider: Provider, data_class: str) -> Provider:
+        """The provider as one call sees it: a trusted one (another tiqo inside the trust boundary) is told the
+        request's data class (``X-Tiqo-Class``), so the remote daemon applies the same rules (restricted data stays
+        on its machine too)."""
+        if not provider.trusted:
+            return provider
+        headers = {**(provider.config.options.get("headers") or {}), "X-Tiqo-Class": data_class}
+        config = dataclasses.replace(provider.config, options={**provider.config.options, "headers": headers})
+        return dataclasses.replace(provider, config=config)
 
     def secret(self, provider: str, key_name: str | None) -> str | None:
         return None if key_name is None else self._secrets.get(provider, {}).get(key_name)
@@ -351,15 +404,20 @@ class ProviderHub:
         now = self.clock()
         out = []
         for p in self.providers.values():
+            base_url = p.config.base_url
+            if p.replicas is not None:
+                base_url = ", ".join(e.url for e in p.replicas.endpoints)
             out.append(
                 {
                     "name": p.name,
                     "kind": p.config.kind,
-                    "base_url": p.config.base_url,
+                    "base_url": base_url,
                     "loaded": p.kind is not None,
                     "keys": len(self._secrets.get(p.name, {})),
                     "key_strategy": p.pool.strategy,
                     "max_class": p.max_class,
+                    "trusted": p.trusted,
+                    "endpoints": p.replicas.describe() if p.replicas is not None else None,
                     "circuit": p.breaker.state(now),
                     "status": self.unavailable(p.name) or "available",
                     "timeouts": {
@@ -381,6 +439,18 @@ class ProviderHub:
                     "status": f"config error: {error} (fix [providers.{name}] in config.toml)",
                 }
             )
+        return out
+
+    def describe_replicas(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """For ``route explain``: the endpoints of the providers among ``names`` that have several, and the one the
+        next request would go to (least outstanding per weight among the healthy ones)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in dict.fromkeys(names):
+            p = self.providers.get(name)
+            if p is None or p.replicas is None:
+                continue
+            nxt = p.replicas.choose()
+            out[name] = {"endpoints": p.replicas.describe(), "next": nxt.url if nxt is not None else None}
         return out
 
     def describe_keys(self, provider: str | None = None) -> list[dict[str, Any]]:
@@ -412,14 +482,29 @@ class ProviderHub:
                 param="kind",
                 hint="`tiqo plugins` shows which provider plugins loaded",
             )
+        endpoints = options.get("endpoints")
+        if endpoints:
+            try:
+                parse_endpoints({"endpoints": endpoints, "base_url": base_url})
+            except (TypeError, ValueError) as exc:
+                raise BadRequest(
+                    str(exc), param="endpoints", hint="e.g. --endpoint http://10.0.0.5:8000/v1 --endpoint URL,weight=2"
+                ) from None
+            base_url = base_url or endpoints[0]["url"]
         if not base_url:
             base_url = self.kinds[kind].default_base_url
         if not re.match(r"^https?://", base_url):
             raise BadRequest(f"base URL {base_url!r} must start with http:// or https://", param="base_url")
+        if options.get("trusted") and options.get("max_class") not in (None, "restricted"):
+            raise BadRequest(
+                "a trusted provider may see every data class; --max-class does not go with --trusted",
+                param="max_class",
+                hint="drop --max-class, or drop --trusted to keep restricted data off it",
+            )
         strategy = options.get("key_strategy")
         if strategy is not None and strategy not in STRATEGIES:
             raise BadRequest(f"unknown key strategy {strategy!r}; use {', '.join(STRATEGIES)}", param="key_strategy")
-        if options.get("max_class", "confidential") not in DATA_CLASSES[:-1]:
+        if not options.get("trusted") and options.get("max_class", "confidential") not in DATA_CLASSES[:-1]:
             raise BadRequest("max_class must be public, internal or confidential", param="max_class")
         for t in ("timeout_connect", "timeout_first_byte", "timeout_idle"):
             if t in options:

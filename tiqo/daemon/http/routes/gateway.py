@@ -44,6 +44,7 @@ async def route_explain(body: RouteExplainRequest, request: Request) -> dict[str
     decision = daemon.gateway.decide(request_body, classification, sent)
     result = decision.as_dict()
     result["needs"] = list(request_body.needs())
+    result["replicas"] = daemon.hub.describe_replicas([c.provider for c in decision.candidates])
     return result
 
 
