@@ -69,7 +69,8 @@ lint: install-test
 test: install-test system-deps lint
 	$(BIN)/python -m pytest
 
-bench: install
+# The image benchmarks need torch and diffusers (the image extra, installed with the test tools).
+bench: install-test
 	$(BIN)/python bench/llm_overhead.py
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/upstream_clients.py
@@ -78,6 +79,10 @@ bench: install
 	$(BIN)/python bench/vectors.py
 	$(BIN)/python bench/semantic_cache.py
 	$(BIN)/python bench/json_output.py
+	$(BIN)/python bench/shared_state.py
+	$(BIN)/python bench/video_encode.py
+	$(BIN)/python bench/diffusion.py
+	$(BIN)/python bench/images.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info
