@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 
@@ -57,7 +58,7 @@ async def _images_answer(request: Request, job: Job, wait: bool, user: str) -> R
     )
 
 
-@router.post("/v1/images/generations", response_model=None, responses=errors(*GENERATES))
+@router.post("/v1/images/generations", response_model=None, responses=errors(*GENERATES, 409))
 async def generations(body: pi.ImagesBody, request: Request) -> Response:
     """Images from a prompt (OpenAI's route; base64 PNG, JPEG or WebP). tiqo extras: seed, steps, negative_prompt,
     guidance_scale, and ``wait: false`` for the job object at once."""
@@ -89,7 +90,7 @@ async def _upload(uploads: dict[str, list[UploadFile]], name: str) -> bytes | No
     return data
 
 
-@router.post("/v1/images/edits", response_model=None, responses=errors(*GENERATES))
+@router.post("/v1/images/edits", response_model=None, responses=errors(*GENERATES, 409))
 async def edits(request: Request) -> Response:
     """Image-to-image, or inpainting with a ``mask`` (white where the picture is repainted); multipart like OpenAI's.
     tiqo extras: strength (0..1), seed, steps, negative_prompt, guidance_scale, wait."""
@@ -140,7 +141,7 @@ def _strength(fields: Fields) -> float | None:
 
 
 # ------------------------------------------------------------------ videos
-@router.post("/v1/videos", response_model=None, responses=errors(*GENERATES))
+@router.post("/v1/videos", response_model=None, responses=errors(*GENERATES, 409))
 async def create_video(request: Request) -> Response:
     """OpenAI's videos route (multipart or JSON): prompt, model, seconds, size, input_reference (an image file).
     tiqo extras: fps, frames, steps, seed, negative_prompt, guidance_scale, narrate (text for the local voice),
@@ -196,11 +197,15 @@ def _video(request: Request, video_id: str) -> tuple[Job, str]:
     return job, user
 
 
-@router.get("/v1/videos", response_model=None)
-async def list_videos(request: Request, limit: int = 20, after: str | None = None, order: str = "desc") -> Response:
-    """The caller's videos, newest first (``order=asc`` for oldest first), OpenAI's cursor list."""
-    if not 1 <= limit <= 100:
-        raise BadRequest("limit must be between 1 and 100", param="limit")
+@router.get("/v1/videos", response_model=None, responses=errors(404))
+async def list_videos(
+    request: Request,
+    limit: int = Query(20, ge=1, le=100),
+    after: str | None = None,
+    order: Literal["asc", "desc"] = "desc",
+) -> Response:
+    """The caller's videos, newest first (``order=asc`` for oldest first), OpenAI's cursor list; ``after`` is the
+    last id of the previous page (404 when it is not one of the caller's)."""
     jobs = daemon_of(request).jobs.list(request_meta(request).user, kind="video", limit=limit + 1, after=after)
     data = [pi.video_object(j.as_dict()) for j in jobs[:limit]]
     if order == "asc":
@@ -216,13 +221,13 @@ async def list_videos(request: Request, limit: int = 20, after: str | None = Non
     )
 
 
-@router.get("/v1/videos/{video_id}", response_model=None)
+@router.get("/v1/videos/{video_id}", response_model=None, responses=errors(404))
 async def retrieve_video(video_id: str, request: Request) -> Response:
     job, _ = _video(request, video_id)
     return JSONResponse(pi.video_object(job.as_dict()))
 
 
-@router.delete("/v1/videos/{video_id}", response_model=None)
+@router.delete("/v1/videos/{video_id}", response_model=None, responses=errors(404, 409))
 async def delete_video(video_id: str, request: Request) -> Response:
     """Cancels the video if it is still being made, and removes it and its files."""
     _, user = _video(request, video_id)
@@ -230,7 +235,7 @@ async def delete_video(video_id: str, request: Request) -> Response:
     return JSONResponse({"id": video_id, "object": "video.deleted", "deleted": True})
 
 
-@router.get("/v1/videos/{video_id}/content", response_model=None)
+@router.get("/v1/videos/{video_id}/content", response_model=None, responses=errors(400, 404, 409))
 async def video_content(video_id: str, request: Request, variant: str = "video") -> Response:
     """The mp4 (``variant=video``) or a PNG of its middle frame (``thumbnail``)."""
     job, user = _video(request, video_id)
