@@ -35,6 +35,7 @@ log = logging.getLogger("tiqo.jobs")
 
 RUNNING_TTL_S = 86400  # an unfinished row whose daemon stopped writing (it died for good) goes after a day
 IDENTITY = ("daemon", "host", "pid")
+BACKOFF_S = 5.0  # after a failed write, background writes and cancel polls leave Redis alone this long
 SCAN_BATCH = 200
 MAX_SCAN = 5000  # ids one page may look at (a kind filter skips rows): bounds the work of one list call
 
@@ -52,6 +53,7 @@ class RedisJobsStore:
         self.keep_s = max(1, int(keep_s))
         self._unsynced: set[str] = set()  # own jobs whose last write did not reach Redis
         self._warned_at = 0.0
+        self._down_until = 0.0  # the event loop must not wait on a dead Redis for every progress write
 
     # ------------------------------------------------------------ keys
     def _row_key(self, job_id: str) -> str:
@@ -101,6 +103,9 @@ class RedisJobsStore:
     def _sync(self, ids: set[str]) -> bool:
         """Push this daemon's rows ``ids`` (and any that missed Redis before) in one round trip."""
         todo = ids | self._unsynced
+        if time.monotonic() < self._down_until:
+            self._unsynced = todo
+            return False
         rows = [(i, self.local.get(i)) for i in todo]
         pipe = self.client.pipeline(transaction=False)
         for job_id, row in rows:
@@ -113,6 +118,7 @@ class RedisJobsStore:
             pipe.execute()
         except RedisError as exc:
             self._unsynced = todo
+            self._down_until = time.monotonic() + BACKOFF_S
             self._degraded("writing jobs", exc)
             return False
         self._unsynced = set()
@@ -169,7 +175,7 @@ class RedisJobsStore:
     def cancel_requested(self, job_ids: list[str]) -> set[str]:
         if self._unsynced:
             self._sync(set())
-        if not job_ids:
+        if not job_ids or time.monotonic() < self._down_until:
             return set()
         try:
             pipe = self.client.pipeline(transaction=False)
@@ -177,6 +183,7 @@ class RedisJobsStore:
                 pipe.exists(self._cancel_key(job_id))
             found = pipe.execute()
         except RedisError as exc:
+            self._down_until = time.monotonic() + BACKOFF_S
             self._degraded("looking for cancels", exc)
             return set()
         return {j for j, n in zip(job_ids, found, strict=True) if n}
