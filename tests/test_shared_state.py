@@ -125,7 +125,7 @@ def test_three_daemons_share_key_and_user_limits(rsrv: RedisProc, stub: Upstream
         answered = alpha["requests"] - alpha["errors"]
         assert answered == len(ok) == len(stub.requests) and alpha["external"] == alpha["requests"]
         assert alpha["tokens_out"] == sum(r.json()["usage"]["completion_tokens"] for r in ok)
-        local = [json.loads(d.cli("usage", "--by", "provider", "--json", "--local").stdout) for d in ds]
+        local = [d.client().get("/tiqo/usage", params={"by": "provider", "local": "true"}).json() for d in ds]
         assert [v["scope"] for v in local] == ["local"] * 3
         assert sum(v["total"]["requests"] for v in local) == 300  # the rows stay on each machine
     finally:
