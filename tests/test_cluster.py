@@ -18,7 +18,16 @@ import pytest
 
 from tests.conftest import DaemonProc, wait_for
 from tests.test_jobs import ALICE, BOB, start_jobs_daemon, submit
-from tests.test_redis import REDIS_SERVER, RedisProc, rsrv, server, start_redis  # noqa: F401 (fixtures)
+from tests.test_redis import (  # noqa: F401 (fixtures)
+    NOW,
+    REDIS_SERVER,
+    RedisProc,
+    call_row,
+    charges,
+    rsrv,
+    server,
+    start_redis,
+)
 from tests.test_shared_state import restart_on
 from tiqo.core.errors import BadRequest, StateUnavailable
 from tiqo.daemon.accounting.ledger import Ledger, RequestRow
@@ -167,6 +176,16 @@ def test_usage_sums_agree_across_ledgers_and_local_rows_stay_local(rsrv: RedisPr
         ledgers[0].cluster_usage(0, "key")
     assert info.value.hint and "--local" in info.value.hint
     assert all(0 < rsrv.client().ttl(k) <= TTL_S for k in rsrv.client().scan_iter("tiqo:usage:*"))
+
+
+def test_calls_a_crash_left_pending_reach_the_sums_once(rsrv: RedisProc, tmp_path: Path) -> None:  # noqa: F811
+    store = Store(tmp_path / "a.db")
+    Ledger(store).reserve(call_row("c1"), charges("alice"), 7000)  # the daemon dies with the call in flight
+    for _ in range(2):  # start-up settles it at its reserved cost; a second start-up finds nothing
+        Ledger(store, sums=RedisUsage(RedisCounters(rsrv.url))).reconcile()
+    sums = Ledger(store, sums=RedisUsage(RedisCounters(rsrv.url))).cluster_usage(NOW - 60, "provider", now=NOW)
+    assert (sums["total"]["requests"], sums["total"]["errors"]) == (1, 1)
+    assert sums["total"]["cost_usd"] == pytest.approx(7e-6)
 
 
 def test_usage_sums_wait_out_a_redis_outage_and_count_once(tmp_path: Path) -> None:

@@ -188,6 +188,9 @@ class Ledger:
             f"INSERT OR REPLACE INTO requests ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
             tuple(values.values()),
         )
+        self._add_sums(row)
+
+    def _add_sums(self, row: RequestRow) -> None:
         if self.sums is not None:
             self.sums.add(
                 self._day(row.ts),
@@ -310,6 +313,10 @@ class Ledger:
         for call_id, reserved in rows:
             self.settle(call_id, status="interrupted", cost=reserved, error="daemon_stopped")
         if rows:  # the requests those calls belonged to: one ledger row each, at the cost charged
+            marks = ", ".join("?" * len(rows))
+            of_calls = f"SELECT request_id FROM calls WHERE id IN ({marks})"
+            call_ids = [r[0] for r in rows]
+            had = {r[0] for r in self.db.execute(f"SELECT id FROM requests WHERE id IN ({of_calls})", call_ids)}
             self.db.execute(
                 "INSERT OR IGNORE INTO requests (id, ts, user, data_class, backend, provider, model, key, "
                 "tokens_in, tokens_out, cost_nusd, outcome, error, attempts) "
@@ -318,6 +325,16 @@ class Ledger:
                 f"(SELECT request_id FROM calls WHERE id IN ({', '.join('?' * len(rows))})) GROUP BY request_id",
                 [r[0] for r in rows],
             )
+            if self.sums is not None:  # the cluster's sums count them too (each once: only rows added here)
+                added = self.db.execute(
+                    f"SELECT id, ts, user, provider, model, cost_nusd FROM requests WHERE id IN ({of_calls})",
+                    call_ids,
+                ).fetchall()
+                for rid, ts, user, provider, model, cost in added:
+                    if rid not in had:
+                        self._add_sums(
+                            RequestRow(rid, ts, user, provider=provider, model=model, cost_nusd=cost, outcome="error")
+                        )
         return len(rows)
 
     def reserved_total(self) -> int:
