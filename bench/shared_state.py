@@ -2,9 +2,10 @@
 
 Times, in this one process, every state operation one external chat request performs, on each backend:
 rate-limit admission (rpm+tpm buckets) and the tpm charge after the answer, the requests-per-day count, the key
-pool's refresh + atomic claim + token count, the provider breaker's sync, the budget reservation and settlement, and
-an exact cache lookup (a miss). The Redis side talks to a private ``redis-server`` this script starts on a free port
-over TCP on 127.0.0.1 (the network round trip to a real shared server adds to every Redis number).
+pool's refresh + atomic claim + token count, the provider breaker's sync, the budget reservation and settlement, an
+exact cache lookup (a miss), and the ledger row with, on Redis, the cluster-wide usage sums (one pipelined round
+trip). The Redis side talks to a private ``redis-server`` this script starts on a free port over TCP on 127.0.0.1
+(the network round trip to a real shared server adds to every Redis number).
 
 Run:  .venv/bin/python bench/shared_state.py [--n 2000] [--json]
 """
@@ -22,9 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tiqo.daemon.accounting.ledger import SqliteCounters
+from tiqo.daemon.accounting.ledger import Ledger, RequestRow, SqliteCounters, UsageSums
 from tiqo.daemon.state.redis_counters import RedisCounters
 from tiqo.daemon.state.redis_shared import RedisState
+from tiqo.daemon.state.redis_usage import RedisUsage
 from tiqo.daemon.state.shared import SharedState
 from tiqo.daemon.state.store import Store
 from tiqo.policy.breaker import CircuitBreaker
@@ -53,7 +55,10 @@ def per_op(fn: Callable[[int], Any], n: int) -> float:
     return best * 1e6
 
 
-def ops(shared: SharedState, counters: Any, store: Store, days: Any) -> dict[str, Callable[[int], Any]]:
+def ops(
+    shared: SharedState, counters: Any, store: Store, days: Any, sums: UsageSums | None = None
+) -> dict[str, Callable[[int], Any]]:
+    ledger = Ledger(store, sums=sums)
     pool = KeyPool("alpha", {"k1": KeyLimits(rpm=10**9, rpd=10**9)})
     breaker = CircuitBreaker()
     cache = shared.cache or store
@@ -84,6 +89,20 @@ def ops(shared: SharedState, counters: Any, store: Store, days: Any) -> dict[str
         "breaker sync": lambda i: shared.breakers.sync("alpha", breaker),
         "budget (reserve + settle)": budget_cycle,
         "cache lookup (miss)": lambda i: cache.cache_get(f"nope{i}", time.time()),
+        "ledger row (+ usage sums on Redis)": lambda i: ledger.record(
+            RequestRow(
+                id=f"q{i}-{time.monotonic_ns()}",
+                ts=time.time(),
+                user="alice",
+                task="chat",
+                provider="alpha",
+                model="alpha-m",
+                tokens_in=12,
+                tokens_out=30,
+                cost_nusd=4200,
+                latency_ms=180.0,
+            )
+        ),
     }
 
 
@@ -111,7 +130,7 @@ def main() -> int:
         local = ops(SharedState(), SqliteCounters(local_store.db), local_store, _Days(local_store))
         redis_store = Store(work / "redis.db")
         pieces = RedisState(redis_counters).pieces(redis_store)
-        shared = ops(pieces, redis_counters, redis_store, pieces.days)
+        shared = ops(pieces, redis_counters, redis_store, pieces.days, RedisUsage(redis_counters))
         rows = []
         for name in local:
             a, b = per_op(local[name], args.n), per_op(shared[name], args.n)

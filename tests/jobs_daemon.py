@@ -23,6 +23,7 @@ async def submit(request: Request) -> dict[str, Any]:
     body = await request.json()
     steps, step_s = int(body.get("steps", 5)), float(body.get("step_s", 0.05))
     fail = body.get("fail")
+    kind = str(body.get("kind", "test"))  # "video": the /v1/videos routes read it (tests of several daemons)
 
     async def work(job: JobHandle) -> dict[str, Any]:
         job.note(model="test-steps", device="cpu")
@@ -41,7 +42,7 @@ async def submit(request: Request) -> dict[str, Any]:
         return await asyncio.to_thread(run)
 
     daemon = request.app.state.daemon
-    job = await daemon.jobs.submit("test", request_meta(request).user, {"steps": steps}, work)
+    job = await daemon.jobs.submit(kind, request_meta(request).user, {"steps": steps}, work)
     result: dict[str, Any] = job.as_dict()
     return result
 

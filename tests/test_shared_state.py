@@ -5,6 +5,7 @@ locally (cache, breakers, alerts), with nothing overspent or negative when it re
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -94,12 +95,14 @@ def away_from_minute_edge() -> None:
 
 
 def test_three_daemons_share_key_and_user_limits(rsrv: RedisProc, stub: Upstream) -> None:  # noqa: F811
+    """The issue's 300 requests over three daemons; then every daemon's `tiqo usage --json` shows the same sums,
+    equal to what the stub provider counted."""
     ds = daemons(rsrv.url, stub, k1={"rpm": 10}, user_rpm=20)
     try:
         away_from_minute_edge()
         started = time.monotonic()
         with ThreadPoolExecutor(12) as pool:
-            answers = list(pool.map(lambda i: ask(ds[i % 3]), range(45)))
+            answers = list(pool.map(lambda i: ask(ds[i % 3]), range(300)))
         elapsed = time.monotonic() - started
         ok = [r for r in answers if r.status_code == 200]
         refused = [r for r in answers if r.status_code != 200]
@@ -115,6 +118,16 @@ def test_three_daemons_share_key_and_user_limits(rsrv: RedisProc, stub: Upstream
         counts = [v for k in rsrv.client().scan_iter("t19:key:*") for v in rsrv.client().hvals(k)]
         assert all(float(v) >= 0 for v in counts if v.replace(".", "").isdigit())
         assert all(rsrv.client().ttl(k) > 0 for k in rsrv.client().scan_iter("t19:*"))  # expiry on every key
+        views = [json.loads(d.cli("usage", "--by", "provider", "--json").stdout) for d in ds]
+        assert views[0] == views[1] == views[2] and views[0]["scope"] == "cluster"
+        total, alpha = views[0]["total"], {r["group"]: r for r in views[0]["rows"]}["alpha"]
+        assert total["requests"] == 300 and total["errors"] == len(refused)
+        answered = alpha["requests"] - alpha["errors"]
+        assert answered == len(ok) == len(stub.requests) and alpha["external"] == alpha["requests"]
+        assert alpha["tokens_out"] == sum(r.json()["usage"]["completion_tokens"] for r in ok)
+        local = [d.client().get("/tiqo/usage", params={"by": "provider", "local": "true"}).json() for d in ds]
+        assert [v["scope"] for v in local] == ["local"] * 3
+        assert sum(v["total"]["requests"] for v in local) == 300  # the rows stay on each machine
     finally:
         stop_all(ds)
 

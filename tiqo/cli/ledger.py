@@ -68,12 +68,16 @@ def usage(
     since: str = typer.Option("7d", "--since", "-s", help="How far back to count: 24h, 7d, 30d…"),
     by: Group = typer.Option(Group.day, "--by", "-b", help="One row per day, provider, model, user, key, …"),
     user: Optional[str] = typer.Option(None, "--user", "-u", help="Only this user's requests."),
+    local: bool = typer.Option(False, "--local", help="Only this daemon's own rows (with state.backend = redis)."),
     json_out: bool = JSON,
 ) -> None:
     """Requests, tokens, cost, cache hits and errors per group, with a total.
 
     One row per day (calendar days in budget.timezone), provider, model, user, key, backend or outcome: requests,
     tokens in and out, cost, cache hits, errors, calls sent off the machine and average latency.
+
+    With state.backend = redis the sums are cluster-wide: every daemon on that Redis, counted in whole days, by day,
+    provider, model or user. --local shows this daemon's own rows (any grouping).
 
     Examples:
 
@@ -84,13 +88,14 @@ def usage(
       tiqo usage --by provider --user alice --json
     """
     with client() as c:
-        data = c.usage(_since(since), by.value, user)
+        data = c.usage(_since(since), by.value, user, local=local)
     if json_out:
         print_json(data)
         return
     who = f" for user {escape(user)}" if user is not None else ""
     zone = f" (days in {escape(str(data.get('timezone')))})" if by is Group.day else ""
-    console.print(f"[dim]since {clock(data['since'])} ({escape(since)}){who}, by {by.value}{zone}[/]")
+    scope = "cluster-wide: every daemon on the shared Redis, whole days; " if data.get("scope") == "cluster" else ""
+    console.print(f"[dim]{scope}since {clock(data['since'])} ({escape(since)}){who}, by {by.value}{zone}[/]")
     rows: list[dict[str, Any]] = data.get("rows") or []
     if not rows:
         console.print("no requests in that time" + (" from that user" if user is not None else ""))

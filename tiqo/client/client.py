@@ -340,9 +340,14 @@ class TiqoClient(EventStreams):
         result: dict[str, Any] = self.request("POST", "/v1/embeddings", body, headers=headers)
         return result
 
-    def usage(self, since: str = "7d", by: str = "day", user: str | None = None) -> dict[str, Any]:
-        """Requests, tokens, cost, cache hits and errors since ``since`` (24h, 7d…): a row per ``by`` group, a total."""
-        params = {"since": since, "by": by, **({"user": user} if user is not None else {})}
+    def usage(
+        self, since: str = "7d", by: str = "day", user: str | None = None, *, local: bool = False
+    ) -> dict[str, Any]:
+        """Requests, tokens, cost, cache hits and errors since ``since`` (24h, 7d…): a row per ``by`` group, a total.
+        Cluster-wide when the daemon shares state on Redis, unless ``local`` (this daemon's own rows)."""
+        params: dict[str, Any] = {"since": since, "by": by, **({"user": user} if user is not None else {})}
+        if local:
+            params["local"] = "true"
         result: dict[str, Any] = self.request("GET", "/tiqo/usage", params=params)
         return result
 

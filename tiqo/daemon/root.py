@@ -17,7 +17,7 @@ from tiqo.core.paths import acquire_lock
 from tiqo.core.settings import Settings
 from tiqo.daemon.accounting.budgets import Budgets
 from tiqo.daemon.accounting.events import EventBus
-from tiqo.daemon.accounting.ledger import Ledger
+from tiqo.daemon.accounting.ledger import Ledger, UsageSums
 from tiqo.daemon.accounting.metrics import Metrics
 from tiqo.daemon.catalog.registry import Registry
 from tiqo.daemon.http import server as server_setup
@@ -31,6 +31,7 @@ from tiqo.daemon.services.embeddings import Embeddings
 from tiqo.daemon.services.gateway import Gateway
 from tiqo.daemon.services.images import Images
 from tiqo.daemon.services.voice import Voice
+from tiqo.daemon.state.jobs_store import JobsStore, SqliteJobsStore, daemon_identity
 from tiqo.daemon.state.shared import SharedState
 from tiqo.daemon.state.store import Store
 from tiqo.daemon.telemetry.gauges import LiveState
@@ -80,13 +81,21 @@ class Daemon:
         self.store = Store(settings.paths.db_file)
         self.events = EventBus()
         counters, shared = None, SharedState()
+        sums: UsageSums | None = None
+        jobs_store: JobsStore = SqliteJobsStore(self.store)
+        warn = lambda piece, message: self.events.publish("state", {"piece": piece, "message": message})  # noqa: E731
         if settings["state.backend"] == "redis":  # redis-py is imported only for this backend
             from tiqo.daemon.state.redis_counters import RedisCounters
+            from tiqo.daemon.state.redis_jobs import RedisJobsStore
             from tiqo.daemon.state.redis_shared import RedisState
+            from tiqo.daemon.state.redis_usage import RedisUsage
 
             counters = RedisCounters(settings["state.redis_url"], prefix=settings["state.redis_prefix"])
-            warn = lambda piece, message: self.events.publish("state", {"piece": piece, "message": message})  # noqa: E731
             shared = RedisState(counters, warn).pieces(self.store)
+            sums = RedisUsage(counters)
+            jobs_store = RedisJobsStore(
+                counters, jobs_store, daemon_identity(settings.paths.state_dir), keep_s=settings["jobs.keep"]
+            )
         self.shared = shared
         self.hub = ProviderHub(
             settings,
@@ -95,7 +104,7 @@ class Daemon:
             key_states=shared.keys if shared.shared else None,
             breakers=shared.breakers if shared.shared else None,
         )
-        self.ledger = Ledger(self.store, counters=counters, timezone=settings["budget.timezone"])
+        self.ledger = Ledger(self.store, counters=counters, timezone=settings["budget.timezone"], sums=sums)
         reconciled = self.ledger.reconcile()
         if reconciled:
             log.warning("settled %d external call(s) a previous run left in flight, at their reserved cost", reconciled)
@@ -134,7 +143,7 @@ class Daemon:
             on_event=self.events.publish_named,  # model loading / loaded / unloaded, for the dashboard
         )
         self.jobs = Jobs(
-            self.store,
+            jobs_store,
             self.events,
             settings.paths.state_dir / "jobs",
             keep_s=settings["jobs.keep"],

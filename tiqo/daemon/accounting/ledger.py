@@ -7,7 +7,8 @@ sharing the file) spend + reservations never pass a limit. Settling moves the re
 transaction too; on start-up, pending rows left by a crash are settled at their reserved worst case (the provider
 may have billed the call) — spend is over-counted, never under-counted.
 
-With ``state.backend = redis`` the counters move to Redis (daemons sharing budgets) and this file keeps the rows.
+With ``state.backend = redis`` the counters move to Redis (daemons sharing budgets) and this file keeps the rows;
+each row is also added to per-day usage sums in Redis (``UsageSums``), which ``cluster_usage`` reads for every daemon.
 """
 
 from __future__ import annotations
@@ -17,18 +18,22 @@ import datetime as dt
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, cast
 from zoneinfo import ZoneInfo
 
+from tiqo.core.errors import BadRequest
 from tiqo.daemon.state.store import Store
 from tiqo.policy.budget import NANO, Charge, Refusal, Usage, check
 
 CounterKey = tuple[str, str]  # (counter, period id)
 
 GROUPS = ("day", "provider", "model", "user", "key", "backend", "outcome")
+CLUSTER_GROUPS = ("day", "provider", "model", "user")  # what the shared sums can be grouped by
+NOT_EXTERNAL = ("local", "cache", "")
+CLUSTER_KEEP_DAYS = 400  # the shared sums' expiry (state/redis_usage.py KEEP_DAYS): older days are gone
 
 
 @dataclass
@@ -97,6 +102,14 @@ class Counters(Protocol):
         ...
 
 
+class UsageSums(Protocol):
+    """Per-day usage sums every daemon adds to (Redis); ``add`` must not raise (it keeps what it cannot send)."""
+
+    def add(self, day: str, group: tuple[str, str, str, str], amounts: Mapping[str, int]) -> None: ...
+
+    def read(self, days: Iterable[str], user: str | None) -> dict[tuple[str, str, str, str, str], dict[str, int]]: ...
+
+
 class SqliteCounters:
     """Counters in the ledger's own database. ``reserve`` and ``settle`` run inside the caller's transaction."""
 
@@ -144,8 +157,11 @@ class SqliteCounters:
 
 
 class Ledger:
-    def __init__(self, store: Store, counters: Counters | None = None, timezone: str = "UTC") -> None:
+    def __init__(
+        self, store: Store, counters: Counters | None = None, timezone: str = "UTC", sums: UsageSums | None = None
+    ) -> None:
         self.store = store
+        self.sums = sums
         self.db = store.db
         self.local_counters = counters is None
         self.counters: Counters = counters or SqliteCounters(self.db)
@@ -172,6 +188,26 @@ class Ledger:
             f"INSERT OR REPLACE INTO requests ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
             tuple(values.values()),
         )
+        self._add_sums(row)
+
+    def _add_sums(self, row: RequestRow) -> None:
+        if self.sums is not None:
+            self.sums.add(
+                self._day(row.ts),
+                (row.user, row.task, row.provider, row.model),
+                {
+                    "requests": 1,
+                    "tokens_in": row.tokens_in,
+                    "tokens_out": row.tokens_out,
+                    "cost_nusd": row.cost_nusd,
+                    "cache_hits": int(row.cache in ("hit", "semantic")),
+                    "errors": int(row.outcome != "ok"),
+                    "latency_ms": round(row.latency_ms),
+                    "audio_ms": round(row.audio_s * 1000),
+                    "images": row.images,
+                    "video_ms": round(row.video_s * 1000),
+                },
+            )
 
     def count_request(self, user: str, day: str, limit: int | None) -> int | None:
         """Count a request of ``user`` on ``day``; None (not counted) when ``limit`` is reached."""
@@ -277,6 +313,10 @@ class Ledger:
         for call_id, reserved in rows:
             self.settle(call_id, status="interrupted", cost=reserved, error="daemon_stopped")
         if rows:  # the requests those calls belonged to: one ledger row each, at the cost charged
+            marks = ", ".join("?" * len(rows))
+            of_calls = f"SELECT request_id FROM calls WHERE id IN ({marks})"
+            call_ids = [r[0] for r in rows]
+            had = {r[0] for r in self.db.execute(f"SELECT id FROM requests WHERE id IN ({of_calls})", call_ids)}
             self.db.execute(
                 "INSERT OR IGNORE INTO requests (id, ts, user, data_class, backend, provider, model, key, "
                 "tokens_in, tokens_out, cost_nusd, outcome, error, attempts) "
@@ -285,6 +325,16 @@ class Ledger:
                 f"(SELECT request_id FROM calls WHERE id IN ({', '.join('?' * len(rows))})) GROUP BY request_id",
                 [r[0] for r in rows],
             )
+            if self.sums is not None:  # the cluster's sums count them too (each once: only rows added here)
+                added = self.db.execute(
+                    f"SELECT id, ts, user, provider, model, cost_nusd FROM requests WHERE id IN ({of_calls})",
+                    call_ids,
+                ).fetchall()
+                for rid, ts, user, provider, model, cost in added:
+                    if rid not in had:
+                        self._add_sums(
+                            RequestRow(rid, ts, user, provider=provider, model=model, cost_nusd=cost, outcome="error")
+                        )
         return len(rows)
 
     def reserved_total(self) -> int:
@@ -334,7 +384,35 @@ class Ledger:
             f"SELECT {group}, {select} FROM requests WHERE {where} GROUP BY 1 ORDER BY 1", args
         ).fetchall()
         total = self.db.execute(f"SELECT 'total', {select} FROM requests WHERE {where}", args).fetchone()
-        return {"since": since, "by": by, "rows": [_usage_row(r) for r in rows], "total": _usage_row(total)}
+        rows_out = [_usage_row(r) for r in rows]
+        return {"since": since, "by": by, "rows": rows_out, "total": _usage_row(total), "scope": "local"}
+
+    def cluster_usage(self, since: float, by: str, user: str | None = None, now: float | None = None) -> dict[str, Any]:
+        """Like ``usage``, from the sums every daemon on the shared Redis adds to: whole calendar days (``since``
+        rounds down to its day's start), grouped by day, provider, model or user."""
+        if self.sums is None:
+            raise BadRequest("this daemon keeps no cluster-wide sums (state.backend is not redis)", hint="add --local")
+        if by not in CLUSTER_GROUPS:
+            raise BadRequest(
+                f"cluster-wide usage is kept per day, user, provider and model, not per {by}",
+                param="by",
+                hint=f"use --by {'|'.join(CLUSTER_GROUPS)}, or add --local for this daemon's own rows by {by}",
+            )
+        now = time.time() if now is None else now
+        first = dt.datetime.fromtimestamp(max(since, now - CLUSTER_KEEP_DAYS * 86400), self.zone).date()
+        last = dt.datetime.fromtimestamp(now, self.zone).date()
+        days = [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+        start = dt.datetime.combine(first, dt.time(), self.zone).timestamp()
+        groups: dict[str, dict[str, int]] = {}
+        total: dict[str, int] = {}
+        for (day, who, task, provider, model), sums in self.sums.read(days, user).items():
+            name = {"day": day, "user": who, "task": task, "provider": provider, "model": model}[by]
+            sums = {**sums, "external": sums.get("requests", 0) if provider not in NOT_EXTERNAL else 0}
+            for target in (groups.setdefault(name, {}), total):
+                for metric, value in sums.items():
+                    target[metric] = target.get(metric, 0) + value
+        rows = [_sums_row(name, groups[name]) for name in sorted(groups)]
+        return {"since": start, "by": by, "rows": rows, "total": _sums_row("total", total), "scope": "cluster"}
 
     def logs(self, n: int = 20, user: str | None = None) -> list[dict[str, Any]]:
         where, args = ("WHERE user = ?", [user]) if user is not None else ("", [])
@@ -375,4 +453,22 @@ def _usage_row(r: Sequence[Any]) -> dict[str, Any]:
         "errors": errors,
         "external": external,
         "avg_latency_ms": round(latency, 1),
+    }
+
+
+def _sums_row(group: str, s: Mapping[str, int]) -> dict[str, Any]:
+    n = s.get("requests", 0)
+    return {
+        "group": group,
+        "requests": n,
+        "tokens_in": s.get("tokens_in", 0),
+        "tokens_out": s.get("tokens_out", 0),
+        "cost_usd": s.get("cost_nusd", 0) / NANO,
+        "cache_hits": s.get("cache_hits", 0),
+        "errors": s.get("errors", 0),
+        "external": s.get("external", 0),
+        "avg_latency_ms": round(s.get("latency_ms", 0) / n, 1) if n else 0.0,
+        "audio_s": s.get("audio_ms", 0) / 1000,
+        "images": s.get("images", 0),
+        "video_s": s.get("video_ms", 0) / 1000,
     }

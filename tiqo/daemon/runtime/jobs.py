@@ -7,6 +7,11 @@ A work function receives a :class:`JobHandle`; it offloads engine calls to threa
 ``EVENT_INTERVAL_S`` per job and SQLite writes to ``STORE_INTERVAL_S``; status changes go out at once. At most
 ``max_active`` jobs run; up to ``max_queued`` more wait in order; beyond that a submit is refused with 503. The
 client that submitted a job holds nothing of it: hanging up stops nothing.
+
+With a shared store (``state.backend = redis``) every daemon sees every job's status and progress; the daemon that
+runs a job alone holds its work and its files. Elsewhere a cancel is passed on (the runner polls for it every
+``CANCEL_POLL_S`` and stops at the next step), a wait polls the store, and files or a removal get a 409 naming the
+host that has them.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tiqo.core.errors import BadRequest, Busy, Cancelled, NotFound, TiqoError
+from tiqo.core.errors import BadRequest, Busy, Cancelled, Conflict, NotFound, TiqoError
 from tiqo.daemon.accounting.events import EventBus
 from tiqo.daemon.state.jobs_store import JobsStore, SqliteJobsStore
 from tiqo.daemon.state.store import Store
@@ -45,6 +50,8 @@ SWEEP_BATCH = 500
 CANCEL_WAIT_S = 5.0  # cancel() waits this long for the work to reach its next step and stop
 REMOVE_WAIT_S = 30.0  # remove() waits this long for running work before deleting its files anyway
 CLOSE_WAIT_S = 5.0  # at shutdown, running work gets this long to stop by itself before it is cancelled
+CANCEL_POLL_S = 0.5  # with a shared store: how often this daemon looks for cancels asked on other daemons
+REMOTE_POLL_S = 0.25  # waiting on another daemon's job: how often its row is read again
 MAX_LIMIT = 100
 MAX_STAGE = 100
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -176,6 +183,7 @@ class Jobs:
         self._queue: collections.deque[_Live] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._cancel_watch: asyncio.Task[None] | None = None
         self._closing = False
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(root, 0o700)
@@ -220,6 +228,27 @@ class Jobs:
             self._loop = asyncio.get_running_loop()
         if self._sweeper is None and not self._closing:
             self._sweeper = self._loop.create_task(self._sweep_forever())
+        if self._cancel_watch is None and self.store.identity is not None and not self._closing:
+            self._cancel_watch = self._loop.create_task(self._watch_cancels())
+
+    async def _watch_cancels(self) -> None:
+        """Cancels asked on other daemons reach this one's jobs here (a flag in the shared store)."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_S)
+            try:
+                for job_id in self.store.cancel_requested(list(self._live)):
+                    live = self._live.get(job_id)
+                    if live is not None:
+                        log.info("job %s: cancelled from another daemon", job_id)
+                        self._stop(live)
+            except Exception:  # the next poll tries again
+                log.exception("looking for cancels of jobs failed")
+
+    def _stop(self, live: _Live) -> None:
+        live.stop.set()
+        if live in self._queue:
+            self._queue.remove(live)
+            self._finish(live, "cancelled", None, None)
 
     # ------------------------------------------------------------ submit and run
     async def submit(
@@ -254,6 +283,8 @@ class Jobs:
             "meta": dict(meta or {}),
             "error": None,
         }
+        if self.store.identity is not None:
+            row.update(self.store.identity.stamp())
         self.store.insert(row)
         live = _Live(row, work)
         self._live[row["id"]] = live
@@ -420,6 +451,20 @@ class Jobs:
             raise NotFound(f"no job {job_id!r}", param="id", hint=LIST_HINT)
         return row
 
+    def _elsewhere(self, row: dict[str, Any]) -> bool:
+        """Whether another daemon runs (or ran) the job: its work and files are there."""
+        me = self.store.identity
+        return me is not None and row.get("daemon", me.id) != me.id
+
+    def _there(self, row: dict[str, Any], what: str) -> Conflict:
+        host, job_id = row.get("host") or "?", row["id"]
+        return Conflict(
+            f"the {what} of job {job_id} are on host {host} (daemon {row.get('daemon')}, pid {row.get('pid')}), "
+            "not on this daemon",
+            code="job_elsewhere",
+            hint=f"ask the daemon on {host}, or have the proxy route requests for {job_id} to it",
+        )
+
     def get(self, job_id: str, user: str | None) -> Job:
         """The job, if it exists and is ``user``'s (None: any user's). Another user's job is as unknown as one that
         never existed (404), so ids reveal nothing."""
@@ -439,8 +484,11 @@ class Jobs:
         return [self._job(self._live[r["id"]].snapshot() if r["id"] in self._live else r) for r in rows]
 
     def file(self, job_id: str, user: str | None, name: str) -> Path:
-        """A result file of the job (a plain file directly in its folder); NotFound when there is none."""
-        self._row(job_id, user)
+        """A result file of the job (a plain file directly in its folder); NotFound when there is none, Conflict when
+        another daemon made it (the files stay on that machine)."""
+        row = self._row(job_id, user)
+        if self._elsewhere(row):
+            raise self._there(row, "files")
         if not FILE_NAME.fullmatch(name) or ".." in name:
             raise BadRequest(
                 f"{name[:80]!r} is not a job file name",
@@ -461,21 +509,33 @@ class Jobs:
         """A queued job is cancelled at once; a running one stops at its next step (waited for up to
         ``CANCEL_WAIT_S``). A finished job is left as it is."""
         self._on_loop()
-        self._row(job_id, user)
+        row = self._row(job_id, user)
         live = self._live.get(job_id)
         if live is not None:
-            live.stop.set()
-            if live in self._queue:
-                self._queue.remove(live)
-                self._finish(live, "cancelled", None, None)
-            else:
+            self._stop(live)
+            if not live.done.is_set():
                 await _wait(live.done, CANCEL_WAIT_S)
+        elif self._elsewhere(row) and row["status"] not in FINISHED:
+            self.store.request_cancel(job_id)
+            return await self._poll(job_id, user, CANCEL_WAIT_S)
         return self.get(job_id, user)
+
+    async def _poll(self, job_id: str, user: str | None, timeout: float | None) -> Job:
+        """Another daemon's job, once finished or after ``timeout`` seconds, read again from the shared store."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job = self.get(job_id, user)
+        while not job.finished and (deadline is None or time.monotonic() < deadline):
+            await asyncio.sleep(REMOTE_POLL_S if deadline is None else min(REMOTE_POLL_S, deadline - time.monotonic()))
+            job = self.get(job_id, user)
+        return job
 
     async def remove(self, job_id: str, user: str | None) -> Job:
         """Cancel the job if it is unfinished, then delete it and its files; the job as it last was."""
         self._on_loop()
-        job = self.get(job_id, user)
+        row = self._row(job_id, user)
+        if self._elsewhere(row):
+            raise self._there(row, "work and files")
+        job = self._job(row)
         live = self._live.get(job_id)
         if live is not None:
             live.stop.set()
@@ -494,10 +554,12 @@ class Jobs:
     async def wait(self, job_id: str, user: str | None, timeout: float | None) -> Job:
         """The job once it has finished, or as it is after ``timeout`` seconds (None: no limit)."""
         self._on_loop()
-        self._row(job_id, user)
+        row = self._row(job_id, user)
         live = self._live.get(job_id)
         if live is not None and timeout != 0:
             await _wait(live.done, timeout)
+        elif live is None and self._elsewhere(row) and timeout != 0:
+            return await self._poll(job_id, user, timeout)
         return self.get(job_id, user)
 
     @property
@@ -507,8 +569,9 @@ class Jobs:
     async def close(self) -> None:
         """Shutdown: waiting jobs fail as interrupted, running ones are asked to stop, then cancelled."""
         self._closing = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._cancel_watch):
+            if task is not None:
+                task.cancel()
         while self._queue:
             self._finish(self._queue.popleft(), "failed", None, _interrupted("was waiting to start"))
         running = [live for live in self._live.values() if live.task is not None]

@@ -1,12 +1,18 @@
 """Where jobs (long work: video, images) are kept: one row per job, its params, progress, result and error.
 
 ``JobsStore`` is the interface ``runtime.jobs.Jobs`` needs; ``SqliteJobsStore`` keeps the rows in the daemon's SQLite
-(one daemon). Several daemons sharing jobs would add a Redis implementation of the same few methods.
+(one daemon). ``redis_jobs.RedisJobsStore`` shares them between daemons (``state.backend = redis``): each row then
+names the daemon that runs the job (``DaemonIdentity``), which alone holds its files and its running work.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from tiqo.daemon.state.store import Store
@@ -32,7 +38,28 @@ JSON_COLUMNS = {"params", "result", "meta", "error"}
 UNFINISHED = ("queued", "in_progress")
 
 
+@dataclass(frozen=True)
+class DaemonIdentity:
+    """Who runs a job. ``id`` stays the same across restarts of one daemon (its host and state folder), so a daemon
+    that restarts finds the jobs its previous run left unfinished, and only those."""
+
+    id: str
+    host: str
+    pid: int
+
+    def stamp(self) -> dict[str, Any]:
+        return {"daemon": self.id, "host": self.host, "pid": self.pid}
+
+
+def daemon_identity(state_dir: Path) -> DaemonIdentity:
+    host = socket.gethostname()
+    where = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+    return DaemonIdentity(f"{host}/{where}", host, os.getpid())
+
+
 class JobsStore(Protocol):
+    identity: DaemonIdentity | None  # None: one daemon, every row is its own
+
     def insert(self, row: dict[str, Any]) -> None: ...
 
     def update(self, job_id: str, fields: dict[str, Any]) -> None: ...
@@ -57,9 +84,19 @@ class JobsStore(Protocol):
 
     def has(self, job_id: str) -> bool: ...
 
+    def request_cancel(self, job_id: str) -> None:
+        """Ask the daemon that runs ``job_id`` (another one) to stop it at its next step."""
+        ...
+
+    def cancel_requested(self, job_ids: list[str]) -> set[str]:
+        """Which of this daemon's ``job_ids`` another daemon asked to cancel (polled; also a chance to resync)."""
+        ...
+
 
 class SqliteJobsStore:
     """Jobs in the daemon's SQLite, used from the event loop only (like the rest of ``Store``)."""
+
+    identity: DaemonIdentity | None = None
 
     def __init__(self, store: Store) -> None:
         self.db = store.db
@@ -123,6 +160,12 @@ class SqliteJobsStore:
 
     def has(self, job_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
+
+    def request_cancel(self, job_id: str) -> None:
+        return None  # one daemon: every job is its own, cancelled in memory
+
+    def cancel_requested(self, job_ids: list[str]) -> set[str]:
+        return set()
 
 
 def _encode(column: str, value: Any) -> Any:

@@ -36,12 +36,20 @@ def _since(since: str) -> float:
 
 
 @router.get("/usage", responses=errors(400))
-async def usage(request: Request, since: str = "7d", by: str = "day", user: str | None = None) -> dict[str, Any]:
-    """Requests, tokens, cost, cache hits and errors since a time, grouped by day, provider, model, user or key."""
+async def usage(
+    request: Request, since: str = "7d", by: str = "day", user: str | None = None, local: bool = False
+) -> dict[str, Any]:
+    """Requests, tokens, cost, cache hits and errors since a time, grouped by day, provider, model, user or key.
+
+    With ``state.backend = redis`` the sums are cluster-wide (every daemon on that Redis; whole days) unless
+    ``local`` asks for this daemon's own rows; ``scope`` in the answer says which."""
     if by not in GROUPS:
         raise BadRequest(f"cannot group by {by!r}; use one of {', '.join(GROUPS)}", param="by")
     daemon = daemon_of(request)
-    result = daemon.ledger.usage(_since(since), by, user)
+    if daemon.ledger.sums is not None and not local:
+        result = daemon.ledger.cluster_usage(_since(since), by, user)
+    else:
+        result = daemon.ledger.usage(_since(since), by, user)
     result["timezone"] = daemon.budgets.policy.timezone
     return result
 
