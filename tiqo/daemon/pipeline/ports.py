@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
-from tiqo.core.errors import TiqoError
 from tiqo.core.settings import Settings
 from tiqo.daemon.catalog.registry import Registry
+from tiqo.daemon.pipeline.attempts import Attempts
 from tiqo.daemon.pipeline.recording import Accounting
-from tiqo.daemon.pipeline.served import RequestMeta, Served
-from tiqo.daemon.upstream.client import AttemptFailed, UpstreamClient
-from tiqo.daemon.upstream.providers import Provider, ProviderHub
+from tiqo.daemon.pipeline.served import RequestMeta
+from tiqo.daemon.upstream.client import UpstreamClient
+from tiqo.daemon.upstream.providers import ProviderHub
 from tiqo.policy import budget as bp
 from tiqo.policy.classify import Classification
 from tiqo.policy.routing import CatalogModel, Decision, RoutingConfig
@@ -37,6 +37,7 @@ class Routing(Protocol):
     accounting: Accounting
     hub: ProviderHub
     upstream: UpstreamClient
+    attempts: Attempts
 
     def clock(self) -> float: ...
 
@@ -65,13 +66,3 @@ class Routing(Protocol):
         blocked: dict[str, bp.Charge] | None = None,
         config: RoutingConfig | None = None,
     ) -> Decision: ...
-
-    def nothing_kept(self, decision: Decision, blocked: dict[str, bp.Charge]) -> TiqoError: ...
-
-    def all_failed(
-        self, decision: Decision, failures: list[AttemptFailed | TiqoError], served: Served
-    ) -> TiqoError: ...
-
-    def record_failure(self, provider: Provider, key_name: str | None, exc: AttemptFailed) -> None: ...
-
-    def record_success(self, provider: Provider, key_name: str | None, tokens: int) -> None: ...

@@ -11,7 +11,6 @@ import asyncio
 import functools
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
@@ -20,12 +19,8 @@ from typing import Any
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import (
     BadRequest,
-    ClassificationRefused,
     ModelNotFound,
-    NoCandidate,
-    RateLimited,
     TiqoError,
-    UpstreamFailed,
 )
 from tiqo.core.settings import Settings
 from tiqo.daemon.accounting.budgets import Budgets
@@ -35,7 +30,7 @@ from tiqo.daemon.accounting.metrics import Metrics
 from tiqo.daemon.cache.response_cache import CacheUse, ResponseCache
 from tiqo.daemon.catalog.registry import Registry
 from tiqo.daemon.catalog.routing_config import restricted_patterns, routing_config
-from tiqo.daemon.pipeline.fallback import RATE_LIMITED, after_failure
+from tiqo.daemon.pipeline.attempts import Attempts, Rules, Ticket, Try
 from tiqo.daemon.pipeline.pieces import prime, replay
 from tiqo.daemon.pipeline.ports import LocalCompute
 from tiqo.daemon.pipeline.recording import DEFAULT_MAX_TOKENS, Accounting
@@ -44,15 +39,13 @@ from tiqo.daemon.state.shared import SharedState
 from tiqo.daemon.state.store import Store
 from tiqo.daemon.upstream.client import AttemptFailed, UpstreamClient
 from tiqo.daemon.upstream.external import stream_external
-from tiqo.daemon.upstream.providers import Provider, ProviderHub
+from tiqo.daemon.upstream.providers import ProviderHub
 from tiqo.policy import budget as bp
-from tiqo.policy.breaker import HEALTH_FAILURES
 from tiqo.policy.classify import DATA_CLASSES, Classification, classify
 from tiqo.policy.outbound import Outbound, TooBig, outbound
 from tiqo.policy.ratelimit import RateLimits
 from tiqo.policy.routing import (
     AUTO,
-    LOCAL,
     CatalogModel,
     Decision,
     RoutingConfig,
@@ -64,7 +57,6 @@ from tiqo.protocol import openai as oa
 from tiqo.sdk.engine import GenerationParams, Piece, Runner, StopFlag
 
 log = logging.getLogger("tiqo.gateway")
-_BACKOFF_BASE, _BACKOFF_CAP = 0.05, 1.0
 INLINE_SCAN_CHARS = 16_384  # texts up to this size are classified on the event loop (RE2: well under a millisecond)
 VISIBLE_ROLES = ("system", "developer", "user")  # the turns task and complexity are read from
 
@@ -100,6 +92,7 @@ class Gateway:
         )
         self.upstream = UpstreamClient(hub.replicas)  # one door for every provider call, replicas chosen there
         self.clock = time.time
+        self.attempts = Attempts(settings, hub, self.accounting, lambda: self.clock())
         self._patterns = restricted_patterns(settings)
         self._derived: tuple[tuple[int, int], dict[str, CatalogModel], RoutingConfig] | None = None
         self.cache = ResponseCache(shared.cache or store, settings, lambda: self.clock())
@@ -329,7 +322,7 @@ class Gateway:
         served = Served(route=decision.source)
         kept = decision.kept
         if not kept:
-            raise self.nothing_kept(decision, blocked)
+            raise self.attempts.nothing_kept(decision, blocked)
         cache = await self.cache.use(wire, decision.classification, meta.cache, named_class=meta.data_class is not None)
         if cache is not None and meta.cache == "use":
             hit = await self.cache.lookup(wire, [c.model for c in kept], cache, served)
@@ -337,132 +330,31 @@ class Gateway:
                 return served, replay(hit)
         served.cache = "off" if cache is None else "miss"
 
-        failures: list[AttemptFailed | TiqoError] = []
-        attempts = 0
-        max_attempts = max(1, self.settings["routing.max_attempts"])
         catalog, _ = self.catalog_and_config()
-        last_provider_failed: str | None = None
-        for cand in kept:
-            model = catalog[cand.model]
-            tried_keys: set[str] = set()
-            while attempts < max_attempts:
-                attempts += 1
-                if last_provider_failed == model.provider:
-                    await asyncio.sleep(_backoff(attempts))
-                key_name = None
-                call: CallRow | None = None
-                call_wire = wire
-                if not model.local:
-                    why = self.hub.unavailable(model.provider, decision.est_prompt_tokens + decision.max_tokens)
-                    why = why or self.hub.take_probe(model.provider)
-                    if why is not None:
-                        served.attempts.append({"model": cand.model, "provider": model.provider, "error": why})
-                        break
-                    if self.hub.has_keys(model.provider):
-                        key_name = self.hub.pick_key(model.provider, decision.est_prompt_tokens, tried_keys)
-                        if key_name is None:
-                            served.attempts.append(
-                                {"model": cand.model, "provider": model.provider, "error": "no untried usable key"}
-                            )
-                            break
-                        tried_keys.add(key_name)
-                    call, call_wire, refusal = self.accounting.reserve(
-                        body, wire, model, key_name, decision, request_id, sent.worst_prompt_tokens
-                    )
-                    if refusal is not None:
-                        blocked[cand.model] = refusal.charge
-                        error = {"model": cand.model, "provider": model.provider, "error": refusal.message}
-                        served.attempts.append({**error, "kind": "budget"})
-                        break
-                try:
-                    pieces = self._attempt(model, key_name, call, body, call_wire, decision, served, cache)
-                    ready = await prime(pieces, stream)
-                except (AttemptFailed, TiqoError) as exc:
-                    failures.append(exc)
-                    kind = exc.kind if isinstance(exc, AttemptFailed) else exc.code
-                    served.attempts.append(
-                        {
-                            "model": cand.model,
-                            "provider": model.provider,
-                            "key": key_name,
-                            "error": _msg(exc),
-                            "kind": kind,
-                        }
-                    )
-                    log.info("%s via %s failed (%s): %s", cand.model, model.provider, kind, _msg(exc))
-                    step = after_failure(exc, key_name)
-                    if step == "stop":
-                        if isinstance(exc, AttemptFailed):
-                            raise BadRequest(f"{model.provider} rejected the request: {exc.message}") from None
-                        raise
-                    last_provider_failed = model.provider
-                    if step == "key":
-                        continue  # same candidate, another key (never the one that just failed)
-                    if isinstance(exc, AttemptFailed) and self.hub.replica_takes_failure(model.provider, exc.kind):
-                        # cut off midway by one replica while another is up: the same model on that one
-                        tried_keys.discard(key_name or "")
-                        last_provider_failed = None
-                        continue
-                    break
-                served.backend = f"local:{self.registry.resolve(model.name).engine}" if model.local else model.provider
-                served.provider, served.model, served.key = model.provider, model.name, key_name
-                served.est_cost_usd = cand.est_cost_usd
-                return served, ready
-        if blocked and not failures:
-            raise self.accounting.budget_error(blocked, served.attempts)
-        raise self.all_failed(decision, failures, served)
 
-    def nothing_kept(self, decision: Decision, blocked: dict[str, bp.Charge]) -> TiqoError:
-        reasons = "; ".join(f"{c.model}: {c.reason}" for c in decision.candidates)
-        if decision.classification.data_class == "restricted":
-            return ClassificationRefused(
-                f"restricted data never leaves the machine, and no local model can serve this request ({reasons})",
-                hint="register a local model that can (`tiqo models add`), or name one with -m",
+        def reserve(model: CatalogModel, key: str | None) -> tuple[tuple[CallRow, dict[str, Any]], bp.Refusal | None]:
+            call, call_wire, refusal = self.accounting.reserve(
+                body, wire, model, key, decision, request_id, sent.worst_prompt_tokens
             )
-        if blocked:
-            attempts = [{"model": m, "error": f"the {c.label} budget is spent"} for m, c in blocked.items()]
-            return self.accounting.budget_error(blocked, attempts)
-        retry = [self.hub.retry_after(c.provider) for c in decision.candidates if c.provider not in (LOCAL, "?")]
-        waits = [r for r in retry if r is not None]
-        if waits:
-            return RateLimited(
-                f"no candidate can serve this request now ({reasons})",
-                retry_after=min(waits),
-                hint="`tiqo keys list` and `tiqo providers list` show what is cooling down",
-            )
-        return NoCandidate(
-            f"no candidate can serve this request ({reasons})",
-            hint=f"`tiqo route explain` shows the decision; routes come from {decision.source}",
-        )
+            return (call, call_wire), refusal
 
-    def all_failed(self, decision: Decision, failures: list[AttemptFailed | TiqoError], served: Served) -> TiqoError:
-        if not failures:
-            waits = [w for w in (self.hub.retry_after(c.provider) for c in decision.kept) if w is not None]
-            summary = "; ".join(f"{a['model']}: {a['error']}" for a in served.attempts)
-            return RateLimited(
-                f"no candidate can serve this request now ({summary})",
-                retry_after=min(waits) if waits else 1,
-                hint="`tiqo keys list` and `tiqo providers list` show what is cooling down",
-            )
-        if all(isinstance(f, AttemptFailed) and f.kind == "unsupported" for f in failures):
-            return NoCandidate("; ".join(f.message for f in failures if isinstance(f, AttemptFailed)))
-        if all(isinstance(f, TiqoError) for f in failures) and len(failures) == 1:
-            err = failures[0]
-            assert isinstance(err, TiqoError)
-            return err
-        summary = "; ".join(f"{a['model']} ({a['provider']}): {a['error']}" for a in served.attempts)
-        waits = [f.retry_after for f in failures if isinstance(f, AttemptFailed) and f.retry_after is not None]
-        if all(isinstance(f, AttemptFailed) and f.kind in RATE_LIMITED for f in failures):
-            return RateLimited(f"every candidate is rate limited: {summary}", retry_after=min(waits) if waits else 1)
-        return UpstreamFailed(
-            f"every candidate failed: {summary}",
-            hint="`tiqo providers list` shows provider health; `tiqo route explain` shows the candidates",
-        )
+        async def attempt(one: Try[tuple[CallRow, dict[str, Any]]]) -> AsyncGenerator[Piece, None]:
+            call, call_wire = one.reserved or (None, wire)
+            pieces = self._attempt(one, call, body, call_wire, decision, served, cache)
+            ready = await prime(pieces, stream)
+            if one.model.local:
+                served.backend = f"local:{self.registry.resolve(one.model.name).engine}"
+            return ready
+
+        need = decision.est_prompt_tokens + decision.max_tokens
+        rules = Rules(per_request=True, need_tokens=need, key_tokens=decision.est_prompt_tokens)
+        ready, one = await self.attempts.first(decision, catalog, served, blocked, reserve, attempt, rules)
+        served.est_cost_usd = one.candidate.est_cost_usd
+        return served, ready
 
     def _attempt(
         self,
-        model: CatalogModel,
-        key_name: str | None,
+        one: Try[Any],
         call: CallRow | None,
         body: oa.ChatCompletionRequest,
         wire: dict[str, Any],
@@ -470,33 +362,30 @@ class Gateway:
         served: Served,
         cache: CacheUse | None,
     ) -> AsyncGenerator[Piece, None]:
+        model = one.model
         if model.local:
             inner = self._local(model, body)
         else:
             provider = self.hub.providers[model.provider]
-            secret = self.hub.secret(provider.name, key_name)
+            secret = self.hub.secret(provider.name, one.key)
             view = self.hub.for_call(provider, decision.classification.data_class)
             inner = stream_external(self.upstream, secret, view, model, wire, call.id if call else None)
-        return self._account(inner, model, key_name, call, wire, decision, served, cache)
+        return self._account(inner, model, one.ticket, call, wire, decision, served, cache)
 
     async def _account(
         self,
         pieces: AsyncGenerator[Piece, None],
         model: CatalogModel,
-        key_name: str | None,
+        ticket: Ticket | None,
         call: CallRow | None,
         wire: dict[str, Any],
         decision: Decision,
         served: Served,
         cache: CacheUse | None,
     ) -> AsyncGenerator[Piece, None]:
-        """Pass pieces through; on the end, record health, usage, cost, the cache entry and settle the budget."""
-        provider = None if model.local else self.hub.providers[model.provider]
-        if provider is not None:
-            now = self.clock()
-            provider.breaker.begin(now)
-            if key_name is not None:
-                provider.pool.begin(key_name, now)
+        """Pass pieces through; on the end, record health, usage, cost, the cache entry and settle the budget. The
+        ticket (external: the breaker and the key) lives as long as the stream: a failure after the first byte
+        still counts against the provider's and the key's health."""
         text: list[str] = []
         tools: list[dict[str, Any]] = []
         ok = False
@@ -514,39 +403,19 @@ class Gateway:
                     ok = True
                     if cache is not None:
                         self.cache.put(wire, model.name, cache, "".join(text), tools, piece)
-                    if provider is not None:
-                        self.record_success(provider, key_name, served.prompt_tokens + served.completion_tokens)
+                    if ticket is not None:
+                        ticket.succeeded(served.prompt_tokens + served.completion_tokens)
                 yield piece
         except AttemptFailed as exc:
             error = exc.kind
-            if provider is not None:
-                self.record_failure(provider, key_name, exc)
+            if ticket is not None:
+                ticket.failed(exc)
             raise
         finally:
-            if provider is not None and not ok:
-                provider.breaker.release()
-                if key_name is not None:
-                    provider.pool.release(key_name)
-                    self.hub.persist(provider.name, key_name)
+            if ticket is not None and not ok:
+                ticket.released()
             if call is not None:
                 self.accounting.settle(call, model, ok, error, served, decision, text)
-
-    def record_success(self, provider: Provider, key_name: str | None, tokens: int) -> None:
-        provider.breaker.success()
-        if key_name is not None:
-            provider.pool.success(key_name, tokens, self.clock())
-            self.hub.key_used(provider.name, key_name, tokens)
-            self.hub.persist(provider.name, key_name)
-
-    def record_failure(self, provider: Provider, key_name: str | None, exc: AttemptFailed) -> None:
-        now = self.clock()
-        if exc.kind in HEALTH_FAILURES and not self.hub.replica_takes_failure(provider.name, exc.kind):
-            provider.breaker.failure(now, f"{exc.kind}: {exc.message}"[:120])
-        else:
-            provider.breaker.release()
-        if key_name is not None:
-            provider.pool.failure(key_name, exc.kind, now, exc.retry_after, exc.message)
-            self.hub.persist(provider.name, key_name, now=True)
 
     # ------------------------------------------------------------ backends
     async def _local(self, model: CatalogModel, body: oa.ChatCompletionRequest) -> AsyncGenerator[Piece, None]:
@@ -596,11 +465,3 @@ def generation_params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> 
         json_format=json_format,
         tools=tools,
     )
-
-
-def _backoff(attempt: int) -> float:
-    return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1)))
-
-
-def _msg(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, (AttemptFailed, TiqoError)) else str(exc)
