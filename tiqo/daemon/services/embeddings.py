@@ -4,6 +4,7 @@ daemon's own users (the vector store)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -75,16 +76,14 @@ class Embeddings(Dispatch):
                 served.cost_usd = m.cost(served.prompt_tokens, 0)
                 return [d["embedding"] for d in sorted(answer["data"], key=lambda d: d.get("index", 0))]
 
-            vectors = await self._first(
-                decision,
-                served,
-                blocked,
-                row.id,
-                local=local,
-                call=external,
-                worst=lambda m: m.cost(sum(len(t.encode()) + 1 for t in inputs), 0),  # no tokenizer counts more
-                actual=lambda m, _: m.cost(served.prompt_tokens, 0),
-            )
+            def worst(m: CatalogModel) -> float:
+                return m.cost(sum(len(t.encode()) + 1 for t in inputs), 0)  # no tokenizer counts more than bytes
+
+            def actual(m: CatalogModel, _: object) -> float:
+                return m.cost(served.prompt_tokens, 0)  # the answer's usage, read by ``external``
+
+            first = functools.partial(self._first, local=local, call=external, worst=worst, actual=actual)
+            vectors = await first(decision, served, blocked, row.id)
         except TiqoError as exc:
             self._refused(row, exc, started)
             raise

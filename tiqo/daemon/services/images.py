@@ -241,15 +241,8 @@ class Images(Dispatch):
             return pictures, {"provider": m.provider}
 
         try:
-            pictures, details = await self._first(
-                decision,
-                served,
-                blocked,
-                row.id,
-                local=local,
-                call=external,
-                worst=lambda m: m.price_image * task.n,
-            )
+            first = functools.partial(self._first, local=local, call=external, worst=lambda m: m.price_image * task.n)
+            pictures, details = await first(decision, served, blocked, row.id)
             files = await asyncio.to_thread(_save_pictures, pictures, task.output_format, handle)
         except TiqoError as exc:
             self._refused(row, exc, started)
