@@ -153,32 +153,14 @@ class Attempts:
                 if not model.local and not self._prepare(one, served, blocked, tried, reserve, rules):
                     break
                 try:
-                    if one.ticket is not None:
-                        one.ticket.begin()
-                    answer = await attempt(one)
+                    answer = await self._run(one, attempt)
                 except (AttemptFailed, TiqoError) as exc:
-                    step = self._failed(one, exc, failures, served)
-                    if step == "stop":
-                        if isinstance(exc, AttemptFailed):
-                            raise BadRequest(f"{model.provider} rejected the request: {exc.message}") from None
-                        raise
-                    last_failed = model.provider
-                    if step == "key":
-                        continue  # same candidate, another key (never the one that just failed)
-                    if isinstance(exc, AttemptFailed) and self.hub.replica_takes_failure(model.provider, exc.kind):
-                        # cut off midway by one replica while another is up: the same model on that one
-                        tried.discard(one.key or "")
-                        last_failed = None
-                        continue
-                    break
-                except BaseException:
-                    # Cancelled (the client hung up mid-call) or an unexpected error: it says nothing about the
-                    # provider's health, but the probe slot and the key's slot must not stay taken.
-                    if one.ticket is not None:
-                        one.ticket.released()
-                    raise
-                if not model.local:
-                    served.backend = model.provider
+                    step = self._failed(one, exc, failures, served, tried)
+                    last_failed = None if step == "replica" else model.provider
+                    if step == "candidate":
+                        break
+                    continue  # the same candidate: another key (never the one that just failed), or another replica
+                served.backend = served.backend if model.local else model.provider
                 served.provider, served.model, served.key = model.provider, model.name, one.key
                 return answer, one
         if blocked and not failures:
@@ -214,22 +196,55 @@ class Attempts:
         one.ticket = Ticket(self.hub, self.hub.providers[provider], one.key, self.clock)
         return True
 
+    async def _run(self, one: Try[R], attempt: Callable[[Try[R]], Awaitable[T]]) -> T:
+        if one.ticket is not None:
+            one.ticket.begin()
+        try:
+            return await attempt(one)
+        except (AttemptFailed, TiqoError):
+            raise
+        except BaseException:
+            # Cancelled (the client hung up mid-call) or an unexpected error: it says nothing about the provider's
+            # health, but the probe slot and the key's slot must not stay taken.
+            if one.ticket is not None:
+                one.ticket.released()
+            raise
+
     def _failed(
-        self, one: Try[R], exc: AttemptFailed | TiqoError, failures: list[AttemptFailed | TiqoError], served: Served
+        self,
+        one: Try[R],
+        exc: AttemptFailed | TiqoError,
+        failures: list[AttemptFailed | TiqoError],
+        served: Served,
+        tried: set[str],
     ) -> str:
-        """Note a failed try (and its provider's and key's health); what next, by the one rule."""
+        """Note a failed try (and its provider's and key's health); what next by the one rule: ``key``, ``replica``
+        (the same model on another endpoint) or ``candidate``. Raises the caller's error on ``stop``."""
         failures.append(exc)
         kind = exc.kind if isinstance(exc, AttemptFailed) else exc.code
         name, provider = one.candidate.model, one.model.provider
-        tried = {"model": name, "provider": provider, "key": one.key, "error": exc.message, "kind": kind}
-        served.attempts.append(tried)
+        served.attempts.append(
+            {"model": name, "provider": provider, "key": one.key, "error": exc.message, "kind": kind}
+        )
         log.info("%s via %s failed (%s): %s", name, provider, kind, exc.message)
         if one.ticket is not None:
             if isinstance(exc, AttemptFailed):
                 one.ticket.failed(exc)
             else:
                 one.ticket.released()
-        return after_failure(exc, one.key)
+        step = after_failure(exc, one.key)
+        if step == "stop":
+            if isinstance(exc, AttemptFailed):
+                raise BadRequest(f"{provider} rejected the request: {exc.message}") from None
+            raise exc
+        if (
+            step == "candidate"
+            and isinstance(exc, AttemptFailed)
+            and self.hub.replica_takes_failure(provider, exc.kind)
+        ):
+            tried.discard(one.key or "")  # cut off midway by one replica while another is up: that one next
+            return "replica"
+        return step
 
     # ------------------------------------------------------------ when nothing served
     def nothing_kept(self, decision: Decision, blocked: dict[str, bp.Charge]) -> TiqoError:
