@@ -17,6 +17,7 @@ from tiqo.daemon.catalog.diffusion_check import capabilities as diffusion_capabi
 from tiqo.daemon.catalog.diffusion_check import inspect as inspect_diffusion
 from tiqo.daemon.catalog.diffusion_check import is_diffusers_dir
 from tiqo.daemon.catalog.gguf import read_gguf
+from tiqo.daemon.catalog.model_entries import external_model, model_options
 from tiqo.policy.routing import LOCAL, CatalogModel
 from tiqo.sdk.engine import ModelSpec
 
@@ -285,7 +286,7 @@ class Registry:
         entry = self.settings.model_entries().get(spec.name)
         if not entry or spec.name not in self._bundled:
             return spec
-        return replace(spec, options={**spec.options, **_options(entry)})
+        return replace(spec, options={**spec.options, **model_options(entry)})
 
     def _user_spec(self, name: str, entry: dict[str, Any]) -> ModelSpec:
         path = Path(str(entry["path"])).expanduser()
@@ -299,7 +300,7 @@ class Registry:
             path=path,
             source="local",
             size_bytes=size,
-            options=_options(entry),
+            options=model_options(entry),
             description=str(entry.get("description", "")),
             capabilities=_capabilities(kind, engine, entry),
         )
@@ -356,64 +357,3 @@ def _local_entry(path: Path, pipeline: str | None = None) -> dict[str, Any]:
     gguf = read_gguf(path)  # raises a clear 400 for missing, non-GGUF or truncated files
     label = f"{gguf.architecture}, {gguf.file_size} bytes"
     return {"path": str(gguf.path.absolute()), "kind": "llm", "engine": "llama.cpp", "_label": label}
-
-
-_OPTION_KEYS = (
-    "n_ctx",
-    "n_threads",
-    "n_gpu_layers",
-    "n_batch",
-    "num_parallel",
-    "keep_alive",
-    "device",
-    "tokenizer",
-    "noise_scale",  # Piper: generator noise (the voice's own value when unset; 0 makes synthesis repeatable)
-    "noise_w_scale",  # Piper: phoneme length noise
-    "task",  # diffusers: text-to-image, image-to-image, inpainting, image-to-video, text-to-video
-    "pipeline",  # diffusers: the pipeline class (model_index.json's, or the one a single file is loaded with)
-    "steps",  # diffusers: the model's default number of denoising steps
-    "dtype",  # diffusers: float32, float16 or bfloat16 (default: float32 on CPU, float16 on CUDA)
-    "config",  # diffusers single file: a folder with the configs of the same architecture (no hub access)
-)
-
-
-def _options(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: entry[k] for k in _OPTION_KEYS if k in entry}
-
-
-def external_model(name: str, entry: dict[str, Any]) -> CatalogModel:
-    """A ``[models.NAME]`` table with ``provider`` as a catalog entry (raises ValueError when malformed)."""
-    price_in, price_out = float(entry.get("price_in", 0)), float(entry.get("price_out", 0))
-    if price_in < 0 or price_out < 0:
-        raise ValueError("prices must not be negative")
-    context = entry.get("context")
-    if context is not None and int(context) <= 0:
-        raise ValueError("context must be positive")
-    caps = entry.get("capabilities", ["chat", "tools", "json"])
-    if isinstance(caps, str):
-        caps = [c.strip() for c in caps.split(",") if c.strip()]
-    fallbacks = entry.get("fallbacks", [])
-    if isinstance(fallbacks, str):
-        fallbacks = [fallbacks]
-    return CatalogModel(
-        name=name,
-        provider=str(entry["provider"]),
-        upstream_model=str(entry.get("upstream_model", name)),
-        price_in=price_in,
-        price_out=price_out,
-        context=None if context is None else int(context),
-        capabilities=tuple(str(c) for c in caps),
-        fallbacks=tuple(str(f) for f in fallbacks),
-        description=str(entry.get("description", "")),
-        premium=bool(entry.get("premium", False)),
-        price_minute=_price(entry, "price_minute"),
-        price_mchar=_price(entry, "price_mchar"),
-        price_image=_price(entry, "price_image"),
-    )
-
-
-def _price(entry: dict[str, Any], key: str) -> float:
-    value = float(entry.get(key, 0))
-    if value < 0:
-        raise ValueError(f"{key} must not be negative")
-    return value
