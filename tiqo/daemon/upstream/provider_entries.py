@@ -47,14 +47,14 @@ def provider_entry(
             hint="`tiqo plugins` shows which provider plugins loaded",
         )
     endpoints = options.get("endpoints")
-    if endpoints:
+    if endpoints is not None:  # an empty list is an error too, not "no endpoints"
         try:
-            parse_endpoints({"endpoints": endpoints, "base_url": base_url})
+            parsed = parse_endpoints({"endpoints": endpoints, "base_url": base_url}) or []
         except (TypeError, ValueError) as exc:
             raise BadRequest(
                 str(exc), param="endpoints", hint="e.g. --endpoint http://10.0.0.5:8000/v1 --endpoint URL,weight=2"
             ) from None
-        base_url = base_url or endpoints[0]["url"]
+        base_url = base_url or parsed[0].url
     if not base_url:
         base_url = kinds[kind].default_base_url
     if not re.match(r"^https?://", base_url):
