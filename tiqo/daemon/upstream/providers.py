@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tiqo.core.durations import parse_duration
@@ -31,6 +31,7 @@ from tiqo.daemon.upstream.provider_entries import (
     provider_entry,
     redact,
 )
+from tiqo.daemon.upstream.provider_watch import Alert, ProviderWatch, Publish, WatchedBreaker
 from tiqo.daemon.upstream.replicas import Replicas, ReplicaSet, parse_endpoints
 from tiqo.policy.breaker import CircuitBreaker
 from tiqo.policy.keys import KeyPool, KeyState
@@ -38,42 +39,6 @@ from tiqo.sdk.provider import ProviderConfig, ProviderKind
 
 log = logging.getLogger("tiqo.providers")
 FLUSH_S = 1.0  # key usage counters reach SQLite within this long (health changes at once)
-
-
-# (kind, data) of an event for the bus; (dedupe, kind, level, message, data) of an alert
-Publish = Callable[[str, dict[str, Any]], Any]
-Alert = Callable[[str, str, str, str, dict[str, Any]], Any]
-_ALERT_LEVELS = {"disabled": "error", "exhausted": "warning", "circuit-open": "warning"}
-
-
-@dataclass
-class WatchedBreaker(CircuitBreaker):
-    """A provider's breaker that says when it opens (or closes again), for alerts and the dashboard."""
-
-    on_change: Callable[[str, CircuitBreaker], None] | None = field(default=None, repr=False, compare=False)
-    # Several daemons: the breaker's state is shared (None: this daemon's alone, as a single daemon needs)
-    shared: Breakers | None = field(default=None, repr=False, compare=False)
-    provider: str = ""
-
-    def failure(self, now: float, error: str = "") -> None:
-        before = self.opened_at
-        if self.shared is None or not self.shared.failure(self.provider, self, now, error, self.probing):
-            super().failure(now, error)
-        if self.on_change is not None and self.opened_at is not None and self.opened_at != before:
-            self.on_change("open", self)
-
-    def success(self) -> None:
-        was_open = self.opened_at is not None
-        if self.shared is not None and (self.failures or was_open or self.probing):
-            self.shared.success(self.provider)
-        super().success()
-        if was_open and self.on_change is not None:
-            self.on_change("closed", self)
-
-    def release(self) -> None:
-        if self.shared is not None and self.probing:
-            self.shared.release_probe(self.provider)
-        super().release()
 
 
 @dataclass
@@ -118,15 +83,13 @@ class ProviderHub:
         self._dirty: set[tuple[str, str]] = set()
         self.version = 0  # bumped when providers change (routing caches what it derives from them)
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._publish: Publish | None = None
-        self._alert: Alert | None = None
-        self._key_status: dict[tuple[str, str], str] = {}  # last status told, to publish only changes
+        self.told = ProviderWatch(clock)  # breaker and key changes as events and alerts
         self.reload()
 
     def watch(self, publish: Publish, alert: Alert) -> None:
         """Publish breaker and key state changes as events, and raise alerts when a breaker opens or a key is
         disabled, exhausted or tripped (the daemon wires its event bus and budget alerts here)."""
-        self._publish, self._alert = publish, alert
+        self.told.publish, self.told.alert = publish, alert
 
     # ------------------------------------------------------------ loading
     def reload(self) -> None:
@@ -181,11 +144,11 @@ class ProviderHub:
             idle=parse_duration(entry.get("timeout_idle", s["routing.timeout_idle"])),
         )
         breaker = WatchedBreaker(s["routing.breaker_failures"], s["routing.breaker_cooldown"])
-        breaker.on_change = lambda state, b: self._breaker_changed(name, state, b)
+        breaker.on_change = lambda state, b: self.told.breaker_changed(name, state, b)
         breaker.shared, breaker.provider = self.breakers, name
         now = self.clock()
         for key_name in limits:
-            self._key_status[(name, key_name)] = pool.describe(key_name, now)["status"]
+            self.told.key_status[(name, key_name)] = pool.describe(key_name, now)["status"]
         max_class = "restricted" if trusted else str(entry.get("max_class", "confidential"))
         if max_class == "restricted" and not trusted:
             raise ValueError('max_class "restricted" needs trusted = true (the provider is inside your trust boundary)')
@@ -308,8 +271,9 @@ class ProviderHub:
         self._dirty.add((provider, key_name))
         if now and self.key_states is not None and provider in self.providers:
             self.key_states.save_health(self.providers[provider].pool, key_name)
-        if now or self._key_status.get((provider, key_name), "healthy") != "healthy":
-            self._key_changed(provider, key_name)
+        p = self.providers.get(provider)
+        if p is not None and (now or self.told.key_status.get((provider, key_name), "healthy") != "healthy"):
+            self.told.key_changed(provider, key_name, p.pool)
         if now:
             self.flush()
             return
@@ -330,55 +294,6 @@ class ProviderHub:
             p = self.providers.get(provider)
             if p is not None and key_name in p.pool.states:
                 self.store.save_key_state(provider, key_name, p.pool.states[key_name].to_dict())
-
-    def _breaker_changed(self, name: str, state: str, breaker: CircuitBreaker) -> None:
-        if self._publish is None:
-            return
-        until = breaker.open_until()
-        data = {"provider": name, "state": state, "failures": breaker.failures, "error": breaker.last_error}
-        data["until"] = until if state == "open" else None
-        self._publish("breaker", data)
-        if state == "open" and self._alert is not None:
-            probe = time.strftime("%H:%M:%S", time.localtime(until)) if until else "later"
-            self._alert(
-                f"breaker:{name}:{breaker.opened_at}",
-                "breaker",
-                "error",
-                f"circuit breaker of provider {name} opened after {breaker.failures} failure(s) "
-                f"({breaker.last_error or 'error'}); next probe at {probe}; see `tiqo providers list`",
-                data,
-            )
-
-    def _key_changed(self, provider: str, key_name: str) -> None:
-        p = self.providers.get(provider)
-        if p is None or key_name not in p.pool.limits or self._publish is None:
-            return
-        row = p.pool.describe(key_name, self.clock())
-        status, before = row["status"], self._key_status.get((provider, key_name), "healthy")
-        if status == before:
-            return
-        self._key_status[(provider, key_name)] = status
-        data = {"provider": provider, "name": key_name, "status": status, "previous": before}
-        data.update(reason=row["reason"], until=row["until"])
-        self._publish("key", data)
-        level = _ALERT_LEVELS.get(status)
-        if level is None or self._alert is None or row["reason"].endswith("by user"):
-            return
-        until = row["until"]
-        when = f" until {time.strftime('%Y-%m-%d %H:%M', time.localtime(until))}" if until else ""
-        why = str(row["reason"]).removeprefix("disabled: ")
-        fix = (
-            f"after fixing it, `tiqo keys enable {provider} {key_name}`"
-            if status == "disabled"
-            else "other keys take over meanwhile; see `tiqo keys list`"
-        )
-        self._alert(
-            f"key:{provider}:{key_name}:{status}:{self.clock():.3f}",
-            "key",
-            level,
-            f"key {provider}/{key_name} is {status.replace('-', ' ')}{when} ({why}); {fix}",
-            data,
-        )
 
     def describe(self) -> list[dict[str, Any]]:
         now = self.clock()
