@@ -15,7 +15,8 @@ from tiqo.core.errors import TiqoError
 from tiqo.daemon.accounting.ledger import CallRow, RequestRow
 from tiqo.daemon.catalog.registry import KIND_DEFAULTS
 from tiqo.daemon.pipeline.attempts import Ticket, Try
-from tiqo.daemon.pipeline.ports import LocalCompute, Routing
+from tiqo.daemon.pipeline.ports import LocalCompute
+from tiqo.daemon.pipeline.router import Router
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.upstream.client import AttemptFailed
 from tiqo.daemon.upstream.providers import Provider
@@ -29,7 +30,7 @@ T = TypeVar("T")
 
 
 class Dispatch:
-    def __init__(self, gateway: Routing, daemon: LocalCompute) -> None:
+    def __init__(self, gateway: Router, daemon: LocalCompute) -> None:
         self.gateway = gateway
         self.daemon = daemon
         self.settings = gateway.settings

@@ -12,11 +12,12 @@ from typing import Any
 
 from tiqo.core.errors import BadRequest, ModelNotFound
 from tiqo.core.settings import Settings
-from tiqo.daemon.accounting.budgets import Budgets
 from tiqo.daemon.catalog.registry import Registry
 from tiqo.daemon.catalog.routing_config import restricted_patterns, routing_config
-from tiqo.daemon.pipeline.recording import DEFAULT_MAX_TOKENS
+from tiqo.daemon.pipeline.attempts import Attempts
+from tiqo.daemon.pipeline.recording import DEFAULT_MAX_TOKENS, Accounting
 from tiqo.daemon.pipeline.served import RequestMeta
+from tiqo.daemon.upstream.client import UpstreamClient
 from tiqo.daemon.upstream.providers import ProviderHub
 from tiqo.policy import budget as bp
 from tiqo.policy.classify import DATA_CLASSES, Classification, classify
@@ -29,12 +30,15 @@ VISIBLE_ROLES = ("system", "developer", "user")  # the turns task and complexity
 
 
 class Router:
-    def __init__(self, settings: Settings, registry: Registry, hub: ProviderHub, budgets: Budgets) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.hub = hub
-        self.budgets = budgets
+    """What every modality's service shares: classification and routing here, and the accounting (admission, budget
+    reservations, the ledger row), the one upstream client and the attempt driver it holds."""
+
+    def __init__(self, settings: Settings, registry: Registry, hub: ProviderHub, accounting: Accounting) -> None:
+        self.settings, self.registry, self.hub, self.accounting = settings, registry, hub, accounting
+        self.budgets = accounting.budgets
         self.clock = time.time
+        self.upstream = UpstreamClient(hub.replicas)  # one door for every provider call, replicas chosen there
+        self.attempts = Attempts(settings, hub, accounting, lambda: self.clock())
         self._patterns = restricted_patterns(settings)
         self._derived: tuple[tuple[int, int], dict[str, CatalogModel], RoutingConfig] | None = None
 
@@ -44,6 +48,9 @@ class Router:
         if self._derived is None or self._derived[0] != version:
             self._derived = (version, self.registry.catalog(), routing_config(self.settings, self.hub))
         return self._derived[1], self._derived[2]
+
+    async def close(self) -> None:
+        await self.upstream.close()
 
     def invalidate(self) -> None:
         """Config changed outside the registry and the providers (users, tiers): rebuild the routing config."""

@@ -26,7 +26,7 @@ from tiqo.daemon.accounting.ledger import CallRow, Ledger, RequestRow
 from tiqo.daemon.accounting.metrics import Metrics
 from tiqo.daemon.cache.response_cache import CacheUse, ResponseCache
 from tiqo.daemon.catalog.registry import Registry
-from tiqo.daemon.pipeline.attempts import Attempts, Rules, Ticket, Try
+from tiqo.daemon.pipeline.attempts import Rules, Ticket, Try
 from tiqo.daemon.pipeline.pieces import prime, replay
 from tiqo.daemon.pipeline.ports import LocalCompute
 from tiqo.daemon.pipeline.recording import Accounting
@@ -34,7 +34,7 @@ from tiqo.daemon.pipeline.router import Router
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.state.shared import SharedState
 from tiqo.daemon.state.store import Store
-from tiqo.daemon.upstream.client import AttemptFailed, UpstreamClient
+from tiqo.daemon.upstream.client import AttemptFailed
 from tiqo.daemon.upstream.external import stream_external
 from tiqo.daemon.upstream.providers import ProviderHub
 from tiqo.policy import budget as bp
@@ -71,21 +71,12 @@ class Gateway(Router):
         metrics: Metrics | None = None,
         shared: SharedState | None = None,
     ) -> None:
-        super().__init__(settings, registry, hub, budgets)
         shared = shared or SharedState()
-        self.store = store
-        self.daemon = daemon
-        self.ledger = ledger
-        self.events = events
-        self.accounting = Accounting(
-            settings, hub, ledger, budgets, events, lambda: self.clock(), metrics, shared.limiter, shared.days
-        )
-        self.upstream = UpstreamClient(hub.replicas)  # one door for every provider call, replicas chosen there
-        self.attempts = Attempts(settings, hub, self.accounting, lambda: self.clock())
+        days, limiter = shared.days, shared.limiter
+        accounting = Accounting(settings, hub, ledger, budgets, events, lambda: self.clock(), metrics, limiter, days)
+        super().__init__(settings, registry, hub, accounting)
+        self.store, self.daemon, self.ledger, self.events = store, daemon, ledger, events
         self.cache = ResponseCache(shared.cache or store, settings, lambda: self.clock())
-
-    async def close(self) -> None:
-        await self.upstream.close()
 
     async def admit_local(self, body: oa.CompletionRequest, meta: RequestMeta) -> tuple[RequestRow, RateLimits, float]:
         """Classification, rate limits and the ledger row of a text completion (a named local model, no routing)."""

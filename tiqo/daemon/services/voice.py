@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.media.audio import Decoded, RawPcm, SpeechEncoder, decode, sentences, wav_header
 from tiqo.daemon.pipeline.dispatch import Dispatch, _never, _prepend, settled_at_end
-from tiqo.daemon.pipeline.ports import LocalCompute, Routing
+from tiqo.daemon.pipeline.ports import LocalCompute
+from tiqo.daemon.pipeline.router import Router
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.runtime.engines.piper import TtsJob
 from tiqo.daemon.runtime.engines.whisper import SttJob
@@ -80,7 +81,7 @@ class Spoken:
 
 
 class Voice(Dispatch):
-    def __init__(self, gateway: Routing, daemon: LocalCompute) -> None:
+    def __init__(self, gateway: Router, daemon: LocalCompute) -> None:
         super().__init__(gateway, daemon)
         self.decoded_slots = HeldSlots(
             self.settings["stt.max_decoded"],
