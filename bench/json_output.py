@@ -30,7 +30,7 @@ from typing import Any
 
 from llama_cpp.llama_grammar import LlamaGrammar
 
-from tiqo.daemon.catalog.registry import SMOLLM2, bundled_models
+from tiqo.daemon.catalog.bundled import SMOLLM2, bundled_models
 from tiqo.daemon.runtime.engines import json_output as jo
 from tiqo.daemon.runtime.engines.grammar_sampler import GrammarProcessor
 from tiqo.daemon.runtime.engines.llama import LlamaEngine, LlamaRunner

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from _daemon import RawClient, start_daemon, stop_daemon
 
-from tiqo.daemon.catalog.registry import MINILM, bundled_models
+from tiqo.daemon.catalog.bundled import MINILM, bundled_models
 from tiqo.daemon.runtime.engines.embed import EmbedRunner
 
 # topic: subjects / objects (each chunk stays on one topic, so the embeddings cluster as real text does)

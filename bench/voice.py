@@ -35,7 +35,7 @@ from _daemon import start_daemon, stop_daemon
 from faster_whisper import WhisperModel, decode_audio
 from piper import PiperVoice
 
-from tiqo.daemon.catalog.registry import JOE, WHISPER_TINY, bundled_models
+from tiqo.daemon.catalog.bundled import JOE, WHISPER_TINY, bundled_models
 
 STT_TEXT = (
     "The old lighthouse stood at the edge of the cliff for more than a hundred years. Every evening the keeper "

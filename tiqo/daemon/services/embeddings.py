@@ -12,7 +12,6 @@ from typing import Any
 
 from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.pipeline.dispatch import Dispatch
-from tiqo.daemon.pipeline.fallback import LOCAL_FALLBACK
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.runtime.engines.embed import Embedded
 from tiqo.daemon.upstream.client import AttemptFailed, read_body
@@ -56,49 +55,35 @@ class Embeddings(Dispatch):
             blocked: dict[str, bp.Charge] = {}
             decision = self._decide(c, "embed", requested, ("embed",), blocked, est_tokens=est)
             served = Served(route=decision.source)
-            catalog, _ = self.gateway.catalog_and_config()
-            failures: list[AttemptFailed | TiqoError] = []
-            vectors: list[list[float]] | None = None
-            for cand in decision.kept:
-                m = catalog[cand.model]
-                if m.local:
-                    try:
-                        spec, done = await self.local(inputs, m.name)
-                    except LOCAL_FALLBACK as exc:
-                        failures.append(exc)
-                        served.attempts.append({"model": cand.model, "provider": "local", "error": exc.message})
-                        continue
-                    dim = int(done.vectors.shape[1])
-                    if dimensions is not None and dimensions != dim:
-                        raise BadRequest(
-                            f"{spec.name} makes {dim}-dimensional vectors and cannot shorten them "
-                            f"(dimensions={dimensions})",
-                            param="dimensions",
-                            hint=f"leave dimensions out, or set it to {dim}",
-                        )
-                    self._served_by(served, m, f"local:{spec.engine}", None)
-                    served.prompt_tokens = done.tokens
-                    vectors = done.vectors.tolist()
-                    break
-                answer = await self._external(
-                    cand.model,
-                    m,
-                    decision,
-                    served,
-                    failures,
-                    blocked,
-                    row.id,
-                    worst=m.cost(sum(len(t.encode()) + 1 for t in inputs), 0),  # no tokenizer counts more than bytes
-                    call=functools.partial(self._call, m, inputs, dimensions),
-                    actual=functools.partial(_cost, m),
-                )
-                if answer is not None:
-                    served.prompt_tokens = _tokens(answer)
-                    served.cost_usd = m.cost(served.prompt_tokens, 0)
-                    vectors = [d["embedding"] for d in sorted(answer["data"], key=lambda d: d.get("index", 0))]
-                    break
-            if vectors is None:
-                raise self._none_served(decision, blocked, failures, served)
+
+            async def local(m: CatalogModel) -> list[list[float]]:
+                spec, done = await self.local(inputs, m.name)
+                dim = int(done.vectors.shape[1])
+                if dimensions is not None and dimensions != dim:
+                    raise BadRequest(
+                        f"{spec.name} makes {dim}-dimensional vectors and cannot shorten them "
+                        f"(dimensions={dimensions})",
+                        param="dimensions",
+                        hint=f"leave dimensions out, or set it to {dim}",
+                    )
+                served.backend, served.prompt_tokens = f"local:{spec.engine}", done.tokens
+                vectors: list[list[float]] = done.vectors.tolist()
+                return vectors
+
+            async def external(m: CatalogModel, secret: str | None, provider: Any, call_id: str) -> list[list[float]]:
+                answer = await self._call(m, inputs, dimensions, secret, provider, call_id)
+                served.prompt_tokens = _tokens(answer)
+                served.cost_usd = m.cost(served.prompt_tokens, 0)
+                return [d["embedding"] for d in sorted(answer["data"], key=lambda d: d.get("index", 0))]
+
+            def worst(m: CatalogModel) -> float:
+                return m.cost(sum(len(t.encode()) + 1 for t in inputs), 0)  # no tokenizer counts more than bytes
+
+            def actual(m: CatalogModel, _: object) -> float:
+                return m.cost(served.prompt_tokens, 0)  # the answer's usage, read by ``external``
+
+            first = functools.partial(self._first, local=local, call=external, worst=worst, actual=actual)
+            vectors = await first(decision, served, blocked, row.id)
         except TiqoError as exc:
             self._refused(row, exc, started)
             raise
@@ -137,10 +122,6 @@ class Embeddings(Dispatch):
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise AttemptFailed("protocol", scrub(f"unusable embeddings answer: {exc}", secret)) from None
         return dict(answer)
-
-
-def _cost(model: CatalogModel, answer: dict[str, Any]) -> float:
-    return model.cost(_tokens(answer), 0)
 
 
 def _tokens(answer: dict[str, Any]) -> int:

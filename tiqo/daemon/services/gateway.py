@@ -7,25 +7,17 @@ commit a failure is an explicit error event, and it still counts against the pro
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import logging
-import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import (
     BadRequest,
-    ClassificationRefused,
-    ModelNotFound,
-    NoCandidate,
-    RateLimited,
     TiqoError,
-    UpstreamFailed,
 )
 from tiqo.core.settings import Settings
 from tiqo.daemon.accounting.budgets import Budgets
@@ -34,45 +26,38 @@ from tiqo.daemon.accounting.ledger import CallRow, Ledger, RequestRow
 from tiqo.daemon.accounting.metrics import Metrics
 from tiqo.daemon.cache.response_cache import CacheUse, ResponseCache
 from tiqo.daemon.catalog.registry import Registry
-from tiqo.daemon.catalog.routing_config import restricted_patterns, routing_config
-from tiqo.daemon.pipeline.fallback import RATE_LIMITED, after_failure
+from tiqo.daemon.pipeline.attempts import Rules, Ticket, Try
 from tiqo.daemon.pipeline.pieces import prime, replay
 from tiqo.daemon.pipeline.ports import LocalCompute
-from tiqo.daemon.pipeline.recording import DEFAULT_MAX_TOKENS, Accounting
+from tiqo.daemon.pipeline.recording import Accounting
+from tiqo.daemon.pipeline.router import Router
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.state.shared import SharedState
 from tiqo.daemon.state.store import Store
-from tiqo.daemon.upstream.client import AttemptFailed, UpstreamClient
+from tiqo.daemon.upstream.client import AttemptFailed
 from tiqo.daemon.upstream.external import stream_external
-from tiqo.daemon.upstream.providers import Provider, ProviderHub
+from tiqo.daemon.upstream.providers import ProviderHub
 from tiqo.policy import budget as bp
-from tiqo.policy.breaker import HEALTH_FAILURES
-from tiqo.policy.classify import DATA_CLASSES, Classification, classify
-from tiqo.policy.outbound import Outbound, TooBig, outbound
+from tiqo.policy.classify import Classification
+from tiqo.policy.outbound import Outbound
 from tiqo.policy.ratelimit import RateLimits
 from tiqo.policy.routing import (
-    AUTO,
-    LOCAL,
     CatalogModel,
     Decision,
-    RoutingConfig,
     estimate_tokens,
-    plan,
-    prefer_local,
 )
 from tiqo.protocol import openai as oa
 from tiqo.sdk.engine import GenerationParams, Piece, Runner, StopFlag
 
 log = logging.getLogger("tiqo.gateway")
-_BACKOFF_BASE, _BACKOFF_CAP = 0.05, 1.0
-INLINE_SCAN_CHARS = 16_384  # texts up to this size are classified on the event loop (RE2: well under a millisecond)
-VISIBLE_ROLES = ("system", "developer", "user")  # the turns task and complexity are read from
 
 
 __all__ = ["Gateway", "RequestMeta", "Served", "generation_params"]
 
 
-class Gateway:
+class Gateway(Router):
+    """The text gateway: chat and completions through the router, the response cache and the attempt driver."""
+
     def __init__(
         self,
         settings: Settings,
@@ -87,189 +72,11 @@ class Gateway:
         shared: SharedState | None = None,
     ) -> None:
         shared = shared or SharedState()
-        self.settings = settings
-        self.registry = registry
-        self.hub = hub
-        self.store = store
-        self.daemon = daemon
-        self.ledger = ledger
-        self.budgets = budgets
-        self.events = events
-        self.accounting = Accounting(
-            settings, hub, ledger, budgets, events, lambda: self.clock(), metrics, shared.limiter, shared.days
-        )
-        self.upstream = UpstreamClient(hub.replicas)  # one door for every provider call, replicas chosen there
-        self.clock = time.time
-        self._patterns = restricted_patterns(settings)
-        self._derived: tuple[tuple[int, int], dict[str, CatalogModel], RoutingConfig] | None = None
+        days, limiter = shared.days, shared.limiter
+        accounting = Accounting(settings, hub, ledger, budgets, events, lambda: self.clock(), metrics, limiter, days)
+        super().__init__(settings, registry, hub, accounting)
+        self.store, self.daemon, self.ledger, self.events = store, daemon, ledger, events
         self.cache = ResponseCache(shared.cache or store, settings, lambda: self.clock())
-
-    def catalog_and_config(self) -> tuple[dict[str, CatalogModel], RoutingConfig]:
-        """The catalog and routing config, rebuilt only when models or providers changed."""
-        version = (self.registry.version, self.hub.version)
-        if self._derived is None or self._derived[0] != version:
-            self._derived = (version, self.registry.catalog(), routing_config(self.settings, self.hub))
-        return self._derived[1], self._derived[2]
-
-    def invalidate(self) -> None:
-        """Config changed outside the registry and the providers (users, tiers): rebuild the routing config."""
-        self._derived = None
-
-    async def close(self) -> None:
-        await self.upstream.close()
-
-    # ------------------------------------------------------------ decisions
-    async def classify(self, body: oa.ChatCompletionRequest, meta: RequestMeta) -> Classification:
-        return (await self.examine(body, meta))[0]
-
-    async def examine(
-        self, body: oa.ChatCompletionRequest, meta: RequestMeta, wire: dict[str, Any] | None = None
-    ) -> tuple[Classification, Outbound]:
-        """Classify a chat request and measure what it sends upstream. Task and complexity come from the
-        user-visible turns (system, developer, user), as always; the restricted-data scan reads every text that
-        would leave the machine (tool results, assistant turns, tool calls, ``tools``, names, file parts,
-        pass-through fields), and the size counts all of it too (for rate limits and the budget reservation).
-        A small body is read on the event loop; a bigger one in a worker thread, like ``classify_texts``. ``wire``:
-        ``body.wire()`` when the caller has it already."""
-        texts = [m.text() for m in body.messages if m.role in VISIBLE_ROLES]
-        wire = body.wire() if wire is None else wire
-        classifier = self._classifier(texts, meta, has_tools=bool(body.tools), max_tokens=body.token_limit())
-
-        def run(sent: Outbound | None = None) -> tuple[Classification, Outbound]:
-            if sent is None:
-                sent = outbound(wire)
-            return classifier(scan=sent.texts), sent
-
-        try:
-            small = outbound(wire, limit=INLINE_SCAN_CHARS)  # stops as soon as it reads more than that
-        except TooBig:
-            return await asyncio.to_thread(run)
-        return run(small)
-
-    async def classify_texts(
-        self,
-        texts: list[str],
-        meta: RequestMeta,
-        *,
-        has_tools: bool = False,
-        max_tokens: int | None = None,
-        scan: list[str] | None = None,
-    ) -> Classification:
-        """Who asks (user, tier) and how sensitive it is (data class: the caller's, raised to the user's and to what
-        the patterns find). ``scan``: every text that leaves the machine, when more than ``texts`` does.
-
-        The scan is linear in the text and bounded (classification.max_scan_chars); big texts are scanned in a
-        worker thread (RE2 releases the GIL), so one big request never stalls the other clients."""
-        classifier = self._classifier(texts, meta, has_tools=has_tools, max_tokens=max_tokens)
-        run = functools.partial(classifier, scan=scan)
-        if sum(len(t) for t in texts) + sum(len(t) for t in scan or ()) <= INLINE_SCAN_CHARS:
-            return run()
-        return await asyncio.to_thread(run)
-
-    def _classifier(
-        self, texts: list[str], meta: RequestMeta, *, has_tools: bool, max_tokens: int | None
-    ) -> Callable[..., Classification]:
-        """The classification of ``texts``, ready to run anywhere (call it with ``scan=``): the config lookups happen
-        here, on the loop."""
-        _, config = self.catalog_and_config()
-        profile = config.users.get(meta.user)
-        tier = meta.tier or (profile.tier if profile else None) or self.settings["routing.tier"]
-        if config.tiers and tier != "default" and tier not in config.tiers:
-            raise BadRequest(
-                f"unknown tier {tier!r}; configured tiers: {', '.join(config.tiers)}",
-                param="tier",
-                hint="tiers are tables [tiers.NAME] in config.toml",
-            )
-        if meta.data_class is not None and meta.data_class not in DATA_CLASSES:
-            raise BadRequest(
-                f"unknown data class {meta.data_class!r}; use one of {', '.join(DATA_CLASSES)}", param="class"
-            )
-        return functools.partial(
-            classify,
-            texts,
-            has_tools=has_tools,
-            max_tokens=max_tokens,
-            data_class=meta.data_class,
-            default_class=(profile.data_class if profile else None) or self.settings["routing.data_class"],
-            min_class=profile.data_class if profile else None,  # x-tiqo-class may raise it, never lower it
-            restricted_patterns=self._patterns,
-            user=meta.user,
-            tier=tier,
-            task=meta.task,
-            max_scan_chars=self.settings["classification.max_scan_chars"],
-        )
-
-    def decide(
-        self,
-        body: oa.ChatCompletionRequest,
-        classification: Classification,
-        sent: Outbound,
-        blocked: dict[str, bp.Charge] | None = None,
-    ) -> Decision:
-        """Route one request, classified and measured by ``examine``. ``blocked`` collects the budgets that dropped
-        external candidates."""
-        self.check_requested(body.model)
-        return self.plan_route(
-            classification,
-            requested=body.model,
-            est_prompt_tokens=sent.est_prompt_tokens,
-            max_tokens=body.token_limit() or DEFAULT_MAX_TOKENS,
-            needs=body.needs(),
-            blocked=blocked,
-        )
-
-    def check_requested(self, requested: str | None) -> None:
-        catalog, config = self.catalog_and_config()
-        if requested and requested not in AUTO and requested not in catalog and requested not in config.aliases:
-            names = ", ".join([*catalog, *config.aliases]) or "none"
-            raise ModelNotFound(
-                f"model {requested!r} not found; available: {names}",
-                param="model",
-                hint="`tiqo models list` shows models and aliases; `tiqo models add` registers one",
-            )
-
-    def plan_route(
-        self,
-        classification: Classification,
-        *,
-        requested: str | None,
-        est_prompt_tokens: int,
-        max_tokens: int,
-        needs: Sequence[str],
-        blocked: dict[str, bp.Charge] | None = None,
-        config: RoutingConfig | None = None,
-    ) -> Decision:
-        """Candidates for a classified request: routing policy, provider health and keys, budget pressure."""
-        catalog, default_config = self.catalog_and_config()
-        config = config or default_config
-        now = self.clock()
-        demoted: dict[str, str] = {}
-
-        def availability(model: CatalogModel) -> str | None:
-            if model.local:
-                return None
-            why = self.hub.unavailable(model.provider, est_prompt_tokens + max_tokens)
-            if why is None and self.budgets.active:
-                action, reason, charge = self.budgets.pressure(classification.user, model, now)
-                if action == "block-external":
-                    if blocked is not None and charge is not None:
-                        blocked[model.name] = charge
-                    return f"budget: {reason}"
-                if action == "prefer-local":
-                    demoted[model.name] = reason
-            return why
-
-        decision = plan(
-            classification,
-            requested=requested,
-            catalog=catalog,
-            config=config,
-            availability=availability,
-            est_prompt_tokens=est_prompt_tokens,
-            max_tokens=max_tokens,
-            needs=needs,
-        )
-        return prefer_local(decision, demoted)
 
     async def admit_local(self, body: oa.CompletionRequest, meta: RequestMeta) -> tuple[RequestRow, RateLimits, float]:
         """Classification, rate limits and the ledger row of a text completion (a named local model, no routing)."""
@@ -329,7 +136,7 @@ class Gateway:
         served = Served(route=decision.source)
         kept = decision.kept
         if not kept:
-            raise self.nothing_kept(decision, blocked)
+            raise self.attempts.nothing_kept(decision, blocked)
         cache = await self.cache.use(wire, decision.classification, meta.cache, named_class=meta.data_class is not None)
         if cache is not None and meta.cache == "use":
             hit = await self.cache.lookup(wire, [c.model for c in kept], cache, served)
@@ -337,132 +144,31 @@ class Gateway:
                 return served, replay(hit)
         served.cache = "off" if cache is None else "miss"
 
-        failures: list[AttemptFailed | TiqoError] = []
-        attempts = 0
-        max_attempts = max(1, self.settings["routing.max_attempts"])
         catalog, _ = self.catalog_and_config()
-        last_provider_failed: str | None = None
-        for cand in kept:
-            model = catalog[cand.model]
-            tried_keys: set[str] = set()
-            while attempts < max_attempts:
-                attempts += 1
-                if last_provider_failed == model.provider:
-                    await asyncio.sleep(_backoff(attempts))
-                key_name = None
-                call: CallRow | None = None
-                call_wire = wire
-                if not model.local:
-                    why = self.hub.unavailable(model.provider, decision.est_prompt_tokens + decision.max_tokens)
-                    why = why or self.hub.take_probe(model.provider)
-                    if why is not None:
-                        served.attempts.append({"model": cand.model, "provider": model.provider, "error": why})
-                        break
-                    if self.hub.has_keys(model.provider):
-                        key_name = self.hub.pick_key(model.provider, decision.est_prompt_tokens, tried_keys)
-                        if key_name is None:
-                            served.attempts.append(
-                                {"model": cand.model, "provider": model.provider, "error": "no untried usable key"}
-                            )
-                            break
-                        tried_keys.add(key_name)
-                    call, call_wire, refusal = self.accounting.reserve(
-                        body, wire, model, key_name, decision, request_id, sent.worst_prompt_tokens
-                    )
-                    if refusal is not None:
-                        blocked[cand.model] = refusal.charge
-                        error = {"model": cand.model, "provider": model.provider, "error": refusal.message}
-                        served.attempts.append({**error, "kind": "budget"})
-                        break
-                try:
-                    pieces = self._attempt(model, key_name, call, body, call_wire, decision, served, cache)
-                    ready = await prime(pieces, stream)
-                except (AttemptFailed, TiqoError) as exc:
-                    failures.append(exc)
-                    kind = exc.kind if isinstance(exc, AttemptFailed) else exc.code
-                    served.attempts.append(
-                        {
-                            "model": cand.model,
-                            "provider": model.provider,
-                            "key": key_name,
-                            "error": _msg(exc),
-                            "kind": kind,
-                        }
-                    )
-                    log.info("%s via %s failed (%s): %s", cand.model, model.provider, kind, _msg(exc))
-                    step = after_failure(exc, key_name)
-                    if step == "stop":
-                        if isinstance(exc, AttemptFailed):
-                            raise BadRequest(f"{model.provider} rejected the request: {exc.message}") from None
-                        raise
-                    last_provider_failed = model.provider
-                    if step == "key":
-                        continue  # same candidate, another key (never the one that just failed)
-                    if isinstance(exc, AttemptFailed) and self.hub.replica_takes_failure(model.provider, exc.kind):
-                        # cut off midway by one replica while another is up: the same model on that one
-                        tried_keys.discard(key_name or "")
-                        last_provider_failed = None
-                        continue
-                    break
-                served.backend = f"local:{self.registry.resolve(model.name).engine}" if model.local else model.provider
-                served.provider, served.model, served.key = model.provider, model.name, key_name
-                served.est_cost_usd = cand.est_cost_usd
-                return served, ready
-        if blocked and not failures:
-            raise self.accounting.budget_error(blocked, served.attempts)
-        raise self.all_failed(decision, failures, served)
 
-    def nothing_kept(self, decision: Decision, blocked: dict[str, bp.Charge]) -> TiqoError:
-        reasons = "; ".join(f"{c.model}: {c.reason}" for c in decision.candidates)
-        if decision.classification.data_class == "restricted":
-            return ClassificationRefused(
-                f"restricted data never leaves the machine, and no local model can serve this request ({reasons})",
-                hint="register a local model that can (`tiqo models add`), or name one with -m",
+        def reserve(model: CatalogModel, key: str | None) -> tuple[tuple[CallRow, dict[str, Any]], bp.Refusal | None]:
+            call, call_wire, refusal = self.accounting.reserve(
+                body, wire, model, key, decision, request_id, sent.worst_prompt_tokens
             )
-        if blocked:
-            attempts = [{"model": m, "error": f"the {c.label} budget is spent"} for m, c in blocked.items()]
-            return self.accounting.budget_error(blocked, attempts)
-        retry = [self.hub.retry_after(c.provider) for c in decision.candidates if c.provider not in (LOCAL, "?")]
-        waits = [r for r in retry if r is not None]
-        if waits:
-            return RateLimited(
-                f"no candidate can serve this request now ({reasons})",
-                retry_after=min(waits),
-                hint="`tiqo keys list` and `tiqo providers list` show what is cooling down",
-            )
-        return NoCandidate(
-            f"no candidate can serve this request ({reasons})",
-            hint=f"`tiqo route explain` shows the decision; routes come from {decision.source}",
-        )
+            return (call, call_wire), refusal
 
-    def all_failed(self, decision: Decision, failures: list[AttemptFailed | TiqoError], served: Served) -> TiqoError:
-        if not failures:
-            waits = [w for w in (self.hub.retry_after(c.provider) for c in decision.kept) if w is not None]
-            summary = "; ".join(f"{a['model']}: {a['error']}" for a in served.attempts)
-            return RateLimited(
-                f"no candidate can serve this request now ({summary})",
-                retry_after=min(waits) if waits else 1,
-                hint="`tiqo keys list` and `tiqo providers list` show what is cooling down",
-            )
-        if all(isinstance(f, AttemptFailed) and f.kind == "unsupported" for f in failures):
-            return NoCandidate("; ".join(f.message for f in failures if isinstance(f, AttemptFailed)))
-        if all(isinstance(f, TiqoError) for f in failures) and len(failures) == 1:
-            err = failures[0]
-            assert isinstance(err, TiqoError)
-            return err
-        summary = "; ".join(f"{a['model']} ({a['provider']}): {a['error']}" for a in served.attempts)
-        waits = [f.retry_after for f in failures if isinstance(f, AttemptFailed) and f.retry_after is not None]
-        if all(isinstance(f, AttemptFailed) and f.kind in RATE_LIMITED for f in failures):
-            return RateLimited(f"every candidate is rate limited: {summary}", retry_after=min(waits) if waits else 1)
-        return UpstreamFailed(
-            f"every candidate failed: {summary}",
-            hint="`tiqo providers list` shows provider health; `tiqo route explain` shows the candidates",
-        )
+        async def attempt(one: Try[tuple[CallRow, dict[str, Any]]]) -> AsyncGenerator[Piece, None]:
+            call, call_wire = one.reserved or (None, wire)
+            pieces = self._attempt(one, call, body, call_wire, decision, served, cache)
+            ready = await prime(pieces, stream)
+            if one.model.local:
+                served.backend = f"local:{self.registry.resolve(one.model.name).engine}"
+            return ready
+
+        need = decision.est_prompt_tokens + decision.max_tokens
+        rules = Rules(per_request=True, need_tokens=need, key_tokens=decision.est_prompt_tokens)
+        ready, one = await self.attempts.first(decision, catalog, served, blocked, reserve, attempt, rules)
+        served.est_cost_usd = one.candidate.est_cost_usd
+        return served, ready
 
     def _attempt(
         self,
-        model: CatalogModel,
-        key_name: str | None,
+        one: Try[Any],
         call: CallRow | None,
         body: oa.ChatCompletionRequest,
         wire: dict[str, Any],
@@ -470,33 +176,30 @@ class Gateway:
         served: Served,
         cache: CacheUse | None,
     ) -> AsyncGenerator[Piece, None]:
+        model = one.model
         if model.local:
             inner = self._local(model, body)
         else:
             provider = self.hub.providers[model.provider]
-            secret = self.hub.secret(provider.name, key_name)
+            secret = self.hub.secret(provider.name, one.key)
             view = self.hub.for_call(provider, decision.classification.data_class)
             inner = stream_external(self.upstream, secret, view, model, wire, call.id if call else None)
-        return self._account(inner, model, key_name, call, wire, decision, served, cache)
+        return self._account(inner, model, one.ticket, call, wire, decision, served, cache)
 
     async def _account(
         self,
         pieces: AsyncGenerator[Piece, None],
         model: CatalogModel,
-        key_name: str | None,
+        ticket: Ticket | None,
         call: CallRow | None,
         wire: dict[str, Any],
         decision: Decision,
         served: Served,
         cache: CacheUse | None,
     ) -> AsyncGenerator[Piece, None]:
-        """Pass pieces through; on the end, record health, usage, cost, the cache entry and settle the budget."""
-        provider = None if model.local else self.hub.providers[model.provider]
-        if provider is not None:
-            now = self.clock()
-            provider.breaker.begin(now)
-            if key_name is not None:
-                provider.pool.begin(key_name, now)
+        """Pass pieces through; on the end, record health, usage, cost, the cache entry and settle the budget. The
+        ticket (external: the breaker and the key) lives as long as the stream: a failure after the first byte
+        still counts against the provider's and the key's health."""
         text: list[str] = []
         tools: list[dict[str, Any]] = []
         ok = False
@@ -514,39 +217,19 @@ class Gateway:
                     ok = True
                     if cache is not None:
                         self.cache.put(wire, model.name, cache, "".join(text), tools, piece)
-                    if provider is not None:
-                        self.record_success(provider, key_name, served.prompt_tokens + served.completion_tokens)
+                    if ticket is not None:
+                        ticket.succeeded(served.prompt_tokens + served.completion_tokens)
                 yield piece
         except AttemptFailed as exc:
             error = exc.kind
-            if provider is not None:
-                self.record_failure(provider, key_name, exc)
+            if ticket is not None:
+                ticket.failed(exc)
             raise
         finally:
-            if provider is not None and not ok:
-                provider.breaker.release()
-                if key_name is not None:
-                    provider.pool.release(key_name)
-                    self.hub.persist(provider.name, key_name)
+            if ticket is not None and not ok:
+                ticket.released()
             if call is not None:
                 self.accounting.settle(call, model, ok, error, served, decision, text)
-
-    def record_success(self, provider: Provider, key_name: str | None, tokens: int) -> None:
-        provider.breaker.success()
-        if key_name is not None:
-            provider.pool.success(key_name, tokens, self.clock())
-            self.hub.key_used(provider.name, key_name, tokens)
-            self.hub.persist(provider.name, key_name)
-
-    def record_failure(self, provider: Provider, key_name: str | None, exc: AttemptFailed) -> None:
-        now = self.clock()
-        if exc.kind in HEALTH_FAILURES and not self.hub.replica_takes_failure(provider.name, exc.kind):
-            provider.breaker.failure(now, f"{exc.kind}: {exc.message}"[:120])
-        else:
-            provider.breaker.release()
-        if key_name is not None:
-            provider.pool.failure(key_name, exc.kind, now, exc.retry_after, exc.message)
-            self.hub.persist(provider.name, key_name, now=True)
 
     # ------------------------------------------------------------ backends
     async def _local(self, model: CatalogModel, body: oa.ChatCompletionRequest) -> AsyncGenerator[Piece, None]:
@@ -596,11 +279,3 @@ def generation_params(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> 
         json_format=json_format,
         tools=tools,
     )
-
-
-def _backoff(attempt: int) -> float:
-    return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1)))
-
-
-def _msg(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, (AttemptFailed, TiqoError)) else str(exc)

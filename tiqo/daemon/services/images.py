@@ -20,7 +20,6 @@ from typing import Any
 
 from tiqo.core.errors import BadRequest, Cancelled, NotFound, TiqoError
 from tiqo.daemon.pipeline.dispatch import Dispatch
-from tiqo.daemon.pipeline.fallback import LOCAL_FALLBACK
 from tiqo.daemon.pipeline.ports import LocalCompute, Routing
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.runtime.jobs import Job, JobHandle, Jobs
@@ -194,7 +193,7 @@ class Images(Dispatch):
                 self._local_spec(None, "image", capability)  # raises: no image model is registered, and how to add one
             decision = self._decide(c, "image", requested, (capability,), blocked, local=local or "")
             if not decision.kept:
-                raise self._none_served(decision, blocked, [], Served(route=decision.source))
+                raise self.gateway.attempts.nothing_kept(decision, blocked)
             first = self.gateway.catalog_and_config()[0][decision.kept[0].model]
             if first.local:  # a bad size for the local model is the caller's error, before any job exists
                 spec = self._local_spec(first.name, "image", capability)
@@ -227,41 +226,23 @@ class Images(Dispatch):
         handle: JobHandle,
     ) -> dict[str, Any]:
         served = Served(route=decision.source)
-        catalog, _ = self.gateway.catalog_and_config()
-        failures: list[AttemptFailed | TiqoError] = []
+
+        async def local(m: CatalogModel) -> tuple[list[bytes], dict[str, Any]]:
+            pictures, details = await self._local_images(m.name, task, handle)
+            served.backend = f"local:{details['engine']}"
+            return pictures, details
+
+        async def external(
+            m: CatalogModel, secret: str | None, provider: Any, call_id: str
+        ) -> tuple[list[bytes], dict[str, Any]]:
+            pictures = await self._call_images(m, task, secret, provider, call_id)
+            served.cost_usd = m.price_image * len(pictures)
+            handle.progress(1, 1, "image")
+            return pictures, {"provider": m.provider}
+
         try:
-            pictures: list[bytes] | None = None
-            details: dict[str, Any] = {}
-            for cand in decision.kept:
-                m = catalog[cand.model]
-                if m.local:
-                    try:
-                        pictures, details = await self._local_images(m.name, task, handle)
-                    except LOCAL_FALLBACK as exc:
-                        failures.append(exc)
-                        served.attempts.append({"model": cand.model, "provider": "local", "error": exc.message})
-                        continue
-                    self._served_by(served, m, f"local:{details['engine']}", None)
-                    break
-                answer = await self._external(
-                    cand.model,
-                    m,
-                    decision,
-                    served,
-                    failures,
-                    blocked,
-                    row.id,
-                    worst=m.price_image * task.n,
-                    call=functools.partial(self._call_images, m, task),
-                )
-                if answer is not None:
-                    pictures = answer
-                    served.cost_usd = m.price_image * len(answer)
-                    details = {"provider": m.provider}
-                    handle.progress(1, 1, "image")
-                    break
-            if pictures is None:
-                raise self._none_served(decision, blocked, failures, served)
+            first = functools.partial(self._first, local=local, call=external, worst=lambda m: m.price_image * task.n)
+            pictures, details = await first(decision, served, blocked, row.id)
             files = await asyncio.to_thread(_save_pictures, pictures, task.output_format, handle)
         except TiqoError as exc:
             self._refused(row, exc, started)

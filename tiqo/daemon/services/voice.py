@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.media.audio import Decoded, RawPcm, SpeechEncoder, decode, sentences, wav_header
-from tiqo.daemon.pipeline.dispatch import Dispatch, _never, _prepend
-from tiqo.daemon.pipeline.fallback import LOCAL_FALLBACK
-from tiqo.daemon.pipeline.ports import LocalCompute, Routing
+from tiqo.daemon.pipeline.dispatch import Dispatch, _never, _prepend, settled_at_end
+from tiqo.daemon.pipeline.ports import LocalCompute
+from tiqo.daemon.pipeline.router import Router
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.runtime.engines.piper import TtsJob
 from tiqo.daemon.runtime.engines.whisper import SttJob
@@ -81,7 +81,7 @@ class Spoken:
 
 
 class Voice(Dispatch):
-    def __init__(self, gateway: Routing, daemon: LocalCompute) -> None:
+    def __init__(self, gateway: Router, daemon: LocalCompute) -> None:
         super().__init__(gateway, daemon)
         self.decoded_slots = HeldSlots(
             self.settings["stt.max_decoded"],
@@ -122,45 +122,35 @@ class Voice(Dispatch):
         self, req: SttRequest, decoded: Decoded, decision: Decision, blocked: dict[str, bp.Charge], request_id: str
     ) -> tuple[Served, AsyncGenerator[dict[str, Any], None]]:
         served = Served(route=decision.source)
-        catalog, _ = self.gateway.catalog_and_config()
-        failures: list[AttemptFailed | TiqoError] = []
-        for cand in decision.kept:
-            model = catalog[cand.model]
-            if model.local:
-                spec = self.registry.resolve(model.name, "stt")
-                job = SttJob(
-                    language=req.language,
-                    task="translate" if req.translate else "transcribe",
-                    word_timestamps="word" in req.granularities,
-                    vad_filter=self.settings["stt.vad_filter"] if req.vad_filter is None else req.vad_filter,
-                    prompt=req.prompt,
-                    temperature=req.temperature,
-                    beam_size=max(1, self.settings["stt.beam_size"]),
-                )
-                events = self.daemon.generate(spec, None, functools.partial(_transcribe, decoded.audio, job))
-                try:
-                    first = await anext(events)  # the model is loaded and the language known: committed
-                except LOCAL_FALLBACK as exc:
-                    failures.append(exc)
-                    served.attempts.append({"model": cand.model, "provider": "local", "error": exc.message})
-                    continue
-                self._served_by(served, model, f"local:{spec.engine}", None)
-                return served, _stt_stream(first, events, decoded.duration)
-            result = await self._external(
-                cand.model,
-                model,
-                decision,
-                served,
-                failures,
-                blocked,
-                request_id,
-                worst=model.audio_cost(seconds=decoded.duration),
-                call=functools.partial(self._stt_call, model, req, decoded),
+
+        async def local(model: CatalogModel) -> AsyncGenerator[dict[str, Any], None]:
+            spec = self.registry.resolve(model.name, "stt")
+            job = SttJob(
+                language=req.language,
+                task="translate" if req.translate else "transcribe",
+                word_timestamps="word" in req.granularities,
+                vad_filter=self.settings["stt.vad_filter"] if req.vad_filter is None else req.vad_filter,
+                prompt=req.prompt,
+                temperature=req.temperature,
+                beam_size=max(1, self.settings["stt.beam_size"]),
             )
-            if result is not None:
-                served.cost_usd = model.audio_cost(seconds=decoded.duration)
-                return served, stt_from_answer(result, req, decoded.duration)
-        raise self._none_served(decision, blocked, failures, served)
+            events = self.daemon.generate(spec, None, functools.partial(_transcribe, decoded.audio, job))
+            first = await anext(events)  # the model is loaded and the language known: committed
+            served.backend = f"local:{spec.engine}"
+            return _stt_stream(first, events, decoded.duration)
+
+        async def external(
+            model: CatalogModel, secret: str | None, provider: Any, call_id: str
+        ) -> AsyncGenerator[dict[str, Any], None]:
+            result = await self._stt_call(model, req, decoded, secret, provider, call_id)
+            served.cost_usd = model.audio_cost(seconds=decoded.duration)
+            return stt_from_answer(result, req, decoded.duration)
+
+        def worst(model: CatalogModel) -> float:
+            return model.audio_cost(seconds=decoded.duration)
+
+        events = await self._first(decision, served, blocked, request_id, local=local, call=external, worst=worst)
+        return served, events
 
     async def _stt_call(
         self, model: CatalogModel, req: SttRequest, decoded: Decoded, secret: str | None, provider: Any, call_id: str
@@ -250,68 +240,50 @@ class Voice(Dispatch):
         from tiqo.protocol.audio import SPEECH_CONTENT_TYPES
 
         served = Served(route=decision.source)
-        catalog, _ = self.gateway.catalog_and_config()
-        failures: list[AttemptFailed | TiqoError] = []
         spoken.content_type = SPEECH_CONTENT_TYPES[req.response_format]
-        for cand in decision.kept:
-            model = catalog[cand.model]
-            if model.local:
-                spec = self.registry.resolve(model.name, "tts")
-                job = TtsJob(speed=req.speed, speaker=req.speaker)
 
-                def call(runner: Any, stop: Any, job: TtsJob = job) -> Iterator[bytes]:
-                    return _encode(runner, pieces, job, stop, req.response_format, spoken)
+        async def local(model: CatalogModel) -> AsyncGenerator[bytes, None]:
+            spec = self.registry.resolve(model.name, "tts")
+            job = TtsJob(speed=req.speed, speaker=req.speaker)
 
-                audio = self.daemon.generate(spec, None, call)
-                try:
-                    first = await anext(audio)  # the first sentence is ready: committed
-                except LOCAL_FALLBACK as exc:
-                    failures.append(exc)
-                    served.attempts.append({"model": cand.model, "provider": "local", "error": exc.message})
-                    continue
-                spoken.voice = spec.name
-                self._served_by(served, model, f"local:{spec.engine}", None)
-                return served, _prepend(first, audio)
-            body = {
-                "input": req.input,
-                "voice": req.voice if req.voice in OPENAI_VOICES else "alloy",
-                "response_format": "opus" if req.response_format == "ogg" else req.response_format,
-                "speed": req.speed,
-            }
-            holder: dict[str, Any] = {}
+            def call(runner: Any, stop: Any) -> Iterator[bytes]:
+                return _encode(runner, pieces, job, stop, req.response_format, spoken)
 
-            async def open_speech(
-                secret: str | None,
-                provider: Any,
-                call_id: str,
-                model: CatalogModel = model,
-                body: dict[str, Any] = body,
-                holder: dict[str, Any] = holder,
-            ) -> Any:
-                stream = speak_external(self.gateway.upstream, secret, provider, model, body, call_id)
-                try:
-                    holder["first"] = await anext(stream)  # a failure before the first byte falls back
-                except StopAsyncIteration:  # a 200 with an empty body: no audio is a failed attempt, not a crash
-                    raise AttemptFailed("protocol", "the provider answered with no audio") from None
-                return stream
+            audio = self.daemon.generate(spec, None, call)
+            first = await anext(audio)  # the first sentence is ready: committed
+            spoken.voice, served.backend = spec.name, f"local:{spec.engine}"
+            return _prepend(first, audio)
 
-            stream = await self._external(
-                cand.model,
-                model,
-                decision,
-                served,
-                failures,
-                blocked,
-                request_id,
-                worst=model.audio_cost(chars=len(req.input)),
-                call=open_speech,
-                settle_now=False,
-            )
-            if stream is not None:
-                spoken.voice = str(body["voice"])
-                served.cost_usd = model.audio_cost(chars=len(req.input))
-                return served, _prepend(holder["first"], stream)
-        raise self._none_served(decision, blocked, failures, served)
+        body = {
+            "input": req.input,
+            "voice": req.voice if req.voice in OPENAI_VOICES else "alloy",
+            "response_format": "opus" if req.response_format == "ogg" else req.response_format,
+            "speed": req.speed,
+        }
+
+        async def external(
+            model: CatalogModel, secret: str | None, provider: Any, call_id: str
+        ) -> AsyncGenerator[bytes, None]:
+            stream = speak_external(self.gateway.upstream, secret, provider, model, body, call_id)
+            try:
+                first = await anext(stream)  # a failure before the first byte falls back
+            except StopAsyncIteration:  # a 200 with an empty body: no audio is a failed attempt, not a crash
+                raise AttemptFailed("protocol", "the provider answered with no audio") from None
+            spoken.voice = str(body["voice"])
+            served.cost_usd = model.audio_cost(chars=len(req.input))
+            return _prepend(first, stream)
+
+        audio = await self._first(
+            decision,
+            served,
+            blocked,
+            request_id,
+            local=local,
+            call=external,
+            worst=lambda model: model.audio_cost(chars=len(req.input)),
+            until_end=settled_at_end,
+        )
+        return served, audio
 
 
 def _transcribe(audio: Any, job: SttJob, runner: Any, stop: StopFlag) -> Iterator[dict[str, Any]]:

@@ -11,80 +11,34 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tiqo.core.durations import parse_duration
-from tiqo.core.errors import BadRequest, Conflict, NotFound
+from tiqo.core.errors import Conflict, NotFound
 from tiqo.core.settings import Settings, read_toml, write_config_value
 from tiqo.daemon.state.shared import Breakers, KeyStates
 from tiqo.daemon.state.store import Store
 from tiqo.daemon.upstream.client import Timeouts
+from tiqo.daemon.upstream.provider_entries import (
+    check_name,
+    check_private,
+    key_entry,
+    key_tables,
+    keyless,
+    provider_entry,
+    redact,
+)
+from tiqo.daemon.upstream.provider_watch import Alert, ProviderWatch, Publish, WatchedBreaker
 from tiqo.daemon.upstream.replicas import Replicas, ReplicaSet, parse_endpoints
 from tiqo.policy.breaker import CircuitBreaker
-from tiqo.policy.classify import DATA_CLASSES
-from tiqo.policy.keys import STRATEGIES, KeyLimits, KeyPool, KeyState
+from tiqo.policy.keys import KeyPool, KeyState
 from tiqo.sdk.provider import ProviderConfig, ProviderKind
 
 log = logging.getLogger("tiqo.providers")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_LIMIT_FIELDS = ("rpm", "tpm", "rpd", "tpd")
 FLUSH_S = 1.0  # key usage counters reach SQLite within this long (health changes at once)
-
-
-def check_name(name: str, what: str) -> None:
-    if not _NAME.match(name) or name == "local":
-        raise BadRequest(
-            f"{what} name {name!r} is not allowed",
-            param="name",
-            hint="use letters, digits, '.', '_' or '-' (up to 64 characters; 'local' is reserved)",
-        )
-
-
-def redact(secret: str) -> str:
-    """What a person may see of a key: enough to tell keys apart, never enough to use one."""
-    if len(secret) >= 16:
-        return f"{secret[:3]}…{secret[-4:]}"
-    return "…" + secret[-2:] if len(secret) >= 8 else "…"
-
-
-# (kind, data) of an event for the bus; (dedupe, kind, level, message, data) of an alert
-Publish = Callable[[str, dict[str, Any]], Any]
-Alert = Callable[[str, str, str, str, dict[str, Any]], Any]
-_ALERT_LEVELS = {"disabled": "error", "exhausted": "warning", "circuit-open": "warning"}
-
-
-@dataclass
-class WatchedBreaker(CircuitBreaker):
-    """A provider's breaker that says when it opens (or closes again), for alerts and the dashboard."""
-
-    on_change: Callable[[str, CircuitBreaker], None] | None = field(default=None, repr=False, compare=False)
-    # Several daemons: the breaker's state is shared (None: this daemon's alone, as a single daemon needs)
-    shared: Breakers | None = field(default=None, repr=False, compare=False)
-    provider: str = ""
-
-    def failure(self, now: float, error: str = "") -> None:
-        before = self.opened_at
-        if self.shared is None or not self.shared.failure(self.provider, self, now, error, self.probing):
-            super().failure(now, error)
-        if self.on_change is not None and self.opened_at is not None and self.opened_at != before:
-            self.on_change("open", self)
-
-    def success(self) -> None:
-        was_open = self.opened_at is not None
-        if self.shared is not None and (self.failures or was_open or self.probing):
-            self.shared.success(self.provider)
-        super().success()
-        if was_open and self.on_change is not None:
-            self.on_change("closed", self)
-
-    def release(self) -> None:
-        if self.shared is not None and self.probing:
-            self.shared.release_probe(self.provider)
-        super().release()
 
 
 @dataclass
@@ -129,20 +83,18 @@ class ProviderHub:
         self._dirty: set[tuple[str, str]] = set()
         self.version = 0  # bumped when providers change (routing caches what it derives from them)
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._publish: Publish | None = None
-        self._alert: Alert | None = None
-        self._key_status: dict[tuple[str, str], str] = {}  # last status told, to publish only changes
+        self.told = ProviderWatch(clock)  # breaker and key changes as events and alerts
         self.reload()
 
     def watch(self, publish: Publish, alert: Alert) -> None:
         """Publish breaker and key state changes as events, and raise alerts when a breaker opens or a key is
         disabled, exhausted or tripped (the daemon wires its event bus and budget alerts here)."""
-        self._publish, self._alert = publish, alert
+        self.told.publish, self.told.alert = publish, alert
 
     # ------------------------------------------------------------ loading
     def reload(self) -> None:
         keys = read_toml(self.settings.paths.keys_file)
-        _check_private(self.settings.paths.keys_file)
+        check_private(self.settings.paths.keys_file)
         self.providers.clear()
         self.replicas.sets.clear()
         self._secrets.clear()
@@ -172,16 +124,7 @@ class ProviderHub:
             replica_set = self._replica_set(name, endpoints)
         options = {k: v for k, v in entry.items() if k not in ("kind", "base_url", "endpoints", "trusted")}
         config = ProviderConfig(name=name, kind=kind_name, base_url=base_url, options=options)
-        limits, secrets = {}, {}
-        for key_name, key_entry in keys.items():
-            if not isinstance(key_entry, dict) or not key_entry.get("secret"):
-                continue
-            try:
-                limits[key_name] = _limits(key_entry)
-            except (TypeError, ValueError) as exc:
-                log.warning("key %s of %s ignored: %s", key_name, name, exc)
-                continue
-            secrets[key_name] = str(key_entry["secret"])
+        limits, secrets = key_tables(name, keys)
         states = {n: KeyState.from_dict(s) for n, s in self.store.load_key_states(name).items() if n in limits}
         s = self.settings
         pool = KeyPool(
@@ -201,11 +144,11 @@ class ProviderHub:
             idle=parse_duration(entry.get("timeout_idle", s["routing.timeout_idle"])),
         )
         breaker = WatchedBreaker(s["routing.breaker_failures"], s["routing.breaker_cooldown"])
-        breaker.on_change = lambda state, b: self._breaker_changed(name, state, b)
+        breaker.on_change = lambda state, b: self.told.breaker_changed(name, state, b)
         breaker.shared, breaker.provider = self.breakers, name
         now = self.clock()
         for key_name in limits:
-            self._key_status[(name, key_name)] = pool.describe(key_name, now)["status"]
+            self.told.key_status[(name, key_name)] = pool.describe(key_name, now)["status"]
         max_class = "restricted" if trusted else str(entry.get("max_class", "confidential"))
         if max_class == "restricted" and not trusted:
             raise ValueError('max_class "restricted" needs trusted = true (the provider is inside your trust boundary)')
@@ -274,7 +217,7 @@ class ProviderHub:
         if not provider.breaker.allows(now):
             return provider.breaker.describe(now)
         if not self.has_keys(name):
-            if _keyless(provider.config.options):
+            if keyless(provider.config.options):
                 return None  # a local vLLM, another tiqo, or a fixed auth header
             return f'no keys (add one with `tiqo keys add {name}`, or set auth = "none" for a keyless server)'
         if self.key_states is not None:
@@ -328,8 +271,9 @@ class ProviderHub:
         self._dirty.add((provider, key_name))
         if now and self.key_states is not None and provider in self.providers:
             self.key_states.save_health(self.providers[provider].pool, key_name)
-        if now or self._key_status.get((provider, key_name), "healthy") != "healthy":
-            self._key_changed(provider, key_name)
+        p = self.providers.get(provider)
+        if p is not None and (now or self.told.key_status.get((provider, key_name), "healthy") != "healthy"):
+            self.told.key_changed(provider, key_name, p.pool)
         if now:
             self.flush()
             return
@@ -350,55 +294,6 @@ class ProviderHub:
             p = self.providers.get(provider)
             if p is not None and key_name in p.pool.states:
                 self.store.save_key_state(provider, key_name, p.pool.states[key_name].to_dict())
-
-    def _breaker_changed(self, name: str, state: str, breaker: CircuitBreaker) -> None:
-        if self._publish is None:
-            return
-        until = breaker.open_until()
-        data = {"provider": name, "state": state, "failures": breaker.failures, "error": breaker.last_error}
-        data["until"] = until if state == "open" else None
-        self._publish("breaker", data)
-        if state == "open" and self._alert is not None:
-            probe = time.strftime("%H:%M:%S", time.localtime(until)) if until else "later"
-            self._alert(
-                f"breaker:{name}:{breaker.opened_at}",
-                "breaker",
-                "error",
-                f"circuit breaker of provider {name} opened after {breaker.failures} failure(s) "
-                f"({breaker.last_error or 'error'}); next probe at {probe}; see `tiqo providers list`",
-                data,
-            )
-
-    def _key_changed(self, provider: str, key_name: str) -> None:
-        p = self.providers.get(provider)
-        if p is None or key_name not in p.pool.limits or self._publish is None:
-            return
-        row = p.pool.describe(key_name, self.clock())
-        status, before = row["status"], self._key_status.get((provider, key_name), "healthy")
-        if status == before:
-            return
-        self._key_status[(provider, key_name)] = status
-        data = {"provider": provider, "name": key_name, "status": status, "previous": before}
-        data.update(reason=row["reason"], until=row["until"])
-        self._publish("key", data)
-        level = _ALERT_LEVELS.get(status)
-        if level is None or self._alert is None or row["reason"].endswith("by user"):
-            return
-        until = row["until"]
-        when = f" until {time.strftime('%Y-%m-%d %H:%M', time.localtime(until))}" if until else ""
-        why = str(row["reason"]).removeprefix("disabled: ")
-        fix = (
-            f"after fixing it, `tiqo keys enable {provider} {key_name}`"
-            if status == "disabled"
-            else "other keys take over meanwhile; see `tiqo keys list`"
-        )
-        self._alert(
-            f"key:{provider}:{key_name}:{status}:{self.clock():.3f}",
-            "key",
-            level,
-            f"key {provider}/{key_name} is {status.replace('-', ' ')}{when} ({why}); {fix}",
-            data,
-        )
 
     def describe(self) -> list[dict[str, Any]]:
         now = self.clock()
@@ -475,48 +370,11 @@ class ProviderHub:
         check_name(name, "provider")
         if name in self.providers or name in self.errors:
             raise Conflict(f"provider {name!r} already exists", hint=f"remove it first with `tiqo providers rm {name}`")
-        if kind not in self.kinds:
-            known = ", ".join(sorted(self.kinds)) or "none loaded"
-            raise BadRequest(
-                f"unknown provider kind {kind!r} (loaded kinds: {known})",
-                param="kind",
-                hint="`tiqo plugins` shows which provider plugins loaded",
-            )
-        endpoints = options.get("endpoints")
-        if endpoints:
-            try:
-                parse_endpoints({"endpoints": endpoints, "base_url": base_url})
-            except (TypeError, ValueError) as exc:
-                raise BadRequest(
-                    str(exc), param="endpoints", hint="e.g. --endpoint http://10.0.0.5:8000/v1 --endpoint URL,weight=2"
-                ) from None
-            base_url = base_url or endpoints[0]["url"]
-        if not base_url:
-            base_url = self.kinds[kind].default_base_url
-        if not re.match(r"^https?://", base_url):
-            raise BadRequest(f"base URL {base_url!r} must start with http:// or https://", param="base_url")
-        if options.get("trusted") and options.get("max_class") not in (None, "restricted"):
-            raise BadRequest(
-                "a trusted provider may see every data class; --max-class does not go with --trusted",
-                param="max_class",
-                hint="drop --max-class, or drop --trusted to keep restricted data off it",
-            )
-        strategy = options.get("key_strategy")
-        if strategy is not None and strategy not in STRATEGIES:
-            raise BadRequest(f"unknown key strategy {strategy!r}; use {', '.join(STRATEGIES)}", param="key_strategy")
-        if not options.get("trusted") and options.get("max_class", "confidential") not in DATA_CLASSES[:-1]:
-            raise BadRequest("max_class must be public, internal or confidential", param="max_class")
-        for t in ("timeout_connect", "timeout_first_byte", "timeout_idle"):
-            if t in options:
-                try:
-                    parse_duration(options[t])
-                except ValueError as exc:
-                    raise BadRequest(str(exc), param=t) from None
-        entry = {"kind": kind, "base_url": base_url.rstrip("/"), **{k: v for k, v in options.items() if v is not None}}
+        entry = provider_entry(kind, base_url, options, self.kinds)
         write_config_value(self.settings.paths.config_file, ["providers", name], entry)
         self.settings.toml.setdefault("providers", {})[name] = entry
         self._build(name, entry, read_toml(self.settings.paths.keys_file).get(name, {}))
-        log.info("provider %s added (%s, %s)", name, kind, base_url)
+        log.info("provider %s added (%s, %s)", name, kind, entry["base_url"])
         return self.providers[name]
 
     def remove_provider(self, name: str, models_using: list[str]) -> None:
@@ -538,25 +396,7 @@ class ProviderHub:
 
     def add_key(self, provider: str, key_name: str | None, secret: str, limits: dict[str, Any]) -> str:
         p = self.get(provider)
-        secret = secret.strip()
-        if not secret or any(c.isspace() for c in secret):
-            raise BadRequest("the key is empty or contains whitespace", param="secret")
-        existing = self._secrets.get(provider, {})
-        if secret in existing.values():
-            raise Conflict(f"this key is already registered for {provider}")
-        if key_name is None:
-            n = len(existing) + 1
-            while f"key{n}" in existing:
-                n += 1
-            key_name = f"key{n}"
-        check_name(key_name, "key")
-        if key_name in existing:
-            raise Conflict(f"{provider} already has a key named {key_name!r}", hint="pick another --name")
-        entry = {"secret": secret, **{k: v for k, v in limits.items() if v is not None}}
-        try:
-            _limits(entry)
-        except (TypeError, ValueError) as exc:
-            raise BadRequest(f"bad key limits: {exc}") from None
+        key_name, entry = key_entry(provider, key_name, secret, limits, self._secrets.get(provider, {}))
         write_config_value(self.settings.paths.keys_file, [provider, key_name], entry)
         self.flush()  # the pool is rebuilt from SQLite below
         self.store.delete_key_state(provider, key_name)
@@ -587,40 +427,3 @@ class ProviderHub:
                 f"{provider} has no key named {key_name!r} (keys: {names})", hint="`tiqo keys list` shows them"
             )
         return p
-
-
-_AUTH_HEADERS = {"authorization", "x-api-key", "x-goog-api-key", "api-key"}
-
-
-def _keyless(options: Any) -> bool:
-    """A provider that needs no pooled key: ``auth = "none"``, or a fixed auth header in ``headers``."""
-    if str(options.get("auth", "")).lower() == "none":
-        return True
-    headers = options.get("headers") or {}
-    return any(str(h).lower() in _AUTH_HEADERS for h in headers)
-
-
-def _limits(entry: dict[str, Any]) -> KeyLimits:
-    values: dict[str, Any] = {}
-    for f in _LIMIT_FIELDS:
-        if entry.get(f) is not None:
-            v = int(entry[f])
-            if v <= 0:
-                raise ValueError(f"{f} must be positive")
-            values[f] = v
-    return KeyLimits(
-        **values,
-        reset=str(entry.get("reset", "00:00")),
-        tz=str(entry.get("tz", "UTC")),
-        weight=float(entry.get("weight", 1.0)),
-    )
-
-
-def _check_private(path: Any) -> None:
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        return
-    if mode & 0o077:
-        log.warning("%s is readable by others (mode %o); fixing to 0600", path, mode)
-        path.chmod(0o600)

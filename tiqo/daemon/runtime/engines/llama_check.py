@@ -28,7 +28,7 @@ def probe(model: Path) -> int:
 
 
 def main() -> int:
-    from tiqo.daemon.catalog.registry import SMOLLM2, bundled_models
+    from tiqo.daemon.catalog.bundled import SMOLLM2, bundled_models
 
     spec = next((m for m in bundled_models(Path("/nonexistent")) if m.name == SMOLLM2), None)
     if spec is None or spec.path is None:
