@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
-from tiqo.daemon.pipeline.router import Router
 from tiqo.sdk.engine import ModelSpec, StopFlag
 
 T = TypeVar("T")
@@ -18,8 +17,3 @@ class LocalCompute(Protocol):
     def generate(
         self, spec: ModelSpec, keep_alive: float | None, call: Callable[[Any, StopFlag], Iterator[T]]
     ) -> AsyncGenerator[T, None]: ...
-
-
-# What the other modalities need of the text gateway: its router (the gateway is one). The name stays for the services
-# that import it.
-Routing = Router

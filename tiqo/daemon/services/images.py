@@ -20,7 +20,8 @@ from typing import Any
 
 from tiqo.core.errors import BadRequest, Cancelled, NotFound, TiqoError
 from tiqo.daemon.pipeline.dispatch import Dispatch
-from tiqo.daemon.pipeline.ports import LocalCompute, Routing
+from tiqo.daemon.pipeline.ports import LocalCompute
+from tiqo.daemon.pipeline.router import Router
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.runtime.jobs import Job, JobHandle, Jobs
 from tiqo.daemon.upstream.client import AttemptFailed, read_body
@@ -104,7 +105,7 @@ class _Stages:
 
 
 class Images(Dispatch):
-    def __init__(self, gateway: Routing, daemon: LocalCompute, jobs: Jobs, narrate: Narrator | None = None) -> None:
+    def __init__(self, gateway: Router, daemon: LocalCompute, jobs: Jobs, narrate: Narrator | None = None) -> None:
         super().__init__(gateway, daemon)
         self.jobs = jobs
         self.narrate = narrate
