@@ -15,6 +15,7 @@ one thread), registers it with a real daemon like a user's folder, then:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -38,13 +39,15 @@ def events(home: Path, seen: list[tuple[float, dict[str, Any]]], ready: threadin
     """Collect job events (arrival time, data) from /tiqo/events."""
     sock = str(home / "run" / "tiqo.sock")
     with (
+        contextlib.suppress(httpx.HTTPError),  # the daemon stops at the end
         httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://tiqo", timeout=None) as c,
         c.stream("GET", "/tiqo/events", params={"kinds": "job"}) as r,
     ):
         ready.set()
         for line in r.iter_lines():
             if line.startswith("data: "):
-                seen.append((time.perf_counter(), json.loads(line[6:])))
+                event = json.loads(line[6:])
+                seen.append((time.perf_counter(), event.get("data") or {}))
 
 
 def main() -> None:

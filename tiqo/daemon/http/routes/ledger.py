@@ -121,8 +121,9 @@ async def events(request: Request, kinds: str | None = None) -> StreamingRespons
                 ident = f"id: {event.id}\n" if event.id else ""
                 yield f"{ident}event: {event.kind}\ndata: {json.dumps(event.as_dict(), separators=(',', ':'))}\n\n"
         finally:
-            if pending is not None:
+            if pending is not None:  # the feed is closed only once its pending read has really ended
                 pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
             await feed.aclose()
 
     return ClosingStreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
