@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
@@ -17,6 +17,7 @@ from tiqo.core.errors import BadRequest, PayloadTooLarge, TiqoError
 from tiqo.core.paths import user_path
 from tiqo.daemon.http.dependencies import daemon_of, request_meta, until_disconnect
 from tiqo.daemon.http.forms import Fields, flag, number, one, read_form
+from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
 from tiqo.daemon.pipeline.served import Served
 from tiqo.daemon.root import Daemon
@@ -25,7 +26,7 @@ from tiqo.protocol import audio as pa
 from tiqo.protocol.speech import AddVoiceBody, SpeechBody
 
 log = logging.getLogger("tiqo.api")
-router = APIRouter()
+router = api_router()
 TEXT_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
 CLONING_HINT = (
     "Piper speaks with the voices it was trained on: pick one with --voice (`tiqo voices list`), or add a trained "

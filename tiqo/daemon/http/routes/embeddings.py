@@ -6,16 +6,17 @@ import base64
 import struct
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from tiqo.core.errors import BadRequest, PayloadTooLarge
 from tiqo.daemon.http.dependencies import request_meta
+from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
 from tiqo.daemon.root import Daemon
 from tiqo.protocol.embeddings import EmbeddingsBody
 
-router = APIRouter()
+router = api_router()
 MAX_INPUTS = 2048  # OpenAI's limit per request
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from tiqo.core.errors import BadRequest
 from tiqo.daemon.http.dependencies import daemon_of
+from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.pipeline.served import OS_USER
 from tiqo.daemon.services.gateway import RequestMeta
@@ -18,7 +19,7 @@ from tiqo.policy.cache import CONTROL
 from tiqo.protocol import openai as oa
 from tiqo.protocol.tiqo import AddKeyRequest, AddProviderRequest, RouteExplainRequest
 
-router = APIRouter(prefix="/tiqo")
+router = api_router(prefix="/tiqo")
 
 
 @router.post("/route/explain", responses=errors(400, 403, 404))

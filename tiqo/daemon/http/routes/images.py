@@ -7,19 +7,20 @@ import asyncio
 import base64
 from typing import Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from tiqo.core.errors import BadRequest, Conflict, NotFound
 from tiqo.daemon.http.dependencies import daemon_of, request_meta
 from tiqo.daemon.http.forms import Fields, flag, number, one, read_form
+from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
 from tiqo.daemon.runtime.jobs import Job
 from tiqo.daemon.services.images import ImageTask, VideoTask
 from tiqo.protocol import images as pi
 
-router = APIRouter()
+router = api_router()
 URL_HINT = "tiqo answers with the image itself: leave response_format out, or set it to b64_json"
 
 

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from fastapi.responses import FileResponse
 
 from tiqo.daemon.http.dependencies import request_meta
+from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.runtime.jobs import MAX_LIMIT, Jobs
 from tiqo.protocol.jobs import MAX_WAIT_S, JobList, JobObject
 
-router = APIRouter(prefix="/tiqo/jobs")
+router = api_router(prefix="/tiqo/jobs")
 
 
 def _jobs(request: Request) -> Jobs:

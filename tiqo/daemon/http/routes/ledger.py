@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from fastapi.responses import StreamingResponse
 
 from tiqo.core.durations import parse_duration
@@ -18,13 +18,14 @@ from tiqo.core.settings import write_config_value
 from tiqo.daemon.accounting.ledger import GROUPS
 from tiqo.daemon.catalog.routing_config import tcp_tier
 from tiqo.daemon.http.dependencies import daemon_of, request_meta
+from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.http.tcp import SCRAPE_ROLE, new_token
 from tiqo.daemon.root import Daemon
 from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
 from tiqo.protocol.tiqo import CreateTokenRequest, SetBudgetRequest
 
-router = APIRouter(prefix="/tiqo")
+router = api_router(prefix="/tiqo")
 HEARTBEAT_S = 15.0
 
 

@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from tiqo.core.errors import BadRequest, Conflict
 from tiqo.daemon.catalog.registry import KIND_DEFAULTS
 from tiqo.daemon.http.dependencies import daemon_of
+from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.root import Daemon
 from tiqo.policy.routing import CatalogModel
 from tiqo.protocol.tiqo import AddModelRequest, BackupRequest, LoadRequest
 from tiqo.sdk.engine import ModelSpec
 
-router = APIRouter(prefix="/tiqo")
+router = api_router(prefix="/tiqo")
 
 
 def _model_row(daemon: Daemon, spec: ModelSpec) -> dict[str, Any]:

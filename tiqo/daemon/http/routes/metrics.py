@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 
 from tiqo.core.errors import NotFound
 from tiqo.daemon.accounting.metrics import Metrics
+from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import errors
 
-router = APIRouter()
+router = api_router()
 TEXT = {"schema": {"type": "string"}}
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {

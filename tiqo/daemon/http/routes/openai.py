@@ -8,12 +8,13 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import TiqoError
 from tiqo.daemon.http.dependencies import daemon_of, request_meta, until_disconnect
+from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
 from tiqo.daemon.http.tcp import tcp_user
 from tiqo.daemon.pipeline.pieces import merge_tool_calls
@@ -24,7 +25,7 @@ from tiqo.protocol import openai as oa
 from tiqo.sdk.engine import Piece, Runner, StopFlag
 
 log = logging.getLogger("tiqo.api")
-router = APIRouter()
+router = api_router()
 ChatOrCompletion = TypeVar("ChatOrCompletion", oa.ChatCompletionRequest, oa.CompletionRequest)
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from tiqo.core.errors import BadRequest
 from tiqo.daemon.http.dependencies import request_meta
+from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.knowledge.vectors import VectorStore
 from tiqo.protocol.vectors import (
@@ -22,7 +23,7 @@ from tiqo.protocol.vectors import (
     Upsert,
 )
 
-router = APIRouter(prefix="/tiqo/vectors")
+router = api_router(prefix="/tiqo/vectors")
 M = TypeVar("M", bound=BaseModel)
 MAX_ITEMS = 10_000
 
