@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import io
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tiqo.core.errors import BadRequest, Cancelled, NotFound, TiqoError
+from tiqo.daemon.media.pictures import check_pictures, save_pictures
 from tiqo.daemon.pipeline.dispatch import Dispatch
 from tiqo.daemon.pipeline.ports import LocalCompute
 from tiqo.daemon.pipeline.router import Router
@@ -178,7 +178,7 @@ class Images(Dispatch):
             self._check_steps(task.steps)
             if task.image is not None:
                 size = await asyncio.to_thread(
-                    _check_pictures, task.image, task.mask, int(self.settings["image.max_side"])
+                    check_pictures, task.image, task.mask, int(self.settings["image.max_side"])
                 )
                 if task.size is None:  # an edit keeps the picture's size (to a multiple of 8), as OpenAI's does
                     task = replace(task, size=(max(64, size[0] // 8 * 8), max(64, size[1] // 8 * 8)))
@@ -244,7 +244,7 @@ class Images(Dispatch):
         try:
             first = functools.partial(self._first, local=local, call=external, worst=lambda m: m.price_image * task.n)
             pictures, details = await first(decision, served, blocked, row.id)
-            files = await asyncio.to_thread(_save_pictures, pictures, task.output_format, handle)
+            files = await asyncio.to_thread(save_pictures, pictures, task.output_format, handle.dir)
         except TiqoError as exc:
             self._refused(row, exc, started)
             if isinstance(exc, Cancelled):
@@ -342,7 +342,7 @@ class Images(Dispatch):
             from_image = task.image is not None
             spec = self._video_spec(requested, from_image)
             if task.image is not None:
-                given = await asyncio.to_thread(_check_pictures, task.image, None, int(self.settings["image.max_side"]))
+                given = await asyncio.to_thread(check_pictures, task.image, None, int(self.settings["image.max_side"]))
                 if task.size is None:  # the video keeps the first frame's size (to a multiple of 8)
                     task = replace(task, size=(max(64, given[0] // 8 * 8), max(64, given[1] // 8 * 8)))
             size = self._check_size(task.size, spec, "video")
@@ -504,50 +504,3 @@ def _capability(task: ImageTask) -> str:
 
 def _public(details: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in details.items() if isinstance(v, (str, int, float, bool)) or v is None}
-
-
-def _check_pictures(image: bytes, mask: bytes | None, largest: int) -> tuple[int, int]:
-    """The upload is an image (header read only; a decompression bomb never decodes), and the mask matches it.
-    Returns the image's size."""
-    from PIL import Image, UnidentifiedImageError
-
-    sizes = []
-    for name, data in (("image", image), ("mask", mask)):
-        if data is None:
-            continue
-        try:
-            with Image.open(io.BytesIO(data)) as picture:
-                sizes.append(picture.size)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise BadRequest(
-                f"the {name} is not an image PIL can read ({exc})", param=name, hint="send a PNG, JPEG or WebP file"
-            ) from None
-        width, height = sizes[-1]
-        if max(width, height) > largest:
-            raise BadRequest(
-                f"the {name} is {width}x{height}; the largest side allowed is {largest} (image.max_side)", param=name
-            )
-    if len(sizes) == 2 and sizes[0] != sizes[1]:
-        raise BadRequest(
-            f"the mask is {sizes[1][0]}x{sizes[1][1]} but the image is {sizes[0][0]}x{sizes[0][1]}",
-            param="mask",
-            hint="make the mask the same size as the image (white where it is repainted)",
-        )
-    return sizes[0]
-
-
-def _save_pictures(pictures: list[bytes], fmt: str, handle: JobHandle) -> list[str]:
-    names = []
-    for i, png in enumerate(pictures):
-        data = png
-        if fmt != "png":
-            from PIL import Image
-
-            with Image.open(io.BytesIO(png)) as picture:
-                buf = io.BytesIO()
-                picture.convert("RGB").save(buf, format=fmt.upper())
-                data = buf.getvalue()
-        name = f"image-{i}.{fmt}"
-        (handle.dir / name).write_bytes(data)
-        names.append(name)
-    return names
