@@ -123,7 +123,7 @@ def decode(data: bytes, raw: RawPcm | None = None, max_seconds: float = math.inf
             f"this is not audio tiqo can read ({_av_reason(exc)})", param="file", hint=FORMAT_HINT
         ) from None
     with container:
-        stream = _audio_stream(container)
+        stream = audio_stream(container)
         ctx = stream.codec_context
         source = f"{container.format.name.split(',')[0]}/{ctx.name}, {ctx.sample_rate} Hz, {ctx.channels} ch"
         declared = _declared_seconds(container, stream)
@@ -140,11 +140,12 @@ def decode(data: bytes, raw: RawPcm | None = None, max_seconds: float = math.inf
     return Decoded(audio, duration, source)
 
 
-def _audio_stream(container: Any) -> Any:
+def audio_stream(container: Any, param: str = "file", hint: str = FORMAT_HINT) -> Any:
+    """The container's first audio stream; a 400 naming what it holds instead."""
     streams = [s for s in container.streams if s.type == "audio"]
     if not streams:
         kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
-        raise BadRequest(f"the file has no audio stream (it holds {kinds})", param="file", hint=FORMAT_HINT)
+        raise BadRequest(f"the {param} has no audio stream (it holds {kinds})", param=param, hint=hint)
     return streams[0]
 
 

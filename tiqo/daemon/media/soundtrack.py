@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tiqo.core.errors import BadRequest, Cancelled
+from tiqo.daemon.media.audio import audio_stream
 
 MAX_AUDIO_SECONDS = 600.0
 AUDIO_RATE = 48_000
@@ -37,7 +38,7 @@ class Soundtrack:
         self.samples = 0
         opened = _open_audio(source)
         with opened as inp:
-            in_stream = _audio_stream(inp)
+            in_stream = audio_stream(inp, "audio", AUDIO_HINT)
             channels = 1 if in_stream.codec_context.channels <= 1 else 2
             layout = "mono" if channels == 1 else "stereo"
             self.stream = container.add_stream("aac", rate=AUDIO_RATE)
@@ -116,14 +117,6 @@ def _open_audio(source: Path | bytes) -> Any:
         return av.open(target, mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, IndexError, ValueError, OSError) as exc:
         raise BadRequest(f"this is not audio tiqo can read ({reason(exc)})", param="audio", hint=AUDIO_HINT) from None
-
-
-def _audio_stream(container: Any) -> Any:
-    streams = [s for s in container.streams if s.type == "audio"]
-    if not streams:
-        kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
-        raise BadRequest(f"the audio file has no audio stream (it holds {kinds})", param="audio", hint=AUDIO_HINT)
-    return streams[0]
 
 
 def _declared_seconds(container: Any, stream: Any) -> float | None:

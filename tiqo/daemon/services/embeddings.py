@@ -5,7 +5,6 @@ daemon's own users (the vector store)."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -14,8 +13,8 @@ from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.pipeline.dispatch import Dispatch
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.runtime.engines.embed import Embedded
-from tiqo.daemon.upstream.client import AttemptFailed, read_body
-from tiqo.daemon.upstream.external import scrub
+from tiqo.daemon.upstream.client import AttemptFailed
+from tiqo.daemon.upstream.external import json_answer, scrub
 from tiqo.policy import budget as bp
 from tiqo.policy.routing import CatalogModel
 from tiqo.sdk.engine import ModelSpec, StopFlag
@@ -108,14 +107,8 @@ class Embeddings(Dispatch):
             body["dimensions"] = dimensions
         request = kind.embeddings_request(provider.config, model.upstream_model or model.name, body, secret)
         request.headers["X-Client-Request-Id"] = call_id
+        answer = await json_answer(self.gateway.upstream, request, provider, secret, "embeddings")
         try:
-            resp = await self.gateway.upstream.open(request, kind, provider.timeouts)
-        except AttemptFailed as exc:
-            exc.message = scrub(exc.message, secret)
-            raise
-        raw = await read_body(resp, provider.timeouts)
-        try:
-            answer = json.loads(raw)
             data = answer["data"]
             if len(data) != len(inputs) or not all(isinstance(d.get("embedding"), list) for d in data):
                 raise ValueError(f"{len(data)} vectors for {len(inputs)} inputs")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -24,8 +23,8 @@ from tiqo.daemon.pipeline.ports import LocalCompute
 from tiqo.daemon.pipeline.router import Router
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.runtime.jobs import Job, JobHandle, Jobs
-from tiqo.daemon.upstream.client import AttemptFailed, read_body
-from tiqo.daemon.upstream.external import scrub
+from tiqo.daemon.upstream.client import AttemptFailed
+from tiqo.daemon.upstream.external import json_answer, scrub
 from tiqo.policy import budget as bp
 from tiqo.policy.routing import CatalogModel, Decision
 from tiqo.protocol.images import OPENAI_IMAGE_MODELS, OPENAI_VIDEO_MODELS
@@ -312,14 +311,9 @@ class Images(Dispatch):
             body["size"] = f"{task.size[0]}x{task.size[1]}"
         request = kind.images_request(provider.config, model.upstream_model or model.name, body, secret)
         request.headers["X-Client-Request-Id"] = call_id
+        answer = await json_answer(self.gateway.upstream, request, provider, secret, "images")
         try:
-            resp = await self.gateway.upstream.open(request, kind, provider.timeouts)
-        except AttemptFailed as exc:
-            exc.message = scrub(exc.message, secret)
-            raise
-        raw = await read_body(resp, provider.timeouts)
-        try:
-            data = json.loads(raw)["data"]
+            data = answer["data"]
             pictures = [base64.b64decode(d["b64_json"], validate=True) for d in data]
             if not pictures:
                 raise ValueError("no images")

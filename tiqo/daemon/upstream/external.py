@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
-from tiqo.daemon.upstream.client import AttemptFailed, UpstreamClient, sse_events
+from tiqo.daemon.upstream.client import AttemptFailed, UpstreamClient, read_body, sse_events
 from tiqo.daemon.upstream.providers import Provider
 from tiqo.policy.routing import CatalogModel
 from tiqo.sdk.engine import Piece
@@ -77,6 +78,21 @@ async def stream_external(
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
     )
+
+
+async def json_answer(upstream: UpstreamClient, request: Any, provider: Provider, secret: str | None, what: str) -> Any:
+    """Send a non-streamed request (embeddings, images) and parse its JSON answer; errors never carry the key."""
+    assert provider.kind is not None  # the caller built the request with it
+    try:
+        resp = await upstream.open(request, provider.kind, provider.timeouts)
+    except AttemptFailed as exc:
+        exc.message = scrub(exc.message, secret)
+        raise
+    raw = await read_body(resp, provider.timeouts)
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise AttemptFailed("protocol", scrub(f"unusable {what} answer: {exc}", secret)) from None
 
 
 def scrub(text: str, secret: str | None) -> str:
