@@ -247,7 +247,7 @@ def test_every_route_parses_json_with_pydantic_core() -> None:
         '{"a": 1, "a": 2}',
         '{"n": 123456789012345678901234567890, "f": 1e400, "g": -0.0, "h": 1.5e-7}',
         '{"s": "caf\\u00e9 \\ud83d\\ude00 \\n\\t\\"", "t": "\\u0000"}',
-        '[NaN, Infinity, -Infinity]',
+        "[NaN, Infinity, -Infinity]",
         '{"deep": [[[[[[[[[[{}]]]]]]]]]]}',
         '"just a string"',
     ],
