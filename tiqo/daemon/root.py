@@ -30,6 +30,7 @@ from tiqo.daemon.services.backup import Backup
 from tiqo.daemon.services.embeddings import Embeddings
 from tiqo.daemon.services.gateway import Gateway
 from tiqo.daemon.services.images import Images
+from tiqo.daemon.services.videos import Videos
 from tiqo.daemon.services.voice import Voice
 from tiqo.daemon.state.jobs_store import JobsStore, SqliteJobsStore, daemon_identity
 from tiqo.daemon.state.shared import SharedState
@@ -150,7 +151,8 @@ class Daemon:
             max_active=settings["jobs.max_active"],
             max_queued=settings["jobs.max_queued"],
         )
-        self.images = Images(self.gateway, self, self.jobs, narrate=self.voice.local_wav)
+        self.images = Images(self.gateway, self, self.jobs)
+        self.videos = Videos(self.gateway, self, self.jobs, self.images.first_frame, self.voice.local_wav)
         if self.metrics is not None:
             live = LiveState(
                 self.hub, self.scheduler, self.budgets, self.events, user_labels=settings["metrics.user_labels"]

@@ -17,7 +17,8 @@ from tiqo.daemon.http.forms import Fields, flag, number, one, read_form
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
 from tiqo.daemon.runtime.jobs import Job
-from tiqo.daemon.services.images import ImageTask, VideoTask
+from tiqo.daemon.services.images import ImageTask
+from tiqo.daemon.services.videos import VideoTask
 from tiqo.protocol import images as pi
 
 router = api_router()
@@ -186,7 +187,7 @@ async def create_video(request: Request) -> Response:
         upscale=upscale,
     )
     meta = request_meta(request, one(fields, "user"))
-    job = await daemon_of(request).images.submit_video(task, meta)
+    job = await daemon_of(request).videos.submit_video(task, meta)
     return JSONResponse(pi.video_object(job.as_dict()))
 
 
