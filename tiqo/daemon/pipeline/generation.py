@@ -26,14 +26,12 @@ class Stages:
 
     handle: JobHandle
     plan: list[tuple[str, int]]  # (stage, weight in steps)
-    current: str = ""
 
     @property
     def total(self) -> int:
         return sum(w for _, w in self.plan)
 
     def start(self, stage: str) -> im.Progress:
-        self.current = stage
         offset = sum(w for s, w in self.plan[: [s for s, _ in self.plan].index(stage)])
         weight = dict(self.plan)[stage]
 

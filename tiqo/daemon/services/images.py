@@ -70,12 +70,13 @@ class Images(Generation):
             requested = self._openai_name(task.model, OPENAI_IMAGE_MODELS)
             blocked: dict[str, bp.Charge] = {}
             local = self.default_model("image", capability)
-            if requested is None and local is None and "image" not in self.gateway.catalog_and_config()[1].routes:
+            catalog, config = self.gateway.catalog_and_config()
+            if requested is None and local is None and "image" not in config.routes:
                 self._local_spec(None, "image", capability)  # raises: no image model is registered, and how to add one
             decision = self._decide(c, "image", requested, (capability,), blocked, local=local or "")
             if not decision.kept:
                 raise self.gateway.attempts.nothing_kept(decision, blocked)
-            first = self.gateway.catalog_and_config()[0][decision.kept[0].model]
+            first = catalog[decision.kept[0].model]
             if first.local:  # a bad size for the local model is the caller's error, before any job exists
                 spec = self._local_spec(first.name, "image", capability)
                 task = replace(task, size=self._check_size(task.size, spec, "image"))
