@@ -533,6 +533,7 @@ class Upstream:
         self.reply: str | None = reply
         self.speech: bytes | None = None  # fixed /audio/speech answer instead of the generated tone (b"": empty)
         self.delay_s: float = float(delay_s)
+        self.held = False  # while True every request waits before it is answered (see ``hold``)
         self.models: list[str] = list(models)
         self.requests: list[dict[str, Any]] = []
         self.violations: list[str] = []
@@ -589,6 +590,7 @@ class Upstream:
             self.requests.clear()
             self.violations.clear()
             keys, self.reply, self.delay_s = self._defaults
+            self.held = False
             self.speech = None
             self.valid_keys = set(keys) if keys is not None else None
             self.mode = None
@@ -771,6 +773,8 @@ class Upstream:
                     return _bad_request(protocol, f"API keys must not be sent in the URL ({name}=)."), None, {}
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        while self.held:  # a test holds every call open until it has seen what it waits for, however slow the run
+            await asyncio.sleep(0.005)
         fault, kw = self._take_fault()
         if fault is not None:
             rec["fault"] = fault
