@@ -12,7 +12,8 @@ from typing import Any
 from tiqo.core.errors import ConfigError
 from tiqo.core.settings import Settings, write_config_value
 from tiqo.daemon.accounting.events import EventBus
-from tiqo.daemon.accounting.ledger import CallRow, CounterKey, Ledger
+from tiqo.daemon.accounting.ledger import Ledger
+from tiqo.daemon.accounting.records import CallRow, CounterKey
 from tiqo.daemon.state.shared import AlertGate
 from tiqo.policy import budget as bp
 from tiqo.policy.routing import CatalogModel

@@ -9,6 +9,9 @@ may have billed the call) — spend is over-counted, never under-counted.
 
 With ``state.backend = redis`` the counters move to Redis (daemons sharing budgets) and this file keeps the rows;
 each row is also added to per-day usage sums in Redis (``UsageSums``), which ``cluster_usage`` reads for every daemon.
+
+This module writes; what it answers (usage, the request log, the audit trail) is ``usage.UsageReport``, the rows are
+in ``records``, the counters in ``counters``.
 """
 
 from __future__ import annotations
@@ -16,144 +19,21 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, cast
+from dataclasses import asdict
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from tiqo.core.errors import BadRequest
+from tiqo.daemon.accounting.counters import Counters, SqliteCounters, UsageSums
+from tiqo.daemon.accounting.records import CallRow, CounterKey, RequestRow
+from tiqo.daemon.accounting.usage import GROUPS, UsageReport
 from tiqo.daemon.state.store import Store
-from tiqo.policy.budget import NANO, Charge, Refusal, Usage, check
+from tiqo.policy.budget import Charge, Refusal, Usage
 
-CounterKey = tuple[str, str]  # (counter, period id)
-
-GROUPS = ("day", "provider", "model", "user", "key", "backend", "outcome")
-CLUSTER_GROUPS = ("day", "provider", "model", "user")  # what the shared sums can be grouped by
-NOT_EXTERNAL = ("local", "cache", "")
-CLUSTER_KEEP_DAYS = 400  # the shared sums' expiry (state/redis_usage.py KEEP_DAYS): older days are gone
-
-
-@dataclass
-class RequestRow:
-    """One row per request the daemon answered or refused."""
-
-    id: str
-    ts: float
-    user: str = ""
-    tier: str = ""
-    task: str = ""
-    data_class: str = ""
-    backend: str = ""
-    provider: str = ""
-    model: str = ""
-    key: str | None = None  # the key's name, never the secret
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_nusd: int = 0
-    latency_ms: float = 0.0
-    cache: str = "off"
-    outcome: str = "ok"  # ok | error | refused | interrupted | cancelled
-    error: str | None = None  # the error code
-    attempts: int = 0
-    route: str = ""
-    content: str | None = None  # only with ledger.store_content, never for restricted requests
-    audio_s: float = 0.0  # seconds of audio heard (stt) or spoken (tts); for tts, tokens_in counts characters
-    images: int = 0  # images made (image), or frames (video)
-    video_s: float = 0.0  # seconds of video made
-    steps: int = 0  # denoising steps run (local image and video models)
-    device: str = ""  # where a local model ran: cpu, cuda:0, ...
-
-
-@dataclass
-class CallRow:
-    """One off-machine call: the audit trail (why it was allowed) and its budget reservation."""
-
-    id: str
-    request_id: str
-    ts: float
-    user: str
-    provider: str
-    model: str
-    key: str | None
-    data_class: str
-    reason: str
-    reserved_nusd: int = 0
-    charges: list[CounterKey] = field(default_factory=list)
-
-
-class Counters(Protocol):
-    """Budget counters: SQLite (the default) or Redis (several daemons). ``reserve`` is one atomic step."""
-
-    def usage(self, keys: Sequence[CounterKey]) -> dict[CounterKey, Usage]: ...
-
-    def reserve(self, call_id: str, charges: Sequence[Charge], amount: int) -> Refusal | None: ...
-
-    def settle(
-        self, call_id: str, keys: Sequence[CounterKey], reserved: int, cost: int
-    ) -> dict[CounterKey, tuple[int, int]]:
-        """Move ``reserved`` out and add ``cost``; returns spent before and after for each counter."""
-        ...
-
-    def periods(self, prefix: str) -> list[tuple[str, str, int, int]]:
-        """Counters whose name starts with ``prefix`` (``user:`` …): (counter, period, spent, reserved)."""
-        ...
-
-
-class UsageSums(Protocol):
-    """Per-day usage sums every daemon adds to (Redis); ``add`` must not raise (it keeps what it cannot send)."""
-
-    def add(self, day: str, group: tuple[str, str, str, str], amounts: Mapping[str, int]) -> None: ...
-
-    def read(self, days: Iterable[str], user: str | None) -> dict[tuple[str, str, str, str, str], dict[str, int]]: ...
-
-
-class SqliteCounters:
-    """Counters in the ledger's own database. ``reserve`` and ``settle`` run inside the caller's transaction."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def usage(self, keys: Sequence[CounterKey]) -> dict[CounterKey, Usage]:
-        out: dict[CounterKey, Usage] = {}
-        for counter, period in keys:
-            row = self.db.execute(
-                "SELECT spent, reserved FROM budget_usage WHERE counter = ? AND period = ?", (counter, period)
-            ).fetchone()
-            out[(counter, period)] = Usage(*row) if row else Usage()
-        return out
-
-    def reserve(self, call_id: str, charges: Sequence[Charge], amount: int) -> Refusal | None:
-        refusal = check(charges, self.usage([c.key for c in charges]), amount)
-        if refusal is None:
-            for charge in charges:
-                self.db.execute(
-                    "INSERT INTO budget_usage (counter, period, spent, reserved) VALUES (?, ?, 0, ?) "
-                    "ON CONFLICT (counter, period) DO UPDATE SET reserved = reserved + excluded.reserved",
-                    (*charge.key, amount),
-                )
-        return refusal
-
-    def settle(
-        self, call_id: str, keys: Sequence[CounterKey], reserved: int, cost: int
-    ) -> dict[CounterKey, tuple[int, int]]:
-        out = {}
-        for key in keys:
-            before = self.usage([key])[key].spent
-            self.db.execute(
-                "INSERT INTO budget_usage (counter, period, spent, reserved) VALUES (?, ?, ?, 0) "
-                "ON CONFLICT (counter, period) DO UPDATE SET spent = spent + ?, reserved = MAX(0, reserved - ?)",
-                (*key, cost, cost, reserved),
-            )
-            out[key] = (before, before + cost)
-        return out
-
-    def periods(self, prefix: str) -> list[tuple[str, str, int, int]]:
-        return self.db.execute(
-            "SELECT counter, period, spent, reserved FROM budget_usage WHERE counter LIKE ?", (prefix + "%",)
-        ).fetchall()
+# What importers of the ledger have always found here; each lives in the module named above.
+__all__ = ["GROUPS", "CallRow", "CounterKey", "Counters", "Ledger", "RequestRow", "SqliteCounters", "UsageSums"]
 
 
 class Ledger:
@@ -167,6 +47,7 @@ class Ledger:
         self.counters: Counters = counters or SqliteCounters(self.db)
         self.zone = ZoneInfo(timezone)
         self.db.create_function("tz_day", 1, self._day, deterministic=True)
+        self.report = UsageReport(self.db, self.zone, sums)
 
     def _day(self, ts: float) -> str:
         return dt.datetime.fromtimestamp(ts, self.zone).strftime("%Y-%m-%d")
@@ -366,109 +247,15 @@ class Ledger:
             for i, ts, k, lv, m, d in rows
         ]
 
-    # ------------------------------------------------------------ queries
+    # ------------------------------------------------------------ queries (UsageReport)
     def usage(self, since: float, by: str, user: str | None = None) -> dict[str, Any]:
-        if by not in GROUPS:
-            raise ValueError(f"cannot group by {by!r}; use one of {', '.join(GROUPS)}")
-        group = {"day": "tz_day(ts)", "key": "COALESCE(provider || '/' || key, provider)"}.get(by, by)
-        where, args = "ts >= ?", [cast(Any, since)]
-        if user is not None:
-            where += " AND user = ?"
-            args.append(user)
-        select = (
-            "COUNT(*), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), COALESCE(SUM(cost_nusd), 0), "
-            "COALESCE(SUM(cache IN ('hit', 'semantic')), 0), COALESCE(SUM(outcome != 'ok'), 0), "
-            "COALESCE(SUM(provider NOT IN ('local', 'cache', '')), 0), COALESCE(AVG(latency_ms), 0)"
-        )
-        rows = self.db.execute(
-            f"SELECT {group}, {select} FROM requests WHERE {where} GROUP BY 1 ORDER BY 1", args
-        ).fetchall()
-        total = self.db.execute(f"SELECT 'total', {select} FROM requests WHERE {where}", args).fetchone()
-        rows_out = [_usage_row(r) for r in rows]
-        return {"since": since, "by": by, "rows": rows_out, "total": _usage_row(total), "scope": "local"}
+        return self.report.usage(since, by, user)
 
     def cluster_usage(self, since: float, by: str, user: str | None = None, now: float | None = None) -> dict[str, Any]:
-        """Like ``usage``, from the sums every daemon on the shared Redis adds to: whole calendar days (``since``
-        rounds down to its day's start), grouped by day, provider, model or user."""
-        if self.sums is None:
-            raise BadRequest("this daemon keeps no cluster-wide sums (state.backend is not redis)", hint="add --local")
-        if by not in CLUSTER_GROUPS:
-            raise BadRequest(
-                f"cluster-wide usage is kept per day, user, provider and model, not per {by}",
-                param="by",
-                hint=f"use --by {'|'.join(CLUSTER_GROUPS)}, or add --local for this daemon's own rows by {by}",
-            )
-        now = time.time() if now is None else now
-        first = dt.datetime.fromtimestamp(max(since, now - CLUSTER_KEEP_DAYS * 86400), self.zone).date()
-        last = dt.datetime.fromtimestamp(now, self.zone).date()
-        days = [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
-        start = dt.datetime.combine(first, dt.time(), self.zone).timestamp()
-        groups: dict[str, dict[str, int]] = {}
-        total: dict[str, int] = {}
-        for (day, who, task, provider, model), sums in self.sums.read(days, user).items():
-            name = {"day": day, "user": who, "task": task, "provider": provider, "model": model}[by]
-            sums = {**sums, "external": sums.get("requests", 0) if provider not in NOT_EXTERNAL else 0}
-            for target in (groups.setdefault(name, {}), total):
-                for metric, value in sums.items():
-                    target[metric] = target.get(metric, 0) + value
-        rows = [_sums_row(name, groups[name]) for name in sorted(groups)]
-        return {"since": start, "by": by, "rows": rows, "total": _sums_row("total", total), "scope": "cluster"}
+        return self.report.cluster_usage(since, by, user, now)
 
     def logs(self, n: int = 20, user: str | None = None) -> list[dict[str, Any]]:
-        where, args = ("WHERE user = ?", [user]) if user is not None else ("", [])
-        cur = self.db.execute(f"SELECT * FROM requests {where} ORDER BY ts DESC LIMIT ?", [*args, n])
-        names = [d[0] for d in cur.description]
-        out = []
-        for row in cur.fetchall():
-            item = dict(zip(names, row, strict=True))
-            item["cost_usd"] = item.pop("cost_nusd") / NANO
-            out.append(item)
-        return out
+        return self.report.logs(n, user)
 
     def audit(self, n: int = 20, since: float = 0.0) -> list[dict[str, Any]]:
-        cur = self.db.execute(
-            "SELECT id, request_id, ts, user, provider, model, key, class, reason, status, reserved_nusd, cost_nusd, "
-            "tokens_in, tokens_out, error FROM calls WHERE ts >= ? ORDER BY ts DESC LIMIT ?",
-            (since, n),
-        )
-        names = [d[0] for d in cur.description]
-        out = []
-        for row in cur.fetchall():
-            item = dict(zip(names, row, strict=True))
-            item["reserved_usd"] = item.pop("reserved_nusd") / NANO
-            item["cost_usd"] = item.pop("cost_nusd") / NANO
-            out.append(item)
-        return out
-
-
-def _usage_row(r: Sequence[Any]) -> dict[str, Any]:
-    group, n, t_in, t_out, cost, hits, errors, external, latency = r
-    return {
-        "group": group,
-        "requests": n,
-        "tokens_in": t_in,
-        "tokens_out": t_out,
-        "cost_usd": cost / NANO,
-        "cache_hits": hits,
-        "errors": errors,
-        "external": external,
-        "avg_latency_ms": round(latency, 1),
-    }
-
-
-def _sums_row(group: str, s: Mapping[str, int]) -> dict[str, Any]:
-    n = s.get("requests", 0)
-    return {
-        "group": group,
-        "requests": n,
-        "tokens_in": s.get("tokens_in", 0),
-        "tokens_out": s.get("tokens_out", 0),
-        "cost_usd": s.get("cost_nusd", 0) / NANO,
-        "cache_hits": s.get("cache_hits", 0),
-        "errors": s.get("errors", 0),
-        "external": s.get("external", 0),
-        "avg_latency_ms": round(s.get("latency_ms", 0) / n, 1) if n else 0.0,
-        "audio_s": s.get("audio_ms", 0) / 1000,
-        "images": s.get("images", 0),
-        "video_s": s.get("video_ms", 0) / 1000,
-    }
+        return self.report.audit(n, since)

@@ -21,7 +21,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from tiqo.daemon.accounting.ledger import RequestRow
+from tiqo.daemon.accounting.records import RequestRow
 from tiqo.policy.budget import NANO
 
 OTHER = "other"  # the value of a label past its bound
