@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tiqo.core.errors import BadRequest, Cancelled, TiqoError
-from tiqo.daemon.media.pictures import check_pictures, save_pictures
-from tiqo.daemon.pipeline.generation import Generation, public
+from tiqo.daemon.media.pictures import save_pictures
+from tiqo.daemon.pipeline.generation import Generation, GenerationTask, public
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.runtime.jobs import Job, JobHandle
 from tiqo.daemon.upstream.client import AttemptFailed
@@ -28,19 +28,11 @@ log = logging.getLogger("tiqo.images")
 
 
 @dataclass(frozen=True)
-class ImageTask:
+class ImageTask(GenerationTask):
     """One ``/v1/images/generations`` or ``/v1/images/edits`` request, checked by the route."""
 
-    prompt: str
-    model: str | None = None
     n: int = 1
-    size: tuple[int, int] | None = None
     output_format: str = "png"
-    seed: int | None = None
-    steps: int | None = None
-    negative_prompt: str | None = None
-    guidance: float | None = None
-    image: bytes | None = None
     mask: bytes | None = None
     strength: float | None = None
 
@@ -57,11 +49,7 @@ class Images(Generation):
                 raise BadRequest(f"n must be between 1 and {most}, not {task.n}", param="n", hint="image.max_n")
             self._check_steps(task.steps)
             if task.image is not None:
-                size = await asyncio.to_thread(
-                    check_pictures, task.image, task.mask, int(self.settings["image.max_side"])
-                )
-                if task.size is None:  # an edit keeps the picture's size (to a multiple of 8), as OpenAI's does
-                    task = replace(task, size=(max(64, size[0] // 8 * 8), max(64, size[1] // 8 * 8)))
+                task = await self._fit_to_picture(task, task.mask)
             elif task.mask is not None:
                 raise BadRequest("a mask needs an image to repaint", param="mask")
             texts = [task.prompt] + ([task.negative_prompt] if task.negative_prompt else [])
