@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from tiqo.core.errors import BadRequest
-from tiqo.daemon.media.soundtrack import MAX_AUDIO_SECONDS, Soundtrack, reason, stopped
+from tiqo.daemon.media.audio import av_reason
+from tiqo.daemon.media.soundtrack import MAX_AUDIO_SECONDS, Soundtrack, stopped
 from tiqo.daemon.media.video_bounds import MAX_OUTPUT_PIXELS, MAX_SIDE, Shape, check_budget, check_frames, shape_of
 
 MAX_IMAGE_PIXELS = 64_000_000  # an input picture, checked from its header before it is decoded
@@ -258,7 +259,7 @@ def probe(path: Path) -> VideoInfo:
     try:
         container = av.open(str(path), mode="r")
     except (av.error.FFmpegError, OSError) as exc:
-        raise BadRequest(f"{path.name} is not a video tiqo can read ({reason(exc)})", param="file") from None
+        raise BadRequest(f"{path.name} is not a video tiqo can read ({av_reason(exc)})", param="file") from None
     with container:
         videos = container.streams.video
         if not videos:

@@ -150,18 +150,10 @@ class Images(Generation):
         details = {"engine": spec.engine, "seed": result.seed, "steps": result.steps, "device": result.device}
         return result.images, {**details, "seconds": round(result.seconds, 3), **result.details}
 
-    async def first_frame(
-        self,
-        model: str,
-        prompt: str,
-        size: tuple[int, int],
-        seed: int | None,
-        steps: int | None,
-        handle: JobHandle,
-        progress: im.Progress,
-    ) -> bytes:
-        """A video's first frame, made by the image model inside the video's job (``services.videos.FirstFrame``)."""
-        shot = ImageTask(prompt=prompt, size=size, seed=seed, steps=steps)
+    async def first_frame(self, model: str, task: GenerationTask, handle: JobHandle, progress: im.Progress) -> bytes:
+        """A video's first frame, made by the image model inside the video's job (``services.videos.FirstFrame``)
+        from the video's prompt, size, seed and steps."""
+        shot = ImageTask(prompt=task.prompt, size=task.size, seed=task.seed, steps=task.steps)
         pictures, _ = await self._local_images(model, shot, handle, progress)
         return pictures[0]
 

@@ -9,7 +9,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from tiqo.core.errors import BadRequest, Cancelled, TiqoError
 from tiqo.daemon.pipeline.generation import Generation, GenerationTask, Stages, public
@@ -28,19 +28,9 @@ if TYPE_CHECKING:  # numpy and PyAV: imported when a video is encoded, not when 
 Narrator = Callable[[str], Awaitable[bytes]]  # text -> WAV bytes, spoken by the local voice
 
 
-class FirstFrame(Protocol):
-    """Makes a video's first frame with a local image model (``Images.first_frame``): PNG bytes."""
-
-    def __call__(
-        self,
-        model: str,
-        prompt: str,
-        size: tuple[int, int],
-        seed: int | None,
-        steps: int | None,
-        handle: JobHandle,
-        progress: im.Progress,
-    ) -> Awaitable[bytes]: ...
+# (image model, the video's task, its job, the image stage's progress) -> the first frame as PNG bytes, made with a
+# local image model (``Images.first_frame``)
+FirstFrame = Callable[[str, GenerationTask, JobHandle, im.Progress], Awaitable[bytes]]
 
 
 @dataclass(frozen=True)
@@ -168,9 +158,7 @@ class Videos(Generation):
         assert task.size is not None and task.frames is not None and task.fps is not None
         image = task.image
         if image_model is not None:
-            image = await self.first_frame(
-                image_model.name, task.prompt, task.size, task.seed, task.steps, handle, stages.start("image")
-            )
+            image = await self.first_frame(image_model.name, task, handle, stages.start("image"))
         request = im.VideoRequest(
             prompt=task.prompt,
             width=task.size[0],
