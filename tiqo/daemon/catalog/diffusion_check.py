@@ -115,18 +115,19 @@ def check_safetensors(path: Path) -> int:
             header = json.loads(fh.read(length))
         end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
     except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, AttributeError) as exc:
-        raise BadRequest(
-            f"{path} is not a whole safetensors file ({exc})",
-            param="path",
-            hint="the download was probably cut short: copy the file again and compare its size with the source",
-        ) from None
+        raise _cut_short(f"{path} is not a whole safetensors file ({exc})", "was probably") from None
     if 8 + length + end > size:
-        raise BadRequest(
-            f"{path} is truncated: its header needs {8 + length + end} bytes but the file has {size}",
-            param="path",
-            hint="the download was cut short: copy the file again and compare its size with the source",
-        )
+        raise _cut_short(f"{path} is truncated: its header needs {8 + length + end} bytes but the file has {size}")
     return end
+
+
+def _cut_short(message: str, was: str = "was") -> BadRequest:
+    """A safetensors file that ends early: whether its header or its data is missing, the fix is the same."""
+    return BadRequest(
+        message,
+        param="path",
+        hint=f"the download {was} cut short: copy the file again and compare its size with the source",
+    )
 
 
 def _half(path: Path) -> bool:

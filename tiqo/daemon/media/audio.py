@@ -120,13 +120,13 @@ def decode(data: bytes, raw: RawPcm | None = None, max_seconds: float = math.inf
         container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, IndexError, ValueError, OSError) as exc:
         raise BadRequest(
-            f"this is not audio tiqo can read ({_av_reason(exc)})", param="file", hint=FORMAT_HINT
+            f"this is not audio tiqo can read ({av_reason(exc)})", param="file", hint=FORMAT_HINT
         ) from None
     with container:
         stream = audio_stream(container)
         ctx = stream.codec_context
         source = f"{container.format.name.split(',')[0]}/{ctx.name}, {ctx.sample_rate} Hz, {ctx.channels} ch"
-        declared = _declared_seconds(container, stream)
+        declared = declared_seconds(container, stream)
         if declared is not None:
             _check_declared(declared, max_seconds, source, slack=max(1.0, 0.05 * max_seconds))
         audio = _decode_stream(container, stream, source, declared, max_seconds)
@@ -165,7 +165,7 @@ def _decode_stream(container: Any, stream: Any, source: str, declared: float | N
         except (av.error.FFmpegError, IndexError, ValueError) as exc:
             where = f"after {pcm.size / WHISPER_RATE:.1f} s" if pcm.size else "at the start"
             raise BadRequest(
-                f"the audio is corrupt or truncated {where} ({source}: {_av_reason(exc)})",
+                f"the audio is corrupt or truncated {where} ({source}: {av_reason(exc)})",
                 param="file",
                 hint="re-export or re-download the file",
             ) from None
@@ -233,7 +233,8 @@ def _check_wav_length(data: bytes) -> None:
         pos += 8 + size + (size & 1)
 
 
-def _declared_seconds(container: Any, stream: Any) -> float | None:
+def declared_seconds(container: Any, stream: Any) -> float | None:
+    """How long a PyAV input says its audio stream is (the stream's own length first), or None when it does not."""
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
@@ -241,7 +242,8 @@ def _declared_seconds(container: Any, stream: Any) -> float | None:
     return None
 
 
-def _av_reason(exc: BaseException) -> str:
+def av_reason(exc: BaseException) -> str:
+    """Why FFmpeg refused an input, without the temporary file name it quotes."""
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return str(text).split(": '<", 1)[0].strip()
 

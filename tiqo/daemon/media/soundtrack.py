@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tiqo.core.errors import BadRequest, Cancelled
-from tiqo.daemon.media.audio import audio_stream
+from tiqo.daemon.media.audio import audio_stream, av_reason, declared_seconds
 
 MAX_AUDIO_SECONDS = 600.0
 AUDIO_RATE = 48_000
@@ -45,7 +45,7 @@ class Soundtrack:
             self.stream.layout = layout
             self.stream.bit_rate = AUDIO_BITRATE if channels == 2 else AUDIO_BITRATE * 3 // 4
             self.layout = layout
-            declared = _declared_seconds(inp, in_stream)
+            declared = declared_seconds(inp, in_stream)
             if declared is not None and declared > max_seconds + 1.0:
                 raise _too_long(declared, max_seconds)
             resampler = av.AudioResampler(format="fltp", layout=layout, rate=AUDIO_RATE)
@@ -61,7 +61,7 @@ class Soundtrack:
                     self._encode(chunk)
             except (av.error.FFmpegError, IndexError, ValueError) as exc:
                 raise BadRequest(
-                    f"the audio is corrupt or truncated after {self.samples / AUDIO_RATE:.1f} s ({reason(exc)})",
+                    f"the audio is corrupt or truncated after {self.samples / AUDIO_RATE:.1f} s ({av_reason(exc)})",
                     param="audio",
                     hint=AUDIO_HINT,
                 ) from None
@@ -116,15 +116,9 @@ def _open_audio(source: Path | bytes) -> Any:
     try:
         return av.open(target, mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, IndexError, ValueError, OSError) as exc:
-        raise BadRequest(f"this is not audio tiqo can read ({reason(exc)})", param="audio", hint=AUDIO_HINT) from None
-
-
-def _declared_seconds(container: Any, stream: Any) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return float(container.duration) / 1_000_000
-    return None
+        raise BadRequest(
+            f"this is not audio tiqo can read ({av_reason(exc)})", param="audio", hint=AUDIO_HINT
+        ) from None
 
 
 def _too_long(seconds: float | None, max_seconds: float) -> BadRequest:
@@ -137,11 +131,6 @@ def _too_long(seconds: float | None, max_seconds: float) -> BadRequest:
         code="audio_too_long",
         hint="shorten the narration or cut the file, e.g. `ffmpeg -i IN -t 60 short.wav`",
     )
-
-
-def reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return str(text).split(": '<", 1)[0].strip()
 
 
 def stopped(stop: threading.Event | None) -> None:

@@ -14,15 +14,14 @@ Lengths: when the audio is longer than the video, the video holds its last frame
 is never cut); when it is shorter, the audio track is padded with silence to the video's length (players show the
 whole video with sound to the end). Every function blocks: the daemon calls them in a worker thread.
 
-The audio side is ``tiqo.daemon.media.soundtrack``. Imported by the daemon's image/video service only (numpy, av;
-PIL inside functions): never by the CLI.
+The audio side is ``tiqo.daemon.media.soundtrack``; the bounds of an encode are ``media/video_bounds``. Imported
+by the daemon's image/video service only (numpy, av; PIL inside functions): never by the CLI.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import tempfile
 import threading
@@ -36,13 +35,10 @@ from typing import Any
 import numpy as np
 
 from tiqo.core.errors import BadRequest
-from tiqo.daemon.media.soundtrack import MAX_AUDIO_SECONDS, Soundtrack, reason, stopped
+from tiqo.daemon.media.audio import av_reason
+from tiqo.daemon.media.soundtrack import MAX_AUDIO_SECONDS, Soundtrack, stopped
+from tiqo.daemon.media.video_bounds import MAX_OUTPUT_PIXELS, MAX_SIDE, Shape, check_budget, check_frames, shape_of
 
-MAX_FACTOR = 4  # upscale: at most 4x each side
-MAX_FPS = 60  # source and interpolated frame rates
-MAX_SIDE = 8192  # output width or height, after upscaling
-# output width x height x frames (held frames for a long narration included): about a minute of 720p at 24 fps
-MAX_OUTPUT_PIXELS = 1280 * 720 * 24 * 60
 MAX_IMAGE_PIXELS = 64_000_000  # an input picture, checked from its header before it is decoded
 # x264 preset and quality, measured with bench/video_encode.py (48 frames, CRF 20, 2 loaded cores): veryfast took
 # 4.2 ms/frame at 256x256 and 25 ms at 512x512; ultrafast/superfast were 0.16-0.8x the time but 1.7-2.1x the bytes,
@@ -93,60 +89,83 @@ def encode_mp4(
     """
     import av
 
-    frames = _check_frames(frames)
-    rate = _check_fps(fps)
-    out_rate = rate if interpolate_fps is None else _check_interpolate(interpolate_fps, rate)
-    factor = 1 if upscale is None else _check_upscale(upscale)
-    count, height, width = frames.shape[0], frames.shape[1] + frames.shape[1] % 2, frames.shape[2] + frames.shape[2] % 2
-    out_w, out_h = width * factor, height * factor
-    if max(out_w, out_h) > MAX_SIDE:
-        raise BadRequest(
-            f"the video would be {out_w}x{out_h}; at most {MAX_SIDE} pixels a side",
-            param="upscale",
-            hint="choose a smaller --upscale or a smaller --size",
-        )
-    video_frames = math.ceil(count * out_rate / rate - 1e-9)
-    _check_budget(out_w, out_h, video_frames, max_output_pixels, "")
-
+    frames = check_frames(frames)
+    shape = shape_of(frames, fps, interpolate_fps, upscale, max_output_pixels)
     out = Path(out)
+    options = {"movflags": "+faststart"}
+    with _written_beside(out) as tmp, av.open(str(tmp), mode="w", format="mp4", options=options) as container:
+        vstream = _video_stream(container, shape.out_rate, shape.out_width, shape.out_height)
+        track = None
+        if audio is not None:
+            track = _soundtrack(container, audio, shape, max_audio_seconds, max_output_pixels, stop)
+        _encode_frames(container, vstream, track, frames, shape, stop, progress)
+    return probe(out)
+
+
+@contextlib.contextmanager
+def _written_beside(out: Path) -> Iterator[Path]:
+    """A temporary file beside ``out``, renamed to ``out`` when the block ends well and deleted when it does not, so
+    no half-written mp4 ever has the final name."""
     fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
     os.close(fd)
     tmp = Path(name)
     try:
-        with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-            vstream = _video_stream(container, out_rate, out_w, out_h)
-            track = None
-            if audio is not None:
-                track = Soundtrack(container, audio, max_audio_seconds, stop)
-                audio_frames = math.ceil(track.seconds * out_rate - 1e-9)
-                if audio_frames > video_frames:
-                    _check_budget(
-                        out_w, out_h, audio_frames, max_output_pixels, f" to cover {track.seconds:.1f} s of audio"
-                    )
-            total = max(video_frames, math.ceil(track.seconds * out_rate - 1e-9) if track else 0)
-            done = 0
-            last: Any = None
-            for frame in _filtered(frames, rate, out_rate, factor, width, height, video_frames, stop):
-                last = _put(container, vstream, track, frame, done, out_rate)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-            while done < total:  # hold the last frame until the narration ends
-                stopped(stop)
-                last = _put(container, vstream, track, last, done, out_rate)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-            for packet in vstream.encode(None):
-                container.mux(packet)
-            if track is not None:
-                track.finish(float(done / out_rate))
+        yield tmp
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    return probe(out)
+
+
+def _soundtrack(
+    container: Any,
+    audio: Path | bytes,
+    shape: Shape,
+    max_audio_seconds: float,
+    max_output_pixels: int,
+    stop: threading.Event | None,
+) -> Soundtrack:
+    """The audio track, once the frames held to cover it are known to fit the output budget."""
+    track = Soundtrack(container, audio, max_audio_seconds, stop)
+    audio_frames = shape.frames_for(track.seconds)
+    if audio_frames > shape.frames:
+        why = f" to cover {track.seconds:.1f} s of audio"
+        check_budget(shape.out_width, shape.out_height, audio_frames, max_output_pixels, why)
+    return track
+
+
+def _encode_frames(
+    container: Any,
+    vstream: Any,
+    track: Soundtrack | None,
+    frames: np.ndarray,
+    shape: Shape,
+    stop: threading.Event | None,
+    progress: Progress | None,
+) -> None:
+    """Every frame (filtered, then the last one held until the sound track ends), interleaved with the audio."""
+    total = max(shape.frames, shape.frames_for(track.seconds) if track else 0)
+    done = 0
+    last: Any = None
+    filtered = _filtered(
+        frames, shape.rate, shape.out_rate, shape.factor, shape.width, shape.height, shape.frames, stop
+    )
+    for frame in filtered:
+        last = _put(container, vstream, track, frame, done, shape.out_rate)
+        done += 1
+        if progress is not None:
+            progress(done, total)
+    while done < total:  # hold the last frame until the narration ends
+        stopped(stop)
+        last = _put(container, vstream, track, last, done, shape.out_rate)
+        done += 1
+        if progress is not None:
+            progress(done, total)
+    for packet in vstream.encode(None):
+        container.mux(packet)
+    if track is not None:
+        track.finish(float(done / shape.out_rate))
 
 
 def _put(container: Any, stream: Any, track: Soundtrack | None, frame: Any, index: int, rate: Fraction) -> Any:
@@ -232,68 +251,6 @@ def _even(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
-# ---------------------------------------------------------------- checks
-def _check_frames(frames: Any) -> np.ndarray:
-    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-        shape = getattr(frames, "shape", type(frames).__name__)
-        raise BadRequest(
-            f"video frames must be a (frames, height, width, 3) array with at least one frame, not {shape}",
-            param="frames",
-            hint="the video engine returned no frames; try again or with another model",
-        )
-    if frames.dtype != np.uint8:
-        raise BadRequest(
-            f"video frames must be uint8 RGB, not {frames.dtype}",
-            param="frames",
-            hint="convert with `.astype(np.uint8)`",
-        )
-    if frames.shape[1] < 2 or frames.shape[2] < 2:
-        raise BadRequest(
-            f"video frames of {frames.shape[2]}x{frames.shape[1]} are too small (2x2 at least)",
-            param="size",
-            hint="ask for a bigger --size",
-        )
-    return frames
-
-
-def _check_fps(fps: float) -> Fraction:
-    if not isinstance(fps, int | float) or not 1 <= fps <= MAX_FPS:
-        raise BadRequest(f"fps must be between 1 and {MAX_FPS}, not {fps}", param="fps", hint="use e.g. `--fps 8`")
-    return Fraction(fps).limit_denominator(1001)
-
-
-def _check_interpolate(target: int, rate: Fraction) -> Fraction:
-    if not isinstance(target, int) or not rate < target <= MAX_FPS:
-        raise BadRequest(
-            f"interpolation must raise the frame rate: to more than {float(rate):g} fps and at most {MAX_FPS}, "
-            f"not {target}",
-            param="interpolate",
-            hint=f"use e.g. `--interpolate {min(MAX_FPS, max(24, math.ceil(rate) * 2))}`, or leave it out",
-        )
-    return Fraction(target)
-
-
-def _check_upscale(factor: int) -> int:
-    if not isinstance(factor, int) or not 1 <= factor <= MAX_FACTOR:
-        raise BadRequest(
-            f"upscale must be a whole factor from 1 to {MAX_FACTOR}, not {factor}",
-            param="upscale",
-            hint="use `--upscale 2`, or leave it out",
-        )
-    return factor
-
-
-def _check_budget(width: int, height: int, frames: int, limit: int, why: str) -> None:
-    if width * height * frames > limit:
-        raise BadRequest(
-            f"the video would be {frames} frames of {width}x{height}{why} ({width * height * frames / 1e6:.0f} "
-            f"megapixels); the limit is {limit / 1e6:.0f} megapixels",
-            param="size",
-            code="video_too_large",
-            hint="ask for fewer frames or seconds, a smaller --size, --upscale or --interpolate, or shorter audio",
-        )
-
-
 # ---------------------------------------------------------------- probe, pictures
 def probe(path: Path) -> VideoInfo:
     """What the video file at ``path`` holds, read with PyAV (frame count from the container, or counted)."""
@@ -302,7 +259,7 @@ def probe(path: Path) -> VideoInfo:
     try:
         container = av.open(str(path), mode="r")
     except (av.error.FFmpegError, OSError) as exc:
-        raise BadRequest(f"{path.name} is not a video tiqo can read ({reason(exc)})", param="file") from None
+        raise BadRequest(f"{path.name} is not a video tiqo can read ({av_reason(exc)})", param="file") from None
     with container:
         videos = container.streams.video
         if not videos:
@@ -332,7 +289,7 @@ def thumbnail(frames: np.ndarray, *, index: int | None = None) -> bytes:
     """One frame as PNG bytes: the middle one unless ``index`` says which (negative counts from the end)."""
     from PIL import Image
 
-    frames = _check_frames(frames)
+    frames = check_frames(frames)
     count = frames.shape[0]
     at = count // 2 if index is None else index
     if not -count <= at < count:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from tiqo.core.errors import BadRequest, NotFound, TiqoError
+from tiqo.daemon.media.pictures import check_pictures
 from tiqo.daemon.pipeline.dispatch import Dispatch
 from tiqo.daemon.pipeline.ports import LocalCompute
 from tiqo.daemon.pipeline.router import Router
@@ -18,6 +19,24 @@ from tiqo.sdk.engine import ModelSpec, StopFlag
 
 Work = Callable[[JobHandle], Awaitable[dict[str, Any]]]
 REMEMBERED = 256  # failed jobs whose exception (status, hint) a waiting caller may still collect
+
+
+@dataclass(frozen=True)
+class GenerationTask:
+    """What an image request and a video request both carry; ``image`` is a picture to start from (an edit, or a
+    video's first frame)."""
+
+    prompt: str
+    model: str | None = None
+    size: tuple[int, int] | None = None
+    seed: int | None = None
+    steps: int | None = None
+    negative_prompt: str | None = None
+    guidance: float | None = None
+    image: bytes | None = None
+
+
+Task = TypeVar("Task", bound=GenerationTask)
 
 
 @dataclass
@@ -103,6 +122,15 @@ class Generation(Dispatch):
             raise BadRequest(
                 f"steps must be between 1 and {most}, not {steps}", param="steps", hint="image.max_steps sets it"
             )
+
+    async def _fit_to_picture(self, task: Task, mask: bytes | None = None) -> Task:
+        """Check the uploaded picture (and mask); a task without a size takes the picture's, to a multiple of 8 (as
+        OpenAI's edits do)."""
+        assert task.image is not None
+        given = await asyncio.to_thread(check_pictures, task.image, mask, int(self.settings["image.max_side"]))
+        if task.size is None:
+            task = replace(task, size=(max(64, given[0] // 8 * 8), max(64, given[1] // 8 * 8)))
+        return task
 
     async def _run_local(self, spec: ModelSpec, handle: JobHandle, call: Callable[[Any, StopFlag], Any]) -> Any:
         """One blocking engine call in the model's slot. The job's stop flag is what the engine watches: cancelling

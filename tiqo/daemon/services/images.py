@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tiqo.core.errors import BadRequest, Cancelled, TiqoError
-from tiqo.daemon.media.pictures import check_pictures, save_pictures
-from tiqo.daemon.pipeline.generation import Generation, public
+from tiqo.daemon.media.pictures import save_pictures
+from tiqo.daemon.pipeline.generation import Generation, GenerationTask, public
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.runtime.jobs import Job, JobHandle
 from tiqo.daemon.upstream.client import AttemptFailed
@@ -28,19 +28,11 @@ log = logging.getLogger("tiqo.images")
 
 
 @dataclass(frozen=True)
-class ImageTask:
+class ImageTask(GenerationTask):
     """One ``/v1/images/generations`` or ``/v1/images/edits`` request, checked by the route."""
 
-    prompt: str
-    model: str | None = None
     n: int = 1
-    size: tuple[int, int] | None = None
     output_format: str = "png"
-    seed: int | None = None
-    steps: int | None = None
-    negative_prompt: str | None = None
-    guidance: float | None = None
-    image: bytes | None = None
     mask: bytes | None = None
     strength: float | None = None
 
@@ -57,11 +49,7 @@ class Images(Generation):
                 raise BadRequest(f"n must be between 1 and {most}, not {task.n}", param="n", hint="image.max_n")
             self._check_steps(task.steps)
             if task.image is not None:
-                size = await asyncio.to_thread(
-                    check_pictures, task.image, task.mask, int(self.settings["image.max_side"])
-                )
-                if task.size is None:  # an edit keeps the picture's size (to a multiple of 8), as OpenAI's does
-                    task = replace(task, size=(max(64, size[0] // 8 * 8), max(64, size[1] // 8 * 8)))
+                task = await self._fit_to_picture(task, task.mask)
             elif task.mask is not None:
                 raise BadRequest("a mask needs an image to repaint", param="mask")
             texts = [task.prompt] + ([task.negative_prompt] if task.negative_prompt else [])
@@ -162,18 +150,10 @@ class Images(Generation):
         details = {"engine": spec.engine, "seed": result.seed, "steps": result.steps, "device": result.device}
         return result.images, {**details, "seconds": round(result.seconds, 3), **result.details}
 
-    async def first_frame(
-        self,
-        model: str,
-        prompt: str,
-        size: tuple[int, int],
-        seed: int | None,
-        steps: int | None,
-        handle: JobHandle,
-        progress: im.Progress,
-    ) -> bytes:
-        """A video's first frame, made by the image model inside the video's job (``services.videos.FirstFrame``)."""
-        shot = ImageTask(prompt=prompt, size=size, seed=seed, steps=steps)
+    async def first_frame(self, model: str, task: GenerationTask, handle: JobHandle, progress: im.Progress) -> bytes:
+        """A video's first frame, made by the image model inside the video's job (``services.videos.FirstFrame``)
+        from the video's prompt, size, seed and steps."""
+        shot = ImageTask(prompt=task.prompt, size=task.size, seed=task.seed, steps=task.steps)
         pictures, _ = await self._local_images(model, shot, handle, progress)
         return pictures[0]
 

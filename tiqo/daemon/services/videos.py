@@ -9,11 +9,10 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from tiqo.core.errors import BadRequest, Cancelled, TiqoError
-from tiqo.daemon.media.pictures import check_pictures
-from tiqo.daemon.pipeline.generation import Generation, Stages, public
+from tiqo.daemon.pipeline.generation import Generation, GenerationTask, Stages, public
 from tiqo.daemon.pipeline.ports import LocalCompute
 from tiqo.daemon.pipeline.router import Router
 from tiqo.daemon.pipeline.served import RequestMeta, Served
@@ -23,40 +22,25 @@ from tiqo.protocol.images import OPENAI_VIDEO_MODELS
 from tiqo.sdk import imaging as im
 from tiqo.sdk.engine import ModelSpec
 
+if TYPE_CHECKING:  # numpy and PyAV: imported when a video is encoded, not when the daemon starts
+    from tiqo.daemon.media.video import VideoInfo
+
 Narrator = Callable[[str], Awaitable[bytes]]  # text -> WAV bytes, spoken by the local voice
 
 
-class FirstFrame(Protocol):
-    """Makes a video's first frame with a local image model (``Images.first_frame``): PNG bytes."""
-
-    def __call__(
-        self,
-        model: str,
-        prompt: str,
-        size: tuple[int, int],
-        seed: int | None,
-        steps: int | None,
-        handle: JobHandle,
-        progress: im.Progress,
-    ) -> Awaitable[bytes]: ...
+# (image model, the video's task, its job, the image stage's progress) -> the first frame as PNG bytes, made with a
+# local image model (``Images.first_frame``)
+FirstFrame = Callable[[str, GenerationTask, JobHandle, im.Progress], Awaitable[bytes]]
 
 
 @dataclass(frozen=True)
-class VideoTask:
+class VideoTask(GenerationTask):
     """One ``/v1/videos`` request. ``seconds * fps`` frames unless ``frames`` is given; ``image`` is OpenAI's
     ``input_reference``; ``narrate`` is text for the local voice, ``audio`` a sound track (either, not both)."""
 
-    prompt: str
-    model: str | None = None
     seconds: float | None = None
-    size: tuple[int, int] | None = None
     fps: int | None = None
     frames: int | None = None
-    steps: int | None = None
-    seed: int | None = None
-    negative_prompt: str | None = None
-    guidance: float | None = None
-    image: bytes | None = None
     image_model: str | None = None
     narrate: str | None = None
     audio: bytes | None = None
@@ -85,10 +69,8 @@ class Videos(Generation):
             requested = self._openai_name(task.model, OPENAI_VIDEO_MODELS)
             from_image = task.image is not None
             spec = self._video_spec(requested, from_image)
-            if task.image is not None:
-                given = await asyncio.to_thread(check_pictures, task.image, None, int(self.settings["image.max_side"]))
-                if task.size is None:  # the video keeps the first frame's size (to a multiple of 8)
-                    task = replace(task, size=(max(64, given[0] // 8 * 8), max(64, given[1] // 8 * 8)))
+            if task.image is not None:  # the video keeps the first frame's size (to a multiple of 8)
+                task = await self._fit_to_picture(task)
             size = self._check_size(task.size, spec, "video")
             fps = task.fps or int(spec.options.get("fps") or self.settings["video.fps"])
             frames = task.frames or (
@@ -151,71 +133,95 @@ class Videos(Generation):
         started: float,
         handle: JobHandle,
     ) -> dict[str, Any]:
-        from tiqo.daemon.media import video as mv
-
-        assert task.size is not None and task.frames is not None and task.fps is not None
-        plan = [("video", 100)]
-        if image_model is not None:
-            plan.insert(0, ("image", 30))
-        if task.narrate:
-            plan.append(("narration", 10))
-        plan.append(("encoding", 15))
-        stages = Stages(handle, plan)
-        served = Served(route="local")
+        """The job: frames (after a first frame, when one is needed), sound, the mp4; then the ledger row."""
+        stages = Stages(handle, _plan(task, image_model))
         try:
-            image = task.image
-            if image_model is not None:
-                image = await self.first_frame(
-                    image_model.name, task.prompt, task.size, task.seed, task.steps, handle, stages.start("image")
-                )
-            request = im.VideoRequest(
-                prompt=task.prompt,
-                width=task.size[0],
-                height=task.size[1],
-                frames=task.frames,
-                fps=task.fps,
-                steps=task.steps,
-                seed=task.seed,
-                negative_prompt=task.negative_prompt,
-                guidance=task.guidance,
-                image=image,
-            )
-            progress = stages.start("video")
-            made: im.VideoResult = await self._run_local(
-                spec, handle, lambda runner, stop: runner.video(request, progress, stop)
-            )
-            audio = task.audio
-            if task.narrate:
-                stages.start("narration")
-                assert self.narrate is not None
-                audio = await self.narrate(task.narrate)
+            made = await self._frames(task, spec, image_model, handle, stages)
+            audio = await self._sound(task, stages)
             handle.check()
-            encode = stages.start("encoding")
-            out = handle.dir / "video.mp4"
-            info = await asyncio.to_thread(
-                mv.encode_mp4,
-                made.frames,
-                made.fps,
-                out,
-                audio=audio,
-                interpolate_fps=task.interpolate,
-                upscale=task.upscale,
-                stop=handle.stop,
-                progress=encode,
-                max_audio_seconds=float(self.settings["video.max_seconds"]),
-            )
-            thumb = await asyncio.to_thread(mv.thumbnail, made.frames)
-            (handle.dir / "thumbnail.png").write_bytes(thumb)
+            info = await self._encode(task, made, audio, handle, stages)
             handle.progress(stages.total, stages.total, "done")
         except TiqoError as exc:
             self._refused(row, exc, started)
             if isinstance(exc, Cancelled):
                 row.outcome = "cancelled"
             raise
+        self._record(row, spec, made, info, started)
+        meta = {"seed": made.seed, "steps": made.steps, "device": made.device, "model": spec.name}
+        handle.note(**meta, video=public(info.__dict__), made_in_s=round(made.seconds, 3))
+        return {"files": {"video": "video.mp4", "thumbnail": "thumbnail.png"}, **public(info.__dict__)}
+
+    async def _frames(
+        self, task: VideoTask, spec: ModelSpec, image_model: ModelSpec | None, handle: JobHandle, stages: Stages
+    ) -> im.VideoResult:
+        """The video model's frames, from the given picture, a first frame the image model makes, or the prompt."""
+        assert task.size is not None and task.frames is not None and task.fps is not None
+        image = task.image
+        if image_model is not None:
+            image = await self.first_frame(image_model.name, task, handle, stages.start("image"))
+        request = im.VideoRequest(
+            prompt=task.prompt,
+            width=task.size[0],
+            height=task.size[1],
+            frames=task.frames,
+            fps=task.fps,
+            steps=task.steps,
+            seed=task.seed,
+            negative_prompt=task.negative_prompt,
+            guidance=task.guidance,
+            image=image,
+        )
+        progress = stages.start("video")
+        made: im.VideoResult = await self._run_local(
+            spec, handle, lambda runner, stop: runner.video(request, progress, stop)
+        )
+        return made
+
+    async def _sound(self, task: VideoTask, stages: Stages) -> bytes | None:
+        """The sound track: the narration spoken by the local voice, or the audio given."""
+        if not task.narrate:
+            return task.audio
+        stages.start("narration")
+        assert self.narrate is not None
+        return await self.narrate(task.narrate)
+
+    async def _encode(
+        self, task: VideoTask, made: im.VideoResult, audio: bytes | None, handle: JobHandle, stages: Stages
+    ) -> VideoInfo:
+        """``video.mp4`` and ``thumbnail.png`` in the job's folder (numpy and PyAV work: in a thread)."""
+        from tiqo.daemon.media import video as mv
+
+        encode = stages.start("encoding")
+        info = await asyncio.to_thread(
+            mv.encode_mp4,
+            made.frames,
+            made.fps,
+            handle.dir / "video.mp4",
+            audio=audio,
+            interpolate_fps=task.interpolate,
+            upscale=task.upscale,
+            stop=handle.stop,
+            progress=encode,
+            max_audio_seconds=float(self.settings["video.max_seconds"]),
+        )
+        thumb = await asyncio.to_thread(mv.thumbnail, made.frames)
+        (handle.dir / "thumbnail.png").write_bytes(thumb)
+        return info
+
+    def _record(self, row: Any, spec: ModelSpec, made: im.VideoResult, info: VideoInfo, started: float) -> None:
+        served = Served(route="local")
         self._served_by(served, CatalogModel(name=spec.name, provider="local"), f"local:{spec.engine}", None)
         row.outcome = "ok"
         row.images, row.video_s, row.steps, row.device = info.frames, info.seconds, made.steps, made.device
         self.accounting.finish(row, served, started)
-        meta = {"seed": made.seed, "steps": made.steps, "device": made.device, "model": spec.name}
-        handle.note(**meta, video=public(info.__dict__), made_in_s=round(made.seconds, 3))
-        return {"files": {"video": "video.mp4", "thumbnail": "thumbnail.png"}, **public(info.__dict__)}
+
+
+def _plan(task: VideoTask, image_model: ModelSpec | None) -> list[tuple[str, int]]:
+    """The job's stages and their weights in its one progress bar."""
+    plan = [("video", 100)]
+    if image_model is not None:
+        plan.insert(0, ("image", 30))
+    if task.narrate:
+        plan.append(("narration", 10))
+    plan.append(("encoding", 15))
+    return plan
