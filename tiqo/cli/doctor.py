@@ -260,7 +260,7 @@ def check_disk(settings: Any) -> Check:
 
 
 def check_service() -> Check:
-    from tiqo.cli.daemon import unit_path
+    from tiqo.cli.daemon_unit import unit_path
 
     path = unit_path()
     if path.exists():

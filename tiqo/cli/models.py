@@ -59,6 +59,19 @@ def list_models(json_out: bool = JSON) -> None:
     )
 
 
+PRICE_MINUTE = typer.Option(None, "--price-minute", min=0.0, help="External speech-to-text: USD per minute of audio.")
+PRICE_MCHAR = typer.Option(None, "--price-mchar", min=0.0, help="External text-to-speech: USD per 1M characters.")
+PRICE_IMAGE = typer.Option(None, "--price-image", min=0.0, help="External image generation: USD per image.")
+CAPABILITY = typer.Option(
+    [],
+    "--capability",
+    help="External: chat, tools, json, vision, stt, tts, embed, image… (repeatable; default chat, tools, json).",
+)
+PREMIUM = typer.Option(
+    False, "--premium", help="External: a premium model, only for tiers with premium = true in [tiers]."
+)
+
+
 @app.command("add")
 @handle_errors
 def add(
@@ -75,24 +88,12 @@ def add(
     price_in: Optional[float] = typer.Option(None, "--price-in", min=0.0, help="External: USD per 1M input tokens."),
     price_out: Optional[float] = typer.Option(None, "--price-out", min=0.0, help="External: USD per 1M output tokens."),
     context: Optional[int] = typer.Option(None, "--context", min=1, help="External: context window in tokens."),
-    price_minute: Optional[float] = typer.Option(
-        None, "--price-minute", min=0.0, help="External speech-to-text: USD per minute of audio."
-    ),
-    price_mchar: Optional[float] = typer.Option(
-        None, "--price-mchar", min=0.0, help="External text-to-speech: USD per 1M characters."
-    ),
-    price_image: Optional[float] = typer.Option(
-        None, "--price-image", min=0.0, help="External image generation: USD per image."
-    ),
-    capability: list[str] = typer.Option(
-        [],
-        "--capability",
-        help="External: chat, tools, json, vision, stt, tts, embed, image… (repeatable; default chat, tools, json).",
-    ),
+    price_minute: Optional[float] = PRICE_MINUTE,
+    price_mchar: Optional[float] = PRICE_MCHAR,
+    price_image: Optional[float] = PRICE_IMAGE,
+    capability: list[str] = CAPABILITY,
     fallback: list[str] = typer.Option([], "--fallback", help="External: model to try next if it fails (repeatable)."),
-    premium: bool = typer.Option(
-        False, "--premium", help="External: a premium model, only for tiers with premium = true in [tiers]."
-    ),
+    premium: bool = PREMIUM,
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Local: context window for this model."),
     keep_alive: Optional[str] = typer.Option(None, "--keep-alive", help="Local: default keep-alive for this model."),
     description: Optional[str] = typer.Option(None, "--description", "-d"),
@@ -107,37 +108,7 @@ def add(
 
       tiqo models add gpt-4o --provider openai --upstream-model gpt-4o --price-in 2.5 --price-out 10 --premium
     """
-    if (path is None) == (provider is None):
-        fail(
-            "give either PATH (a local .gguf file) or --provider (an external model), not both"
-            if path is not None
-            else "give either PATH (a local .gguf file) or --provider (an external model)",
-            f"tiqo models add {name} ~/models/file.gguf, or "
-            f"tiqo models add {name} --provider NAME --upstream-model M --price-in X --price-out Y",
-            EXIT_USAGE,
-        )
-    if provider is None:
-        external = {
-            "--upstream-model": upstream_model,
-            "--price-in": price_in,
-            "--price-out": price_out,
-            "--context": context,
-            "--price-minute": price_minute,
-            "--price-mchar": price_mchar,
-            "--price-image": price_image,
-            "--capability": capability or None,
-            "--fallback": fallback or None,
-            "--premium": premium or None,
-        }
-        wrong = [flag for flag, value in external.items() if value is not None]
-        if wrong:
-            fail(f"{', '.join(wrong)} only apply to external models (with --provider)", code=EXIT_USAGE)
-        assert path is not None
-        _add_local(name, path, {"n_ctx": n_ctx, "keep_alive": keep_alive, "description": description}, json_out)
-        return
-    wrong = [flag for flag, value in (("--n-ctx", n_ctx), ("--keep-alive", keep_alive)) if value is not None]
-    if wrong:
-        fail(f"{', '.join(wrong)} only apply to local models (use --context for an external one)", code=EXIT_USAGE)
+    _one_source(name, path, provider)
     entry = {
         "provider": provider,
         "upstream_model": upstream_model,
@@ -152,7 +123,50 @@ def add(
         "price_mchar": price_mchar,
         "price_image": price_image,
     }
-    _add_external(name, entry, json_out)
+    local = {"n_ctx": n_ctx, "keep_alive": keep_alive}
+    if path is not None:
+        _refuse(entry, "only apply to external models (with --provider)")
+        _add_local(name, path, {**local, "description": description}, json_out)
+    else:
+        _refuse(local, "only apply to local models (use --context for an external one)")
+        _add_external(name, entry, json_out)
+
+
+# The flags that belong to one side only, in the order an error names them.
+_FLAGS = {
+    "upstream_model": "--upstream-model",
+    "price_in": "--price-in",
+    "price_out": "--price-out",
+    "context": "--context",
+    "price_minute": "--price-minute",
+    "price_mchar": "--price-mchar",
+    "price_image": "--price-image",
+    "capabilities": "--capability",
+    "fallbacks": "--fallback",
+    "premium": "--premium",
+    "n_ctx": "--n-ctx",
+    "keep_alive": "--keep-alive",
+}
+
+
+def _one_source(name: str, path: Path | None, provider: str | None) -> None:
+    """A model is a local file or a provider's, never both and never neither."""
+    if (path is None) == (provider is None):
+        fail(
+            "give either PATH (a local .gguf file) or --provider (an external model), not both"
+            if path is not None
+            else "give either PATH (a local .gguf file) or --provider (an external model)",
+            f"tiqo models add {name} ~/models/file.gguf, or "
+            f"tiqo models add {name} --provider NAME --upstream-model M --price-in X --price-out Y",
+            EXIT_USAGE,
+        )
+
+
+def _refuse(given: dict[str, Any], why: str) -> None:
+    """Refuse the flags of the other kind of model, naming each one given."""
+    wrong = [flag for key, flag in _FLAGS.items() if given.get(key) is not None]
+    if wrong:
+        fail(f"{', '.join(wrong)} {why}", code=EXIT_USAGE)
 
 
 def _add_local(name: str, path: Path, options: dict[str, Any], json_out: bool) -> None:

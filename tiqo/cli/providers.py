@@ -139,6 +139,32 @@ def _key_from(provider: str, source: str) -> str:
     raise AssertionError  # fail() exits
 
 
+TIMEOUT_FIRST_BYTE = typer.Option(
+    None, "--timeout-first-byte", help="Longest wait for the first byte of the answer, e.g. 20s."
+)
+TIMEOUT_IDLE = typer.Option(None, "--timeout-idle", help="Longest silence in the middle of an answer, e.g. 15s.")
+HEADER = typer.Option(
+    [], "--header", "-H", help="Extra HTTP header 'Name: value' (repeatable; not for keys: `tiqo keys add`)."
+)
+ENDPOINT = typer.Option(
+    [],
+    "--endpoint",
+    "-e",
+    help="A replica serving the same models: URL or URL,weight=N (repeatable; requests go to the least busy).",
+)
+TRUSTED = typer.Option(
+    False,
+    "--trusted",
+    help="Inside your trust boundary (another tiqo on your own network): it may receive restricted data.",
+)
+KEY = typer.Option(
+    None,
+    "--key",
+    help="Also add its key (a remote tiqo's token): '-' reads it from stdin or a hidden prompt, env:VAR from "
+    "an environment variable; never the key itself (shell history).",
+)
+
+
 @app.command("add")
 @handle_errors
 def add(
@@ -154,33 +180,13 @@ def add(
         None, "--max-class", help="Highest data class it may see (default: confidential)."
     ),
     timeout_connect: Optional[str] = typer.Option(None, "--timeout-connect", help="Connect timeout, e.g. 3s."),
-    timeout_first_byte: Optional[str] = typer.Option(
-        None, "--timeout-first-byte", help="Longest wait for the first byte of the answer, e.g. 20s."
-    ),
-    timeout_idle: Optional[str] = typer.Option(
-        None, "--timeout-idle", help="Longest silence in the middle of an answer, e.g. 15s."
-    ),
-    header: list[str] = typer.Option(
-        [], "--header", "-H", help="Extra HTTP header 'Name: value' (repeatable; not for keys: `tiqo keys add`)."
-    ),
+    timeout_first_byte: Optional[str] = TIMEOUT_FIRST_BYTE,
+    timeout_idle: Optional[str] = TIMEOUT_IDLE,
+    header: list[str] = HEADER,
     no_auth: bool = typer.Option(False, "--no-auth", help="A keyless server (a local vLLM or llama.cpp server)."),
-    endpoint: list[str] = typer.Option(
-        [],
-        "--endpoint",
-        "-e",
-        help="A replica serving the same models: URL or URL,weight=N (repeatable; requests go to the least busy).",
-    ),
-    trusted: bool = typer.Option(
-        False,
-        "--trusted",
-        help="Inside your trust boundary (another tiqo on your own network): it may receive restricted data.",
-    ),
-    key: Optional[str] = typer.Option(
-        None,
-        "--key",
-        help="Also add its key (a remote tiqo's token): '-' reads it from stdin or a hidden prompt, env:VAR from "
-        "an environment variable; never the key itself (shell history).",
-    ),
+    endpoint: list[str] = ENDPOINT,
+    trusted: bool = TRUSTED,
+    key: Optional[str] = KEY,
     json_out: bool = JSON,
 ) -> None:
     """Add an external provider. Its keys go in with `tiqo keys add`, its models with `tiqo models add`.
@@ -217,6 +223,11 @@ def add(
     if json_out:
         print_json(row)
         return
+    _print_added(row)
+
+
+def _print_added(row: dict[str, Any]) -> None:
+    """What was added, and the two commands that make it useful."""
     console.print(f"added provider {_escape(row['name'])} ({_escape(row['kind'])}, {_escape(row['base_url'])})")
     if row.get("trusted"):
         console.print("[yellow]trusted: it may receive restricted data, like a local model[/]")

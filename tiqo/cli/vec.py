@@ -154,7 +154,22 @@ def add(
 
     Example: cat faq.txt | tiqo vec add notes - --lines
     """
-    extra = _meta(meta)
+    docs = _documents(files, lines, _meta(meta))
+    if not docs:
+        fail("nothing to add", "give files with some text", EXIT_USAGE)
+    chunking = {"chunk_size": chunk_size, "chunk_overlap": chunk_overlap, "chunk_unit": chunk_unit}
+    totals = _ingest(name, docs, user, chunking)
+    if json_out:
+        print_json(totals)
+        return
+    console.print(
+        f"{totals['added']} added, {totals['replaced']} replaced, {totals['unchanged']} unchanged "
+        f"({totals['chunks']} chunks written, {totals['embedded']} embedded)"
+    )
+
+
+def _documents(files: list[str], lines: bool, extra: dict[str, str]) -> list[dict[str, Any]]:
+    """One document per file (or per non-blank line with --lines); empty files are skipped with a word."""
     docs: list[dict[str, Any]] = []
     for path in files:
         source, text = _read(path)
@@ -166,8 +181,11 @@ def add(
             docs.append({"source": source, "text": text, "metadata": extra})
         else:
             err_console.print(f"[yellow]skipped[/] {escape(path)}: empty")
-    if not docs:
-        fail("nothing to add", "give files with some text", EXIT_USAGE)
+    return docs
+
+
+def _ingest(name: str, docs: list[dict[str, Any]], user: str | None, chunking: dict[str, Any]) -> dict[str, int]:
+    """Send the documents in bounded batches, with a progress bar; returns the summed counts."""
     totals = {"added": 0, "unchanged": 0, "replaced": 0, "chunks": 0, "embedded": 0}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -187,9 +205,7 @@ def add(
         while pending:
             batch = pending.pop(0)
             try:
-                counts = c.vec_ingest(
-                    name, batch, user=user, chunk_size=chunk_size, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit
-                )
+                counts = c.vec_ingest(name, batch, user=user, **chunking)
             except ApiError as exc:  # over vectors.max_chunks_per_request: halve the batch (one document: give up)
                 if exc.code != "too_many_chunks" or len(batch) < 2:
                     raise
@@ -199,13 +215,7 @@ def add(
             for key in totals:
                 totals[key] += int(counts.get(key, 0))
             progress.advance(task, len(batch))
-    if json_out:
-        print_json(totals)
-        return
-    console.print(
-        f"{totals['added']} added, {totals['replaced']} replaced, {totals['unchanged']} unchanged "
-        f"({totals['chunks']} chunks written, {totals['embedded']} embedded)"
-    )
+    return totals
 
 
 @app.command("search")

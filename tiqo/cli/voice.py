@@ -71,17 +71,8 @@ def transcribe(
     audio, name = _read_input(file)
     if rate is not None and not name.endswith((".pcm", ".raw")):
         name = f"{name}.pcm"
-    fields: dict[str, Any] = {
-        "model": model,
-        "language": language,
-        "prompt": prompt,
-        "response_format": response_format,
-        "timestamp_granularities": ["segment", "word"] if words else None,
-        "sample_rate": rate,
-        "channels": channels if rate is not None else None,
-        "sample_format": sample_format if rate is not None else None,
-        "vad_filter": "false" if no_vad else None,
-    }
+    fields: dict[str, Any] = {"model": model, "language": language, "prompt": prompt}
+    fields.update(_raw_fields(response_format, words, rate, channels, sample_format, no_vad))
     out: IO[str] = open_user_file(output, "w") if output else sys.stdout  # the user's file: the user's umask
     with client() as c:
         stream = c.transcribe(
@@ -98,6 +89,20 @@ def transcribe(
             stream.close()
             if output:
                 out.close()
+
+
+def _raw_fields(
+    response_format: str, words: bool, rate: int | None, channels: int, sample_format: str, no_vad: bool
+) -> dict[str, Any]:
+    """The form fields that shape the output and describe raw PCM (channels and samples only when it is raw)."""
+    return {
+        "response_format": response_format,
+        "timestamp_granularities": ["segment", "word"] if words else None,
+        "sample_rate": rate,
+        "channels": channels if rate is not None else None,
+        "sample_format": sample_format if rate is not None else None,
+        "vad_filter": "false" if no_vad else None,
+    }
 
 
 def _print_transcript(stream: Any, fmt: str, out: IO[str], granularities: tuple[str, ...] | None) -> None:
@@ -212,17 +217,8 @@ def speak(
         payload["reference_audio"] = str(clone)
     with client() as c:
         response = c.speech(payload, headers=routing_headers(user, tier, data_class))
-        written = 0
         try:
-            sink: IO[bytes] = open_user_file(output, "wb") if output else sys.stdout.buffer
-            try:
-                for chunk in response.iter_bytes():
-                    sink.write(chunk)
-                    sink.flush()
-                    written += len(chunk)
-            finally:
-                if output:
-                    sink.close()
+            written = _write_audio(response, output)
         finally:
             response.close()
     if output and fmt == "wav":
@@ -230,6 +226,21 @@ def speak(
     if err_console.is_terminal and output:
         voice_used = response.headers.get("x-tiqo-voice", "")
         err_console.print(f"[dim]wrote {output} ({written} bytes, {fmt}, voice {voice_used})[/]")
+
+
+def _write_audio(response: Any, output: Path | None) -> int:
+    """Copy the audio as it streams, into the file or down stdout; returns the bytes written."""
+    written = 0
+    sink: IO[bytes] = open_user_file(output, "wb") if output else sys.stdout.buffer
+    try:
+        for chunk in response.iter_bytes():
+            sink.write(chunk)
+            sink.flush()
+            written += len(chunk)
+    finally:
+        if output:
+            sink.close()
+    return written
 
 
 def _fix_wav_sizes(path: Path) -> None:

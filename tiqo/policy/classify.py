@@ -93,33 +93,12 @@ def classify(
     chars = len(joined)
     data = encode(joined[:max_scan_chars] if chars > max_scan_chars else joined)
     signals: list[str] = []
-    code = _CODE.search(data)
-    math = _MATH.search(data)
-    analysis = _ANALYSIS.search(data)
-    if code:
-        signals.append("code markers")
-    if math:
-        signals.append("maths markers")
-    if analysis:
-        signals.append("analysis markers")
-    if has_tools:
-        signals.append("tools")
+    markers = _Markers(_CODE.search(data), _MATH.search(data), _ANALYSIS.search(data), has_tools)
+    signals += markers.signals()
     signals.append(f"{chars} chars")
-
     if task is None:
-        task = "code" if code else "reasoning" if math else "chat"
-
-    score = 0
-    if chars >= thresholds.complex_chars:
-        score += 2
-    elif chars > thresholds.simple_chars:
-        score += 1
-    score += code + math + analysis + has_tools
-    if max_tokens is not None and max_tokens >= thresholds.complex_max_tokens:
-        score += 1
-        signals.append(f"max_tokens {max_tokens}")
-    complexity = "simple" if score == 0 else "medium" if score <= 1 else "complex"
-
+        task = "code" if markers.code else "reasoning" if markers.math else "chat"
+    complexity = _complexity(chars, markers, max_tokens, thresholds, signals)
     data_class = _known(data_class if data_class is not None else default_class)
     if min_class is not None and class_rank(_known(min_class)) > class_rank(data_class):
         data_class = min_class  # the user's class: a caller may raise it, never lower it
@@ -127,15 +106,61 @@ def classify(
     # Patterns only ever raise the class: a request that says "public" but carries a private key is restricted.
     if data_class != "restricted":
         outgoing = joined if scan is None else "\n".join(scan)
-        if len(outgoing) > max_scan_chars:
-            data_class = "restricted"  # not scanned to the end, so it might hold anything: it stays here
-            signals.append(f"too long to scan for restricted data ({len(outgoing)} > {max_scan_chars} chars)")
-        elif restricted_patterns:
-            scanned = data if scan is None else encode(outgoing)
-            if any(as_scan_pattern(p).search(scanned) for p in restricted_patterns):
-                data_class = "restricted"
-                signals.append("restricted pattern matched")
+        scanned = data if scan is None else None
+        if _restricted(outgoing, scanned, restricted_patterns, max_scan_chars, signals):
+            data_class = "restricted"
     return Classification(task, complexity, data_class, user, tier, tuple(signals))
+
+
+@dataclass(frozen=True)
+class _Markers:
+    """What the cheap scans found in the user-visible text."""
+
+    code: bool
+    math: bool
+    analysis: bool
+    tools: bool
+
+    def signals(self) -> list[str]:
+        found = ((self.code, "code markers"), (self.math, "maths markers"), (self.analysis, "analysis markers"))
+        return [name for hit, name in (*found, (self.tools, "tools")) if hit]
+
+
+def _complexity(
+    chars: int, markers: _Markers, max_tokens: int | None, thresholds: Thresholds, signals: list[str]
+) -> str:
+    """One point per marker, up to two for length, one for a large requested output: 0 is simple, 1 medium."""
+    score = 0
+    if chars >= thresholds.complex_chars:
+        score += 2
+    elif chars > thresholds.simple_chars:
+        score += 1
+    score += markers.code + markers.math + markers.analysis + markers.tools
+    if max_tokens is not None and max_tokens >= thresholds.complex_max_tokens:
+        score += 1
+        signals.append(f"max_tokens {max_tokens}")
+    return "simple" if score == 0 else "medium" if score <= 1 else "complex"
+
+
+def _restricted(
+    outgoing: str,
+    scanned: bytes | None,
+    patterns: Sequence[ScanPattern | re.Pattern[str] | str],
+    max_scan_chars: int,
+    signals: list[str],
+) -> bool:
+    """Whether what would leave the machine is restricted: too long to scan to the end, or a pattern matches.
+    ``scanned`` is its encoding when the caller has it already."""
+    if len(outgoing) > max_scan_chars:
+        # not scanned to the end, so it might hold anything: it stays here
+        signals.append(f"too long to scan for restricted data ({len(outgoing)} > {max_scan_chars} chars)")
+        return True
+    if patterns:
+        data = encode(outgoing) if scanned is None else scanned
+        if any(as_scan_pattern(p).search(data) for p in patterns):
+            signals.append("restricted pattern matched")
+            return True
+    return False
 
 
 def _known(data_class: str) -> str:

@@ -263,34 +263,9 @@ class AnthropicTranslator:
             self.started = True
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
-            block = obj.get("content_block") or {}
-            if block.get("type") == "tool_use":
-                index = len(self.tool_index)
-                self.tool_index[int(obj.get("index", 0))] = index
-                call = {
-                    "index": index,
-                    "id": block.get("id"),
-                    "type": "function",
-                    "function": {"name": block.get("name"), "arguments": ""},
-                }
-                return [self._chunk({"tool_calls": [call]})]
-            if block.get("type") == "text" and block.get("text"):
-                return [self._chunk({"content": block["text"]})]
-            return []  # text starts empty; thinking and server-tool blocks are not part of OpenAI's shape
+            return self._block_start(obj)
         if kind == "content_block_delta":
-            delta = obj.get("delta") or {}
-            if delta.get("type") == "text_delta":
-                text = delta.get("text") or ""
-                return [self._chunk({"content": text})] if text else []
-            if delta.get("type") == "input_json_delta":
-                call_index = self.tool_index.get(int(obj.get("index", 0)))
-                if call_index is None:
-                    raise UpstreamProtocolError("input_json_delta for a content block that is not a tool_use")
-                partial = delta.get("partial_json") or ""
-                if not partial:
-                    return []
-                return [self._chunk({"tool_calls": [{"index": call_index, "function": {"arguments": partial}}]})]
-            return []  # thinking_delta, signature_delta, citations_delta
+            return self._block_delta(obj)
         if kind == "message_delta":
             delta = obj.get("delta") or {}
             if delta.get("stop_reason"):
@@ -298,20 +273,55 @@ class AnthropicTranslator:
             self._input_usage(obj.get("usage"))
             return []
         if kind == "message_stop":
-            self.done = True
-            finish = FINISH_REASONS.get(self.stop_reason or "end_turn", "stop")
-            usage: dict[str, Any] = {
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.output_tokens,
-                "total_tokens": self.prompt_tokens + self.output_tokens,
-            }
-            if self.cache_read_tokens:
-                usage["prompt_tokens_details"] = {"cached_tokens": self.cache_read_tokens}
-            return [
-                self._chunk({}, finish),
-                usage_chunk(self.id, self.model, self.created, usage),
-            ]
+            return self._stop()
         return []  # ping, content_block_stop, and event types added later
+
+    def _block_start(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+        block = obj.get("content_block") or {}
+        if block.get("type") == "tool_use":
+            index = len(self.tool_index)
+            self.tool_index[int(obj.get("index", 0))] = index
+            call = {
+                "index": index,
+                "id": block.get("id"),
+                "type": "function",
+                "function": {"name": block.get("name"), "arguments": ""},
+            }
+            return [self._chunk({"tool_calls": [call]})]
+        if block.get("type") == "text" and block.get("text"):
+            return [self._chunk({"content": block["text"]})]
+        return []  # text starts empty; thinking and server-tool blocks are not part of OpenAI's shape
+
+    def _block_delta(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+        delta = obj.get("delta") or {}
+        if delta.get("type") == "text_delta":
+            text = delta.get("text") or ""
+            return [self._chunk({"content": text})] if text else []
+        if delta.get("type") == "input_json_delta":
+            call_index = self.tool_index.get(int(obj.get("index", 0)))
+            if call_index is None:
+                raise UpstreamProtocolError("input_json_delta for a content block that is not a tool_use")
+            partial = delta.get("partial_json") or ""
+            if not partial:
+                return []
+            return [self._chunk({"tool_calls": [{"index": call_index, "function": {"arguments": partial}}]})]
+        return []  # thinking_delta, signature_delta, citations_delta
+
+    def _stop(self) -> list[dict[str, Any]]:
+        """message_stop: the finish reason, then the usage the stream reported."""
+        self.done = True
+        finish = FINISH_REASONS.get(self.stop_reason or "end_turn", "stop")
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.output_tokens,
+            "total_tokens": self.prompt_tokens + self.output_tokens,
+        }
+        if self.cache_read_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cache_read_tokens}
+        return [
+            self._chunk({}, finish),
+            usage_chunk(self.id, self.model, self.created, usage),
+        ]
 
     def close(self) -> list[dict[str, Any]]:
         if not self.done:

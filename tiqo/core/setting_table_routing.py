@@ -1,0 +1,185 @@
+"""What decides and records a request (routing, classification, cache, budget, ledger, metrics): rows of the
+settings table (``setting_table``)."""
+
+from __future__ import annotations
+
+from tiqo.core.durations import parse_duration
+from tiqo.core.setting_kinds import (
+    Setting,
+    boolean,
+    choice,
+    integer,
+    percentages,
+    positive_int,
+    similarity,
+    text,
+    timezone,
+)
+
+ROUTING: tuple[Setting, ...] = (
+    Setting("routing.tier", "default", text, "Tier of requests that name none (see [tiers] in config.toml)", "str"),
+    Setting(
+        "routing.data_class",
+        "internal",
+        choice("public", "internal", "confidential", "restricted"),
+        "Data class of requests that name none; restricted never leaves the machine",
+        "choice",
+    ),
+    Setting(
+        "classification.max_scan_chars",
+        8_000_000,
+        positive_int,
+        "Most characters of a request scanned for restricted data (linear time, off the event loop); a longer "
+        "request is classified restricted (local models only), never sent out unscanned",
+        "int",
+    ),
+    Setting("routing.max_attempts", 6, integer, "Most upstream attempts (keys and candidates) per request", "int"),
+    Setting("routing.timeout_connect", "3s", parse_duration, "Connect timeout for external providers", "duration"),
+    Setting(
+        "routing.timeout_first_byte",
+        "20s",
+        parse_duration,
+        "Longest wait for a provider's first streamed token before trying the next candidate",
+        "duration",
+    ),
+    Setting(
+        "routing.timeout_idle",
+        "15s",
+        parse_duration,
+        "Longest silence between streamed chunks of a provider",
+        "duration",
+    ),
+    Setting("routing.breaker_failures", 5, integer, "Consecutive failures that open a circuit breaker", "int"),
+    Setting(
+        "routing.breaker_cooldown", "60s", parse_duration, "How long an open breaker waits before a probe", "duration"
+    ),
+    Setting(
+        "routing.replica_probe_interval",
+        "5s",
+        parse_duration,
+        "How often each endpoint of a provider with several (endpoints = [...]) is probed (GET /models); 0 = never",
+        "duration",
+    ),
+    Setting(
+        "routing.replica_failures",
+        2,
+        integer,
+        "Failures in a row that take a replica endpoint out until a probe succeeds (a refused connection: one)",
+        "int",
+    ),
+    Setting(
+        "routing.key_strategy",
+        "round-robin",
+        choice("round-robin", "least-used", "weighted"),
+        "How a provider's keys take turns (providers may override it)",
+        "choice",
+    ),
+    Setting(
+        "cache.mode",
+        "deterministic",
+        choice("off", "deterministic", "all"),
+        "Exact response cache: deterministic = only temperature 0 or seeded requests",
+        "choice",
+        env_var="TIQO_CACHE_MODE",
+    ),
+    Setting("cache.ttl", "24h", parse_duration, "How long a cached answer stays valid", "duration", "TIQO_CACHE_TTL"),
+    Setting(
+        "cache.scope",
+        "user",
+        choice("user", "all"),
+        "Who gets a cached answer: user = only the user who asked; all = every user of the same data class (restricted "
+        "answers stay per user, and a class the caller names itself never reads or writes shared entries)",
+        "choice",
+        env_var="TIQO_CACHE_SCOPE",
+    ),
+    Setting(
+        "cache.semantic",
+        False,
+        boolean,
+        "Also serve a cached answer to a question that means the same (embedding similarity, see the threshold)",
+        "bool",
+        env_var="TIQO_CACHE_SEMANTIC",
+    ),
+    Setting(
+        "cache.semantic_threshold",
+        0.93,
+        similarity,
+        "Cosine similarity of the last user message at or above which the semantic cache answers (paraphrases "
+        "measure 0.94-0.99 with the bundled model, near but different questions up to 0.90)",
+        "float",
+        env_var="TIQO_CACHE_SEMANTIC_THRESHOLD",
+    ),
+    Setting(
+        "budget.timezone",
+        "local",
+        timezone,
+        "Time zone of budget days and months (an IANA name; local = this machine's)",
+        "str",
+        env_var="TIQO_BUDGET_TIMEZONE",
+    ),
+    Setting(
+        "budget.thresholds",
+        "70,85,95",
+        percentages,
+        "Budget percentages that raise an alert (once per period)",
+        "list",
+        env_var="TIQO_BUDGET_THRESHOLDS",
+    ),
+    Setting(
+        "budget.actions",
+        "",
+        text,
+        "What a threshold does besides alerting, e.g. 85:prefer-local,95:block-external",
+        "str",
+        env_var="TIQO_BUDGET_ACTIONS",
+    ),
+    Setting(
+        "budget.alert_command",
+        "",
+        text,
+        "Command run on each alert, with the alert as JSON on stdin (shell syntax)",
+        "str",
+        env_var="TIQO_ALERT_COMMAND",
+    ),
+    Setting(
+        "budget.alert_webhook",
+        "",
+        text,
+        "URL each alert is POSTed to as JSON",
+        "str",
+        env_var="TIQO_ALERT_WEBHOOK",
+        secret=True,
+    ),
+    Setting(
+        "ledger.store_content",
+        False,
+        boolean,
+        "Keep prompts and answers in the ledger (never for restricted requests)",
+        "bool",
+        env_var="TIQO_LEDGER_CONTENT",
+    ),
+    Setting(
+        "metrics.enabled",
+        True,
+        boolean,
+        "Serve GET /metrics (Prometheus) and count requests for it; false = no /metrics, nothing counted",
+        "bool",
+        env_var="TIQO_METRICS",
+    ),
+    Setting(
+        "metrics.user_labels",
+        False,
+        boolean,
+        "Label request metrics with the user too (one series per user: mind the cardinality)",
+        "bool",
+        env_var="TIQO_METRICS_USER_LABELS",
+    ),
+    Setting(
+        "metrics.max_label_values",
+        100,
+        positive_int,
+        "Most distinct values one metric label keeps; later ones are counted as `other`",
+        "int",
+        env_var="TIQO_METRICS_MAX_LABEL_VALUES",
+    ),
+)
