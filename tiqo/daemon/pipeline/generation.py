@@ -104,11 +104,13 @@ class Generation(Dispatch):
                 f"steps must be between 1 and {most}, not {steps}", param="steps", hint="image.max_steps sets it"
             )
 
-    async def _run_local(self, spec: ModelSpec, handle: JobHandle, call: Callable[[Any, StopFlag], Any]) -> Any:
+    async def _run_local(
+        self, spec: ModelSpec, handle: JobHandle, call: Callable[[im.ImageRunner, StopFlag], Any]
+    ) -> Any:
         """One blocking engine call in the model's slot. The job's stop flag is what the engine watches: cancelling
         the job, or this coroutine, stops it between steps."""
 
-        def once(runner: Any, stop: StopFlag) -> Iterator[Any]:
+        def once(runner: im.ImageRunner, stop: StopFlag) -> Iterator[Any]:
             yield call(runner, handle.stop)
 
         results = self.daemon.generate(spec, None, once)
