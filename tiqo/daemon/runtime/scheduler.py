@@ -33,6 +33,7 @@ log = logging.getLogger("tiqo.scheduler")
 class Slot:
     runner: Runner
     executor: ThreadPoolExecutor  # one thread: a runner is only ever called from its own thread
+    fragile: Fragile | None = None  # the runner, when its worker can die (checked once, at load: isinstance is slow)
 
 
 @dataclass(eq=False)
@@ -128,7 +129,7 @@ class Scheduler:
             entry.in_flight -= 1
             entry.requests_served += 1
             entry.last_used = self.clock()
-            if isinstance(slot.runner, Fragile) and slot.runner.broken:  # its worker died: the next call loads afresh
+            if slot.fragile is not None and slot.fragile.broken:  # its worker died: the next request loads afresh
                 await self._unload(entry, reason="its worker died")
             elif entry.in_flight == 0:
                 self._arm_expiry(entry)
@@ -260,7 +261,8 @@ class Scheduler:
         try:
             for i in range(parallel):
                 runner = await loop.run_in_executor(self._loader, engine.load, spec, options)
-                slots.append(Slot(runner, ThreadPoolExecutor(1, thread_name_prefix=f"tiqo-{spec.name}-{i}")))
+                thread = ThreadPoolExecutor(1, thread_name_prefix=f"tiqo-{spec.name}-{i}")
+                slots.append(Slot(runner, thread, runner if isinstance(runner, Fragile) else None))
         except BaseException as exc:
             for slot in slots:
                 await self._close_slot(slot)

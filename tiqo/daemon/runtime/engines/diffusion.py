@@ -29,6 +29,7 @@ from tiqo.sdk.imaging import (
     TEXT_TO_VIDEO,
     ImageRequest,
     ImageResult,
+    ImageRunner,
     Progress,
     VideoRequest,
     VideoResult,
@@ -218,7 +219,7 @@ class DiffusionEngine:
         info = inspect(spec.path, options.get("pipeline"))
         return memory_estimate(info, _device(options), options.get("dtype"))
 
-    def load(self, spec: ModelSpec, options: dict[str, Any]) -> DiffusionRunner:
+    def load(self, spec: ModelSpec, options: dict[str, Any]) -> ImageRunner:
         assert spec.path is not None
         info = inspect(spec.path, options.get("pipeline"))  # a folder changed since `models add`: a clear 400
         return DiffusionRunner(spec, options, info)  # the worker resolves device "auto" with torch itself

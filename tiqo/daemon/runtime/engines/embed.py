@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiqo.daemon.runtime.engines.threads import default_threads
-from tiqo.sdk.embedding import Embedded
+from tiqo.sdk.embedding import Embedded, EmbeddingRunner
 from tiqo.sdk.engine import ModelSpec, Recognised, StopFlag
 
 if TYPE_CHECKING:
@@ -115,5 +115,5 @@ class EmbedEngine:
         size = model.stat().st_size if model is not None and model.exists() else spec.size_bytes
         return 4 * size + OVERHEAD
 
-    def load(self, spec: ModelSpec, options: dict[str, Any]) -> EmbedRunner:
+    def load(self, spec: ModelSpec, options: dict[str, Any]) -> EmbeddingRunner:
         return EmbedRunner(spec, options)

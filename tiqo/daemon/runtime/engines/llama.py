@@ -17,7 +17,7 @@ from tiqo.daemon.catalog.gguf import read_gguf
 from tiqo.daemon.runtime.engines.json_output import checked, compiled, instruct
 from tiqo.daemon.runtime.engines.threads import default_threads
 from tiqo.daemon.runtime.engines.tool_calls import as_calls, compiled_calls, history
-from tiqo.sdk.engine import GenerationParams, ModelSpec, Piece, Recognised, StopFlag
+from tiqo.sdk.engine import ChatRunner, GenerationParams, ModelSpec, Piece, Recognised, StopFlag
 
 if TYPE_CHECKING:
     from tiqo.core.settings import Settings
@@ -280,7 +280,7 @@ class LlamaEngine:
         n_ctx = min(int(options.get("n_ctx") or 4096), info.context_length or 4096)
         return info.file_size + info.kv_cache_bytes(n_ctx) + COMPUTE_OVERHEAD
 
-    def load(self, spec: ModelSpec, options: dict[str, Any]) -> LlamaRunner:
+    def load(self, spec: ModelSpec, options: dict[str, Any]) -> ChatRunner:
         if self._gpu_layers_default is None:
             import llama_cpp
 

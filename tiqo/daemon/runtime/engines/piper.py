@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tiqo.core.errors import BadRequest
 from tiqo.sdk.engine import ModelSpec, Recognised, StopFlag
-from tiqo.sdk.speech import TtsJob
+from tiqo.sdk.speech import SpeechRunner, TtsJob
 
 if TYPE_CHECKING:
     from tiqo.core.settings import Settings
@@ -139,5 +139,5 @@ class PiperEngine:
         size = spec.path.stat().st_size if spec.path is not None and spec.path.exists() else spec.size_bytes
         return 2 * size + OVERHEAD
 
-    def load(self, spec: ModelSpec, options: dict[str, Any]) -> PiperRunner:
+    def load(self, spec: ModelSpec, options: dict[str, Any]) -> SpeechRunner:
         return PiperRunner(spec, options)

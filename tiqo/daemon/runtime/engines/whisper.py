@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tiqo.core.errors import BadRequest
 from tiqo.daemon.runtime.engines.threads import default_threads
 from tiqo.sdk.engine import ModelSpec, Recognised, StopFlag
-from tiqo.sdk.speech import SttJob
+from tiqo.sdk.speech import SttJob, TranscribeRunner
 
 if TYPE_CHECKING:
     from tiqo.core.settings import Settings
@@ -170,5 +170,5 @@ class WhisperEngine:
         size = weights.stat().st_size if weights is not None and weights.exists() else spec.size_bytes
         return size + OVERHEAD
 
-    def load(self, spec: ModelSpec, options: dict[str, Any]) -> WhisperRunner:
+    def load(self, spec: ModelSpec, options: dict[str, Any]) -> TranscribeRunner:
         return WhisperRunner(spec, options)
