@@ -54,10 +54,6 @@ _ROOT_TYPE = (
     "handlers reach their services through app.state.daemon, typed as the root's Daemon (http.dependencies.daemon_of); "
     "pay by handing routes the services they call (FastAPI dependencies typed by service)"
 )
-_ENGINE_SNIFF = (
-    "Registry._local_entry (inside a function) asks concrete engines whether a file or folder is theirs; "
-    "pay with the per-capability engine protocol: each engine declares what it recognises and its options"
-)
 _PROVIDER_CLASS = (
     "routing_config(settings, hub) reads each provider's max_class off the ProviderHub (a type only); "
     "pay by passing {provider: max_class}, or by splitting provider config (catalog) from key pools and breakers"
@@ -72,9 +68,6 @@ DEBTS: dict[tuple[str, str], str] = {
     ("http.routes.ledger", "root"): _ROOT_TYPE,
     ("http.routes.manage", "root"): _ROOT_TYPE,
     ("catalog.routing_config", "upstream.providers"): _PROVIDER_CLASS,
-    ("catalog.registry", "runtime.engines.embed"): _ENGINE_SNIFF,
-    ("catalog.registry", "runtime.engines.piper"): _ENGINE_SNIFF,
-    ("catalog.registry", "runtime.engines.whisper"): _ENGINE_SNIFF,
     ("cache.response_cache", "pipeline.pieces"): _CACHE_PIECES,
     ("cache.response_cache", "pipeline.served"): _CACHE_SERVED,
 }

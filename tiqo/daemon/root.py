@@ -78,7 +78,7 @@ class Daemon:
             if provider_kinds is None:
                 provider_kinds = collect_providers(pm, self.plugins)
         self.engines = engines
-        self.registry = registry or Registry(settings)
+        self.registry = registry or Registry(settings, engines)
         self.store = Store(settings.paths.db_file)
         self.events = EventBus()
         counters, shared = None, SharedState()

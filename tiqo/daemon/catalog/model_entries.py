@@ -1,34 +1,11 @@
-"""What a ``[models.NAME]`` table of config.toml means: the engine options of a local model, and an external model
-(``provider`` set) as a catalog entry with its prices, context and capabilities."""
+"""What a ``[models.NAME]`` table of config.toml with ``provider`` set means: an external model, as a catalog entry with
+its prices, context and capabilities. (A local model's table holds its engine's options: ``engine_options``.)"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from tiqo.policy.routing import CatalogModel
-
-_OPTION_KEYS = (
-    "n_ctx",
-    "n_threads",
-    "n_gpu_layers",
-    "n_batch",
-    "num_parallel",
-    "keep_alive",
-    "device",
-    "tokenizer",
-    "noise_scale",  # Piper: generator noise (the voice's own value when unset; 0 makes synthesis repeatable)
-    "noise_w_scale",  # Piper: phoneme length noise
-    "task",  # diffusers: text-to-image, image-to-image, inpainting, image-to-video, text-to-video
-    "pipeline",  # diffusers: the pipeline class (model_index.json's, or the one a single file is loaded with)
-    "steps",  # diffusers: the model's default number of denoising steps
-    "dtype",  # diffusers: float32, float16 or bfloat16 (default: float32 on CPU, float16 on CUDA)
-    "config",  # diffusers single file: a folder with the configs of the same architecture (no hub access)
-)
-
-
-def model_options(entry: dict[str, Any]) -> dict[str, Any]:
-    """The engine options of a ``[models.NAME]`` table (the rest is the catalog's: path, kind, prices, …)."""
-    return {k: entry[k] for k in _OPTION_KEYS if k in entry}
 
 
 def external_model(name: str, entry: dict[str, Any]) -> CatalogModel:

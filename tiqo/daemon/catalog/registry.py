@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,19 +13,13 @@ from tiqo.core.durations import parse_duration
 from tiqo.core.errors import BadRequest, Conflict, ModelNotFound
 from tiqo.core.paths import user_path
 from tiqo.core.settings import Settings, write_config_value
-from tiqo.daemon.catalog.bundled import GEMMA3, LLAMA_CAPABILITIES, bundled_models, gemma_chunks
-from tiqo.daemon.catalog.diffusion_check import capabilities as diffusion_capabilities
-from tiqo.daemon.catalog.diffusion_check import inspect as inspect_diffusion
-from tiqo.daemon.catalog.diffusion_check import is_diffusers_dir
-from tiqo.daemon.catalog.gguf import read_gguf
-from tiqo.daemon.catalog.model_entries import external_model, model_options
+from tiqo.daemon.catalog.bundled import GEMMA3, bundled_models, gemma_chunks
+from tiqo.daemon.catalog.model_entries import external_model
 from tiqo.policy.routing import LOCAL, CatalogModel
-from tiqo.sdk.engine import ModelSpec
+from tiqo.sdk.engine import Engine, ModelSpec, engine_options
 
 log = logging.getLogger("tiqo.registry")
 
-KIND_CAPABILITIES = {"stt": ("stt",), "tts": ("tts",), "embed": ("embed",)}
-ENGINE_CAPABILITIES = {"llama.cpp": LLAMA_CAPABILITIES}
 KIND_DEFAULTS = {
     "llm": "llm.default_model",
     "stt": "stt.default_model",
@@ -44,8 +39,13 @@ KIND_WORDS = {
 
 
 class Registry:
-    def __init__(self, settings: Settings) -> None:
+    """Local models (bundled, added by path) and external ones. What a local model's options, capabilities and files
+    are, its engine says (``tiqo.sdk.Engine``): the root hands the loaded engines in."""
+
+    def __init__(self, settings: Settings, engines: Mapping[str, Engine]) -> None:
         self.settings = settings
+        self._engines = dict(engines)
+        self._recognisers = sorted(engines.values(), key=lambda e: e.recognise_order)
         self._lock = threading.Lock()
         self._bundled = {s.name: s for s in bundled_models(settings.paths.data_dir)}
         self._user: dict[str, ModelSpec] = {}
@@ -119,38 +119,11 @@ class Registry:
         return name in self._bundled
 
     def options_for(self, spec: ModelSpec) -> dict[str, Any]:
-        """Per-model options: daemon settings, overridden by the model's own ``[models.NAME]`` table."""
-        s = self.settings
-        options: dict[str, Any]
-        if spec.kind == "stt":
-            options = {"n_threads": s["stt.n_threads"], "device": s["stt.device"], "num_parallel": 1}
-            options.update(spec.options)
-            return self._keep_alive(options)
-        if spec.kind == "embed":
-            options = {"n_threads": s["embed.n_threads"], "num_parallel": 1}
-            options.update(spec.options)
-            return self._keep_alive(options)
-        if spec.kind in ("image", "video"):  # one worker process per model, one generation at a time
-            options = {"n_threads": s["image.n_threads"], "device": s["image.device"], "num_parallel": 1}
-            options.update(spec.options)
-            return self._keep_alive(options)
-        if spec.kind == "tts":
-            options = {"num_parallel": 1}
-            options.update(spec.options)
-            return self._keep_alive(options)
-        options = {
-            "n_ctx": s["llm.n_ctx"],
-            "n_threads": s["llm.n_threads"],
-            "n_gpu_layers": s["llm.n_gpu_layers"],
-            "n_batch": s["llm.n_batch"],
-            "num_parallel": s["scheduler.num_parallel"],
-        }
+        """Per-model options: its engine's defaults (from daemon settings), overridden by its ``[models.NAME]``."""
+        engine = self._engines.get(spec.engine)
+        options = engine.default_options(self.settings) if engine is not None else {}
         options.update(spec.options)
-        return self._keep_alive(options)
-
-    @staticmethod
-    def _keep_alive(options: dict[str, Any]) -> dict[str, Any]:
-        if "keep_alive" in options and options["keep_alive"] is not None:
+        if options.get("keep_alive") is not None:
             options["keep_alive"] = parse_duration(options["keep_alive"])
         return options
 
@@ -193,22 +166,17 @@ class Registry:
             "price_in": price_in,
             "price_out": price_out,
         }
-        if context:
-            entry["context"] = context
-        if capabilities:
-            entry["capabilities"] = capabilities
-        if fallbacks:
-            entry["fallbacks"] = fallbacks
-        if premium:
-            entry["premium"] = True
-        if price_minute:
-            entry["price_minute"] = price_minute
-        if price_mchar:
-            entry["price_mchar"] = price_mchar
-        if price_image:
-            entry["price_image"] = price_image
-        if description:
-            entry["description"] = description
+        optional = {
+            "context": context,
+            "capabilities": capabilities,
+            "fallbacks": fallbacks,
+            "premium": premium,
+            "price_minute": price_minute,
+            "price_mchar": price_mchar,
+            "price_image": price_image,
+            "description": description,
+        }
+        entry.update({key: value for key, value in optional.items() if value})  # unset and zero stay out of the file
         try:
             model = external_model(name, entry)
         except (TypeError, ValueError) as exc:
@@ -248,8 +216,7 @@ class Registry:
                 parse_duration(keep_alive)
             except ValueError as exc:
                 raise BadRequest(str(exc), param="keep_alive") from None
-        entry = _local_entry(user_path(path), pipeline)
-        label = entry.pop("_label")
+        entry, label = self._recognise(user_path(path), pipeline)
         if n_ctx:
             entry["n_ctx"] = n_ctx
         if keep_alive is not None:
@@ -286,74 +253,39 @@ class Registry:
         entry = self.settings.model_entries().get(spec.name)
         if not entry or spec.name not in self._bundled:
             return spec
-        return replace(spec, options={**spec.options, **model_options(entry)})
+        return replace(spec, options={**spec.options, **engine_options(self._engines.get(spec.engine), entry)})
 
     def _user_spec(self, name: str, entry: dict[str, Any]) -> ModelSpec:
         path = Path(str(entry["path"])).expanduser()
         size = path.stat().st_size if path.is_file() else 0
-        kind = str(entry.get("kind", "llm"))
-        engine = str(entry.get("engine", "llama.cpp"))
+        kind, engine_name = str(entry.get("kind", "llm")), str(entry.get("engine", "llama.cpp"))
+        engine = self._engines.get(engine_name)
         return ModelSpec(
             name=name,
             kind=kind,
-            engine=engine,
+            engine=engine_name,
             path=path,
             source="local",
             size_bytes=size,
-            options=model_options(entry),
+            options=engine_options(engine, entry),
             description=str(entry.get("description", "")),
-            capabilities=_capabilities(kind, engine, entry),
+            capabilities=engine.capabilities(kind, entry) if engine is not None else ("chat", "completion"),
+        )
+
+    def _recognise(self, path: Path, pipeline: str | None = None) -> tuple[dict[str, Any], str]:
+        """The ``[models.NAME]`` table of a local file or folder, and what it is: the first engine that says it is
+        its own (a GGUF, a CTranslate2 Whisper folder, a Piper voice, an ONNX embedding folder, a diffusers pipeline
+        or checkpoint). An engine that claims it but finds it broken raises a clear 400 naming what is wrong."""
+        for engine in self._recognisers:
+            found = engine.recognise(path, pipeline)
+            if found is not None:
+                return {"path": str(found.path), "kind": found.kind, "engine": engine.name, **found.entry}, found.label
+        raise BadRequest(
+            f"no engine recognises {path} as a model",
+            param="path",
+            hint="pass a .gguf file, a Piper .onnx voice or a model folder; `tiqo plugins` lists the engines",
         )
 
 
 def _a(noun: str) -> str:
     return ("an " if noun[:1] in "aeiou" else "a ") + noun
-
-
-def _capabilities(kind: str, engine: str, entry: dict[str, Any]) -> tuple[str, ...]:
-    if engine == "diffusers":
-        return diffusion_capabilities(str(entry.get("task", "")), str(entry.get("pipeline", "")))
-    if kind in KIND_CAPABILITIES:
-        return KIND_CAPABILITIES[kind]
-    return ENGINE_CAPABILITIES.get(engine, ("chat", "completion"))
-
-
-def _local_entry(path: Path, pipeline: str | None = None) -> dict[str, Any]:
-    """The ``[models.NAME]`` table of a local file or folder: a GGUF, a CTranslate2 Whisper folder, a Piper voice or
-    a diffusers pipeline (a folder with model_index.json, or a .safetensors/.ckpt checkpoint loaded as ``pipeline``).
-    Raises a clear 400 for anything else."""
-    from tiqo.daemon.runtime.engines.embed import is_embedding_dir
-    from tiqo.daemon.runtime.engines.piper import voice_info
-    from tiqo.daemon.runtime.engines.whisper import is_whisper_dir
-
-    if is_diffusers_dir(path) or path.suffix in (".safetensors", ".ckpt") or pipeline:
-        found_info = inspect_diffusion(path, pipeline)  # 400 naming a missing component, a wrong class, a cut file
-        found = {
-            "path": str(path.absolute()),
-            "kind": found_info.kind,
-            "engine": "diffusers",
-            "task": found_info.task,
-            "pipeline": found_info.pipeline_class,
-        }
-        return {
-            **found,
-            "_label": f"{found_info.pipeline_class} ({found_info.task}, {found_info.weight_bytes} bytes of weights)",
-        }
-    if is_embedding_dir(path):
-        return {"path": str(path.absolute()), "kind": "embed", "engine": "onnx-embed", "_label": "onnx embeddings"}
-    if path.is_dir():
-        if not is_whisper_dir(path):
-            raise BadRequest(
-                f"{path} is a folder but not a CTranslate2 Whisper model (model.bin, config.json, tokenizer)",
-                param="path",
-                hint="convert a Whisper model with `ct2-transformers-converter`, or pass a .gguf file",
-            )
-        return {"path": str(path.absolute()), "kind": "stt", "engine": "faster-whisper", "_label": "whisper"}
-    if path.suffix == ".onnx":
-        info = voice_info(path)  # 400 when the .onnx.json is missing or not a Piper config
-        if not path.is_file():
-            raise BadRequest(f"{path} does not exist", param="path")
-        return {"path": str(path.absolute()), "kind": "tts", "engine": "piper", "_label": f"piper {info['language']}"}
-    gguf = read_gguf(path)  # raises a clear 400 for missing, non-GGUF or truncated files
-    label = f"{gguf.architecture}, {gguf.file_size} bytes"
-    return {"path": str(gguf.path.absolute()), "kind": "llm", "engine": "llama.cpp", "_label": label}

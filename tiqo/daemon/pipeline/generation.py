@@ -132,11 +132,13 @@ class Generation(Dispatch):
             task = replace(task, size=(max(64, given[0] // 8 * 8), max(64, given[1] // 8 * 8)))
         return task
 
-    async def _run_local(self, spec: ModelSpec, handle: JobHandle, call: Callable[[Any, StopFlag], Any]) -> Any:
+    async def _run_local(
+        self, spec: ModelSpec, handle: JobHandle, call: Callable[[im.ImageRunner, StopFlag], Any]
+    ) -> Any:
         """One blocking engine call in the model's slot. The job's stop flag is what the engine watches: cancelling
         the job, or this coroutine, stops it between steps."""
 
-        def once(runner: Any, stop: StopFlag) -> Iterator[Any]:
+        def once(runner: im.ImageRunner, stop: StopFlag) -> Iterator[Any]:
             yield call(runner, handle.stop)
 
         results = self.daemon.generate(spec, None, once)

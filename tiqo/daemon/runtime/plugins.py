@@ -64,7 +64,16 @@ def load_plugins(allow_third_party: bool = True) -> tuple[pluggy.PluginManager, 
 
 
 def collect_engines(pm: pluggy.PluginManager, report: PluginReport) -> dict[str, Any]:
-    return _collect(pm.hook.register_engines, report, "engine", lambda e: str(e.name))
+    """Engines by name. One that does not satisfy ``tiqo.sdk.Engine`` (the catalog asks it for its options and files)
+    is reported, not used."""
+    from tiqo.sdk.engine import Engine
+
+    def name(engine: Any) -> str:
+        if not isinstance(engine, Engine):
+            raise TypeError(f"{engine!r} does not implement tiqo.sdk.Engine")
+        return str(engine.name)
+
+    return _collect(pm.hook.register_engines, report, "engine", name)
 
 
 def collect_providers(pm: pluggy.PluginManager, report: PluginReport) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from tiqo.core.durations import format_size
 from tiqo.core.errors import Busy, ModelLoadFailed, TiqoError
-from tiqo.sdk.engine import Engine, ModelSpec, Runner
+from tiqo.sdk.engine import Described, Engine, Fragile, ModelSpec, Runner
 
 log = logging.getLogger("tiqo.scheduler")
 
@@ -33,6 +33,7 @@ log = logging.getLogger("tiqo.scheduler")
 class Slot:
     runner: Runner
     executor: ThreadPoolExecutor  # one thread: a runner is only ever called from its own thread
+    fragile: Fragile | None = None  # the runner, when its worker can die (checked once, at load: isinstance is slow)
 
 
 @dataclass(eq=False)
@@ -128,7 +129,7 @@ class Scheduler:
             entry.in_flight -= 1
             entry.requests_served += 1
             entry.last_used = self.clock()
-            if getattr(slot.runner, "broken", False):  # its worker died: drop it, the next request loads afresh
+            if slot.fragile is not None and slot.fragile.broken:  # its worker died: the next request loads afresh
                 await self._unload(entry, reason="its worker died")
             elif entry.in_flight == 0:
                 self._arm_expiry(entry)
@@ -222,11 +223,46 @@ class Scheduler:
             raise ModelLoadFailed(f"could not prepare {spec.name}: {exc}") from exc
         started = time.perf_counter()
         rss_before = await loop.run_in_executor(self._loader, _rss)
+        slots = await self._open_slots(engine, spec, options, parallel)
+        rss_after = await loop.run_in_executor(self._loader, _rss)
+        now = self.clock()
+        keep_alive = options.get("keep_alive")
+        free: asyncio.Queue[Slot] = asyncio.Queue()
+        for slot in slots:
+            free.put_nowait(slot)
+        first = slots[0].runner
+        entry = Loaded(
+            spec=spec,
+            slots=slots,
+            free=free,
+            keep_alive=self.default_keep_alive if keep_alive is None else float(keep_alive),
+            memory_estimate=estimate,
+            memory_measured=max(0, rss_after - rss_before),
+            loaded_at=now,
+            last_used=now,
+            load_seconds=time.perf_counter() - started,
+            extra=dict(first.details) if isinstance(first, Described) else {},
+        )
+        self.loaded[spec.name] = entry
+        log.info(
+            "loaded %s in %.2fs (estimate %s, rss +%s)",
+            spec.name,
+            entry.load_seconds,
+            format_size(estimate),
+            format_size(entry.memory_measured),
+        )
+        self.on_event("model.loaded", {"model": spec.name, "seconds": entry.load_seconds})
+        return entry
+
+    async def _open_slots(self, engine: Engine, spec: ModelSpec, options: dict[str, Any], parallel: int) -> list[Slot]:
+        """``parallel`` runners of ``spec``, each with its own thread; none left open when one fails to load."""
+        loop = asyncio.get_running_loop()
         slots: list[Slot] = []
         try:
             for i in range(parallel):
                 runner = await loop.run_in_executor(self._loader, engine.load, spec, options)
-                slots.append(Slot(runner, ThreadPoolExecutor(1, thread_name_prefix=f"tiqo-{spec.name}-{i}")))
+                thread = ThreadPoolExecutor(1, thread_name_prefix=f"tiqo-{spec.name}-{i}")
+                slots.append(Slot(runner, thread, runner if isinstance(runner, Fragile) else None))
         except BaseException as exc:
             for slot in slots:
                 await self._close_slot(slot)
@@ -239,34 +275,7 @@ class Scheduler:
                     hint="check the file with `tiqo models list`; details in `tiqo daemon logs`",
                 ) from exc
             raise
-        rss_after = await loop.run_in_executor(self._loader, _rss)
-        now = self.clock()
-        keep_alive = options.get("keep_alive")
-        free: asyncio.Queue[Slot] = asyncio.Queue()
-        for slot in slots:
-            free.put_nowait(slot)
-        entry = Loaded(
-            spec=spec,
-            slots=slots,
-            free=free,
-            keep_alive=self.default_keep_alive if keep_alive is None else float(keep_alive),
-            memory_estimate=estimate,
-            memory_measured=max(0, rss_after - rss_before),
-            loaded_at=now,
-            last_used=now,
-            load_seconds=time.perf_counter() - started,
-            extra=dict(getattr(slots[0].runner, "details", {}) or {}),
-        )
-        self.loaded[spec.name] = entry
-        log.info(
-            "loaded %s in %.2fs (estimate %s, rss +%s)",
-            spec.name,
-            entry.load_seconds,
-            format_size(estimate),
-            format_size(entry.memory_measured),
-        )
-        self.on_event("model.loaded", {"model": spec.name, "seconds": entry.load_seconds})
-        return entry
+        return slots
 
     async def _make_room(self, spec: ModelSpec, need: int) -> None:
         while True:

@@ -12,11 +12,11 @@ from typing import Any
 from tiqo.core.errors import BadRequest, TiqoError
 from tiqo.daemon.pipeline.dispatch import Dispatch
 from tiqo.daemon.pipeline.served import RequestMeta, Served
-from tiqo.daemon.runtime.engines.embed import Embedded
 from tiqo.daemon.upstream.client import AttemptFailed
 from tiqo.daemon.upstream.external import json_answer, scrub
 from tiqo.policy import budget as bp
 from tiqo.policy.routing import CatalogModel
+from tiqo.sdk.embedding import Embedded, EmbeddingRunner
 from tiqo.sdk.engine import ModelSpec, StopFlag
 
 log = logging.getLogger("tiqo.embeddings")
@@ -36,7 +36,7 @@ class Embeddings(Dispatch):
         spec = self.spec(model)
         items = list(texts)
 
-        def call(runner: Any, stop: StopFlag) -> Iterator[Embedded]:
+        def call(runner: EmbeddingRunner, stop: StopFlag) -> Iterator[Embedded]:
             yield runner.embed(items, stop)
 
         results = [r async for r in self.daemon.generate(spec, None, call)]

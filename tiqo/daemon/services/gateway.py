@@ -47,7 +47,7 @@ from tiqo.policy.routing import (
     estimate_tokens,
 )
 from tiqo.protocol import openai as oa
-from tiqo.sdk.engine import GenerationParams, Piece, Runner, StopFlag
+from tiqo.sdk.engine import ChatRunner, GenerationParams, Piece, StopFlag
 
 log = logging.getLogger("tiqo.gateway")
 
@@ -238,7 +238,7 @@ class Gateway(Router):
         params = generation_params(body)
         keep_alive = None if body.keep_alive is None else parse_duration(body.keep_alive)
 
-        def call(runner: Runner, stop: StopFlag) -> Iterator[Piece]:
+        def call(runner: ChatRunner, stop: StopFlag) -> Iterator[Piece]:
             return runner.chat(messages, params, stop)
 
         async for piece in self.daemon.generate(spec, keep_alive, call):

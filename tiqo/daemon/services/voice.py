@@ -20,8 +20,6 @@ from tiqo.daemon.pipeline.dispatch import Dispatch, _never, _prepend, settled_at
 from tiqo.daemon.pipeline.ports import LocalCompute
 from tiqo.daemon.pipeline.router import Router
 from tiqo.daemon.pipeline.served import RequestMeta, Served
-from tiqo.daemon.runtime.engines.piper import TtsJob
-from tiqo.daemon.runtime.engines.whisper import SttJob
 from tiqo.daemon.runtime.holding import HeldSlots, Lease
 from tiqo.daemon.upstream.client import AttemptFailed
 from tiqo.daemon.upstream.speech import (
@@ -38,6 +36,7 @@ from tiqo.policy.ratelimit import RateLimits
 from tiqo.policy.routing import CatalogModel, Decision
 from tiqo.protocol.audio import OPENAI_STT_MODELS, OPENAI_TTS_MODELS, OPENAI_VOICES
 from tiqo.sdk.engine import StopFlag
+from tiqo.sdk.speech import SpeechRunner, SttJob, TranscribeRunner, TtsJob
 
 log = logging.getLogger("tiqo.voice")
 T = TypeVar("T")
@@ -222,7 +221,7 @@ class Voice(Dispatch):
         spec = self.registry.resolve(voice, "tts")
         spoken = Spoken()
 
-        def call(runner: Any, stop: Any) -> Iterator[bytes]:
+        def call(runner: SpeechRunner, stop: StopFlag) -> Iterator[bytes]:
             return _encode(runner, pieces, TtsJob(), stop, "pcm", spoken)
 
         pcm = b"".join([chunk async for chunk in self.daemon.generate(spec, None, call)])
@@ -246,7 +245,7 @@ class Voice(Dispatch):
             spec = self.registry.resolve(model.name, "tts")
             job = TtsJob(speed=req.speed, speaker=req.speaker)
 
-            def call(runner: Any, stop: Any) -> Iterator[bytes]:
+            def call(runner: SpeechRunner, stop: StopFlag) -> Iterator[bytes]:
                 return _encode(runner, pieces, job, stop, req.response_format, spoken)
 
             audio = self.daemon.generate(spec, None, call)
@@ -286,7 +285,7 @@ class Voice(Dispatch):
         return served, audio
 
 
-def _transcribe(audio: Any, job: SttJob, runner: Any, stop: StopFlag) -> Iterator[dict[str, Any]]:
+def _transcribe(audio: Any, job: SttJob, runner: TranscribeRunner, stop: StopFlag) -> Iterator[dict[str, Any]]:
     """In the Whisper runner's thread: its events for ``audio``."""
     events: Iterator[dict[str, Any]] = runner.transcribe(audio, job, stop)
     return events
@@ -309,7 +308,9 @@ async def _stt_stream(
     yield done_event(info.get("language") or "", duration, segments)
 
 
-def _encode(runner: Any, pieces: list[str], job: TtsJob, stop: Any, fmt: str, spoken: Spoken) -> Iterator[bytes]:
+def _encode(
+    runner: SpeechRunner, pieces: list[str], job: TtsJob, stop: StopFlag, fmt: str, spoken: Spoken
+) -> Iterator[bytes]:
     """Synthesise and encode in the runner's thread: the event loop only moves bytes."""
     encoder = SpeechEncoder(fmt, runner.sample_rate)
     spoken.sample_rate = runner.sample_rate

@@ -22,7 +22,7 @@ from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
 from tiqo.daemon.services.gateway import RequestMeta, Served, generation_params
 from tiqo.daemon.services.rag import augment
 from tiqo.protocol import openai as oa
-from tiqo.sdk.engine import Piece, Runner, StopFlag
+from tiqo.sdk.engine import ChatRunner, Piece, StopFlag
 
 log = logging.getLogger("tiqo.api")
 router = api_router()
@@ -112,7 +112,7 @@ async def completions(body: oa.CompletionRequest, request: Request) -> JSONRespo
     served = Served(backend=f"local:{spec.engine}", provider="local", model=spec.name)
     row, limits, started = await daemon.gateway.admit_local(body, meta)
 
-    def call(runner: Runner, stop: StopFlag) -> Iterator[Piece]:
+    def call(runner: ChatRunner, stop: StopFlag) -> Iterator[Piece]:
         return runner.complete(prompt, params, stop)
 
     def generate() -> AsyncGenerator[Piece, None]:

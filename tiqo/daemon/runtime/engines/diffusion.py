@@ -16,21 +16,27 @@ import contextlib
 import logging
 import multiprocessing
 import signal
+from collections.abc import Mapping
 from multiprocessing.connection import wait
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tiqo.core.errors import BadRequest, Cancelled, ModelLoadFailed, TiqoError, WorkerDied
-from tiqo.daemon.catalog.diffusion_check import DiffusionInfo, inspect
-from tiqo.sdk.engine import ModelSpec, StopFlag
+from tiqo.daemon.catalog.diffusion_check import DiffusionInfo, capabilities, inspect, is_diffusers_dir
+from tiqo.sdk.engine import ModelSpec, Recognised, StopFlag
 from tiqo.sdk.imaging import (
     IMAGE_TO_VIDEO,
     TEXT_TO_VIDEO,
     ImageRequest,
     ImageResult,
+    ImageRunner,
     Progress,
     VideoRequest,
     VideoResult,
 )
+
+if TYPE_CHECKING:
+    from tiqo.core.settings import Settings
 
 log = logging.getLogger("tiqo.engine.diffusers")
 
@@ -64,7 +70,6 @@ class DiffusionRunner:
 
         self.name = spec.name
         self.task = info.task
-        self.memory_bytes = memory_estimate(info, _device(options), options.get("dtype"))
         self.broken = False  # set when the worker died: the scheduler drops this runner and loads a fresh one
         ctx = multiprocessing.get_context("spawn")  # a fork would copy the daemon's threads and locks
         self._conn, child = ctx.Pipe()
@@ -183,6 +188,30 @@ class DiffusionRunner:
 class DiffusionEngine:
     name = "diffusers"
     kinds = ("image", "video")
+    options = (
+        "n_threads",
+        "device",
+        "task",  # text-to-image, image-to-image, inpainting, image-to-video, text-to-video
+        "pipeline",  # the pipeline class (model_index.json's, or the one a single file is loaded with)
+        "steps",  # the model's default number of denoising steps
+        "dtype",  # float32, float16 or bfloat16 (default: float32 on CPU, float16 on CUDA)
+        "config",  # single file: a folder with the configs of the same architecture (no hub access)
+    )
+    recognise_order = 10  # model_index.json, or a checkpoint file: before anything that claims folders or files
+
+    def default_options(self, settings: Settings) -> dict[str, Any]:
+        """One worker process per model, one generation at a time."""
+        return {"n_threads": settings["image.n_threads"], "device": settings["image.device"], "num_parallel": 1}
+
+    def capabilities(self, kind: str, entry: Mapping[str, Any]) -> tuple[str, ...]:
+        return capabilities(str(entry.get("task", "")), str(entry.get("pipeline", "")))
+
+    def recognise(self, path: Path, pipeline: str | None) -> Recognised | None:
+        if not (is_diffusers_dir(path) or path.suffix in (".safetensors", ".ckpt") or pipeline):
+            return None
+        info = inspect(path, pipeline)  # 400 naming a missing component, a wrong class, a cut file
+        label = f"{info.pipeline_class} ({info.task}, {info.weight_bytes} bytes of weights)"
+        return Recognised(path.absolute(), info.kind, label, {"task": info.task, "pipeline": info.pipeline_class})
 
     def estimate_memory(self, spec: ModelSpec, options: dict[str, Any]) -> int:
         if spec.path is None or not spec.path.exists():
@@ -190,7 +219,7 @@ class DiffusionEngine:
         info = inspect(spec.path, options.get("pipeline"))
         return memory_estimate(info, _device(options), options.get("dtype"))
 
-    def load(self, spec: ModelSpec, options: dict[str, Any]) -> DiffusionRunner:
+    def load(self, spec: ModelSpec, options: dict[str, Any]) -> ImageRunner:
         assert spec.path is not None
         info = inspect(spec.path, options.get("pipeline"))  # a folder changed since `models add`: a clear 400
         return DiffusionRunner(spec, options, info)  # the worker resolves device "auto" with torch itself

