@@ -58,12 +58,6 @@ _ENGINE_SNIFF = (
     "Registry._local_entry (inside a function) asks concrete engines whether a file or folder is theirs; "
     "pay with the per-capability engine protocol: each engine declares what it recognises and its options"
 )
-_PROVIDER_CLASS = (
-    "routing_config(settings, hub) reads each provider's max_class off the ProviderHub (a type only); "
-    "pay by passing {provider: max_class}, or by splitting provider config (catalog) from key pools and breakers"
-)
-_CACHE_PIECES = "merge_tool_calls (pure) merges a cached answer's tool-call deltas; pay by moving it below cache"
-_CACHE_SERVED = "a cache hit fills in the request's Served; pay by returning the hit for the pipeline to record"
 DEBTS: dict[tuple[str, str], str] = {
     ("http.app", "root"): "create_app(daemon: Daemon) keeps the root for the routes; " + _ROOT_TYPE,
     ("http.dependencies", "root"): "daemon_of(request) hands routes the root; " + _ROOT_TYPE,
@@ -71,12 +65,9 @@ DEBTS: dict[tuple[str, str], str] = {
     ("http.routes.embeddings", "root"): _ROOT_TYPE,
     ("http.routes.ledger", "root"): _ROOT_TYPE,
     ("http.routes.manage", "root"): _ROOT_TYPE,
-    ("catalog.routing_config", "upstream.providers"): _PROVIDER_CLASS,
     ("catalog.registry", "runtime.engines.embed"): _ENGINE_SNIFF,
     ("catalog.registry", "runtime.engines.piper"): _ENGINE_SNIFF,
     ("catalog.registry", "runtime.engines.whisper"): _ENGINE_SNIFF,
-    ("cache.response_cache", "pipeline.pieces"): _CACHE_PIECES,
-    ("cache.response_cache", "pipeline.served"): _CACHE_SERVED,
 }
 
 # The project's layers (DESIGN.md, "Layers"): package -> the tiqo packages it may import (tiqo itself, the version,
