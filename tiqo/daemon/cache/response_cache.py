@@ -20,16 +20,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tiqo.core.errors import TiqoError
 from tiqo.daemon.cache.tool_calls import merge_tool_calls
 from tiqo.daemon.state.shared import CacheEntry, CacheStore
 from tiqo.policy import cache as cachepol
 from tiqo.policy.classify import Classification
-from tiqo.sdk.engine import Piece
+from tiqo.sdk.engine import ModelSpec, Piece
+
+if TYPE_CHECKING:
+    from tiqo.daemon.cache.semantic_index import SemanticIndex
 
 log = logging.getLogger("tiqo.cache")
+
+
+class Vectors(Protocol):
+    @property
+    def vectors(self) -> Any: ...  # numpy float32 (n, dim), unit length
+
+
+class QuestionEmbedder(Protocol):
+    """What the semantic cache asks of the embeddings service (tiqo.daemon.services.embeddings.Embeddings): vectors
+    from a local model only, so restricted text never leaves the machine for the cache either."""
+
+    async def local(self, texts: Sequence[str], model: str | None = None) -> tuple[ModelSpec, Vectors]: ...
 
 
 @dataclass
@@ -76,12 +91,12 @@ class ResponseCache:
         self.store = store  # tiqo.daemon.state.store.Store, or the Redis cache in front of it
         self.settings = settings
         self.clock = clock
-        self.embeddings: Any = None  # tiqo.daemon.services.embeddings.Embeddings, set by the daemon once it exists
+        self.embeddings: QuestionEmbedder | None = None  # the embeddings service, set by the root once it exists
         self._warned = False
-        self._index: Any = None  # tiqo.daemon.cache.semantic_index.SemanticIndex, made on the first semantic lookup
+        self._index: SemanticIndex | None = None  # made on the first semantic lookup (numpy: the embed extra)
 
     @property
-    def index(self) -> Any:
+    def index(self) -> SemanticIndex:
         if self._index is None:
             from tiqo.daemon.cache.semantic_index import SemanticIndex  # numpy: the embed extra
 
