@@ -54,12 +54,6 @@ _ROOT_TYPE = (
     "handlers reach their services through app.state.daemon, typed as the root's Daemon (http.dependencies.daemon_of); "
     "pay by handing routes the services they call (FastAPI dependencies typed by service)"
 )
-_PROVIDER_CLASS = (
-    "routing_config(settings, hub) reads each provider's max_class off the ProviderHub (a type only); "
-    "pay by passing {provider: max_class}, or by splitting provider config (catalog) from key pools and breakers"
-)
-_CACHE_PIECES = "merge_tool_calls (pure) merges a cached answer's tool-call deltas; pay by moving it below cache"
-_CACHE_SERVED = "a cache hit fills in the request's Served; pay by returning the hit for the pipeline to record"
 DEBTS: dict[tuple[str, str], str] = {
     ("http.app", "root"): "create_app(daemon: Daemon) keeps the root for the routes; " + _ROOT_TYPE,
     ("http.dependencies", "root"): "daemon_of(request) hands routes the root; " + _ROOT_TYPE,
@@ -67,9 +61,6 @@ DEBTS: dict[tuple[str, str], str] = {
     ("http.routes.embeddings", "root"): _ROOT_TYPE,
     ("http.routes.ledger", "root"): _ROOT_TYPE,
     ("http.routes.manage", "root"): _ROOT_TYPE,
-    ("catalog.routing_config", "upstream.providers"): _PROVIDER_CLASS,
-    ("cache.response_cache", "pipeline.pieces"): _CACHE_PIECES,
-    ("cache.response_cache", "pipeline.served"): _CACHE_SERVED,
 }
 
 # The project's layers (DESIGN.md, "Layers"): package -> the tiqo packages it may import (tiqo itself, the version,

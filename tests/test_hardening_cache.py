@@ -69,7 +69,8 @@ def lookup(cache: ResponseCache, c: Classification, question: str, named_class: 
         use = await cache.use(wire, c, "use", **({"named_class": True} if named_class else {}))
         assert use is not None
         served = Served()
-        if await cache.lookup(wire, ["m"], use, served) is not None:
+        if (hit := await cache.lookup(wire, ["m"], use)) is not None:
+            served.cached(hit)
             return served.cache
         cache.put(wire, "m", use, f"{c.user}'s answer", [], Piece("", "stop", 3, 2))
         return "miss"

@@ -22,6 +22,7 @@ from tests.upstreams import Upstream
 from tiqo.daemon.cache.response_cache import ResponseCache
 from tiqo.daemon.cache.semantic_index import SemanticIndex
 from tiqo.daemon.pipeline.served import Served
+from tiqo.daemon.state.shared import CacheEntry
 from tiqo.daemon.state.store import Store
 from tiqo.policy import cache as cachepol
 from tiqo.policy.cache import semantic_group, semantic_parts
@@ -79,9 +80,9 @@ def test_store_keeps_vectors_beside_answers_and_migrates_old_files(tmp_path: Pat
     db.close()
     store = Store(old)
     assert store.cache_get("k0", 10.0) == {"text": "old"}  # the old entry survives the new columns
-    store.cache_put("k1", "internal", "m", {"text": "a"}, 100, 10.0, sem_group="g", vector=b"\x00" * 8)
-    store.cache_put("k2", "internal", "m", {"text": "b"}, 1, 10.0, sem_group="g", vector=b"\x01" * 8)
-    store.cache_put("k3", "internal", "m", {"text": "c"}, 100, 10.0)
+    store.cache_put(CacheEntry("k1", "internal", "m", {"text": "a"}, 100, 10.0, sem_group="g", vector=b"\x00" * 8))
+    store.cache_put(CacheEntry("k2", "internal", "m", {"text": "b"}, 1, 10.0, sem_group="g", vector=b"\x01" * 8))
+    store.cache_put(CacheEntry("k3", "internal", "m", {"text": "c"}, 100, 10.0))
     assert store.cache_vectors("g", 10.5) == [("k1", b"\x00" * 8, 110.0), ("k2", b"\x01" * 8, 11.0)]
     assert store.cache_vectors("g", 20.0) == [("k1", b"\x00" * 8, 110.0)]  # k2 expired
     assert store.cache_get("k1", 20.0, "semantic_hits") == {"text": "a"}
@@ -120,7 +121,8 @@ def test_an_exact_hit_costs_no_embedding(tmp_path: Path) -> None:
         use = await cache.use(body, who, control)
         assert use is not None
         served = Served()
-        if control == "use" and await cache.lookup(body, ["m"], use, served) is not None:
+        if control == "use" and (hit := await cache.lookup(body, ["m"], use)) is not None:
+            served.cached(hit)
             return served.cache
         cache.put(body, "m", use, "Paris", [], Piece("", "stop", 7, 1))
         return "miss"

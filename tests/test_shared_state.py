@@ -28,6 +28,7 @@ from tests.upstreams import Upstream
 from tiqo.core.errors import StateUnavailable
 from tiqo.daemon.state.redis_counters import RedisCounters
 from tiqo.daemon.state.redis_shared import RedisState
+from tiqo.daemon.state.shared import CacheEntry
 from tiqo.daemon.state.store import Store
 from tiqo.policy.breaker import CircuitBreaker
 from tiqo.policy.keys import KeyLimits, KeyPool
@@ -251,7 +252,7 @@ def test_each_piece_does_what_it_documents_when_redis_goes_away(tmp_path: Path) 
     state = RedisState(RedisCounters(r.url), lambda piece, message: warnings.append((piece, message)))
     pieces = state.pieces(store)
     assert pieces.cache is not None
-    pieces.cache.cache_put("k", "public", "m", {"answer": 1}, 60, time.time())
+    pieces.cache.cache_put(CacheEntry("k", "public", "m", {"answer": 1}, 60, time.time()))
     assert pieces.cache.cache_get("k", time.time()) == {"answer": 1}
     r.stop()
     # fail closed: limits
@@ -261,7 +262,7 @@ def test_each_piece_does_what_it_documents_when_redis_goes_away(tmp_path: Path) 
     with pytest.raises(StateUnavailable):
         pieces.keys.claim(KeyPool("alpha", {"k1": KeyLimits()}), "k1", time.time(), 0)
     # degrade locally: cache, breakers, alerts
-    pieces.cache.cache_put("k2", "public", "m", {"answer": 2}, 60, time.time())
+    pieces.cache.cache_put(CacheEntry("k2", "public", "m", {"answer": 2}, 60, time.time()))
     assert pieces.cache.cache_get("k2", time.time()) == {"answer": 2}
     breaker = CircuitBreaker(2, 1.0, opened_at=time.time() - 5)
     assert pieces.breakers.take_probe("alpha", breaker, time.time())

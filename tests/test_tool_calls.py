@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import DaemonProc
 from tests.test_api import sse_events
 from tiqo.core.errors import BadRequest
-from tiqo.daemon.pipeline.pieces import merge_tool_calls
+from tiqo.daemon.cache.tool_calls import merge_tool_calls
 from tiqo.daemon.runtime.engines import tool_calls as tc
 from tiqo.protocol.openai import ToolUse, tool_use
 

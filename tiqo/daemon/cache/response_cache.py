@@ -20,16 +20,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tiqo.core.errors import TiqoError
-from tiqo.daemon.pipeline.pieces import merge_tool_calls
-from tiqo.daemon.pipeline.served import Served
+from tiqo.daemon.cache.tool_calls import merge_tool_calls
+from tiqo.daemon.state.shared import CacheEntry, CacheStore
 from tiqo.policy import cache as cachepol
 from tiqo.policy.classify import Classification
-from tiqo.sdk.engine import Piece
+from tiqo.sdk.engine import ModelSpec, Piece
+
+if TYPE_CHECKING:
+    from tiqo.daemon.cache.semantic_index import SemanticIndex
 
 log = logging.getLogger("tiqo.cache")
+
+
+class Vectors(Protocol):
+    @property
+    def vectors(self) -> Any: ...  # numpy float32 (n, dim), unit length
+
+
+class QuestionEmbedder(Protocol):
+    """What the semantic cache asks of the embeddings service (tiqo.daemon.services.embeddings.Embeddings): vectors
+    from a local model only, so restricted text never leaves the machine for the cache either."""
+
+    async def local(self, texts: Sequence[str], model: str | None = None) -> tuple[ModelSpec, Vectors]: ...
 
 
 @dataclass
@@ -53,17 +68,35 @@ class CacheUse:
     probe: Probe | None = None
 
 
-class ResponseCache:
-    def __init__(self, store: Any, settings: Any, clock: Callable[[], float]) -> None:
-        self.store = store  # tiqo.daemon.state.store.Store
-        self.settings = settings
-        self.clock = clock
-        self.embeddings: Any = None  # tiqo.daemon.services.embeddings.Embeddings, set by the daemon once it exists
-        self._warned = False
-        self._index: Any = None  # tiqo.daemon.cache.semantic_index.SemanticIndex, made on the first semantic lookup
+@dataclass
+class CacheHit:
+    """A cached answer and how it was found, for the pipeline to record (what served the request) and replay."""
+
+    model: str  # the model whose answer it is
+    kind: str  # hit (exact) | semantic
+    answer: dict[str, Any]  # text, tool_calls, finish_reason, prompt_tokens, completion_tokens, model
+    similarity: float | None = None  # a semantic hit's cosine similarity to the cached question
 
     @property
-    def index(self) -> Any:
+    def prompt_tokens(self) -> int:
+        return int(self.answer.get("prompt_tokens") or 0)
+
+    @property
+    def completion_tokens(self) -> int:
+        return int(self.answer.get("completion_tokens") or 0)
+
+
+class ResponseCache:
+    def __init__(self, store: CacheStore, settings: Any, clock: Callable[[], float]) -> None:
+        self.store = store  # tiqo.daemon.state.store.Store, or the Redis cache in front of it
+        self.settings = settings
+        self.clock = clock
+        self.embeddings: QuestionEmbedder | None = None  # the embeddings service, set by the root once it exists
+        self._warned = False
+        self._index: SemanticIndex | None = None  # made on the first semantic lookup (numpy: the embed extra)
+
+    @property
+    def index(self) -> SemanticIndex:
         if self._index is None:
             from tiqo.daemon.cache.semantic_index import SemanticIndex  # numpy: the embed extra
 
@@ -94,9 +127,7 @@ class ResponseCache:
             use.probe = await self._probe(wire)
         return use
 
-    async def lookup(
-        self, wire: Mapping[str, Any], models: Sequence[str], use: CacheUse, served: Served
-    ) -> dict[str, Any] | None:
+    async def lookup(self, wire: Mapping[str, Any], models: Sequence[str], use: CacheUse) -> CacheHit | None:
         """The cached answer for the first model that has one: the same request exactly, else (semantic cache) the
         same question in other words. The question is embedded only after the exact lookup missed (an exact hit costs
         no embedding); the miss keeps it for the entry its answer will write. A miss is counted once."""
@@ -104,14 +135,13 @@ class ResponseCache:
         for model in models:
             hit = self.store.cache_get(cachepol.cache_key(wire, model, use.scope), now)
             if hit is not None:
-                return _served_from(served, model, "hit", hit)
+                return CacheHit(model, "hit", hit)
         use.probe = await self._probe(wire)
         for model in models:
             near = None if use.probe is None else self._nearest(use.probe, model, use.scope)
             hit = None if near is None else self.store.cache_get(near[0], now, "semantic_hits")
             if near is not None and hit is not None:
-                served.similarity = round(near[1], 4)
-                return _served_from(served, model, "semantic", hit)
+                return CacheHit(model, "semantic", hit, round(near[1], 4))
         self.store.cache_miss()
         return None
 
@@ -126,14 +156,16 @@ class ResponseCache:
             "completion_tokens": last.completion_tokens,
             "model": model,
         }
-        semantic = {}
-        if use.probe is not None:
-            semantic = {"sem_group": use.probe.group(model, use.scope), "vector": use.probe.vector.tobytes()}
         try:
             key, now, ttl = cachepol.cache_key(wire, model, use.scope), self.clock(), self.settings["cache.ttl"]
-            self.store.cache_put(key, use.scope, model, entry, ttl, now, **semantic)
-            if use.probe is not None:
-                self.index.add(semantic["sem_group"], key, use.probe.vector, now + ttl)
+            if use.probe is None:
+                self.store.cache_put(CacheEntry(key, use.scope, model, entry, ttl, now))
+            else:
+                group = use.probe.group(model, use.scope)
+                self.store.cache_put(
+                    CacheEntry(key, use.scope, model, entry, ttl, now, group, use.probe.vector.tobytes())
+                )
+                self.index.add(group, key, use.probe.vector, now + ttl)
         except Exception:  # the cache is an optimisation: never fail an answer because of it
             log.exception("cache write failed")
 
@@ -165,10 +197,3 @@ class ResponseCache:
         if near is None or near[1] < self.settings["cache.semantic_threshold"]:
             return None
         return near
-
-
-def _served_from(served: Served, model: str, kind: str, hit: dict[str, Any]) -> dict[str, Any]:
-    served.backend, served.provider, served.model, served.cache = "cache", "cache", model, kind
-    served.prompt_tokens = int(hit.get("prompt_tokens") or 0)
-    served.completion_tokens = int(hit.get("completion_tokens") or 0)
-    return hit

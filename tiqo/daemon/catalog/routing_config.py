@@ -6,13 +6,12 @@ from __future__ import annotations
 import functools
 import logging
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from tiqo.core.errors import ConfigError
 from tiqo.core.settings import Settings
-from tiqo.daemon.upstream.providers import ProviderHub
 from tiqo.policy.classify import DATA_CLASSES
 from tiqo.policy.ratelimit import RateLimits
 from tiqo.policy.routing import RoutingConfig, Tier, UserProfile
@@ -29,8 +28,9 @@ def default_routing() -> dict[str, Any]:
         return tomllib.load(fh)
 
 
-def routing_config(settings: Settings, hub: ProviderHub) -> RoutingConfig:
-    """[aliases], [routes] and [tiers] from config.toml; each one missing there comes from the default policy."""
+def routing_config(settings: Settings, provider_max_class: Mapping[str, str]) -> RoutingConfig:
+    """[aliases], [routes] and [tiers] from config.toml; each one missing there comes from the default policy.
+    ``provider_max_class``: the most sensitive data class each configured provider may receive."""
     defaults = default_routing()
     toml = {k: settings.toml.get(k, defaults.get(k, {})) for k in ("aliases", "routes", "tiers")}
     aliases = {"default": [settings["llm.default_model"]]}  # config may redefine it
@@ -56,7 +56,7 @@ def routing_config(settings: Settings, hub: ProviderHub) -> RoutingConfig:
         aliases=aliases,
         tiers=tiers,
         local_fallback=settings["llm.default_model"],
-        provider_max_class={p.name: p.max_class for p in hub.providers.values()},
+        provider_max_class=dict(provider_max_class),
         users=users_config(settings),
     )
 

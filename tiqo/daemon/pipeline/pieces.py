@@ -1,5 +1,5 @@
-"""Streams of ``Piece``: committing an attempt (prime), chaining held pieces to the rest, replaying a cache hit,
-and merging OpenAI tool-call deltas."""
+"""Streams of ``Piece``: committing an attempt (prime), chaining held pieces to the rest, replaying a cache hit.
+(Merging OpenAI tool-call deltas is tiqo.daemon.cache.tool_calls.)"""
 
 from __future__ import annotations
 
@@ -50,19 +50,3 @@ async def replay(hit: dict[str, Any]) -> AsyncGenerator[Piece, None]:
         prompt_tokens=int(hit.get("prompt_tokens") or 0),
         completion_tokens=int(hit.get("completion_tokens") or 0),
     )
-
-
-def merge_tool_calls(deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI tool-call deltas (by index, arguments in fragments) → complete tool calls."""
-    calls: dict[int, dict[str, Any]] = {}
-    for d in deltas:
-        idx = int(d.get("index", 0))
-        call = calls.setdefault(idx, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-        if d.get("id"):
-            call["id"] = d["id"]
-        fn = d.get("function") or {}
-        if fn.get("name"):
-            call["function"]["name"] = fn["name"]
-        if fn.get("arguments"):
-            call["function"]["arguments"] += fn["arguments"]
-    return [calls[i] for i in sorted(calls)]

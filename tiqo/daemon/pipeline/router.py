@@ -46,7 +46,7 @@ class Router:
         """The catalog and routing config, rebuilt only when models or providers changed."""
         version = (self.registry.version, self.hub.version)
         if self._derived is None or self._derived[0] != version:
-            self._derived = (version, self.registry.catalog(), routing_config(self.settings, self.hub))
+            self._derived = (version, self.registry.catalog(), routing_config(self.settings, self.hub.max_classes()))
         return self._derived[1], self._derived[2]
 
     async def close(self) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import getpass
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tiqo.daemon.cache.response_cache import CacheHit
 
 
 def _os_user() -> str:
@@ -47,6 +50,13 @@ class Served:
     completion_tokens: int = 0
     first_token_s: float | None = None  # seconds from the request's arrival to its first token (metrics)
     sources: list[dict[str, Any]] = field(default_factory=list)  # retrieval-augmented answers: what was given
+
+    def cached(self, hit: CacheHit) -> None:
+        """Served from the response cache: by the model whose answer it holds, with that answer's token counts."""
+        self.backend, self.provider, self.model, self.cache = "cache", "cache", hit.model, hit.kind
+        self.prompt_tokens, self.completion_tokens = hit.prompt_tokens, hit.completion_tokens
+        if hit.similarity is not None:
+            self.similarity = hit.similarity
 
     def headers(self, final: bool) -> dict[str, str]:
         cost = self.cost_usd if final else self.est_cost_usd

@@ -139,9 +139,10 @@ class Gateway(Router):
             raise self.attempts.nothing_kept(decision, blocked)
         cache = await self.cache.use(wire, decision.classification, meta.cache, named_class=meta.data_class is not None)
         if cache is not None and meta.cache == "use":
-            hit = await self.cache.lookup(wire, [c.model for c in kept], cache, served)
+            hit = await self.cache.lookup(wire, [c.model for c in kept], cache)
             if hit is not None:
-                return served, replay(hit)
+                served.cached(hit)
+                return served, replay(hit.answer)
         served.cache = "off" if cache is None else "miss"
 
         catalog, _ = self.catalog_and_config()

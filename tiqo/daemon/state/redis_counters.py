@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -123,6 +123,15 @@ def redact(url: str) -> str:
         return "<unparsable URL>"
 
 
+def for_each(client: redis.Redis, keys: Iterable[str], command: Callable[[Any, str], object]) -> list[Any]:
+    """``command(pipe, key)`` for every key, sent in one round trip (a pipeline, not a transaction): the replies in
+    order. Raises RedisError as the client does."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        command(pipe, key)
+    return list(pipe.execute())
+
+
 def _unique(keys: Sequence[CounterKey]) -> list[CounterKey]:
     return list(dict.fromkeys(keys))
 
@@ -180,10 +189,7 @@ class RedisCounters:
         if not keys:
             return {}
         with self._errors():
-            pipe = self.client.pipeline(transaction=False)
-            for counter, period in keys:
-                pipe.hmget(self.key(counter, period), "spent", "reserved")
-            rows = pipe.execute()
+            rows = for_each(self.client, [self.key(*k) for k in keys], lambda p, k: p.hmget(k, "spent", "reserved"))
         return {key: Usage(int(row[0] or 0), int(row[1] or 0)) for key, row in zip(keys, rows, strict=True)}
 
     def reserve(self, call_id: str, charges: Sequence[Charge], amount: int) -> Refusal | None:

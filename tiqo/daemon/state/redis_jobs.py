@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from tiqo.core.errors import StateUnavailable
 from tiqo.daemon.state.jobs_store import COLUMNS, UNFINISHED, DaemonIdentity, JobsStore
-from tiqo.daemon.state.redis_counters import HINT, RedisCounters
+from tiqo.daemon.state.redis_counters import HINT, RedisCounters, for_each
 
 log = logging.getLogger("tiqo.jobs")
 
@@ -149,10 +149,7 @@ class RedisJobsStore:
         try:
             stale = {str(i) for i in self.client.smembers(self._mine())} - set(ids)
             if stale:  # in Redis but not in the local view (its SQLite was replaced): fail them where they are
-                pipe = self.client.pipeline(transaction=False)
-                for job_id in stale:
-                    pipe.hget(self._row_key(job_id), "status")
-                statuses = pipe.execute()
+                statuses = for_each(self.client, [self._row_key(j) for j in stale], lambda p, k: p.hget(k, "status"))
                 pipe = self.client.pipeline(transaction=False)
                 for job_id, status in zip(stale, statuses, strict=True):
                     if status is not None and json.loads(status) in UNFINISHED:
@@ -178,10 +175,7 @@ class RedisJobsStore:
         if not job_ids or time.monotonic() < self._down_until:
             return set()
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for job_id in job_ids:
-                pipe.exists(self._cancel_key(job_id))
-            found = pipe.execute()
+            found = for_each(self.client, [self._cancel_key(j) for j in job_ids], lambda p, k: p.exists(k))
         except RedisError as exc:
             self._down_until = time.monotonic() + BACKOFF_S
             self._degraded("looking for cancels", exc)
@@ -240,11 +234,9 @@ class RedisJobsStore:
             if not ids:
                 break
             offset += len(ids)
-            pipe = self.client.pipeline(transaction=False)
-            for member, _ in ids:
-                pipe.hgetall(self._row_key(member))
+            raws = for_each(self.client, [self._row_key(member) for member, _ in ids], lambda p, k: p.hgetall(k))
             gone = []
-            for (job_id, score), raw in zip(ids, pipe.execute(), strict=True):
+            for (job_id, score), raw in zip(ids, raws, strict=True):
                 if before is not None and score == before[0] and job_id >= before[1]:
                     continue  # same creation time as the cursor: ids order them (newest first = larger id first)
                 row = self._decode(raw)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from redis.exceptions import RedisError
 
 from tiqo.core.errors import StateUnavailable
-from tiqo.daemon.state.redis_counters import HINT, RedisCounters
+from tiqo.daemon.state.redis_counters import HINT, RedisCounters, for_each
 
 log = logging.getLogger("tiqo.state")
 
@@ -106,10 +106,7 @@ class RedisUsage:
         days = list(days)
         self.flush()
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for day in days:
-                pipe.hgetall(self._key(day))
-            hashes = pipe.execute()
+            hashes = for_each(self.client, [self._key(day) for day in days], lambda p, k: p.hgetall(k))
         except RedisError as exc:
             raise StateUnavailable(
                 f"cannot reach the Redis server that holds the cluster's usage sums ({self.url}): {exc}",

@@ -1,7 +1,8 @@
 """One interface per piece of state that several daemons can share, and the in-process implementations (the
 single-daemon default: today's behaviour, nothing but a method call on the hot path).
 
-``state.backend = redis`` swaps in the Redis implementations (redis_shared.py). Each piece states what it does when
+``state.backend = redis`` swaps in the Redis implementations (redis_shared.py and
+the redis_* modules beside it). Each piece states what it does when
 Redis cannot be reached: limits that protect money or a provider's quota fail closed (503 with a hint), the rest
 degrades to this daemon's own state and says so in a warning event.
 
@@ -17,6 +18,7 @@ degrades to this daemon's own state and says so in a warning event.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -76,22 +78,27 @@ class Breakers(Protocol):
     def release_probe(self, provider: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class CacheEntry:
+    """One answer to keep for ``ttl`` seconds from ``now``; ``sem_group`` and ``vector`` (its question, embedded) only
+    for the semantic cache."""
+
+    key: str
+    scope: str
+    model: str
+    response: dict[str, Any]
+    ttl: float
+    now: float
+    sem_group: str | None = None
+    vector: bytes | None = None
+
+
 class CacheStore(Protocol):
     """What the response cache needs of a store (``tiqo.daemon.state.store.Store`` is one)."""
 
     def cache_get(self, key: str, now: float, counter: str = "hits") -> dict[str, Any] | None: ...
 
-    def cache_put(
-        self,
-        key: str,
-        scope: str,
-        model: str,
-        response: dict[str, Any],
-        ttl: float,
-        now: float,
-        sem_group: str | None = None,
-        vector: bytes | None = None,
-    ) -> None: ...
+    def cache_put(self, entry: CacheEntry) -> None: ...
 
     def cache_vectors(self, sem_group: str, now: float) -> list[tuple[str, bytes, float]]: ...
 
@@ -100,6 +107,15 @@ class CacheStore(Protocol):
     def cache_stats(self, now: float) -> dict[str, Any]: ...
 
     def cache_clear(self, expired_only: bool = False, now: float | None = None) -> int: ...
+
+
+def hit_counts(stats: Mapping[Any, Any]) -> dict[str, Any]:
+    """The cache's counters as ``tiqo cache stats`` shows them: hits (exact), semantic hits, misses and the hit rate
+    (None before the first lookup)."""
+    hits, semantic, misses = (int(stats.get(k, 0)) for k in ("hits", "semantic_hits", "misses"))
+    served = hits + semantic
+    rate = round(served / (served + misses), 4) if served + misses else None
+    return {"hits": hits, "semantic_hits": semantic, "misses": misses, "hit_rate": rate}
 
 
 class AlertGate(Protocol):

@@ -16,6 +16,7 @@ from typing import Any
 
 from tiqo import SCHEMA_VERSION
 from tiqo.core.paths import tighten
+from tiqo.daemon.state.shared import CacheEntry, hit_counts
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS key_state (
@@ -246,21 +247,12 @@ class Store:
         result: dict[str, Any] = json.loads(row[0])
         return result
 
-    def cache_put(
-        self,
-        key: str,
-        scope: str,
-        model: str,
-        response: dict[str, Any],
-        ttl: float,
-        now: float,
-        sem_group: str | None = None,
-        vector: bytes | None = None,
-    ) -> None:
+    def cache_put(self, entry: CacheEntry) -> None:
+        e, response = entry, json.dumps(entry.response, separators=(",", ":"))
         self.db.execute(
             "INSERT OR REPLACE INTO cache (key, scope, model, created, expires, hits, response, sem_group, vector) "
             "VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
-            (key, scope, model, now, now + ttl, json.dumps(response, separators=(",", ":")), sem_group, vector),
+            (e.key, e.scope, e.model, e.now, e.now + e.ttl, response, e.sem_group, e.vector),
         )
 
     def cache_vectors(self, sem_group: str, now: float) -> list[tuple[str, bytes, float]]:
@@ -285,18 +277,7 @@ class Store:
         ).fetchone()
         stats = dict(self.db.execute("SELECT name, value FROM cache_stats").fetchall())
         scopes = dict(self.db.execute("SELECT scope, COUNT(*) FROM cache WHERE expires > ? GROUP BY scope", (now,)))
-        hits, semantic, misses = stats.get("hits", 0), stats.get("semantic_hits", 0), stats.get("misses", 0)
-        served = hits + semantic
-        return {
-            "entries": entries - expired,
-            "expired": expired,
-            "bytes": size,
-            "hits": hits,
-            "semantic_hits": semantic,
-            "misses": misses,
-            "hit_rate": round(served / (served + misses), 4) if served + misses else None,
-            "scopes": scopes,
-        }
+        return {"entries": entries - expired, "expired": expired, "bytes": size, **hit_counts(stats), "scopes": scopes}
 
     def cache_clear(self, expired_only: bool = False, now: float | None = None) -> int:
         if expired_only:

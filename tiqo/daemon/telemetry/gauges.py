@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,25 +25,17 @@ from tiqo.policy.keys import KEY_STATUSES
 BREAKER_STATES = ("closed", "open", "half_open")
 
 
+@dataclass(eq=False)  # identity, not value: the Prometheus registry keys its collectors by them
 class LiveState:
     """A prometheus_client collector over the daemon's live objects (``Metrics.register``: read on the event loop)."""
 
-    def __init__(
-        self,
-        hub: ProviderHub,
-        scheduler: Scheduler,
-        budgets: Budgets,
-        events: EventBus,
-        *,
-        user_labels: bool = False,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.hub = hub
-        self.scheduler = scheduler
-        self.budgets = budgets
-        self.events = events
-        self.user_labels = user_labels
-        self.clock = clock
+    hub: ProviderHub
+    scheduler: Scheduler
+    budgets: Budgets
+    events: EventBus
+    _: KW_ONLY
+    user_labels: bool = False
+    clock: Callable[[], float] = time.time
 
     def describe(self) -> list[Metric]:
         return []  # nothing to check at registration: collect() reads state that changes

@@ -31,6 +31,7 @@ from tiqo.daemon.upstream.provider_entries import (
     provider_entry,
     redact,
 )
+from tiqo.daemon.upstream.provider_views import key_rows, provider_rows, replica_rows
 from tiqo.daemon.upstream.provider_watch import Alert, ProviderWatch, Publish, WatchedBreaker
 from tiqo.daemon.upstream.replicas import Replicas, ReplicaSet, parse_endpoints
 from tiqo.policy.breaker import CircuitBreaker
@@ -70,13 +71,9 @@ class ProviderHub:
         key_states: KeyStates | None = None,
         breakers: Breakers | None = None,
     ) -> None:
-        self.settings = settings
-        self.store = store
-        self.kinds = kinds
-        self.clock = clock
+        self.settings, self.store, self.kinds, self.clock = settings, store, kinds, clock
         # Shared with other daemons (state.backend = redis); None: this daemon's pools and breakers are the truth
-        self.key_states = key_states
-        self.breakers = breakers
+        self.key_states, self.breakers = key_states, breakers
         self.providers: dict[str, Provider] = {}
         self.replicas = Replicas(settings["routing.replica_probe_interval"], clock)
         self._secrets: dict[str, dict[str, str]] = {}
@@ -296,74 +293,21 @@ class ProviderHub:
                 self.store.save_key_state(provider, key_name, p.pool.states[key_name].to_dict())
 
     def describe(self) -> list[dict[str, Any]]:
-        now = self.clock()
-        out = []
-        for p in self.providers.values():
-            base_url = p.config.base_url
-            if p.replicas is not None:
-                base_url = ", ".join(e.url for e in p.replicas.endpoints)
-            out.append(
-                {
-                    "name": p.name,
-                    "kind": p.config.kind,
-                    "base_url": base_url,
-                    "loaded": p.kind is not None,
-                    "keys": len(self._secrets.get(p.name, {})),
-                    "key_strategy": p.pool.strategy,
-                    "max_class": p.max_class,
-                    "trusted": p.trusted,
-                    "endpoints": p.replicas.describe() if p.replicas is not None else None,
-                    "circuit": p.breaker.state(now),
-                    "status": self.unavailable(p.name) or "available",
-                    "timeouts": {
-                        "connect": p.timeouts.connect,
-                        "first_byte": p.timeouts.first_byte,
-                        "idle": p.timeouts.idle,
-                    },
-                }
-            )
-        for name, error in self.errors.items():
-            entry = self.settings.toml.get("providers", {}).get(name, {})
-            out.append(
-                {
-                    "name": name,
-                    "kind": str(entry.get("kind", "?")),
-                    "base_url": str(entry.get("base_url", "")),
-                    "loaded": False,
-                    "keys": 0,
-                    "status": f"config error: {error} (fix [providers.{name}] in config.toml)",
-                }
-            )
-        return out
+        return provider_rows(self)
 
     def describe_replicas(self, names: list[str]) -> dict[str, dict[str, Any]]:
-        """For ``route explain``: the endpoints of the providers among ``names`` that have several, and the one the
-        next request would go to (least outstanding per weight among the healthy ones)."""
-        out: dict[str, dict[str, Any]] = {}
-        for name in dict.fromkeys(names):
-            p = self.providers.get(name)
-            if p is None or p.replicas is None:
-                continue
-            nxt = p.replicas.choose()
-            out[name] = {"endpoints": p.replicas.describe(), "next": nxt.url if nxt is not None else None}
-        return out
+        return replica_rows(self, names)
 
     def describe_keys(self, provider: str | None = None) -> list[dict[str, Any]]:
-        now = self.clock()
-        rows = []
-        for p in self.providers.values():
-            if provider is not None and p.name != provider:
-                continue
-            if self.key_states is not None:
-                self.key_states.refresh(p.pool, now)
-            for key_name in p.pool.limits:
-                row = p.pool.describe(key_name, now)
-                row["key"] = redact(self._secrets[p.name][key_name])
-                state = p.pool.states[key_name]
-                cooled = state.cooldown_reason if state.cooldown_until else ""
-                row["last_error"] = state.last_error or state.disabled_reason or cooled or None
-                rows.append(row)
-        return rows
+        return key_rows(self, provider)
+
+    def redacted_keys(self, provider: str) -> dict[str, str]:
+        """Key name → its secret redacted (for listings: a secret leaves this module only into a request)."""
+        return {name: redact(secret) for name, secret in self._secrets.get(provider, {}).items()}
+
+    def max_classes(self) -> dict[str, str]:
+        """The most sensitive data class each provider may receive (routing filters candidates by it)."""
+        return {p.name: p.max_class for p in self.providers.values()}
 
     # ------------------------------------------------------------ changes
     def add_provider(self, name: str, kind: str, base_url: str | None, options: dict[str, Any]) -> Provider:

@@ -13,11 +13,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import TiqoError
+from tiqo.daemon.cache.tool_calls import merge_tool_calls
 from tiqo.daemon.http.dependencies import daemon_of, request_meta, until_disconnect
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
 from tiqo.daemon.http.tcp import tcp_user
-from tiqo.daemon.pipeline.pieces import merge_tool_calls
 from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
 from tiqo.daemon.services.gateway import RequestMeta, Served, generation_params
 from tiqo.daemon.services.rag import augment
