@@ -607,7 +607,7 @@ def main() -> int:
         assert stub.pid is not None
         write_home(home, stub.url)
         daemon = start_daemon(home, args.daemon_cmd.split())
-        proxy_sock = home / "run" / "proxy.sock"
+        proxy_sock = home / "proxy.sock"
         if args.proxy:
             argv = [str(ROOT / "bench" / "_proxy.py"), "--socket", str(proxy_sock), "--upstream", stub.url]
             proxy = start_daemon(home, [*argv, "--key", STUB_KEY])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from tiqo.daemon.upstream.client import AttemptFailed, UpstreamClient, read_body, sse_events
@@ -38,23 +38,7 @@ async def stream_external(
         exc.message = scrub(exc.message, secret)
         raise
     translator = kind.translator(upstream_model)
-    finish: str | None = None
-    usage: dict[str, Any] = {}
-
-    def convert(chunks: list[dict[str, Any]]) -> Iterator[Piece]:
-        nonlocal finish, usage
-        for chunk in chunks:
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") or {}
-                content = delta.get("content") or ""
-                calls = delta.get("tool_calls")
-                if content or calls:
-                    yield Piece(content, tool_calls=calls)
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-
+    answer = _Answer()
     events = sse_events(resp, provider.timeouts)
     try:
         async for event, data in events:
@@ -62,22 +46,51 @@ async def stream_external(
                 chunks = translator.feed(event, data)
             except Exception as exc:
                 raise AttemptFailed("protocol", scrub(_upstream_error_text(exc), secret)) from None
-            for piece in convert(chunks):
+            for piece in answer.pieces(chunks):
                 yield piece
         try:
             tail = translator.close()
         except Exception as exc:
             raise AttemptFailed("protocol", scrub(_upstream_error_text(exc), secret)) from None
-        for piece in convert(tail):
+        for piece in answer.pieces(tail):
             yield piece
     finally:
         await events.aclose()
-    yield Piece(
-        "",
-        finish_reason=finish or "stop",
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-    )
+    yield answer.last()
+
+
+class _Answer:
+    """OpenAI-shaped chunks as pieces; remembers the finish reason and the usage for the last piece."""
+
+    __slots__ = ("finish", "usage")
+
+    def __init__(self) -> None:
+        self.finish: str | None = None
+        self.usage: dict[str, Any] = {}
+
+    def pieces(self, chunks: list[dict[str, Any]]) -> list[Piece]:
+        out = []
+        for chunk in chunks:
+            if chunk.get("usage"):
+                self.usage = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                content = delta.get("content") or ""
+                calls = delta.get("tool_calls")
+                if content or calls:
+                    out.append(Piece(content, tool_calls=calls))
+                if choice.get("finish_reason"):
+                    self.finish = choice["finish_reason"]
+        return out
+
+    def last(self) -> Piece:
+        usage = self.usage
+        return Piece(
+            "",
+            finish_reason=self.finish or "stop",
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
 
 
 async def json_answer(upstream: UpstreamClient, request: Any, provider: Provider, secret: str | None, what: str) -> Any:
