@@ -6,6 +6,8 @@ import getpass
 from dataclasses import dataclass, field
 from typing import Any
 
+from tiqo.daemon.upstream.client import ReadAhead
+
 
 def _os_user() -> str:
     try:
@@ -47,6 +49,7 @@ class Served:
     completion_tokens: int = 0
     first_token_s: float | None = None  # seconds from the request's arrival to its first token (metrics)
     sources: list[dict[str, Any]] = field(default_factory=list)  # retrieval-augmented answers: what was given
+    ahead: ReadAhead = field(default_factory=ReadAhead)  # the committed attempt's: is its next piece in hand
 
     def headers(self, final: bool) -> dict[str, str]:
         cost = self.cost_usd if final else self.est_cost_usd

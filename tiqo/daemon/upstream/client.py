@@ -50,6 +50,17 @@ class AttemptFailed(Exception):
         return self.kind != "bad_request"
 
 
+class ReadAhead:
+    """Whether more of a streamed answer is already in hand (received and parsed, not yet passed on). A writer may
+    then hold what it has and send it with what follows in one write; when ``more`` is False the next piece waits
+    on the network, so nothing may be held."""
+
+    __slots__ = ("more",)
+
+    def __init__(self) -> None:
+        self.more = False
+
+
 class TrackedResponse(aiohttp.ClientResponse):
     """A response that tells its replica endpoint when it ends (released, closed, or cut off mid-answer), so the
     endpoint's outstanding count is exact for streamed answers too."""
@@ -249,12 +260,15 @@ async def iter_body(
             resp.close()
 
 
-async def sse_events(resp: aiohttp.ClientResponse, timeouts: Timeouts) -> AsyncGenerator[tuple[str | None, str], None]:
+async def sse_events(
+    resp: aiohttp.ClientResponse, timeouts: Timeouts, ahead: ReadAhead | None = None
+) -> AsyncGenerator[tuple[str | None, str], None]:
     """(event, data) pairs of an SSE body. The first event must come within ``first_byte``, the next ones within
     ``idle`` of each other; a dropped connection raises ``AttemptFailed("connection")``.
 
     The body is read as it arrives, not line by line: a provider usually sends several events per network read, and
-    a ``readline`` (with its timer) per line was the biggest fixed cost of a streamed event."""
+    a ``readline`` (with its timer) per line was the biggest fixed cost of a streamed event. ``ahead`` says, with
+    each event, whether another one is already parsed."""
     content = resp.content
     wait = timeouts.first_byte
     parser = _SseParser()
@@ -273,7 +287,10 @@ async def sse_events(resp: aiohttp.ClientResponse, timeouts: Timeouts) -> AsyncG
             if parser.ready:
                 wait = timeouts.idle
                 ready, parser.ready = parser.ready, []
-                for event in ready:
+                last = len(ready) - 1
+                for i, event in enumerate(ready):
+                    if ahead is not None:
+                        ahead.more = i < last
                     yield event
             if eof:
                 break

@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from tiqo.daemon.upstream.client import AttemptFailed, UpstreamClient, read_body, sse_events
+from tiqo.daemon.upstream.client import AttemptFailed, ReadAhead, UpstreamClient, read_body, sse_events
 from tiqo.daemon.upstream.providers import Provider
 from tiqo.policy.routing import CatalogModel
 from tiqo.sdk.engine import Piece
@@ -20,8 +20,10 @@ async def stream_external(
     model: CatalogModel,
     wire: dict[str, Any],
     call_id: str | None = None,
+    ahead: ReadAhead | None = None,
 ) -> AsyncGenerator[Piece, None]:
-    """One streamed call to a provider, as pieces. Raises AttemptFailed (with no key material in its message)."""
+    """One streamed call to a provider, as pieces. Raises AttemptFailed (with no key material in its message).
+    ``ahead`` says, with each piece, whether the next one is already in hand."""
     kind = provider.kind
     assert kind is not None
     upstream_model = model.upstream_model or model.name
@@ -38,24 +40,29 @@ async def stream_external(
         exc.message = scrub(exc.message, secret)
         raise
     translator = kind.translator(upstream_model)
-    answer = _Answer()
-    events = sse_events(resp, provider.timeouts)
+    answer, ahead = _Answer(), ahead or ReadAhead()
+    events = sse_events(resp, provider.timeouts, ahead)
     try:
         async for event, data in events:
+            more = ahead.more
             try:
                 chunks = translator.feed(event, data)
             except Exception as exc:
                 raise AttemptFailed("protocol", scrub(_upstream_error_text(exc), secret)) from None
-            for piece in answer.pieces(chunks):
+            pieces = answer.pieces(chunks)
+            for i, piece in enumerate(pieces, 1):
+                ahead.more = more or i < len(pieces)
                 yield piece
         try:
             tail = translator.close()
         except Exception as exc:
             raise AttemptFailed("protocol", scrub(_upstream_error_text(exc), secret)) from None
+        ahead.more = True  # the rest is in hand: the tail's pieces and the last one
         for piece in answer.pieces(tail):
             yield piece
     finally:
         await events.aclose()
+    ahead.more = False
     yield answer.last()
 
 
