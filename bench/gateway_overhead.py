@@ -27,6 +27,11 @@ added p50 latency at c=1 <= 1.5 ms (JSON), added p50 TTFT <= 2 ms (SSE, c=1), da
 
 Run:  .venv/bin/python bench/gateway_overhead.py [--requests-c1 300] [--requests-c64 2000] [--words 20]
                                                  [--rounds 1] [--json] [--keep] [--only json-c1,sse-c1]
+With ``--proxy`` a third path runs beside them: ``bench/_proxy.py``, a minimal pass-through proxy (aiohttp, its own
+process and Unix socket, one pooled client session) that forwards the body to the stub and passes the answer back,
+the floor any gateway pays. Its CPU is read like the daemon's, and the daemon is then also judged against it:
+daemon CPU per JSON request <= 2x the proxy's (c=1) and JSON throughput at c=64 >= 0.5x the proxy's.
+
 Profile the daemon meanwhile: ``--daemon-cmd "-m cProfile -o /tmp/d.prof -m tiqo.daemon"`` (python arguments used
 in place of ``-m tiqo.daemon``; the profile is written when the daemon exits on SIGTERM).
 """
@@ -65,6 +70,8 @@ UPSTREAM_MODEL, DAEMON_MODEL = "m", "stub-m"
 GOAL_ADDED_P50_MS = 1.5
 GOAL_ADDED_TTFT_MS = 2.0
 GOAL_CPU_PER_EVENT_MS = 0.1
+GOAL_CPU_VS_PROXY = 2.0
+GOAL_RPS_VS_PROXY = 0.5
 WARMUP = 50
 
 
@@ -120,7 +127,9 @@ def start_daemon(home: Path, argv: list[str]) -> subprocess.Popen[bytes]:
         )
 
 
-async def wait_healthy(proc: subprocess.Popen[bytes], sock: Path, home: Path, timeout: float = 60) -> dict[str, Any]:
+async def wait_healthy(
+    proc: subprocess.Popen[bytes], sock: Path, home: Path, timeout: float = 60, path: str = "/tiqo/health"
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -130,7 +139,7 @@ async def wait_healthy(proc: subprocess.Popen[bytes], sock: Path, home: Path, ti
                 per_try = aiohttp.ClientTimeout(total=5)
                 async with (
                     aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)), timeout=per_try) as s,
-                    s.get("http://tiqo/tiqo/health") as r,
+                    s.get("http://tiqo" + path) as r,
                 ):
                     if r.status == 200:
                         return await r.json()  # type: ignore[no-any-return]
@@ -203,6 +212,7 @@ class Target:
     url: str
     headers: dict[str, str]
     bodies: dict[bool, bytes]
+    pid: int | None = None  # the gateway process whose CPU the "gw cpu" column shows (daemon or proxy)
 
 
 @dataclass
@@ -285,12 +295,13 @@ async def run_segment(
                 if len(s.error_examples) < 3:
                     s.error_examples.append(f"{type(exc).__name__}: {exc}"[:300])
 
-    d0, st0, c0 = cpu_s(daemon_pid), cpu_s(stub_pid), time.process_time()
+    gateway_pid = t.pid or daemon_pid
+    d0, st0, c0 = cpu_s(gateway_pid), cpu_s(stub_pid), time.process_time()
     w0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
     s.wall += time.perf_counter() - w0
     s.client_cpu += time.process_time() - c0
-    s.daemon_cpu += cpu_s(daemon_pid) - d0
+    s.daemon_cpu += cpu_s(gateway_pid) - d0
     s.stub_cpu += cpu_s(stub_pid) - st0
     s.n += n
 
@@ -323,15 +334,18 @@ def summarize(s: Sample, path: str, stream: bool, concurrency: int) -> dict[str,
 async def scenario(
     targets: dict[str, Target], stream: bool, concurrency: int, n: int, reverse: bool, daemon_pid: int, stub_pid: int
 ) -> dict[str, dict[str, Any]]:
-    """One round of one scenario: ABBA segments (BAAB when ``reverse``), n requests per path in all."""
-    samples = {p: Sample() for p in PATHS}
-    a, b = PATHS[::-1] if reverse else PATHS
+    """One round of one scenario: ABBA segments (BAAB when ``reverse``; ABCCBA with the proxy), n requests per path
+    in all."""
+    paths = tuple(targets)
+    samples = {p: Sample() for p in paths}
+    order = paths[::-1] if reverse else paths
     half = [n // 2, n - n // 2]
-    foreign = ForeignLoad((os.getpid(), daemon_pid, stub_pid))
-    for path, size in ((a, half[0]), (b, half[0]), (b, half[1]), (a, half[1])):
+    pids = (os.getpid(), daemon_pid, stub_pid, *(t.pid for t in targets.values() if t.pid))
+    foreign = ForeignLoad(tuple(dict.fromkeys(pids)))
+    for path, size in [(p, half[0]) for p in order] + [(p, half[1]) for p in order[::-1]]:
         await run_segment(targets[path], stream, size, concurrency, samples[path], daemon_pid, stub_pid)
     load = foreign.cores()
-    rows = {p: summarize(samples[p], p, stream, concurrency) for p in PATHS}
+    rows = {p: summarize(samples[p], p, stream, concurrency) for p in paths}
     for row in rows.values():
         row["foreign_load_cores"] = load
     return rows
@@ -362,7 +376,9 @@ async def reset_stub(session: aiohttp.ClientSession, stub_url: str) -> None:
         r.raise_for_status()
 
 
-async def measure(args: argparse.Namespace, stub_url: str, sock: Path, daemon_pid: int, stub_pid: int) -> list[Any]:
+async def measure(
+    args: argparse.Namespace, stub_url: str, sock: Path, daemon_pid: int, stub_pid: int, proxy: tuple[Path, int] | None
+) -> list[Any]:
     timeout = aiohttp.ClientTimeout(total=120)
     direct_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=timeout)
     daemon_session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock), limit=256), timeout=timeout)
@@ -381,13 +397,27 @@ async def measure(args: argparse.Namespace, stub_url: str, sock: Path, daemon_pi
             "http://tiqo/v1/chat/completions",
             json_h,
             {s: make_body(DAEMON_MODEL, args.words, s) for s in (False, True)},
+            daemon_pid,
         ),
     }
+    if proxy is not None:
+        proxy_session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(proxy[0]), limit=256), timeout=timeout
+        )
+        targets["proxy"] = Target(
+            "proxy",
+            proxy_session,
+            "http://proxy/v1/chat/completions",
+            json_h,
+            {s: make_body(UPSTREAM_MODEL, args.words, s) for s in (False, True)},
+            proxy[1],
+        )
+    paths = tuple(targets)
     results: list[dict[str, Any]] = []
     try:
         # Warm-up: both paths, both modes, sequential and concurrent (opens the pools' connections).
         for stream in (False, True):
-            for path in PATHS:
+            for path in paths:
                 warm = Sample()
                 await run_segment(targets[path], stream, WARMUP, 1, warm, daemon_pid, stub_pid)
                 await run_segment(targets[path], stream, 128, 64, warm, daemon_pid, stub_pid)
@@ -397,18 +427,19 @@ async def measure(args: argparse.Namespace, stub_url: str, sock: Path, daemon_pi
             for concurrency, n in ((1, args.requests_c1), (64, args.requests_c64)):
                 if scenario_name(stream, concurrency) not in args.only:
                     continue
-                per_path: dict[str, list[dict[str, Any]]] = {p: [] for p in PATHS}
+                per_path: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
                 for r in range(args.rounds):
                     await reset_stub(direct_session, stub_url)
                     got = await scenario(targets, stream, concurrency, n, r % 2 == 1, daemon_pid, stub_pid)
-                    for p in PATHS:
+                    for p in paths:
                         per_path[p].append(got[p])
                     if not args.json:
                         d, g = got["direct"], got["daemon"]
                         print(
                             f"  round {r + 1}/{args.rounds} {'sse ' if stream else 'json'} c={concurrency:<2}: "
-                            f"p50 {d['p50_ms']:.2f} -> {g['p50_ms']:.2f} ms, "
-                            f"errors {d['errors']}/{g['errors']}",
+                            f"p50 {d['p50_ms']:.2f} -> {g['p50_ms']:.2f} ms"
+                            + (f" (proxy {got['proxy']['p50_ms']:.2f} ms)" if "proxy" in got else "")
+                            + f", errors {d['errors']}/{g['errors']}",
                             file=sys.stderr,
                             flush=True,
                         )
@@ -416,7 +447,8 @@ async def measure(args: argparse.Namespace, stub_url: str, sock: Path, daemon_pi
                     {
                         "stream": stream,
                         "concurrency": concurrency,
-                        **{p: median_rows(per_path[p]) for p in PATHS},
+                        "paths": list(paths),
+                        **{p: median_rows(per_path[p]) for p in paths},
                         "rounds_added_p50_ms": [
                             g["p50_ms"] - d["p50_ms"]
                             for d, g in zip(per_path["direct"], per_path["daemon"], strict=True)
@@ -424,14 +456,19 @@ async def measure(args: argparse.Namespace, stub_url: str, sock: Path, daemon_pi
                     }
                 )
     finally:
-        await direct_session.close()
-        await daemon_session.close()
+        for t in targets.values():
+            await t.session.close()
     for res in results:
         d, g = res["direct"], res["daemon"]
         res["added_p50_ms"] = g["p50_ms"] - d["p50_ms"]
         res["added_p99_ms"] = g["p99_ms"] - d["p99_ms"]
         res["added_mean_ms"] = g["mean_ms"] - d["mean_ms"]
         res["added_ttft_p50_ms"] = g["ttft_p50_ms"] - d["ttft_p50_ms"] if res["stream"] else None
+        if "proxy" in res:
+            x = res["proxy"]
+            res["proxy_added_p50_ms"] = x["p50_ms"] - d["p50_ms"]
+            res["cpu_vs_proxy"] = g["daemon_cpu_ms_per_req"] / x["daemon_cpu_ms_per_req"]
+            res["rps_vs_proxy"] = g["rps"] / x["rps"]
     return results
 
 
@@ -454,10 +491,19 @@ def goals(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if c64:
         errors = sum(r["daemon"]["errors"] + r["direct"]["errors"] for r in c64)
         rows.append(("errors at c=64 (JSON + SSE, both paths)", errors, 0, ""))
-    return [
+    verdicts = [
         {"goal": name, "value": value, "limit": limit, "unit": unit, "pass": value <= limit}
         for name, value, limit, unit in rows
     ]
+    if (False, 1) in by and "cpu_vs_proxy" in by[(False, 1)]:
+        ratio = by[(False, 1)]["cpu_vs_proxy"]
+        goal = "daemon CPU per JSON request / the proxy's, c=1"
+        verdicts.append({"goal": goal, "value": ratio, "limit": GOAL_CPU_VS_PROXY, "unit": "x", "pass": ratio <= 2})
+    if (False, 64) in by and "rps_vs_proxy" in by[(False, 64)]:
+        ratio = by[(False, 64)]["rps_vs_proxy"]
+        goal = "daemon throughput / the proxy's, JSON c=64 (at least)"
+        verdicts.append({"goal": goal, "value": ratio, "limit": GOAL_RPS_VS_PROXY, "unit": "x", "pass": ratio >= 0.5})
+    return verdicts
 
 
 def print_report(env: dict[str, Any], results: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> None:
@@ -467,18 +513,18 @@ def print_report(env: dict[str, Any], results: list[dict[str, Any]], verdicts: l
     )
     header = (
         f"{'scenario':<9} {'path':<7} {'N':>6} {'err':>4} {'p50 ms':>8} {'p99 ms':>8} {'ttft50':>7} {'req/s':>7} "
-        f"{'daemon cpu':>10} {'cpu/event':>9} {'stub cpu':>8} {'client cpu':>10}"
+        f"{'gw cpu':>10} {'cpu/event':>9} {'stub cpu':>8} {'client cpu':>10}"
     )
     print(header)
     print("-" * len(header))
     for res in results:
         label = f"{'sse' if res['stream'] else 'json'} c={res['concurrency']}"
-        for p in PATHS:
+        for p in res["paths"]:
             r = res[p]
             ttft = f"{r['ttft_p50_ms']:7.2f}" if r["ttft_p50_ms"] is not None else f"{'-':>7}"
-            dcpu = f"{r['daemon_cpu_ms_per_req']:10.3f}" if p == "daemon" else f"{'-':>10}"
+            dcpu = f"{r['daemon_cpu_ms_per_req']:10.3f}" if p != "direct" else f"{'-':>10}"
             per_ev = r["daemon_cpu_ms_per_event"]
-            pev = f"{per_ev:9.4f}" if p == "daemon" and per_ev is not None else f"{'-':>9}"
+            pev = f"{per_ev:9.4f}" if p != "direct" and per_ev is not None else f"{'-':>9}"
             print(
                 f"{label:<9} {p:<7} {r['requests']:>6} {r['errors']:>4} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
                 f"{ttft} {r['rps']:7.0f} {dcpu} {pev} {r['stub_cpu_ms_per_req']:8.3f} "
@@ -491,10 +537,16 @@ def print_report(env: dict[str, Any], results: list[dict[str, Any]], verdicts: l
             f"req/s x{res['daemon']['rps'] / res['direct']['rps']:.2f}; "
             f"other processes' load {res['daemon']['foreign_load_cores']:.2f} CPUs"
         )
-        for p in PATHS:
+        if "proxy" in res:
+            print(
+                f"{'':<9} {'proxy':<7} adds p50 {res['proxy_added_p50_ms']:+.2f} ms; daemon vs proxy: "
+                f"cpu/req x{res['cpu_vs_proxy']:.2f}, req/s x{res['rps_vs_proxy']:.2f}"
+            )
+        for p in res["paths"]:
             for ex in res[p]["error_examples"]:
                 print(f"{'':<9} {p} error: {ex}")
-    print("(cpu columns: ms of CPU per request of that process; cpu/event = daemon cpu / SSE events per request)")
+    print("(cpu columns: ms of CPU per request of that process; gw cpu = the daemon's or the proxy's; cpu/event =")
+    print(" gw cpu / SSE events per request)")
     worst = max((r["daemon"]["foreign_load_cores"] for r in results), default=0.0)
     if worst > 0.2:
         print(
@@ -506,7 +558,8 @@ def print_report(env: dict[str, Any], results: list[dict[str, Any]], verdicts: l
     for v in verdicts:
         value = f"{v['value']:.3f} {v['unit']}".strip() if isinstance(v["value"], float) else str(v["value"])
         limit = f"{v['limit']} {v['unit']}".strip()
-        print(f"  {'PASS' if v['pass'] else 'MISS'}  {v['goal']}: {value} (goal <= {limit})")
+        bound = ">=" if v["unit"] == "x" and "at least" in v["goal"] else "<="
+        print(f"  {'PASS' if v['pass'] else 'MISS'}  {v['goal']}: {value} (goal {bound} {limit})")
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -521,6 +574,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="leave the temp TIQO_HOME (config, logs, state) in place")
     ap.add_argument("--json", action="store_true", help="print all numbers as JSON instead of the table")
     ap.add_argument("--no-uvloop", action="store_true")
+    ap.add_argument("--proxy", action="store_true", help="also measure a minimal pass-through proxy (bench/_proxy.py)")
     ap.add_argument(
         "--only",
         default=",".join(SCENARIOS),
@@ -547,16 +601,25 @@ def main() -> int:
     sock = home / "run" / "tiqo.sock"
     stub = UpstreamProcess()
     daemon: subprocess.Popen[bytes] | None = None
+    proxy: subprocess.Popen[bytes] | None = None
     try:
         stub.start()
         assert stub.pid is not None
         write_home(home, stub.url)
         daemon = start_daemon(home, args.daemon_cmd.split())
+        proxy_sock = home / "proxy.sock"
+        if args.proxy:
+            argv = [str(ROOT / "bench" / "_proxy.py"), "--socket", str(proxy_sock), "--upstream", stub.url]
+            proxy = start_daemon(home, [*argv, "--key", STUB_KEY])
         with asyncio.Runner(loop_factory=factory) as runner:
             health = runner.run(wait_healthy(daemon, sock, home))
             daemon_pid = int(health["pid"])
-            results = runner.run(measure(args, stub.url, sock, daemon_pid, stub.pid))
+            if proxy is not None:
+                runner.run(wait_healthy(proxy, proxy_sock, home, path="/health"))
+            proxied = (proxy_sock, proxy.pid) if proxy is not None else None
+            results = runner.run(measure(args, stub.url, sock, daemon_pid, stub.pid, proxied))
     finally:
+        stop_proc(proxy)
         stop_proc(daemon)
         stub.stop()
         if args.keep:

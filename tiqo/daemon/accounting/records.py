@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 CounterKey = tuple[str, str]  # (counter, period id)
 
@@ -36,6 +36,9 @@ class RequestRow:
     video_s: float = 0.0  # seconds of video made
     steps: int = 0  # denoising steps run (local image and video models)
     device: str = ""  # where a local model ran: cpu, cuda:0, ...
+
+
+REQUEST_COLUMNS = tuple(f.name for f in fields(RequestRow))
 
 
 @dataclass

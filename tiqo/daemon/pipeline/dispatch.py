@@ -16,6 +16,7 @@ from tiqo.daemon.accounting.ledger import CallRow, RequestRow
 from tiqo.daemon.catalog.registry import KIND_DEFAULTS
 from tiqo.daemon.pipeline.attempts import Ticket, Try
 from tiqo.daemon.pipeline.ports import LocalCompute
+from tiqo.daemon.pipeline.recording import interrupted
 from tiqo.daemon.pipeline.router import Router
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.upstream.client import AttemptFailed
@@ -181,11 +182,8 @@ class Dispatch:
                 yield item
             if ends_ok:
                 row.outcome = "ok"
-        except TiqoError as exc:
-            row.outcome, row.error = "interrupted", exc.code
-            raise
-        except AttemptFailed:
-            row.outcome, row.error = "interrupted", "stream_interrupted"
+        except (TiqoError, AttemptFailed) as exc:
+            interrupted(row, exc)
             raise
         finally:
             await items.aclose()

@@ -33,6 +33,12 @@ DEFAULT_MAX_TOKENS = 1024  # for cost estimates and context checks when a reques
 BUDGET_MAX_TOKENS = 4096
 
 
+def interrupted(row: RequestRow, exc: TiqoError | AttemptFailed) -> None:
+    """The row of a request whose answer was cut off after it began: by a TiqoError (its code) or the provider."""
+    row.outcome = "interrupted"
+    row.error = exc.code if isinstance(exc, TiqoError) else "stream_interrupted"
+
+
 class Accounting:
     def __init__(
         self,
@@ -108,11 +114,8 @@ class Accounting:
                     if not served.completion_tokens:  # served outside routing (text completions)
                         served.prompt_tokens, served.completion_tokens = piece.prompt_tokens, piece.completion_tokens
                 yield piece
-        except TiqoError as exc:
-            row.outcome, row.error = "interrupted", exc.code
-            raise
-        except AttemptFailed:
-            row.outcome, row.error = "interrupted", "stream_interrupted"
+        except (TiqoError, AttemptFailed) as exc:
+            interrupted(row, exc)
             raise
         finally:
             await pieces.aclose()

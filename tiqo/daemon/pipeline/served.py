@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tiqo.daemon.cache.response_cache import CacheHit
 
+from tiqo.daemon.upstream.client import ReadAhead
+
 
 def _os_user() -> str:
     try:
@@ -50,6 +52,7 @@ class Served:
     completion_tokens: int = 0
     first_token_s: float | None = None  # seconds from the request's arrival to its first token (metrics)
     sources: list[dict[str, Any]] = field(default_factory=list)  # retrieval-augmented answers: what was given
+    ahead: ReadAhead = field(default_factory=ReadAhead)  # the committed attempt's: is its next piece in hand
 
     def cached(self, hit: CacheHit) -> None:
         """Served from the response cache: by the model whose answer it holds, with that answer's token counts."""

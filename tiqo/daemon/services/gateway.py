@@ -34,7 +34,7 @@ from tiqo.daemon.pipeline.router import Router
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.state.shared import SharedState
 from tiqo.daemon.state.store import Store
-from tiqo.daemon.upstream.client import AttemptFailed
+from tiqo.daemon.upstream.client import AttemptFailed, ReadAhead
 from tiqo.daemon.upstream.external import stream_external
 from tiqo.daemon.upstream.providers import ProviderHub
 from tiqo.policy import budget as bp
@@ -178,13 +178,14 @@ class Gateway(Router):
         cache: CacheUse | None,
     ) -> AsyncGenerator[Piece, None]:
         model = one.model
+        served.ahead = ReadAhead()  # this attempt's (an earlier one may have failed with more in hand)
         if model.local:
             inner = self._local(model, body)
         else:
             provider = self.hub.providers[model.provider]
             secret = self.hub.secret(provider.name, one.key)
             view = self.hub.for_call(provider, decision.classification.data_class)
-            inner = stream_external(self.upstream, secret, view, model, wire, call.id if call else None)
+            inner = stream_external(self.upstream, secret, view, model, wire, call.id if call else None, served.ahead)
         return self._account(inner, model, one.ticket, call, wire, decision, served, cache)
 
     async def _account(

@@ -24,6 +24,8 @@ from tiqo.sdk.provider import FormFile, ProviderKind, UpstreamRequest
 
 log = logging.getLogger("tiqo.upstream")
 MAX_ERROR_BODY = 64 * 1024
+MAX_SSE_LINE = 16 * 1024 * 1024  # an incomplete SSE line held while more of it arrives
+MAX_ORIGINS = 1024  # remembered proxy decisions (origins come from config: providers and their replicas)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,17 @@ class AttemptFailed(Exception):
     @property
     def retryable(self) -> bool:
         return self.kind != "bad_request"
+
+
+class ReadAhead:
+    """Whether more of a streamed answer is already in hand (received and parsed, not yet passed on). A writer may
+    then hold what it has and send it with what follows in one write; when ``more`` is False the next piece waits
+    on the network, so nothing may be held."""
+
+    __slots__ = ("more",)
+
+    def __init__(self) -> None:
+        self.more = False
 
 
 class TrackedResponse(aiohttp.ClientResponse):
@@ -87,15 +100,22 @@ class UpstreamClient:
     def __init__(self, replicas: Replicas | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._proxies: dict[str, str] = {}
+        self._proxy_of: dict[str, str | None] = {}  # origin -> its proxy (None: direct)
         self.replicas = replicas or Replicas()
 
     def _proxy_for(self, url: str) -> str | None:
         if not self._proxies:
             return None
-        host = urllib.parse.urlsplit(url).hostname or ""
-        if urllib.request.proxy_bypass(host) or host in ("127.0.0.1", "localhost", "::1"):
-            return None
-        return self._proxies.get(url.split(":", 1)[0])
+        scheme, _, rest = url.partition("://")
+        origin = scheme + "://" + rest.split("/", 1)[0]
+        if origin not in self._proxy_of:
+            # proxy_bypass reads the whole environment (about 0.3 ms): once per origin, not once per request
+            if len(self._proxy_of) >= MAX_ORIGINS:
+                self._proxy_of.clear()
+            host = urllib.parse.urlsplit(url).hostname or ""
+            bypass = urllib.request.proxy_bypass(host) or host in ("127.0.0.1", "localhost", "::1")
+            self._proxy_of[origin] = None if bypass else self._proxies.get(url.split(":", 1)[0])
+        return self._proxy_of[origin]
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -110,6 +130,7 @@ class UpstreamClient:
                 response_class=TrackedResponse,
             )
             self._proxies = urllib.request.getproxies()
+            self._proxy_of.clear()
         return self._session
 
     async def close(self) -> None:
@@ -239,41 +260,38 @@ async def iter_body(
             resp.close()
 
 
-async def sse_events(resp: aiohttp.ClientResponse, timeouts: Timeouts) -> AsyncGenerator[tuple[str | None, str], None]:
+async def sse_events(
+    resp: aiohttp.ClientResponse, timeouts: Timeouts, ahead: ReadAhead | None = None
+) -> AsyncGenerator[tuple[str | None, str], None]:
     """(event, data) pairs of an SSE body. The first event must come within ``first_byte``, the next ones within
-    ``idle`` of each other; a dropped connection raises ``AttemptFailed("connection")``."""
+    ``idle`` of each other; a dropped connection raises ``AttemptFailed("connection")``.
+
+    The body is read as it arrives, not line by line: a provider usually sends several events per network read, and
+    a ``readline`` (with its timer) per line was the biggest fixed cost of a streamed event. ``ahead`` says, with
+    each event, whether another one is already parsed."""
     content = resp.content
     wait = timeouts.first_byte
+    parser = _SseParser()
     try:
         while True:
-            event: str | None = None
-            data: list[str] = []
             eof = False
-            # One timeout per event (not per line): the timer is the hot path's biggest fixed cost.
+            # One timeout per event (comments and keep-alives do not restart it), not per read.
             async with asyncio.timeout(wait):
-                while True:
-                    raw = await content.readline()
-                    if not raw:
+                while not parser.ready:
+                    chunk = await content.readany()
+                    if not chunk:
                         eof = True
+                        parser.end()
                         break
-                    line = raw.decode("utf-8").rstrip("\r\n")
-                    if not line:
-                        if data:
-                            break
-                        event = None
-                        continue
-                    if line[0] == ":":
-                        continue  # comment / keep-alive
-                    name, _, value = line.partition(":")
-                    if value[:1] == " ":
-                        value = value[1:]
-                    if name == "data":
-                        data.append(value)
-                    elif name == "event":
-                        event = value
-            if data:
+                    parser.feed(chunk)
+            if parser.ready:
                 wait = timeouts.idle
-                yield event, "\n".join(data)
+                ready, parser.ready = parser.ready, []
+                last = len(ready) - 1
+                for i, event in enumerate(ready):
+                    if ahead is not None:
+                        ahead.more = i < last
+                    yield event
             if eof:
                 break
     except TimeoutError:
@@ -285,3 +303,51 @@ async def sse_events(resp: aiohttp.ClientResponse, timeouts: Timeouts) -> AsyncG
             resp.release()
         else:
             resp.close()  # stop the upstream generation; the connection is not reusable anyway
+
+
+class _SseParser:
+    """The SSE line protocol over bytes as they arrive: complete events collect in ``ready``."""
+
+    __slots__ = ("data", "event", "ready", "rest")
+
+    def __init__(self) -> None:
+        self.event: str | None = None
+        self.data: list[str] = []
+        self.rest = bytearray()  # an incomplete line
+        self.ready: list[tuple[str | None, str]] = []
+
+    def feed(self, chunk: bytes) -> None:
+        if b"\n" not in chunk:  # more of a long line: appended, not copied again with every chunk
+            self.rest += chunk
+            if len(self.rest) > MAX_SSE_LINE:
+                raise AttemptFailed("protocol", f"an SSE line longer than {MAX_SSE_LINE} bytes")
+            return
+        lines = (bytes(self.rest) + chunk).split(b"\n") if self.rest else chunk.split(b"\n")
+        self.rest = bytearray(lines.pop())
+        if len(self.rest) > MAX_SSE_LINE:
+            raise AttemptFailed("protocol", f"an SSE line longer than {MAX_SSE_LINE} bytes")
+        for raw in lines:
+            self.line(raw.decode("utf-8").rstrip("\r"))
+
+    def end(self) -> None:
+        if self.rest:
+            self.line(self.rest.decode("utf-8").rstrip("\r"))
+            self.rest = bytearray()
+        self.line("")
+
+    def line(self, line: str) -> None:
+        if not line:
+            if self.data:
+                self.ready.append((self.event, "\n".join(self.data)))
+                self.data = []
+            self.event = None
+            return
+        if line[0] == ":":
+            return  # comment / keep-alive
+        name, _, value = line.partition(":")
+        if value[:1] == " ":
+            value = value[1:]
+        if name == "data":
+            self.data.append(value)
+        elif name == "event":
+            self.event = value

@@ -206,37 +206,48 @@ async def _sse(
         return "data: " + _dumps(oa.completion_chunk(rid, model, created, piece.text, finish)) + "\n\n"
 
     last = Piece("", finish_reason="stop")
+    # Events that are in hand together go out in one write (one HTTP chunk): the role chunk with the first piece,
+    # pieces the provider sent in one network read (``served.ahead``), the end with the usage chunk and [DONE]. Each
+    # write costs a send through the middleware and a system call; the bytes of the stream are the same, and no
+    # event waits for one that is not here yet.
+    held = ""
+    ahead = served.ahead
     try:
         if chat:
-            yield "data: " + _dumps(oa.chat_chunk(rid, model, created, {"role": "assistant", "content": ""})) + "\n\n"
+            held = "data: " + _dumps(oa.chat_chunk(rid, model, created, {"role": "assistant", "content": ""})) + "\n\n"
         async for piece in pieces:
             if piece.text or piece.tool_calls:
-                yield event(piece)
+                held += event(piece)
+                if not ahead.more:
+                    frame, held = held, ""
+                    yield frame
             if piece.finish_reason is not None:
                 last = piece
-        yield event(last, last.finish_reason or "stop")
-        if include_usage:
-            obj = "chat.completion.chunk" if chat else "text_completion"
-            use = oa.usage(last.prompt_tokens, last.completion_tokens)
-            chunk = oa.usage_chunk(rid, model, created, obj, use)
-            chunk["x_tiqo"] = {"backend": served.backend, "cost_usd": round(served.cost_usd, 8), "cache": served.cache}
-            if served.sources:
-                chunk["x_tiqo"]["sources"] = served.sources
-            yield "data: " + _dumps(chunk) + "\n\n"
-        elif served.sources:
-            chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": []}
-            yield "data: " + _dumps({**chunk, "x_tiqo": {"sources": served.sources}}) + "\n\n"
-        yield "data: [DONE]\n\n"
+        held += event(last, last.finish_reason or "stop")
+        frame, held = held + _closing(served, rid, created, chat, include_usage, last) + "data: [DONE]\n\n", ""
+        yield frame
     except TiqoError as exc:
-        yield "data: " + _dumps(exc.to_body()) + "\n\n"
+        yield held + "data: " + _dumps(exc.to_body()) + "\n\n"
     except Exception as exc:  # never a silently truncated stream: say it failed
         log.exception("%s: generation failed mid-stream", rid)
-        yield (
-            "data: "
-            + _dumps(
-                {"error": {"message": f"generation failed: {exc}", "type": "server_error", "code": "stream_error"}}
-            )
-            + "\n\n"
-        )
+        error = {"error": {"message": f"generation failed: {exc}", "type": "server_error", "code": "stream_error"}}
+        yield held + "data: " + _dumps(error) + "\n\n"
     finally:
         await pieces.aclose()
+
+
+def _closing(served: Served, rid: str, created: int, chat: bool, include_usage: bool, last: Piece) -> str:
+    """What follows the last event: the usage chunk (asked for with ``stream_options``), or the sources."""
+    model = served.model
+    if include_usage:
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        use = oa.usage(last.prompt_tokens, last.completion_tokens)
+        chunk = oa.usage_chunk(rid, model, created, obj, use)
+        chunk["x_tiqo"] = {"backend": served.backend, "cost_usd": round(served.cost_usd, 8), "cache": served.cache}
+        if served.sources:
+            chunk["x_tiqo"]["sources"] = served.sources
+        return "data: " + _dumps(chunk) + "\n\n"
+    if served.sources:
+        chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": []}
+        return "data: " + _dumps({**chunk, "x_tiqo": {"sources": served.sources}}) + "\n\n"
+    return ""
