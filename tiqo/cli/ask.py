@@ -14,7 +14,6 @@ import typer
 from tiqo.cli import complete
 from tiqo.cli.json_files import SCHEMA, TOOL, response_format, tool
 from tiqo.cli.output import EXIT_USAGE, client, err_console, fail, handle_errors, print_json
-from tiqo.protocol.openai import plain_call
 
 MODEL = typer.Option(
     None,
@@ -135,6 +134,8 @@ def _json_answer(c: Any, payload: dict[str, Any], headers: dict[str, str], json_
 
 def _tool_calls(c: Any, payload: dict[str, Any], headers: dict[str, str], json_out: bool) -> None:
     """One answer that calls the given functions, printed as one JSON line per call (name, arguments)."""
+    from tiqo.protocol.openai import plain_call  # pydantic models: only this path needs them
+
     reply = c.chat({**payload, "tool_choice": "required"}, headers)
     message = reply["choices"][0]["message"]
     calls = [plain_call(call) for call in message.get("tool_calls") or []]
