@@ -8,8 +8,8 @@ import time
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from tiqo.client import process
 from tiqo.client.streams import ApiError, DaemonUnavailable, Stream
+from tiqo.core.paths import socket_answers
 from tiqo.core.settings import Settings
 from tiqo.protocol.headers import encode_name_headers
 
@@ -138,10 +138,12 @@ class Transport:
 
     # ------------------------------------------------------------------ daemon
     def is_running(self) -> bool:
-        return process.socket_answers(self.socket_path)
+        return socket_answers(self.socket_path)
 
     def start_daemon(self) -> int:
         """Start the daemon and wait until it answers. Returns its pid."""
+        from tiqo.client import process  # spawning and supervising: only when no daemon answered
+
         if not self.autostart:
             raise DaemonUnavailable(
                 "the tiqo daemon is not running and autostart is off",
@@ -159,7 +161,7 @@ class Transport:
                     f"the daemon exited during start-up (exit code {code}):\n{last}",
                     hint="see `tiqo daemon logs`; `tiqo daemon run` shows it in the foreground",
                 )
-            if process.socket_answers(self.socket_path):
+            if socket_answers(self.socket_path):
                 try:
                     return int(self.health(timeout=5.0)["pid"])
                 except Exception:  # still starting: the socket is bound before the app is ready
