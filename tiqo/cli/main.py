@@ -117,6 +117,10 @@ class LazyGroup(TyperGroup):
         self.commands = LazyCommands(self.rich_markup_mode)
         self.commands.update(registered)
 
+    def list_commands(self, ctx: Any) -> list[str]:
+        # Names only (typer's own reads every command): TAB after `tiqo v` loads vec, video and voices, no more.
+        return list(self.commands)
+
 
 app = typer.Typer(
     name="tiqo",
