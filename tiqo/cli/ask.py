@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,7 +15,6 @@ import typer
 from tiqo.cli import complete
 from tiqo.cli.json_files import SCHEMA, TOOL, response_format, tool
 from tiqo.cli.output import EXIT_USAGE, client, err_console, fail, handle_errors, print_json
-from tiqo.protocol.openai import plain_call
 
 MODEL = typer.Option(
     None,
@@ -135,6 +135,8 @@ def _json_answer(c: Any, payload: dict[str, Any], headers: dict[str, str], json_
 
 def _tool_calls(c: Any, payload: dict[str, Any], headers: dict[str, str], json_out: bool) -> None:
     """One answer that calls the given functions, printed as one JSON line per call (name, arguments)."""
+    from tiqo.protocol.openai import plain_call  # pydantic models: only this path needs them
+
     reply = c.chat({**payload, "tool_choice": "required"}, headers)
     message = reply["choices"][0]["message"]
     calls = [plain_call(call) for call in message.get("tool_calls") or []]
@@ -192,13 +194,7 @@ def ask(
 
       tiqo ask --tool weather.json "Is it raining in Oslo?"
     """
-    text = " ".join(prompt or []).strip()
-    if not sys.stdin.isatty():
-        piped = sys.stdin.read()
-        if piped.strip():
-            text = f"{piped.rstrip()}\n\n{text}" if text else piped.rstrip()
-    if not text:
-        fail("no prompt given", 'pass one as an argument (tiqo ask "...") or pipe text in', EXIT_USAGE)
+    text = _prompt_text(prompt)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     with client() as c:
         payload = _payload(model, messages, temperature, max_tokens, seed, keep_alive)
@@ -212,23 +208,48 @@ def ask(
             payload["tools"] = [tool(path) for path in tools]
             return _tool_calls(c, payload, headers, json_out)
         result = _stream_answer(c, payload, not json_out, headers)
+    _print_answer_extras(result, bool(rag), json_out, verbose)
+
+
+def _prompt_text(prompt: list[str] | None) -> str:
+    """The prompt from the arguments, with text piped on stdin before it."""
+    text = " ".join(prompt or []).strip()
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        if piped.strip():
+            text = f"{piped.rstrip()}\n\n{text}" if text else piped.rstrip()
+    if not text:
+        fail("no prompt given", 'pass one as an argument (tiqo ask "...") or pipe text in', EXIT_USAGE)
+    return text
+
+
+def _print_answer_extras(result: dict[str, Any], rag: bool, json_out: bool, verbose: bool) -> None:
+    """After a streamed answer: its sources (--rag), or the whole result (--json); what served it (--verbose)."""
     if rag and not json_out:
-        sources = result.get("sources") or []
-        sys.stdout.write("\nSources:\n" if sources else "\n(no sources found in the collection)\n")
-        for src in sources:
-            where = f"{src['source']}#{src['chunk']}" if src.get("chunk") is not None else str(src["source"])
-            sys.stdout.write(f"  [{src['n']}] {where}  (score {float(src.get('score') or 0):.2f})\n")
-        sys.stdout.flush()
+        _print_sources(result.get("sources") or [])
     if json_out:
         print_json(result)
     if verbose:
-        use = result["usage"] or {}
-        err_console.print(
-            f"[dim]{result['model']} via {result['backend']} ({result['route']}, attempts {result['attempts']}, "
-            f"cache {result['cache']}) · {use.get('prompt_tokens', '?')}+{use.get('completion_tokens', '?')} tokens · "
-            f"first token {result['ttft_s']:.2f}s · total {result['latency_s']:.2f}s · ${result['cost_usd']:.6f} · "
-            f"{result['request_id']}[/]"
-        )
+        _print_served(result)
+
+
+def _print_sources(sources: list[dict[str, Any]]) -> None:
+    sys.stdout.write("\nSources:\n" if sources else "\n(no sources found in the collection)\n")
+    for src in sources:
+        where = f"{src['source']}#{src['chunk']}" if src.get("chunk") is not None else str(src["source"])
+        sys.stdout.write(f"  [{src['n']}] {where}  (score {float(src.get('score') or 0):.2f})\n")
+    sys.stdout.flush()
+
+
+def _print_served(result: dict[str, Any]) -> None:
+    """--verbose: what served the answer, its tokens, timings and cost, on stderr."""
+    use = result["usage"] or {}
+    err_console.print(
+        f"[dim]{result['model']} via {result['backend']} ({result['route']}, attempts {result['attempts']}, "
+        f"cache {result['cache']}) · {use.get('prompt_tokens', '?')}+{use.get('completion_tokens', '?')} tokens · "
+        f"first token {result['ttft_s']:.2f}s · total {result['latency_s']:.2f}s · ${result['cost_usd']:.6f} · "
+        f"{result['request_id']}[/]"
+    )
 
 
 CHAT_HELP = """commands:
@@ -280,13 +301,7 @@ def chat(
     """
     _answer_ctrl_c()
     with client() as c:
-        names = [m["name"] for m in c.models()]
-        current = model or next((m["name"] for m in c.models() if m["default"]), None)
-        if model is not None and model not in names:
-            fail(f"model {model!r} not found; available: {', '.join(names)}", "`tiqo models list` shows models")
-        _readline_history(c.settings.paths.state_dir / "chat_history")
-        history: list[dict[str, str]] = []
-        err_console.print(f"[dim]chatting with {current} — /help for commands, Ctrl-D to exit[/]")
+        session = _open_chat(c, model, system)
         while True:
             try:
                 line = input(">>> ")
@@ -300,42 +315,72 @@ def chat(
             if not line:
                 continue
             if line.startswith("/"):
-                command, _, arg = line.partition(" ")
-                arg = arg.strip()
-                if command in ("/exit", "/quit", "/bye"):
+                if _chat_command(c, session, line):
                     return
-                if command == "/help":
-                    err_console.print(CHAT_HELP)
-                elif command == "/clear":
-                    history.clear()
-                    err_console.print("[dim]conversation cleared[/]")
-                elif command == "/system":
-                    system = arg or None
-                    err_console.print(f"[dim]system prompt {'set' if system else 'cleared'}[/]")
-                elif command == "/model":
-                    names = [m["name"] for m in c.models()]
-                    if arg not in names:
-                        err_console.print(f"[red]unknown model {arg!r}[/]; available: {', '.join(names)}")
-                    else:
-                        current = arg
-                        err_console.print(f"[dim]now chatting with {current}[/]")
-                else:
-                    err_console.print(f"[red]unknown command {command}[/]\n{CHAT_HELP}")
                 continue
-            history.append({"role": "user", "content": line})
-            messages = ([{"role": "system", "content": system}] if system else []) + history
-            payload = _payload(current, messages, temperature, max_tokens, seed, keep_alive)
-            try:
-                result = _stream_answer(c, payload, echo=True)
-                history.append({"role": "assistant", "content": result["text"]})
-            except KeyboardInterrupt:
-                sys.stdout.write("\n")
-                err_console.print("[dim](stopped)[/]")
-                history.pop()
-            except Exception as exc:
-                from tiqo.client import ApiError
+            session.history.append({"role": "user", "content": line})
+            messages = ([{"role": "system", "content": session.system}] if session.system else []) + session.history
+            _chat_turn(c, session, _payload(session.model, messages, temperature, max_tokens, seed, keep_alive))
 
-                if not isinstance(exc, ApiError):
-                    raise
-                history.pop()
-                err_console.print(f"[red]tiqo:[/] {exc.message}" + (f"\n[dim]hint:[/] {exc.hint}" if exc.hint else ""))
+
+@dataclass
+class _Chat:
+    """What an interactive chat carries from one line to the next."""
+
+    model: str | None
+    system: str | None
+    history: list[dict[str, str]] = field(default_factory=list)
+
+
+def _open_chat(c: Any, model: str | None, system: str | None) -> _Chat:
+    names = [m["name"] for m in c.models()]
+    current = model or next((m["name"] for m in c.models() if m["default"]), None)
+    if model is not None and model not in names:
+        fail(f"model {model!r} not found; available: {', '.join(names)}", "`tiqo models list` shows models")
+    _readline_history(c.settings.paths.state_dir / "chat_history")
+    err_console.print(f"[dim]chatting with {current} — /help for commands, Ctrl-D to exit[/]")
+    return _Chat(current, system)
+
+
+def _chat_command(c: Any, session: _Chat, line: str) -> bool:
+    """One /command; True when it ends the chat."""
+    command, _, arg = line.partition(" ")
+    arg = arg.strip()
+    if command in ("/exit", "/quit", "/bye"):
+        return True
+    if command == "/help":
+        err_console.print(CHAT_HELP)
+    elif command == "/clear":
+        session.history.clear()
+        err_console.print("[dim]conversation cleared[/]")
+    elif command == "/system":
+        session.system = arg or None
+        err_console.print(f"[dim]system prompt {'set' if session.system else 'cleared'}[/]")
+    elif command == "/model":
+        names = [m["name"] for m in c.models()]
+        if arg not in names:
+            err_console.print(f"[red]unknown model {arg!r}[/]; available: {', '.join(names)}")
+        else:
+            session.model = arg
+            err_console.print(f"[dim]now chatting with {session.model}[/]")
+    else:
+        err_console.print(f"[red]unknown command {command}[/]\n{CHAT_HELP}")
+    return False
+
+
+def _chat_turn(c: Any, session: _Chat, payload: dict[str, Any]) -> None:
+    """One streamed answer; Ctrl-C or a refusal takes the question back out of the history."""
+    try:
+        result = _stream_answer(c, payload, echo=True)
+        session.history.append({"role": "assistant", "content": result["text"]})
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        err_console.print("[dim](stopped)[/]")
+        session.history.pop()
+    except Exception as exc:
+        from tiqo.client import ApiError
+
+        if not isinstance(exc, ApiError):
+            raise
+        session.history.pop()
+        err_console.print(f"[red]tiqo:[/] {exc.message}" + (f"\n[dim]hint:[/] {exc.hint}" if exc.hint else ""))

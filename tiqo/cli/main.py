@@ -1,36 +1,130 @@
-"""Entry point of the ``tiqo`` command."""
+"""Entry point of the ``tiqo`` command.
+
+Every TAB completion and every ``tiqo X`` runs this module, so it imports no command module up front: the root group
+knows the commands by name (``COMMANDS``, in the order help lists them) and imports a command's module the first time
+click asks for it. ``tiqo ask`` then loads ``tiqo.cli.ask`` alone; ``tiqo --help`` loads them all, to show each one's
+summary, and the help, man page and completions are the same as if every command were registered up front."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
 import typer
+import typer.main
+from typer.core import TyperGroup
 
 from tiqo import __version__
-from tiqo.cli import (
-    ask,
-    backup,
-    budget,
-    config,
-    daemon,
-    embed,
-    gateway_misc,
-    jobs,
-    keys,
-    ledger,
-    media,
-    models,
-    providers,
-    route,
-    users,
-    vec,
-    voice,
-)
-from tiqo.cli.dash import dash as dash_command
-from tiqo.cli.doctor import doctor as doctor_command
 from tiqo.cli.output import state
 from tiqo.core.paths import use_private_umask
 
+# name → (module, attribute): a command function, or a Typer that becomes a group of that name.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "ask": ("tiqo.cli.ask", "ask"),
+    "chat": ("tiqo.cli.ask", "chat"),
+    "transcribe": ("tiqo.cli.voice", "transcribe"),
+    "speak": ("tiqo.cli.voice", "speak"),
+    "image": ("tiqo.cli.media", "image"),
+    "video": ("tiqo.cli.media", "video"),
+    "embed": ("tiqo.cli.embed", "embed"),
+    "ps": ("tiqo.cli.models", "ps"),
+    "plugins": ("tiqo.cli.gateway_misc", "plugins"),
+    "usage": ("tiqo.cli.ledger", "usage"),
+    "logs": ("tiqo.cli.ledger", "logs"),
+    "audit": ("tiqo.cli.ledger", "audit"),
+    "alerts": ("tiqo.cli.ledger", "alerts"),
+    "events": ("tiqo.cli.ledger", "events"),
+    "dash": ("tiqo.cli.dash", "dash"),
+    "backup": ("tiqo.cli.backup", "backup"),
+    "restore": ("tiqo.cli.backup", "restore"),
+    "doctor": ("tiqo.cli.doctor", "doctor"),
+    # groups (typer lists a group's commands after the plain commands, in this order)
+    "voices": ("tiqo.cli.voice", "voices_app"),
+    "vec": ("tiqo.cli.vec", "app"),
+    "jobs": ("tiqo.cli.jobs", "app"),
+    "daemon": ("tiqo.cli.daemon", "app"),
+    "models": ("tiqo.cli.models", "app"),
+    "config": ("tiqo.cli.config", "app"),
+    "providers": ("tiqo.cli.providers", "app"),
+    "keys": ("tiqo.cli.keys", "app"),
+    "route": ("tiqo.cli.route", "app"),
+    "cache": ("tiqo.cli.gateway_misc", "cache_app"),
+    "budget": ("tiqo.cli.budget", "budget_app"),
+    "users": ("tiqo.cli.users", "app"),
+}
+
+
+def _build(name: str, rich_markup_mode: Any) -> Any:
+    """The click command for ``name``, built the way ``app.command(name)`` / ``app.add_typer(name=name)`` would."""
+    module, attribute = COMMANDS[name]
+    target = getattr(importlib.import_module(module), attribute)
+    holder = typer.Typer()
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)
+        return typer.main.get_group_from_info(
+            holder.registered_groups[0],
+            pretty_exceptions_short=app.pretty_exceptions_short,
+            rich_markup_mode=rich_markup_mode,
+            suggest_commands=app.suggest_commands,
+        )
+    holder.command(name)(target)
+    return typer.main.get_command_from_info(
+        holder.registered_commands[0],
+        pretty_exceptions_short=app.pretty_exceptions_short,
+        rich_markup_mode=rich_markup_mode,
+    )
+
+
+class LazyCommands(MutableMapping[str, Any]):
+    """The root group's ``commands``: every name is known at once, each command is built on first lookup."""
+
+    def __init__(self, rich_markup_mode: Any) -> None:
+        self._markup = rich_markup_mode
+        self._names = list(COMMANDS)
+        self._built: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            if name not in COMMANDS:
+                raise KeyError(name)
+            self._built[name] = _build(name, self._markup)
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        if name not in self._names:
+            self._names.append(name)
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        self._names.remove(name)
+        self._built.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+
+class LazyGroup(TyperGroup):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        registered = dict(self.commands)  # none today: every command comes from COMMANDS
+        self.commands = LazyCommands(self.rich_markup_mode)
+        self.commands.update(registered)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        # Names only (typer's own reads every command): TAB after `tiqo v` loads vec, video and voices, no more.
+        return list(self.commands)
+
+
 app = typer.Typer(
     name="tiqo",
+    cls=LazyGroup,
     help="Local-first AI services: warm local models behind one daemon and an OpenAI-compatible API.\n\n"
     'Example: tiqo ask "Name three primary colours."',
     no_args_is_help=True,
@@ -54,38 +148,6 @@ def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     state.no_autostart = no_autostart
-
-
-app.command("ask")(ask.ask)
-app.command("chat")(ask.chat)
-app.command("transcribe")(voice.transcribe)
-app.command("speak")(voice.speak)
-app.command("image")(media.image)
-app.command("video")(media.video)
-app.command("embed")(embed.embed)
-app.add_typer(voice.voices_app, name="voices")
-app.add_typer(vec.app, name="vec")
-app.add_typer(jobs.app, name="jobs")
-app.command("ps")(models.ps)
-app.add_typer(daemon.app, name="daemon")
-app.add_typer(models.app, name="models")
-app.add_typer(config.app, name="config")
-app.add_typer(providers.app, name="providers")
-app.add_typer(keys.app, name="keys")
-app.add_typer(route.app, name="route")
-app.command("plugins")(gateway_misc.plugins)
-app.add_typer(gateway_misc.cache_app, name="cache")
-app.command("usage")(ledger.usage)
-app.command("logs")(ledger.logs)
-app.command("audit")(ledger.audit)
-app.add_typer(budget.budget_app, name="budget")
-app.add_typer(users.app, name="users")
-app.command("alerts")(ledger.alerts)
-app.command("events")(ledger.events)
-app.command("dash")(dash_command)
-app.command("backup")(backup.backup)
-app.command("restore")(backup.restore)
-app.command("doctor")(doctor_command)
 
 
 def main() -> None:

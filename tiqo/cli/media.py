@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any, Optional, TypeVar
 
 import typer
 
@@ -19,6 +20,7 @@ SEED = typer.Option(None, "--seed", min=0, help="Seed; the same seed, model and 
 STEPS = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the model's own).")
 NEGATIVE = typer.Option(None, "--negative", help="What the picture should not show.")
 WAIT = typer.Option(True, "--wait/--no-wait", help="Wait and write the result, or print the job id and return.")
+T = TypeVar("T")
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
@@ -90,16 +92,8 @@ def image(
 
     Example: tiqo image "a red door" --image house.png --mask door-mask.png -o red-door.png
     """
-    if prompt == "-":
-        prompt = sys.stdin.read().strip()
-    if mask is not None and source is None:
-        fail("--mask needs --image (the picture to repaint)", "add --image PICTURE.png", EXIT_USAGE)
-    if str(output) == "-" and n > 1:
-        fail("-o - writes one image", "use -o out.png for several (out-1.png, ...)", EXIT_USAGE)
-    to_stdout = _sink_for(output)
-    fmt = FORMATS.get(output.suffix.lower(), "png") if not to_stdout else "png"
     fields: dict[str, Any] = {
-        "prompt": prompt,
+        "prompt": sys.stdin.read().strip() if prompt == "-" else prompt,
         "n": n,
         "size": size,
         "steps": steps,
@@ -107,23 +101,39 @@ def image(
         "negative_prompt": negative,
         "guidance_scale": guidance,
         "model": model,
-        "output_format": fmt,
+        "output_format": "png",  # from the suffix of -o, once it is known not to be stdout
         "strength": strength,
     }
+    _make_images(fields, source, mask, output, wait, json_out, user, routing_headers(user, tier, data_class))
+
+
+def _make_images(
+    fields: dict[str, Any],
+    source: Path | None,
+    mask: Path | None,
+    output: Path,
+    wait: bool,
+    json_out: bool,
+    user: str | None,
+    headers: dict[str, str],
+) -> None:
+    if mask is not None and source is None:
+        fail("--mask needs --image (the picture to repaint)", "add --image PICTURE.png", EXIT_USAGE)
+    if str(output) == "-" and fields["n"] > 1:
+        fail("-o - writes one image", "use -o out.png for several (out-1.png, ...)", EXIT_USAGE)
+    to_stdout = _sink_for(output)
+    fields["output_format"] = FORMATS.get(output.suffix.lower(), "png") if not to_stdout else "png"
     files = {k: v for k, v in (("image", _read(source, "image")), ("mask", _read(mask, "mask"))) if v is not None}
-    headers = routing_headers(user, tier, data_class)
-    with client() as c:
-        job = c.image_submit({k: v for k, v in fields.items() if v is not None}, files, headers=headers)
-        if not wait:
-            print_json(job) if json_out else console.print(job["id"])
-            return
-        job = follow(c, job["id"], user=user)
-        fail_unless_completed(job)
-        names = list((job.get("result") or {}).get("files") or [])
-        written = [
-            (_numbered(output, i, len(names)), _write(c, job, name, _numbered(output, i, len(names)), user))
-            for i, name in enumerate(names)
-        ]
+    done = _run_job(
+        lambda c: c.image_submit({k: v for k, v in fields.items() if v is not None}, files, headers=headers),
+        lambda c, job: _write_all(c, job, output, user),
+        wait,
+        json_out,
+        user,
+    )
+    if done is None:
+        return
+    job, written = done
     if json_out:
         print_json(job)
     elif not to_stdout:
@@ -133,6 +143,34 @@ def image(
                 f"wrote {path} ({size_b} bytes; seed {meta.get('seed', '?')}, {meta.get('steps', '?')} steps, "
                 f"{meta.get('model', '?')} on {meta.get('device', '?')})"
             )
+
+
+def _write_all(c: Any, job: dict[str, Any], output: Path, user: str | None) -> list[tuple[Path, int]]:
+    """Every file of a finished job: -o itself for one, numbered beside it (out-1.png, ...) for several."""
+    names = list((job.get("result") or {}).get("files") or [])
+    return [
+        (_numbered(output, i, len(names)), _write(c, job, name, _numbered(output, i, len(names)), user))
+        for i, name in enumerate(names)
+    ]
+
+
+def _run_job(
+    submit: Callable[[Any], dict[str, Any]],
+    write: Callable[[Any, dict[str, Any]], T],
+    wait: bool,
+    json_out: bool,
+    user: str | None,
+) -> tuple[dict[str, Any], T] | None:
+    """Submit a job; with --wait follow it to its end and write its files (the job and what ``write`` returns),
+    else print its id (or the job, --json) and return None."""
+    with client() as c:
+        job = submit(c)
+        if not wait:
+            print_json(job) if json_out else console.print(job["id"])
+            return None
+        job = follow(c, job["id"], user=user)
+        fail_unless_completed(job)
+        return job, write(c, job)
 
 
 @handle_errors
@@ -174,13 +212,8 @@ def video(
 
     Example: tiqo video --image cat.png --narrate "This is Tom." --interpolate 24 -o tom.mp4
     """
-    if not prompt and source is None:
-        fail("give a prompt, or --image for an image-to-video model", 'tiqo video "a cat sleeping"', EXIT_USAGE)
-    if narrate and audio:
-        fail("--narrate and --audio both make the sound track", "pick one", EXIT_USAGE)
-    to_stdout = _sink_for(output)
     fields: dict[str, Any] = {
-        "prompt": prompt or "a video",
+        "prompt": prompt,
         "seconds": seconds,
         "fps": fps,
         "frames": frames,
@@ -194,19 +227,40 @@ def video(
         "interpolate": interpolate,
         "upscale": upscale,
     }
+    _make_video(fields, source, audio, output, wait, json_out, user, routing_headers(user, tier, data_class))
+
+
+def _make_video(
+    fields: dict[str, Any],
+    source: Path | None,
+    audio: Path | None,
+    output: Path,
+    wait: bool,
+    json_out: bool,
+    user: str | None,
+    headers: dict[str, str],
+) -> None:
+    if not fields["prompt"] and source is None:
+        fail("give a prompt, or --image for an image-to-video model", 'tiqo video "a cat sleeping"', EXIT_USAGE)
+    if fields["narrate"] and audio:
+        fail("--narrate and --audio both make the sound track", "pick one", EXIT_USAGE)
+    to_stdout = _sink_for(output)
+    fields["prompt"] = fields["prompt"] or "a video"
     files = {
         k: v
         for k, v in (("input_reference", _read(source, "image")), ("audio", _read(audio, "audio")))
         if v is not None
     }
-    with client() as c:
-        job = c.video_submit(fields, files, headers=routing_headers(user, tier, data_class))
-        if not wait:
-            print_json(job) if json_out else console.print(job["id"])
-            return
-        job = follow(c, job["id"], user=user)
-        fail_unless_completed(job)
-        written = _write(c, job, "video.mp4", output, user)
+    done = _run_job(
+        lambda c: c.video_submit(fields, files, headers=headers),
+        lambda c, job: _write(c, job, "video.mp4", output, user),
+        wait,
+        json_out,
+        user,
+    )
+    if done is None:
+        return
+    job, written = done
     if json_out:
         print_json(job)
     elif not to_stdout:

@@ -3,12 +3,13 @@ finds none (autostart)."""
 
 from __future__ import annotations
 
+import sys
 import time
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from tiqo.client import process
 from tiqo.client.streams import ApiError, DaemonUnavailable, Stream
+from tiqo.core.paths import socket_answers
 from tiqo.core.settings import Settings
 from tiqo.protocol.headers import encode_name_headers
 
@@ -16,6 +17,22 @@ if TYPE_CHECKING:
     import httpx
 
 EXIT_ALREADY_RUNNING = 3  # the daemon's exit code when another one holds the lock
+
+
+def import_httpx() -> ModuleType:
+    """httpx without its own command line: ``httpx/__init__`` imports ``httpx._main`` (click, rich, pygments: a
+    third of a warm `tiqo ask`) for its ``httpx.main`` entry point, and falls back to a stub when that import fails.
+    A None in ``sys.modules`` makes it fail for that one import; tiqo never calls ``httpx.main``."""
+    if "httpx" not in sys.modules and "httpx._main" not in sys.modules:
+        sys.modules["httpx._main"] = None  # type: ignore[assignment]  # None in sys.modules: "cannot import"
+        try:
+            import httpx
+        finally:
+            del sys.modules["httpx._main"]
+        return httpx
+    import httpx
+
+    return httpx
 
 
 class Transport:
@@ -29,10 +46,10 @@ class Transport:
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            import httpx
-
+            httpx = import_httpx()
             self._http = httpx.Client(
-                transport=httpx.HTTPTransport(uds=str(self.socket_path)),
+                # Plain HTTP over a Unix socket: no TLS, so no CA bundle to load (that alone took 50+ ms a command).
+                transport=httpx.HTTPTransport(uds=str(self.socket_path), verify=False),
                 base_url="http://tiqo",
                 timeout=httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None),
             )
@@ -62,8 +79,7 @@ class Transport:
         files: Any = None,
         data: Any = None,
     ) -> httpx.Response:
-        import httpx
-
+        httpx = import_httpx()
         for attempt in (1, 2):
             try:
                 request = self.http.build_request(
@@ -122,10 +138,12 @@ class Transport:
 
     # ------------------------------------------------------------------ daemon
     def is_running(self) -> bool:
-        return process.socket_answers(self.socket_path)
+        return socket_answers(self.socket_path)
 
     def start_daemon(self) -> int:
         """Start the daemon and wait until it answers. Returns its pid."""
+        from tiqo.client import process  # spawning and supervising: only when no daemon answered
+
         if not self.autostart:
             raise DaemonUnavailable(
                 "the tiqo daemon is not running and autostart is off",
@@ -143,7 +161,7 @@ class Transport:
                     f"the daemon exited during start-up (exit code {code}):\n{last}",
                     hint="see `tiqo daemon logs`; `tiqo daemon run` shows it in the foreground",
                 )
-            if process.socket_answers(self.socket_path):
+            if socket_answers(self.socket_path):
                 try:
                     return int(self.health(timeout=5.0)["pid"])
                 except Exception:  # still starting: the socket is bound before the app is ready
