@@ -50,10 +50,6 @@ MAY_IMPORT: dict[str, set[str]] = {
 APART = ("services", "http.routes")  # packages whose modules do not import one another
 
 # Upward or sideways edges of today's code, (importer, imported) relative to tiqo.daemon: debts to pay, not rules.
-_ROOT_TYPE = (
-    "handlers reach their services through app.state.daemon, typed as the root's Daemon (http.dependencies.daemon_of); "
-    "pay by handing routes the services they call (FastAPI dependencies typed by service)"
-)
 _ENGINE_SNIFF = (
     "Registry._local_entry (inside a function) asks concrete engines whether a file or folder is theirs; "
     "pay with the per-capability engine protocol: each engine declares what it recognises and its options"
@@ -65,12 +61,6 @@ _PROVIDER_CLASS = (
 _CACHE_PIECES = "merge_tool_calls (pure) merges a cached answer's tool-call deltas; pay by moving it below cache"
 _CACHE_SERVED = "a cache hit fills in the request's Served; pay by returning the hit for the pipeline to record"
 DEBTS: dict[tuple[str, str], str] = {
-    ("http.app", "root"): "create_app(daemon: Daemon) keeps the root for the routes; " + _ROOT_TYPE,
-    ("http.dependencies", "root"): "daemon_of(request) hands routes the root; " + _ROOT_TYPE,
-    ("http.routes.audio", "root"): _ROOT_TYPE,
-    ("http.routes.embeddings", "root"): _ROOT_TYPE,
-    ("http.routes.ledger", "root"): _ROOT_TYPE,
-    ("http.routes.manage", "root"): _ROOT_TYPE,
     ("catalog.routing_config", "upstream.providers"): _PROVIDER_CLASS,
     ("catalog.registry", "runtime.engines.embed"): _ENGINE_SNIFF,
     ("catalog.registry", "runtime.engines.piper"): _ENGINE_SNIFF,

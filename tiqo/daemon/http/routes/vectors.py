@@ -1,5 +1,5 @@
 """tiqo's vector store routes under ``/tiqo/vectors``, shaped like Pinecone's API (upsert, query, delete), plus
-``ingest`` (documents chunked and embedded by the daemon). A user sees their own collections and shared ones."""
+``ingest`` (documents chunked and embedded by the services). A user sees their own collections and shared ones."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from tiqo.core.errors import BadRequest
-from tiqo.daemon.http.dependencies import request_meta
+from tiqo.daemon.http.dependencies import request_meta, services_of
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.knowledge.vectors import VectorStore
@@ -32,8 +32,7 @@ QUERY_SCHEMA = Query.model_json_schema()
 
 
 def _vectors(request: Request) -> VectorStore:
-    store: VectorStore = request.app.state.daemon.vectors
-    return store
+    return services_of(request).vectors
 
 
 def _user(request: Request) -> str:
@@ -81,7 +80,7 @@ async def delete_collection(name: str, request: Request) -> dict[str, Any]:
 @router.post("/{name}/upsert")
 async def upsert(name: str, body: Upsert, request: Request) -> dict[str, Any]:
     """Insert or replace records by id: raw ``vectors`` ({id, values, metadata}) or ``documents`` ({id?, text,
-    metadata}) that the daemon embeds. ``metadata.text`` and ``metadata.source`` fill those columns."""
+    metadata}) that the services embeds. ``metadata.text`` and ``metadata.source`` fill those columns."""
     store = _vectors(request)
     c = store.writable(_user(request), name)
     if bool(body.vectors) == bool(body.documents):
@@ -136,7 +135,7 @@ async def ingest(name: str, body: Ingest, request: Request) -> dict[str, Any]:
     store = _vectors(request)
     c = store.writable(_user(request), name)
     _check_size(len(body.documents), "documents")
-    settings = request.app.state.daemon.settings
+    settings = services_of(request).settings
     size = body.chunk_size if body.chunk_size is not None else settings["vectors.chunk_size"]
     overlap = body.chunk_overlap if body.chunk_overlap is not None else settings["vectors.chunk_overlap"]
     if body.chunk_size is not None and body.chunk_overlap is None:
