@@ -41,7 +41,7 @@ async def usage(
 ) -> dict[str, Any]:
     """Requests, tokens, cost, cache hits and errors since a time, grouped by day, provider, model, user or key.
 
-    With ``state.backend = redis`` the sums are cluster-wide (every services on that Redis; whole days) unless
+    With ``state.backend = redis`` the sums are cluster-wide (every daemon on that Redis; whole days) unless
     ``local`` asks for this daemon's own rows; ``scope`` in the answer says which."""
     if by not in GROUPS:
         raise BadRequest(f"cannot group by {by!r}; use one of {', '.join(GROUPS)}", param="by")

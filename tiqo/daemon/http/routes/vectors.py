@@ -1,5 +1,5 @@
 """tiqo's vector store routes under ``/tiqo/vectors``, shaped like Pinecone's API (upsert, query, delete), plus
-``ingest`` (documents chunked and embedded by the services). A user sees their own collections and shared ones."""
+``ingest`` (documents chunked and embedded by the daemon). A user sees their own collections and shared ones."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ async def delete_collection(name: str, request: Request) -> dict[str, Any]:
 @router.post("/{name}/upsert")
 async def upsert(name: str, body: Upsert, request: Request) -> dict[str, Any]:
     """Insert or replace records by id: raw ``vectors`` ({id, values, metadata}) or ``documents`` ({id?, text,
-    metadata}) that the services embeds. ``metadata.text`` and ``metadata.source`` fill those columns."""
+    metadata}) that the daemon embeds. ``metadata.text`` and ``metadata.source`` fill those columns."""
     store = _vectors(request)
     c = store.writable(_user(request), name)
     if bool(body.vectors) == bool(body.documents):
