@@ -12,7 +12,7 @@ from fastapi import APIRouter, FastAPI, Request
 
 from tiqo.daemon import root
 from tiqo.daemon.http import app as app_module
-from tiqo.daemon.http.dependencies import request_meta
+from tiqo.daemon.http.dependencies import Services, request_meta, services_of
 from tiqo.daemon.runtime.jobs import JobHandle
 
 router = APIRouter()
@@ -41,8 +41,7 @@ async def submit(request: Request) -> dict[str, Any]:
 
         return await asyncio.to_thread(run)
 
-    daemon = request.app.state.daemon
-    job = await daemon.jobs.submit(kind, request_meta(request).user, {"steps": steps}, work)
+    job = await services_of(request).jobs.submit(kind, request_meta(request).user, {"steps": steps}, work)
     result: dict[str, Any] = job.as_dict()
     return result
 
@@ -50,8 +49,8 @@ async def submit(request: Request) -> dict[str, Any]:
 def main() -> None:
     create_app = app_module.create_app
 
-    def with_test_routes(daemon: root.Daemon) -> FastAPI:
-        app = create_app(daemon)
+    def with_test_routes(services: Services) -> FastAPI:
+        app = create_app(services)
         app.include_router(router)
         return app
 

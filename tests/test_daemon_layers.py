@@ -50,18 +50,7 @@ MAY_IMPORT: dict[str, set[str]] = {
 APART = ("services", "http.routes")  # packages whose modules do not import one another
 
 # Upward or sideways edges of today's code, (importer, imported) relative to tiqo.daemon: debts to pay, not rules.
-_ROOT_TYPE = (
-    "handlers reach their services through app.state.daemon, typed as the root's Daemon (http.dependencies.daemon_of); "
-    "pay by handing routes the services they call (FastAPI dependencies typed by service)"
-)
-DEBTS: dict[tuple[str, str], str] = {
-    ("http.app", "root"): "create_app(daemon: Daemon) keeps the root for the routes; " + _ROOT_TYPE,
-    ("http.dependencies", "root"): "daemon_of(request) hands routes the root; " + _ROOT_TYPE,
-    ("http.routes.audio", "root"): _ROOT_TYPE,
-    ("http.routes.embeddings", "root"): _ROOT_TYPE,
-    ("http.routes.ledger", "root"): _ROOT_TYPE,
-    ("http.routes.manage", "root"): _ROOT_TYPE,
-}
+DEBTS: dict[tuple[str, str], str] = {}
 
 # The project's layers (DESIGN.md, "Layers"): package -> the tiqo packages it may import (tiqo itself, the version,
 # is open to all).

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tiqo import __version__
 from tiqo.core.errors import TiqoError
+from tiqo.daemon.http.dependencies import Services
 from tiqo.daemon.http.json_bounds import ExactCounter, JsonBounds
 from tiqo.daemon.http.openapi_errors import document_errors
 from tiqo.daemon.http.routes.audio import router as audio_router
@@ -31,7 +32,6 @@ from tiqo.daemon.http.routes.metrics import router as metrics_router
 from tiqo.daemon.http.routes.openai import router as openai_router
 from tiqo.daemon.http.routes.vectors import router as vectors_router
 from tiqo.daemon.http.tcp import BearerAuth
-from tiqo.daemon.root import Daemon
 
 log = logging.getLogger("tiqo.http")
 
@@ -61,8 +61,7 @@ class RequestContext:
         started = time.perf_counter()
         status = 0
         audio = scope["path"].startswith("/v1/audio/")
-        limit = self.max_audio if audio else self.max_body
-        setting = "stt.max_upload" if audio else "daemon.max_request_size"
+        limit, setting = (self.max_audio, "stt.max_upload") if audio else (self.max_body, "daemon.max_request_size")
         headers = scope["headers"]
         if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
             await _headers_too_large(send, rid, len(headers))
@@ -226,13 +225,13 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def create_app(daemon: Daemon) -> FastAPI:
+def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         counter.close()
         log.info("shutting down: unloading models")
-        await daemon.close()
+        await services.close()
 
     app = FastAPI(
         title="tiqo",
@@ -240,8 +239,8 @@ def create_app(daemon: Daemon) -> FastAPI:
         description="Local-first AI services: an OpenAI-compatible API plus tiqo's own management routes.",
         lifespan=lifespan,
     )
-    app.state.daemon = daemon
-    app.state.metrics = daemon.metrics  # what GET /metrics reads (None: metrics.enabled is off)
+    app.state.services = services  # what the routes call (dependencies.services_of)
+    app.state.metrics = services.metrics  # what GET /metrics reads (None: metrics.enabled is off)
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(audio_router)
@@ -255,12 +254,12 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.include_router(metrics_router)
     document_errors(app)
     counter = ExactCounter()
-    app.add_middleware(JsonBounds, max_values=daemon.settings["daemon.max_json_values"], counter=counter)
-    app.add_middleware(BearerAuth, users=lambda: daemon.settings.toml.get("users", {}))
+    app.add_middleware(JsonBounds, max_values=services.settings["daemon.max_json_values"], counter=counter)
+    app.add_middleware(BearerAuth, users=lambda: services.settings.toml.get("users", {}))
     app.add_middleware(
         RequestContext,
-        max_body=daemon.settings["daemon.max_request_size"],
-        max_audio=daemon.settings["stt.max_upload"],
-        send_timeout=daemon.settings["daemon.send_timeout"],
+        max_body=services.settings["daemon.max_request_size"],
+        max_audio=services.settings["stt.max_upload"],
+        send_timeout=services.settings["daemon.send_timeout"],
     )
     return app

@@ -1,28 +1,78 @@
-"""What every route needs from a request: the daemon's services and who asks (``RequestMeta``)."""
+"""What every route needs from a request: the daemon's services (``Services``) and who asks (``RequestMeta``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import Request
 
 from tiqo.core.errors import BadRequest
+from tiqo.core.settings import Settings
+from tiqo.daemon.accounting.budgets import Budgets
+from tiqo.daemon.accounting.events import EventBus
+from tiqo.daemon.accounting.ledger import Ledger
+from tiqo.daemon.accounting.metrics import Metrics
+from tiqo.daemon.catalog.registry import Registry
 from tiqo.daemon.catalog.routing_config import tcp_tier
 from tiqo.daemon.http.tcp import tcp_user
+from tiqo.daemon.knowledge.vectors import VectorStore
+from tiqo.daemon.pipeline.ports import LocalCompute
 from tiqo.daemon.pipeline.served import OS_USER, RequestMeta
-from tiqo.daemon.root import Daemon
+from tiqo.daemon.runtime.jobs import Jobs
+from tiqo.daemon.runtime.plugins import PluginReport
+from tiqo.daemon.runtime.scheduler import Scheduler
+from tiqo.daemon.services.backup import Backup
+from tiqo.daemon.services.embeddings import Embeddings
+from tiqo.daemon.services.gateway import Gateway
+from tiqo.daemon.services.images import Images
+from tiqo.daemon.services.videos import Videos
+from tiqo.daemon.services.voice import Voice
+from tiqo.daemon.state.store import Store
+from tiqo.daemon.upstream.providers import ProviderHub
 from tiqo.policy.cache import CONTROL
 from tiqo.protocol.headers import decode_name
 
 T = TypeVar("T")
 
 
-def daemon_of(request: Request) -> Daemon:
-    """The composition root the app was built with (``create_app``)."""
-    daemon: Daemon = request.app.state.daemon
-    return daemon
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the routes call, each typed by what it is; the composition root (``root.Daemon``) fills it in once, so
+    http never imports the root. A route takes the one it needs: ``services_of(request).voice``."""
+
+    settings: Settings
+    registry: Registry
+    hub: ProviderHub
+    store: Store
+    ledger: Ledger
+    budgets: Budgets
+    events: EventBus
+    metrics: Metrics | None  # None: metrics.enabled is off
+    scheduler: Scheduler
+    local: LocalCompute  # a blocking engine call on a warm model's slot (/v1/completions)
+    jobs: Jobs
+    gateway: Gateway
+    voice: Voice
+    embeddings: Embeddings
+    vectors: VectorStore
+    images: Images
+    videos: Videos
+    backup: Backup
+    plugins: PluginReport
+    engines: list[str]  # the engines' names, sorted
+    started_at: float
+    health: Callable[[], dict[str, Any]]  # GET /tiqo/health
+    shutdown: Callable[[], None]  # POST /tiqo/shutdown: asks the server to stop
+    close: Callable[[], Awaitable[None]]  # the app's lifespan ends: jobs, models, store
+
+
+def services_of(request: Request) -> Services:
+    """The services the app was built with (``create_app``): one attribute read, nothing built per request."""
+    services: Services = request.app.state.services
+    return services
 
 
 def request_meta(request: Request, user_field: str | None = None) -> RequestMeta:
@@ -36,12 +86,12 @@ def request_meta(request: Request, user_field: str | None = None) -> RequestMeta
         raise BadRequest(f"x-tiqo-cache must be one of {', '.join(CONTROL)}", param="x-tiqo-cache")
     remote = tcp_user(request.scope)
     if remote is not None:
-        daemon = daemon_of(request)
-        _, config = daemon.gateway.catalog_and_config()
+        services = services_of(request)
+        _, config = services.gateway.catalog_and_config()
         profile = config.users.get(remote)
         user = remote
         tier: str | None = tcp_tier(
-            profile.tier if profile else None, daemon.settings["daemon.listen_tier"], config.tiers
+            profile.tier if profile else None, services.settings["daemon.listen_tier"], config.tiers
         )[0]
     else:
         user = decode_name(h.get("x-tiqo-user") or "", "x-tiqo-user") or user_field or OS_USER

@@ -12,7 +12,7 @@ T = TypeVar("T")
 
 
 class LocalCompute(Protocol):
-    """Runs a blocking engine call on a warm model's slot and streams what it yields (``root.Daemon.generate``)."""
+    """Runs a blocking engine call on a warm model's slot and streams what it yields (``root.LocalGeneration``)."""
 
     def generate(
         self, spec: ModelSpec, keep_alive: float | None, call: Callable[[Any, StopFlag], Iterator[T]]

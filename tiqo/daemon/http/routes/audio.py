@@ -15,12 +15,11 @@ from starlette.datastructures import UploadFile
 
 from tiqo.core.errors import BadRequest, PayloadTooLarge, TiqoError
 from tiqo.core.paths import user_path
-from tiqo.daemon.http.dependencies import daemon_of, request_meta, until_disconnect
+from tiqo.daemon.http.dependencies import Services, request_meta, services_of, until_disconnect
 from tiqo.daemon.http.forms import Fields, flag, number, one, read_form
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
 from tiqo.daemon.pipeline.served import Served
-from tiqo.daemon.root import Daemon
 from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
 from tiqo.protocol import audio as pa
 from tiqo.protocol.speech import AddVoiceBody, SpeechBody
@@ -110,7 +109,7 @@ def _stt_request(upload: UploadFile, data: bytes, fields: Fields, translate: boo
 
 
 async def _transcribe(request: Request, translate: bool) -> Response:
-    daemon = daemon_of(request)
+    services = services_of(request)
     upload, fields = await _read_form(request)
     data = await upload.read()
     await upload.close()
@@ -118,7 +117,7 @@ async def _transcribe(request: Request, translate: bool) -> Response:
     meta = request_meta(request, one(fields, "user"))
     stream = bool(flag(fields, "stream"))
     if stream:
-        served, events = await daemon.voice.transcribe(req, meta)
+        served, events = await services.voice.transcribe(req, meta)
         return ClosingStreamingResponse(
             _stt_sse(events),
             media_type="text/event-stream",
@@ -126,7 +125,7 @@ async def _transcribe(request: Request, translate: bool) -> Response:
         )
 
     async def run() -> tuple[Served, dict[str, Any]]:
-        served, events = await daemon.voice.transcribe(req, meta)
+        served, events = await services.voice.transcribe(req, meta)
         done: dict[str, Any] = {}
         async for event in events:
             if event.get("type") == "done":
@@ -195,7 +194,7 @@ async def speech(body: SpeechBody, request: Request) -> StreamingResponse:
     """Audio bytes, streamed sentence by sentence: the first sentence plays while the rest is synthesised."""
     from tiqo.daemon.services.voice import TtsRequest
 
-    daemon = daemon_of(request)
+    services = services_of(request)
     extra = body.model_extra or {}
     if isinstance(body.voice, dict) or any(extra.get(f) for f in _CLONING_FIELDS):
         raise BadRequest(
@@ -210,7 +209,7 @@ async def speech(body: SpeechBody, request: Request) -> StreamingResponse:
             param="stream_format",
             hint='leave stream_format out (or "audio")',
         )
-    limit = daemon.settings["tts.max_chars"]
+    limit = services.settings["tts.max_chars"]
     if len(body.input) > limit:
         raise PayloadTooLarge(
             f"the input is {len(body.input)} characters; the limit is {limit}",
@@ -229,7 +228,7 @@ async def speech(body: SpeechBody, request: Request) -> StreamingResponse:
         speed=body.speed,
         speaker=body.speaker,
     )
-    served, spoken, audio = await daemon.voice.speak(req, request_meta(request, extra.get("user")))
+    served, spoken, audio = await services.voice.speak(req, request_meta(request, extra.get("user")))
     rate = pa.PCM_RATE if fmt == "pcm" else 48_000 if fmt in ("ogg", "opus") else spoken.sample_rate
     headers = {**served.headers(final=True), "x-tiqo-voice": spoken.voice}
     if rate:
@@ -240,7 +239,7 @@ async def speech(body: SpeechBody, request: Request) -> StreamingResponse:
 
 
 # ------------------------------------------------------------------ voices
-def _voice_row(daemon: Daemon, spec: Any) -> dict[str, Any]:
+def _voice_row(services: Services, spec: Any) -> dict[str, Any]:
     from tiqo.daemon.runtime.engines.piper import voice_info
 
     try:
@@ -253,21 +252,21 @@ def _voice_row(daemon: Daemon, spec: Any) -> dict[str, Any]:
         "source": spec.source,
         "path": str(spec.path),
         "description": spec.description,
-        "default": spec.name == daemon.settings["tts.default_voice"],
-        "loaded": spec.name in daemon.scheduler.loaded,
+        "default": spec.name == services.settings["tts.default_voice"],
+        "loaded": spec.name in services.scheduler.loaded,
     }
 
 
 @router.get("/tiqo/voices")
 async def voices(request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
-    rows = [_voice_row(daemon, spec) for spec in daemon.registry.of_kind("tts")]
-    return {"voices": rows, "openai_voices": list(pa.OPENAI_VOICES), "default": daemon.settings["tts.default_voice"]}
+    services = services_of(request)
+    rows = [_voice_row(services, spec) for spec in services.registry.of_kind("tts")]
+    return {"voices": rows, "openai_voices": list(pa.OPENAI_VOICES), "default": services.settings["tts.default_voice"]}
 
 
 @router.post("/tiqo/voices", status_code=201)
 async def add_voice(body: AddVoiceBody, request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
+    services = services_of(request)
     path = user_path(body.path)
     if path.suffix != ".onnx":
         raise BadRequest(
@@ -276,5 +275,5 @@ async def add_voice(body: AddVoiceBody, request: Request) -> dict[str, Any]:
             hint="Piper voices come as two files: en_US-amy-medium.onnx and en_US-amy-medium.onnx.json",
         )
     name = body.name or path.stem
-    spec = await asyncio.to_thread(daemon.registry.add, name, str(path), description=body.description)
-    return _voice_row(daemon, spec)
+    spec = await asyncio.to_thread(services.registry.add, name, str(path), description=body.description)
+    return _voice_row(services, spec)

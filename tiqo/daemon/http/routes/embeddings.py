@@ -10,10 +10,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from tiqo.core.errors import BadRequest, PayloadTooLarge
-from tiqo.daemon.http.dependencies import request_meta
+from tiqo.daemon.http.dependencies import request_meta, services_of
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
-from tiqo.daemon.root import Daemon
 from tiqo.protocol.embeddings import EmbeddingsBody
 
 router = api_router()
@@ -41,13 +40,13 @@ def _texts(value: Any) -> list[str]:
 
 @router.post("/v1/embeddings", responses=errors(*GENERATES))
 async def embeddings(body: EmbeddingsBody, request: Request) -> JSONResponse:
-    daemon: Daemon = request.app.state.daemon
+    services = services_of(request)
     if body.encoding_format not in (None, "float", "base64"):
         raise BadRequest("encoding_format must be float or base64", param="encoding_format")
     if body.dimensions is not None and body.dimensions < 1:
         raise BadRequest("dimensions must be positive", param="dimensions")
     inputs = _texts(body.input)
-    served, vectors = await daemon.embeddings.create(
+    served, vectors = await services.embeddings.create(
         inputs, body.model, request_meta(request, body.user), body.dimensions
     )
     data = []

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from tiqo.core.errors import BadRequest
-from tiqo.daemon.http.dependencies import daemon_of
+from tiqo.daemon.http.dependencies import services_of
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.pipeline.served import OS_USER
@@ -26,7 +26,7 @@ router = api_router(prefix="/tiqo")
 async def route_explain(body: RouteExplainRequest, request: Request) -> dict[str, Any]:
     """What routing would do with this request, without running it: classification, every candidate with its
     price, availability and why it was kept or dropped, and the choice."""
-    daemon = daemon_of(request)
+    services = services_of(request)
     if body.messages is None and body.prompt is None:
         raise BadRequest("give a prompt or messages", param="prompt")
     messages = body.messages or [{"role": "user", "content": body.prompt}]
@@ -41,59 +41,59 @@ async def route_explain(body: RouteExplainRequest, request: Request) -> dict[str
     except ValidationError as exc:  # messages or tools a chat request would refuse: the same 422 it gets
         raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
     meta = RequestMeta(user=body.user or OS_USER, tier=body.tier, data_class=body.data_class, task=body.task)
-    classification, sent = await daemon.gateway.examine(request_body, meta)
-    decision = daemon.gateway.decide(request_body, classification, sent)
+    classification, sent = await services.gateway.examine(request_body, meta)
+    decision = services.gateway.decide(request_body, classification, sent)
     result = decision.as_dict()
     result["needs"] = list(request_body.needs())
-    result["replicas"] = daemon.hub.describe_replicas([c.provider for c in decision.candidates])
+    result["replicas"] = services.hub.describe_replicas([c.provider for c in decision.candidates])
     return result
 
 
 # ---------------------------------------------------------------- providers
 @router.get("/providers")
 async def list_providers(request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
-    rows = daemon.hub.describe()
+    services = services_of(request)
+    rows = services.hub.describe()
     for row in rows:
-        row["models"] = daemon.registry.models_of(row["name"])
-    return {"providers": rows, "kinds": sorted(daemon.hub.kinds)}
+        row["models"] = services.registry.models_of(row["name"])
+    return {"providers": rows, "kinds": sorted(services.hub.kinds)}
 
 
 @router.post("/providers", status_code=201, responses=errors(409))
 async def add_provider(body: AddProviderRequest, request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
+    services = services_of(request)
     options = body.model_dump(exclude={"name", "kind", "base_url"}, exclude_none=True)
-    daemon.hub.add_provider(body.name, body.kind, body.base_url, options)
-    return next(p for p in daemon.hub.describe() if p["name"] == body.name)
+    services.hub.add_provider(body.name, body.kind, body.base_url, options)
+    return next(p for p in services.hub.describe() if p["name"] == body.name)
 
 
 @router.delete("/providers/{name}")
 async def remove_provider(name: str, request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
-    daemon.hub.remove_provider(name, daemon.registry.models_of(name))
+    services = services_of(request)
+    services.hub.remove_provider(name, services.registry.models_of(name))
     return {"removed": name}
 
 
 # ---------------------------------------------------------------- keys
 @router.get("/keys", responses=errors(404))
 async def list_keys(request: Request, provider: str | None = None) -> dict[str, Any]:
-    daemon = daemon_of(request)
+    services = services_of(request)
     if provider is not None:
-        daemon.hub.get(provider)
-    return {"keys": daemon.hub.describe_keys(provider), "now": time.time()}
+        services.hub.get(provider)
+    return {"keys": services.hub.describe_keys(provider), "now": time.time()}
 
 
 @router.post("/keys", status_code=201, responses=errors(404, 409))
 async def add_key(body: AddKeyRequest, request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
+    services = services_of(request)
     limits = body.model_dump(exclude={"provider", "name", "secret"}, exclude_none=True)
-    name = daemon.hub.add_key(body.provider, body.name, body.secret, limits)
-    return next(k for k in daemon.hub.describe_keys(body.provider) if k["name"] == name)
+    name = services.hub.add_key(body.provider, body.name, body.secret, limits)
+    return next(k for k in services.hub.describe_keys(body.provider) if k["name"] == name)
 
 
 @router.delete("/keys/{provider}/{name}")
 async def remove_key(provider: str, name: str, request: Request) -> dict[str, Any]:
-    daemon_of(request).hub.remove_key(provider, name)
+    services_of(request).hub.remove_key(provider, name)
     return {"removed": f"{provider}/{name}"}
 
 
@@ -108,7 +108,7 @@ async def disable_key(provider: str, name: str, request: Request) -> dict[str, A
 
 
 def _set_enabled(request: Request, provider: str, name: str, enabled: bool) -> dict[str, Any]:
-    hub = daemon_of(request).hub
+    hub = services_of(request).hub
     hub.set_key_enabled(provider, name, enabled)
     return next(k for k in hub.describe_keys(provider) if k["name"] == name)
 
@@ -116,27 +116,27 @@ def _set_enabled(request: Request, provider: str, name: str, enabled: bool) -> d
 # ---------------------------------------------------------------- plugins and cache
 @router.get("/plugins")
 async def plugins(request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
-    report = daemon.plugins.as_dict()
-    report["engines"] = sorted(daemon.engines)
-    report["provider_kinds"] = sorted(daemon.hub.kinds)
+    services = services_of(request)
+    report = services.plugins.as_dict()
+    report["engines"] = sorted(services.engines)
+    report["provider_kinds"] = sorted(services.hub.kinds)
     return report
 
 
 @router.get("/cache")
 async def cache_stats(request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
-    stats = daemon.store.cache_stats(time.time())
-    stats["mode"] = daemon.settings["cache.mode"]
-    stats["ttl_s"] = daemon.settings["cache.ttl"]
-    stats["scope"] = daemon.settings["cache.scope"]
-    stats["semantic"] = daemon.settings["cache.semantic"]
-    stats["semantic_threshold"] = daemon.settings["cache.semantic_threshold"]
+    services = services_of(request)
+    stats = services.store.cache_stats(time.time())
+    stats["mode"] = services.settings["cache.mode"]
+    stats["ttl_s"] = services.settings["cache.ttl"]
+    stats["scope"] = services.settings["cache.scope"]
+    stats["semantic"] = services.settings["cache.semantic"]
+    stats["semantic_threshold"] = services.settings["cache.semantic_threshold"]
     stats["controls"] = list(CONTROL)
     return stats
 
 
 @router.delete("/cache")
 async def cache_clear(request: Request, expired: bool = False) -> dict[str, Any]:
-    daemon = daemon_of(request)
-    return {"removed": daemon.gateway.cache.clear(expired_only=expired)}
+    services = services_of(request)
+    return {"removed": services.gateway.cache.clear(expired_only=expired)}

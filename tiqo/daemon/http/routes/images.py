@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from tiqo.core.errors import BadRequest, Conflict, NotFound
-from tiqo.daemon.http.dependencies import daemon_of, request_meta
+from tiqo.daemon.http.dependencies import request_meta, services_of
 from tiqo.daemon.http.forms import Fields, flag, number, one, read_form
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
@@ -33,15 +33,15 @@ def _size(value: str | None) -> tuple[int, int] | None:
 
 
 async def _images_answer(request: Request, job: Job, wait: bool, user: str) -> Response:
-    daemon = daemon_of(request)
+    services = services_of(request)
     if not wait:
         return JSONResponse(job.as_dict(), status_code=202)
-    done = await daemon.images.finished(job, user)
+    done = await services.images.finished(job, user)
     result = done.result or {}
     names = list(result.get("files") or [])
 
     def read() -> list[str]:
-        return [base64.b64encode(daemon.jobs.file(done.id, user, n).read_bytes()).decode() for n in names]
+        return [base64.b64encode(services.jobs.file(done.id, user, n).read_bytes()).decode() for n in names]
 
     pictures = await asyncio.to_thread(read)
     params = done.params or {}
@@ -78,7 +78,7 @@ async def generations(body: pi.ImagesBody, request: Request) -> Response:
         guidance=body.guidance_scale,
     )
     meta = request_meta(request, body.user)
-    job = await daemon_of(request).images.submit_images(task, meta)
+    job = await services_of(request).images.submit_images(task, meta)
     return await _images_answer(request, job, body.wait, meta.user)
 
 
@@ -117,7 +117,7 @@ async def edits(request: Request) -> Response:
         strength=_strength(fields),
     )
     meta = request_meta(request, one(fields, "user"))
-    job = await daemon_of(request).images.submit_images(task, meta)
+    job = await services_of(request).images.submit_images(task, meta)
     return await _images_answer(request, job, flag(fields, "wait") is not False, meta.user)
 
 
@@ -187,13 +187,13 @@ async def create_video(request: Request) -> Response:
         upscale=upscale,
     )
     meta = request_meta(request, one(fields, "user"))
-    job = await daemon_of(request).videos.submit_video(task, meta)
+    job = await services_of(request).videos.submit_video(task, meta)
     return JSONResponse(pi.video_object(job.as_dict()))
 
 
 def _video(request: Request, video_id: str) -> tuple[Job, str]:
     user = request_meta(request).user
-    job = daemon_of(request).jobs.get(video_id, user)
+    job = services_of(request).jobs.get(video_id, user)
     if job.kind != "video":
         raise NotFound(f"no video {video_id!r}", code="video_not_found", hint="`tiqo jobs list` shows your jobs")
     return job, user
@@ -208,7 +208,7 @@ async def list_videos(
 ) -> Response:
     """The caller's videos, newest first (``order=asc`` for oldest first), OpenAI's cursor list; ``after`` is the
     last id of the previous page (404 when it is not one of the caller's)."""
-    jobs = daemon_of(request).jobs.list(request_meta(request).user, kind="video", limit=limit + 1, after=after)
+    jobs = services_of(request).jobs.list(request_meta(request).user, kind="video", limit=limit + 1, after=after)
     data = [pi.video_object(j.as_dict()) for j in jobs[:limit]]
     if order == "asc":
         data.reverse()
@@ -233,7 +233,7 @@ async def retrieve_video(video_id: str, request: Request) -> Response:
 async def delete_video(video_id: str, request: Request) -> Response:
     """Cancels the video if it is still being made, and removes it and its files."""
     _, user = _video(request, video_id)
-    await daemon_of(request).jobs.remove(video_id, user)
+    await services_of(request).jobs.remove(video_id, user)
     return JSONResponse({"id": video_id, "object": "video.deleted", "deleted": True})
 
 
@@ -251,4 +251,4 @@ async def video_content(video_id: str, request: Request, variant: str = "video")
             hint=f"wait for it: `tiqo jobs wait {video_id}`",
         )
     name, media_type = pi.VIDEO_VARIANTS[variant]
-    return FileResponse(daemon_of(request).jobs.file(video_id, user, name), media_type=media_type)
+    return FileResponse(services_of(request).jobs.file(video_id, user, name), media_type=media_type)

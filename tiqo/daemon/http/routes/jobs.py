@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import Query, Request
 from fastapi.responses import FileResponse
 
-from tiqo.daemon.http.dependencies import request_meta
+from tiqo.daemon.http.dependencies import request_meta, services_of
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.runtime.jobs import MAX_LIMIT, Jobs
@@ -19,8 +19,7 @@ router = api_router(prefix="/tiqo/jobs")
 
 
 def _jobs(request: Request) -> Jobs:
-    jobs: Jobs = request.app.state.daemon.jobs
-    return jobs
+    return services_of(request).jobs
 
 
 def _user(request: Request) -> str:

@@ -17,11 +17,10 @@ from tiqo.core.errors import BadRequest, ConfigError
 from tiqo.core.settings import write_config_value
 from tiqo.daemon.accounting.ledger import GROUPS
 from tiqo.daemon.catalog.routing_config import tcp_tier
-from tiqo.daemon.http.dependencies import daemon_of, request_meta
+from tiqo.daemon.http.dependencies import Services, request_meta, services_of
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.http.tcp import SCRAPE_ROLE, new_token
-from tiqo.daemon.root import Daemon
 from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
 from tiqo.protocol.tiqo import CreateTokenRequest, SetBudgetRequest
 
@@ -46,12 +45,12 @@ async def usage(
     ``local`` asks for this daemon's own rows; ``scope`` in the answer says which."""
     if by not in GROUPS:
         raise BadRequest(f"cannot group by {by!r}; use one of {', '.join(GROUPS)}", param="by")
-    daemon = daemon_of(request)
-    if daemon.ledger.sums is not None and not local:
-        result = daemon.ledger.cluster_usage(_since(since), by, user)
+    services = services_of(request)
+    if services.ledger.sums is not None and not local:
+        result = services.ledger.cluster_usage(_since(since), by, user)
     else:
-        result = daemon.ledger.usage(_since(since), by, user)
-    result["timezone"] = daemon.budgets.policy.timezone
+        result = services.ledger.usage(_since(since), by, user)
+    result["timezone"] = services.budgets.policy.timezone
     return result
 
 
@@ -60,7 +59,7 @@ async def logs(request: Request, n: int = 20, user: str | None = None) -> dict[s
     """The most recent requests, newest first (no content unless ledger.store_content is on)."""
     if not 0 < n <= 10_000:
         raise BadRequest("n must be between 1 and 10000", param="n")
-    return {"data": daemon_of(request).ledger.logs(n, user)}
+    return {"data": services_of(request).ledger.logs(n, user)}
 
 
 @router.get("/audit", responses=errors(400))
@@ -68,45 +67,45 @@ async def audit(request: Request, n: int = 20, since: str = "3650d") -> dict[str
     """Every off-machine call, newest first: where it went, with which key, why it was allowed, what it cost."""
     if not 0 < n <= 10_000:
         raise BadRequest("n must be between 1 and 10000", param="n")
-    return {"data": daemon_of(request).ledger.audit(n, _since(since))}
+    return {"data": services_of(request).ledger.audit(n, _since(since))}
 
 
 @router.get("/budget")
 async def budget(request: Request) -> dict[str, Any]:
     """Each limit: spent, reserved by calls in flight, left, percent, when it resets; thresholds and alerts."""
-    return daemon_of(request).budgets.show(time.time())
+    return services_of(request).budgets.show(time.time())
 
 
 @router.put("/budget")
 async def set_budget(body: SetBudgetRequest, request: Request) -> dict[str, Any]:
     """Set a limit (``usd``) or remove it (``usd`` null); written to config.toml and applied at once."""
-    daemon = daemon_of(request)
+    services = services_of(request)
     try:
-        daemon.budgets.set_limit(body.scope, body.name or "", body.period, body.usd)
+        services.budgets.set_limit(body.scope, body.name or "", body.period, body.usd)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return daemon.budgets.show(time.time())
+    return services.budgets.show(time.time())
 
 
 @router.get("/alerts")
 async def alerts(request: Request, n: Annotated[int, Query(ge=1, le=10_000)] = 50) -> dict[str, Any]:
-    return {"data": daemon_of(request).ledger.alerts(n)}
+    return {"data": services_of(request).ledger.alerts(n)}
 
 
 @router.get("/events")
 async def events(request: Request, kinds: str | None = None) -> StreamingResponse:
     """Server-sent events: ``request`` (each ledger row), ``alert``, ``job`` (progress of the caller's own jobs
     only) … A reconnecting client sends Last-Event-ID and gets what it missed from a short history."""
-    daemon = daemon_of(request)
+    services = services_of(request)
     user = request_meta(request).user  # a job event goes to its owner only
     last = request.headers.get("last-event-id")
     after = int(last) if last and last.isascii() and last.isdigit() else None
     wanted = {k.strip() for k in kinds.split(",") if k.strip()} if kinds else None
 
-    feed = daemon.events.subscribe(after, wanted)  # subscribed now: nothing published later is missed
+    feed = services.events.subscribe(after, wanted)  # subscribed now: nothing published later is missed
 
     async def stream() -> AsyncIterator[str]:
-        yield f": tiqo events, pid {daemon.health()['pid']}\nretry: 2000\n\n"
+        yield f": tiqo events, pid {services.health()['pid']}\nretry: 2000\n\n"
         pending: asyncio.Task[Any] | None = None
         try:
             while True:
@@ -135,15 +134,15 @@ async def events(request: Request, kinds: str | None = None) -> StreamingRespons
 async def users(request: Request) -> dict[str, Any]:
     """Configured users: tier, default data class, rate limits, whether a TCP token exists (never the token), and
     the tier they get over TCP (``tcp_tier``: theirs, else daemon.listen_tier)."""
-    daemon = daemon_of(request)
-    _, config = daemon.gateway.catalog_and_config()
-    table = daemon.settings.toml.get("users", {})
+    services = services_of(request)
+    _, config = services.gateway.catalog_and_config()
+    table = services.settings.toml.get("users", {})
     return {
         "users": [
             {
                 "name": name,
                 "tier": p.tier,
-                "tcp_tier": _tcp_tier_or_none(daemon, p.tier, config.tiers),
+                "tcp_tier": _tcp_tier_or_none(services, p.tier, config.tiers),
                 "data_class": p.data_class,
                 "rpm": p.limits.rpm,
                 "tpm": p.limits.tpm,
@@ -164,14 +163,14 @@ async def users(request: Request) -> dict[str, Any]:
             }
             for name, t in config.tiers.items()
         },
-        "listen": daemon.settings["daemon.listen"] or None,
-        "listen_tier": daemon.settings["daemon.listen_tier"],
+        "listen": services.settings["daemon.listen"] or None,
+        "listen_tier": services.settings["daemon.listen_tier"],
     }
 
 
-def _tcp_tier_or_none(daemon: Daemon, tier: str | None, tiers: Iterable[str]) -> str | None:
+def _tcp_tier_or_none(services: Services, tier: str | None, tiers: Iterable[str]) -> str | None:
     try:
-        return tcp_tier(tier, daemon.settings["daemon.listen_tier"], tiers)[0]
+        return tcp_tier(tier, services.settings["daemon.listen_tier"], tiers)[0]
     except ConfigError:
         return None  # no usable tier: the user's TCP requests are refused
 
@@ -183,12 +182,12 @@ async def create_token(name: str, request: Request, body: CreateTokenRequest | N
     (``user``, or ``daemon.listen_tier`` for a user without one)."""
     if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise BadRequest("a user name is letters, digits, '-', '_' or '.' (at most 64)", param="name")
-    daemon = daemon_of(request)
+    services = services_of(request)
     body = body or CreateTokenRequest()
     if body.scrape:
-        return _scrape_token(daemon, name, body)
-    _set_user_field(daemon, name, "role", None)  # a user's token from now on, whatever it was
-    _, config = daemon.gateway.catalog_and_config()
+        return _scrape_token(services, name, body)
+    _set_user_field(services, name, "role", None)  # a user's token from now on, whatever it was
+    _, config = services.gateway.catalog_and_config()
     tier = body.tier
     if tier is not None and tier != "default" and tier not in config.tiers:
         raise BadRequest(
@@ -197,36 +196,36 @@ async def create_token(name: str, request: Request, body: CreateTokenRequest | N
             hint="tiers are tables [tiers.NAME] in config.toml; `tiqo users list` shows them",
         )
     if tier is not None:
-        _set_user_field(daemon, name, "tier", tier)
-    profile = daemon.gateway.catalog_and_config()[1].users.get(name)
+        _set_user_field(services, name, "tier", tier)
+    profile = services.gateway.catalog_and_config()[1].users.get(name)
     current = tier or (profile.tier if profile else None)
-    tcp, source = tcp_tier(current, daemon.settings["daemon.listen_tier"], config.tiers)
+    tcp, source = tcp_tier(current, services.settings["daemon.listen_tier"], config.tiers)
     token, digest = new_token()
-    _set_user_field(daemon, name, "token_sha256", digest)
+    _set_user_field(services, name, "token_sha256", digest)
     return {"user": name, "token": token, "tier": tcp, "tier_source": source}
 
 
-def _scrape_token(daemon: Daemon, name: str, body: CreateTokenRequest) -> dict[str, Any]:
+def _scrape_token(services: Services, name: str, body: CreateTokenRequest) -> dict[str, Any]:
     """A token that reads GET /metrics over TCP and nothing else ([users.NAME] role = "metrics")."""
     if body.tier is not None:
         raise BadRequest("a scrape token reads /metrics only: it has no tier", param="tier")
-    _set_user_field(daemon, name, "role", SCRAPE_ROLE)
+    _set_user_field(services, name, "role", SCRAPE_ROLE)
     token, digest = new_token()
-    _set_user_field(daemon, name, "token_sha256", digest)
+    _set_user_field(services, name, "token_sha256", digest)
     return {"user": name, "token": token, "role": SCRAPE_ROLE}
 
 
 @router.delete("/users/{name}/token")
 async def revoke_token(name: str, request: Request) -> dict[str, Any]:
-    _set_user_field(daemon_of(request), name, "token_sha256", None)
+    _set_user_field(services_of(request), name, "token_sha256", None)
     return {"user": name, "revoked": True}
 
 
-def _set_user_field(daemon: Daemon, name: str, field: str, value: Any) -> None:
-    write_config_value(daemon.settings.paths.config_file, ["users", name, field], value)
-    entry = daemon.settings.toml.setdefault("users", {}).setdefault(name, {})
+def _set_user_field(services: Services, name: str, field: str, value: Any) -> None:
+    write_config_value(services.settings.paths.config_file, ["users", name, field], value)
+    entry = services.settings.toml.setdefault("users", {}).setdefault(name, {})
     if value is None:
         entry.pop(field, None)
     else:
         entry[field] = value
-    daemon.gateway.invalidate()
+    services.gateway.invalidate()

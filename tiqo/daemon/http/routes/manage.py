@@ -10,10 +10,9 @@ from fastapi.responses import JSONResponse
 
 from tiqo.core.errors import BadRequest, Conflict
 from tiqo.daemon.catalog.registry import KIND_DEFAULTS
-from tiqo.daemon.http.dependencies import daemon_of
+from tiqo.daemon.http.dependencies import Services, services_of
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import errors
-from tiqo.daemon.root import Daemon
 from tiqo.policy.routing import CatalogModel
 from tiqo.protocol.tiqo import AddModelRequest, BackupRequest, LoadRequest
 from tiqo.sdk.engine import ModelSpec
@@ -21,8 +20,8 @@ from tiqo.sdk.engine import ModelSpec
 router = api_router(prefix="/tiqo")
 
 
-def _model_row(daemon: Daemon, spec: ModelSpec) -> dict[str, Any]:
-    loaded = daemon.scheduler.loaded.get(spec.name)
+def _model_row(services: Services, spec: ModelSpec) -> dict[str, Any]:
+    loaded = services.scheduler.loaded.get(spec.name)
     return {
         "name": spec.name,
         "kind": spec.kind,
@@ -32,7 +31,7 @@ def _model_row(daemon: Daemon, spec: ModelSpec) -> dict[str, Any]:
         "size_bytes": spec.size_bytes,
         "description": spec.description,
         "capabilities": list(spec.capabilities),
-        "default": spec.name == daemon.settings[KIND_DEFAULTS.get(spec.kind, "llm.default_model")],
+        "default": spec.name == services.settings[KIND_DEFAULTS.get(spec.kind, "llm.default_model")],
         "loaded": loaded is not None,
         "options": {k: v for k, v in spec.options.items()},
     }
@@ -40,13 +39,13 @@ def _model_row(daemon: Daemon, spec: ModelSpec) -> dict[str, Any]:
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
-    return daemon_of(request).health()
+    return services_of(request).health()
 
 
 @router.get("/ps")
 async def ps(request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
-    sched = daemon.scheduler
+    services = services_of(request)
+    sched = services.scheduler
     return {
         "models": sched.ps(),
         "memory_budget_bytes": sched.memory_budget,
@@ -88,17 +87,32 @@ def _external_row(model: CatalogModel) -> dict[str, Any]:
 
 @router.get("/models")
 async def models(request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
-    rows = [_model_row(daemon, s) for s in daemon.registry.all()]
-    rows += [_external_row(m) for m in daemon.registry.external().values()]
-    aliases = daemon.gateway.catalog_and_config()[1].aliases
+    services = services_of(request)
+    rows = [_model_row(services, s) for s in services.registry.all()]
+    rows += [_external_row(m) for m in services.registry.external().values()]
+    aliases = services.gateway.catalog_and_config()[1].aliases
     return {"models": rows, "aliases": {k: list(v) for k, v in aliases.items()}}
+
+
+# What an external model takes from the request as it is (``Registry.add_external``'s keywords).
+EXTERNAL_FIELDS = {
+    "price_in",
+    "price_out",
+    "context",
+    "capabilities",
+    "fallbacks",
+    "premium",
+    "description",
+    "price_minute",
+    "price_mchar",
+    "price_image",
+}
 
 
 @router.post("/models", status_code=201, responses=errors(400, 404, 409))
 async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
-    if body.name in daemon.gateway.catalog_and_config()[1].aliases:
+    services = services_of(request)
+    if body.name in services.gateway.catalog_and_config()[1].aliases:
         raise Conflict(
             f"{body.name!r} is an alias (requests for it expand to its models), so a model of that name "
             "could never be picked",
@@ -106,79 +120,70 @@ async def add_model(body: AddModelRequest, request: Request) -> dict[str, Any]:
             hint="pick another name; `tiqo models list` shows the aliases",
         )
     if body.provider is not None:
-        daemon.hub.get(body.provider)  # 404 with a hint when the provider does not exist
-        model = daemon.registry.add_external(
+        services.hub.get(body.provider)  # 404 with a hint when the provider does not exist
+        model = services.registry.add_external(
             body.name,
             provider=body.provider,
             upstream_model=body.upstream_model or body.name,
-            price_in=body.price_in,
-            price_out=body.price_out,
-            context=body.context,
-            capabilities=body.capabilities,
-            fallbacks=body.fallbacks,
-            premium=body.premium,
-            description=body.description,
-            price_minute=body.price_minute,
-            price_mchar=body.price_mchar,
-            price_image=body.price_image,
+            **body.model_dump(include=EXTERNAL_FIELDS),
         )
         return _external_row(model)
     assert body.path is not None
     # Reading a big file's header touches the disk: keep it off the event loop.
     spec = await asyncio.to_thread(
-        daemon.registry.add,
+        services.registry.add,
         body.name,
         body.path,
         n_ctx=body.n_ctx,
         keep_alive=body.keep_alive,
         description=body.description,
     )
-    return _model_row(daemon, spec)
+    return _model_row(services, spec)
 
 
 @router.delete("/models/{name}", responses=errors(409))
 async def remove_model(name: str, request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
-    if daemon.registry.is_external(name):
-        daemon.registry.remove(name)
+    services = services_of(request)
+    if services.registry.is_external(name):
+        services.registry.remove(name)
         return {"removed": name}
-    spec = daemon.registry.resolve(name, None)
-    daemon.registry.ensure_removable(spec.name)
-    await daemon.scheduler.unload(spec.name)
-    daemon.registry.remove(spec.name)
+    spec = services.registry.resolve(name, None)
+    services.registry.ensure_removable(spec.name)
+    await services.scheduler.unload(spec.name)
+    services.registry.remove(spec.name)
     return {"removed": spec.name}
 
 
 @router.post("/models/{name}/load", responses=errors(400, 503))
 async def load_model(name: str, request: Request, body: LoadRequest | None = None) -> dict[str, Any]:
-    daemon = daemon_of(request)
+    services = services_of(request)
     body = body or LoadRequest()
-    spec = daemon.registry.resolve(name, None)
+    spec = services.registry.resolve(name, None)
     try:
         keep_alive = body.keep_alive_seconds()
     except ValueError as exc:
         raise BadRequest(str(exc), param="keep_alive") from None
-    await daemon.scheduler.load(spec, keep_alive)
-    row = next(r for r in daemon.scheduler.ps() if r["name"] == spec.name)
+    await services.scheduler.load(spec, keep_alive)
+    row = next(r for r in services.scheduler.ps() if r["name"] == spec.name)
     return row
 
 
 @router.post("/models/{name}/unload")
 async def unload_model(name: str, request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
-    spec = daemon.registry.resolve(name, None)
-    return {"name": spec.name, "unloaded": await daemon.scheduler.unload(spec.name)}
+    services = services_of(request)
+    spec = services.registry.resolve(name, None)
+    return {"name": spec.name, "unloaded": await services.scheduler.unload(spec.name)}
 
 
 @router.post("/backup", responses=errors(400, 409))
 async def backup(body: BackupRequest, request: Request) -> dict[str, Any]:
     """Write a backup archive (SQLite online backup, vector tables at one version, config) while serving."""
-    return await daemon_of(request).backup.run(body.path, body.include_keys)
+    return await services_of(request).backup.run(body.path, body.include_keys)
 
 
 @router.post("/shutdown")
 async def shutdown(request: Request) -> JSONResponse:
-    daemon = daemon_of(request)
+    services = services_of(request)
     # Answer first, then stop: the server exits after this response is sent.
-    asyncio.get_running_loop().call_later(0.05, daemon.request_shutdown)
-    return JSONResponse({"ok": True, "pid": daemon.health()["pid"]})
+    asyncio.get_running_loop().call_later(0.05, services.shutdown)
+    return JSONResponse({"ok": True, "pid": services.health()["pid"]})

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from tiqo.core.durations import parse_duration
 from tiqo.core.errors import TiqoError
 from tiqo.daemon.cache.tool_calls import merge_tool_calls
-from tiqo.daemon.http.dependencies import daemon_of, request_meta, until_disconnect
+from tiqo.daemon.http.dependencies import request_meta, services_of, until_disconnect
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
 from tiqo.daemon.http.tcp import tcp_user
@@ -35,24 +35,24 @@ def _dumps(obj: Any) -> str:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
-    created = int(daemon.started_at)
-    data = [{"id": s.name, "object": "model", "created": created, "owned_by": "tiqo"} for s in daemon.registry.all()]
+    services = services_of(request)
+    created = int(services.started_at)
+    data = [{"id": s.name, "object": "model", "created": created, "owned_by": "tiqo"} for s in services.registry.all()]
     data += [
         {"id": m.name, "object": "model", "created": created, "owned_by": m.provider}
-        for m in daemon.registry.external().values()
+        for m in services.registry.external().values()
     ]
     return {"object": "list", "data": data}
 
 
 @router.get("/v1/models/{name}")
 async def get_model(name: str, request: Request) -> dict[str, Any]:
-    daemon = daemon_of(request)
-    external = daemon.registry.external().get(name)
+    services = services_of(request)
+    external = services.registry.external().get(name)
     if external is not None:
-        return {"id": name, "object": "model", "created": int(daemon.started_at), "owned_by": external.provider}
-    spec = daemon.registry.resolve(name, None)
-    return {"id": spec.name, "object": "model", "created": int(daemon.started_at), "owned_by": "tiqo"}
+        return {"id": name, "object": "model", "created": int(services.started_at), "owned_by": external.provider}
+    spec = services.registry.resolve(name, None)
+    return {"id": spec.name, "object": "model", "created": int(services.started_at), "owned_by": "tiqo"}
 
 
 KEEP_ALIVE_IGNORED = "keep_alive is ignored over TCP: shared models stay loaded for scheduler.keep_alive"
@@ -74,22 +74,22 @@ def _as_caller(body: ChatOrCompletion, meta: RequestMeta, request: Request) -> t
 
 @router.post("/v1/chat/completions", response_model=None, responses=errors(*GENERATES))
 async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-    daemon = daemon_of(request)
+    services = services_of(request)
     meta = request_meta(request, body.user)
     body, warnings = _as_caller(body, meta, request)
     rid = "chatcmpl-" + request.scope["state"]["request_id"].removeprefix("req_")
-    body, sources = await augment(daemon.vectors, body, meta)
+    body, sources = await augment(services.vectors, body, meta)
     if not body.stream:
 
         async def run() -> tuple[Served, list[Piece]]:
-            served, pieces = await daemon.gateway.chat(body, meta, stream=False)
+            served, pieces = await services.gateway.chat(body, meta, stream=False)
             served.sources = sources
             return served, [p async for p in pieces]
 
         response = await _collect(request, run, rid, chat=True)
         response.headers.update(warnings)
         return response
-    served, pieces = await daemon.gateway.chat(body, meta, stream=True)
+    served, pieces = await services.gateway.chat(body, meta, stream=True)
     served.sources = sources
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return ClosingStreamingResponse(
@@ -101,8 +101,8 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> 
 
 @router.post("/v1/completions", response_model=None, responses=errors(*GENERATES))
 async def completions(body: oa.CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-    daemon = daemon_of(request)
-    spec = daemon.registry.resolve(body.model)
+    services = services_of(request)
+    spec = services.registry.resolve(body.model)
     meta = request_meta(request, body.user)
     body, warnings = _as_caller(body, meta, request)
     prompt = body.prompt_text()
@@ -110,14 +110,14 @@ async def completions(body: oa.CompletionRequest, request: Request) -> JSONRespo
     keep_alive = None if body.keep_alive is None else parse_duration(body.keep_alive)
     rid = "cmpl-" + request.scope["state"]["request_id"].removeprefix("req_")
     served = Served(backend=f"local:{spec.engine}", provider="local", model=spec.name)
-    row, limits, started = await daemon.gateway.admit_local(body, meta)
+    row, limits, started = await services.gateway.admit_local(body, meta)
 
     def call(runner: ChatRunner, stop: StopFlag) -> Iterator[Piece]:
         return runner.complete(prompt, params, stop)
 
     def generate() -> AsyncGenerator[Piece, None]:
-        pieces = daemon.generate(spec, keep_alive, call)
-        return daemon.gateway.accounting.recorded(served, pieces, row, body, limits, started)
+        pieces = services.local.generate(spec, keep_alive, call)
+        return services.gateway.accounting.recorded(served, pieces, row, body, limits, started)
 
     if not body.stream:
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from tiqo.core.errors import BadRequest
-from tiqo.daemon.http.dependencies import request_meta
+from tiqo.daemon.http.dependencies import request_meta, services_of
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import errors
 from tiqo.daemon.knowledge.vectors import VectorStore
@@ -32,8 +32,7 @@ QUERY_SCHEMA = Query.model_json_schema()
 
 
 def _vectors(request: Request) -> VectorStore:
-    store: VectorStore = request.app.state.daemon.vectors
-    return store
+    return services_of(request).vectors
 
 
 def _user(request: Request) -> str:
@@ -136,7 +135,7 @@ async def ingest(name: str, body: Ingest, request: Request) -> dict[str, Any]:
     store = _vectors(request)
     c = store.writable(_user(request), name)
     _check_size(len(body.documents), "documents")
-    settings = request.app.state.daemon.settings
+    settings = services_of(request).settings
     size = body.chunk_size if body.chunk_size is not None else settings["vectors.chunk_size"]
     overlap = body.chunk_overlap if body.chunk_overlap is not None else settings["vectors.chunk_overlap"]
     if body.chunk_size is not None and body.chunk_overlap is None:
