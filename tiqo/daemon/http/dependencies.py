@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
+from starlette.types import Receive
 
 from tiqo.core.errors import BadRequest
 from tiqo.core.settings import Settings
@@ -108,9 +109,14 @@ def request_meta(request: Request, user_field: str | None = None) -> RequestMeta
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
-    """Run ``work``; cancel it (and return None) when the client hangs up first.
+    """Run ``work``; cancel it (and return None) when the client hangs up first."""
+    return await until_gone(request.receive, work)
 
-    ``work`` runs in the caller's task; one watcher task waits for the disconnect and cancels the caller's."""
+
+async def until_gone(receive: Receive, work: Awaitable[T]) -> T | None:
+    """Run ``work`` in the caller's task; cancel it (and return None) when ``receive`` says the client hung up.
+
+    One watcher task per request, not two tasks and a wait: the work runs where it was awaited."""
     caller = asyncio.current_task()
     assert caller is not None
     cancelling = caller.cancelling()
@@ -118,7 +124,7 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
 
     async def disconnected() -> None:
         with contextlib.suppress(Exception):  # a receive that fails ends the request as a disconnect does
-            while (await request.receive())["type"] != "http.disconnect":
+            while (await receive())["type"] != "http.disconnect":
                 pass
         if not state["done"]:
             state["gone"] = True
