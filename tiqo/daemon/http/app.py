@@ -83,7 +83,7 @@ class RequestContext:
 
         # A client that leaves the answer unread would hold its model slot (and the engine) forever: past the
         # deadline the send fails, the response ends, and the slot and buffers are freed.
-        deadline = None if self.send_timeout is None else SendDeadline(self.send_timeout)
+        deadline = SendDeadline(self.send_timeout)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -91,10 +91,7 @@ class RequestContext:
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-tiqo-request-id", rid.encode())]
-            if deadline is None:
-                await send(message)
-            else:
-                await deadline.send(send, message)
+            await deadline.send(send, message)
 
         try:
             await self.app(scope, limited_receive, send_with_id)
@@ -105,8 +102,7 @@ class RequestContext:
             log.warning("%s %s: %s; connection dropped %s", scope["method"], scope["path"], slow, rid)
             status = 499
         finally:
-            if deadline is not None:
-                deadline.close()
+            deadline.close()
             log.info(
                 "%s %s %s %.1fms %s",
                 scope["method"],
@@ -124,16 +120,19 @@ class SendDeadline:
 
     __slots__ = ("cancelling", "expired", "loop", "seconds", "since", "task", "timer")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
         self.loop = asyncio.get_running_loop()
         self.since: float | None = None  # when the send in flight began (None: none is)
-        self.task: asyncio.Task[Any] | None = None  # the task sending it (a streaming response sends from its own)
+        self.task: asyncio.Task[Any] | None = None  # the task sending it (a task group may send from a task of its own)
         self.cancelling = 0
         self.timer: asyncio.TimerHandle | None = None
         self.expired = False
 
     async def send(self, send: Send, message: Message) -> None:
+        if self.seconds is None:  # no deadline (daemon.send_timeout unset)
+            await send(message)
+            return
         task = asyncio.current_task()
         assert task is not None
         self.since, self.task, self.cancelling = self.loop.time(), task, task.cancelling()
@@ -152,7 +151,7 @@ class SendDeadline:
         self.timer = None
         if self.since is None or self.task is None:
             return  # no send in flight: the next one arms the timer again
-        due = self.since + self.seconds
+        due = self.since + (self.seconds or 0.0)
         if self.loop.time() >= due:
             self.expired = True
             self.task.cancel()
