@@ -16,7 +16,6 @@ in ``records``, the counters in ``counters``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -39,12 +38,6 @@ __all__ = ["GROUPS", "CallRow", "CounterKey", "Counters", "Ledger", "RequestRow"
 _INSERT_REQUEST = (
     f"INSERT OR REPLACE INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})"
 )
-# The end of a call reserved against no counter: nothing to check or move, so the row alone (and only such a row).
-_SETTLE_UNCHARGED = (
-    "UPDATE calls SET status = ?, cost_nusd = ?, tokens_in = ?, tokens_out = ?, error = ?, ended = ? "
-    "WHERE id = ? AND status IN ('pending', 'reserving') AND charges = '[]'"
-)
-Settled = tuple[str, int, int, int, str | None, float, str]  # _SETTLE_UNCHARGED's values
 
 
 class Ledger:
@@ -59,11 +52,6 @@ class Ledger:
         self.zone = ZoneInfo(timezone)
         self.db.create_function("tz_day", 1, self._day, deterministic=True)
         self.report = UsageReport(self.db, self.zone, sums)
-        # Ends of uncharged calls not written yet: the request's row, written right after them in the same turn of
-        # the event loop, takes them into its own commit (a commit is most of a small write's cost); whatever no row
-        # took is written at the end of that turn (``flush``). A kill -9 before leaves the calls pending: start-up
-        # settles them as interrupted, as it does a call killed mid-answer.
-        self._unsettled: list[Settled] = []
 
     def _day(self, ts: float) -> str:
         return dt.datetime.fromtimestamp(ts, self.zone).strftime("%Y-%m-%d")
@@ -81,40 +69,8 @@ class Ledger:
     # ------------------------------------------------------------ requests
     def record(self, row: RequestRow) -> None:
         # every field is a flat value: asdict's deep copy cost more than the insert
-        values = tuple(getattr(row, name) for name in REQUEST_COLUMNS)
-        if self._unsettled:
-            batch = self._unsettled
-            try:
-                with self._tx():
-                    left = self._write_unsettled()
-                    self.db.execute(_INSERT_REQUEST, values)
-            except Exception:
-                self._unsettled = batch  # the ends on their own, then the row's error as before
-                self.flush()
-                raise
-            self._settle_left(left)
-        else:
-            self.db.execute(_INSERT_REQUEST, values)
+        self.db.execute(_INSERT_REQUEST, tuple(getattr(row, name) for name in REQUEST_COLUMNS))
         self._add_sums(row)
-
-    def flush(self) -> None:
-        """Write the ends of calls that no request row took into its commit (see ``_unsettled``)."""
-        if self._unsettled:
-            with self._tx():
-                left = self._write_unsettled()
-            self._settle_left(left)
-
-    def _write_unsettled(self) -> list[Settled]:
-        """Run the deferred ends inside the caller's transaction; those the row turned out to need more for (it
-        charges a counter after all) are returned for ``settle``'s whole path."""
-        batch, self._unsettled = self._unsettled, []
-        return [v for v in batch if not self.db.execute(_SETTLE_UNCHARGED, v).rowcount]
-
-    def _settle_left(self, left: list[Settled]) -> None:
-        for status, cost, tokens_in, tokens_out, error, ended, call_id in left:
-            self.settle(
-                call_id, status=status, cost=cost, tokens_in=tokens_in, tokens_out=tokens_out, error=error, now=ended
-            )
 
     def _add_sums(self, row: RequestRow) -> None:
         if self.sums is not None:
@@ -217,21 +173,17 @@ class Ledger:
 
         The counters move inside the row's transaction: if a shared counter server fails, the row stays pending
         and start-up settles it (its settle is idempotent, so a commit that fails after it does no harm).
-        ``charged=False`` (the call was reserved against no counter): one statement, which only ends a row that
-        really charges nothing (any other row takes the transaction below), and on the event loop it joins the
-        request row's commit (``_unsettled``)."""
+        ``charged=False`` (the call was reserved against no counter) tries one statement first, which only ends a
+        row that really charges nothing; any other row takes the transaction below."""
         ended = time.time() if now is None else now
         if not charged and self.local_counters:
-            values = (status, cost, tokens_in, tokens_out, error, ended, call_id)
-            with contextlib.suppress(RuntimeError):  # no event loop: written now
-                loop = asyncio.get_running_loop()
-                if not self._unsettled:
-                    loop.call_soon(self.flush)
-                self._unsettled.append(values)
+            cur = self.db.execute(
+                "UPDATE calls SET status = ?, cost_nusd = ?, tokens_in = ?, tokens_out = ?, error = ?, ended = ? "
+                "WHERE id = ? AND status IN ('pending', 'reserving') AND charges = '[]'",
+                (status, cost, tokens_in, tokens_out, error, ended, call_id),
+            )
+            if cur.rowcount:
                 return {}
-            if self.db.execute(_SETTLE_UNCHARGED, values).rowcount:
-                return {}
-        self.flush()
         with self._tx():
             row = self.db.execute(
                 "SELECT reserved_nusd, charges FROM calls WHERE id = ? AND status IN ('pending', 'reserving')",
@@ -252,7 +204,6 @@ class Ledger:
 
     def reconcile(self) -> int:
         """Settle calls a crash left pending at their reserved worst case. Returns how many."""
-        self.flush()
         rows = self.db.execute(
             "SELECT id, reserved_nusd FROM calls WHERE status IN ('pending', 'reserving')"
         ).fetchall()
@@ -284,7 +235,6 @@ class Ledger:
         return len(rows)
 
     def reserved_total(self) -> int:
-        self.flush()
         row = self.db.execute("SELECT COALESCE(SUM(reserved_nusd), 0) FROM calls WHERE status = 'pending'").fetchone()
         return int(row[0])
 
@@ -324,5 +274,4 @@ class Ledger:
         return self.report.logs(n, user)
 
     def audit(self, n: int = 20, since: float = 0.0) -> list[dict[str, Any]]:
-        self.flush()
         return self.report.audit(n, since)
