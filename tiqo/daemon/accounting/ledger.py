@@ -114,6 +114,9 @@ class Ledger:
                 tightest[c.key] = c
         charges = list(tightest.values())
         call.reserved_nusd, call.charges = amount, [c.key for c in charges]
+        if self.local_counters and not charges:
+            self._insert_call(call)  # nothing to check or count: the row alone, one statement (atomic by itself)
+            return None
         if self.local_counters:
             with self._tx():
                 refusal = self.counters.reserve(call.id, charges, amount)
@@ -164,11 +167,23 @@ class Ledger:
         tokens_out: int = 0,
         error: str | None = None,
         now: float | None = None,
+        charged: bool = True,
     ) -> dict[CounterKey, tuple[int, int]]:
         """End a call: release its reservation and charge ``cost``. Idempotent (a settled call stays settled).
 
         The counters move inside the row's transaction: if a shared counter server fails, the row stays pending
-        and start-up settles it (its settle is idempotent, so a commit that fails after it does no harm)."""
+        and start-up settles it (its settle is idempotent, so a commit that fails after it does no harm).
+        ``charged=False`` (the call was reserved against no counter) tries one statement first, which only ends a
+        row that really charges nothing; any other row takes the transaction below."""
+        ended = time.time() if now is None else now
+        if not charged and self.local_counters:
+            cur = self.db.execute(
+                "UPDATE calls SET status = ?, cost_nusd = ?, tokens_in = ?, tokens_out = ?, error = ?, ended = ? "
+                "WHERE id = ? AND status IN ('pending', 'reserving') AND charges = '[]'",
+                (status, cost, tokens_in, tokens_out, error, ended, call_id),
+            )
+            if cur.rowcount:
+                return {}
         with self._tx():
             row = self.db.execute(
                 "SELECT reserved_nusd, charges FROM calls WHERE id = ? AND status IN ('pending', 'reserving')",
@@ -183,7 +198,7 @@ class Ledger:
             self.db.execute(
                 "UPDATE calls SET status = ?, cost_nusd = ?, tokens_in = ?, tokens_out = ?, error = ?, ended = ? "
                 "WHERE id = ?",
-                (status, cost, tokens_in, tokens_out, error, time.time() if now is None else now, call_id),
+                (status, cost, tokens_in, tokens_out, error, ended, call_id),
             )
             return moved
 

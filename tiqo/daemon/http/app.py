@@ -81,19 +81,17 @@ class RequestContext:
                     raise HTTPException(413, f"request body is larger than {limit} bytes (setting {setting})")
             return message
 
+        # A client that leaves the answer unread would hold its model slot (and the engine) forever: past the
+        # deadline the send fails, the response ends, and the slot and buffers are freed.
+        deadline = SendDeadline(self.send_timeout)
+
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-tiqo-request-id", rid.encode())]
-            # A client that leaves the answer unread would hold its model slot (and the engine) forever: past the
-            # deadline the send fails, the response ends, and the slot and buffers are freed.
-            try:
-                async with asyncio.timeout(self.send_timeout):
-                    await send(message)
-            except TimeoutError:
-                raise ClientTooSlow(self.send_timeout) from None
+            await deadline.send(send, message)
 
         try:
             await self.app(scope, limited_receive, send_with_id)
@@ -104,6 +102,7 @@ class RequestContext:
             log.warning("%s %s: %s; connection dropped %s", scope["method"], scope["path"], slow, rid)
             status = 499
         finally:
+            deadline.close()
             log.info(
                 "%s %s %s %.1fms %s",
                 scope["method"],
@@ -112,6 +111,57 @@ class RequestContext:
                 (time.perf_counter() - started) * 1000,
                 rid,
             )
+
+
+class SendDeadline:
+    """Each send of one response must end within ``seconds`` of its start, kept by one timer per response rather
+    than a timeout context (a timer armed and cancelled) per send: the timer wakes at the earliest moment the send
+    in flight could be late, and cancels the sending task only when that send is still waiting then."""
+
+    __slots__ = ("cancelling", "expired", "loop", "seconds", "since", "task", "timer")
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.loop = asyncio.get_running_loop()
+        self.since: float | None = None  # when the send in flight began (None: none is)
+        self.task: asyncio.Task[Any] | None = None  # the task sending it (a task group may send from a task of its own)
+        self.cancelling = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.expired = False
+
+    async def send(self, send: Send, message: Message) -> None:
+        if self.seconds is None:  # no deadline (daemon.send_timeout unset)
+            await send(message)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.since, self.task, self.cancelling = self.loop.time(), task, task.cancelling()
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.since + self.seconds, self._check)
+        try:
+            await send(message)
+        except asyncio.CancelledError:
+            if self.expired and task.uncancel() <= self.cancelling:
+                raise ClientTooSlow(self.seconds) from None
+            raise
+        finally:
+            self.since = None
+
+    def _check(self) -> None:
+        self.timer = None
+        if self.since is None or self.task is None:
+            return  # no send in flight: the next one arms the timer again
+        due = self.since + (self.seconds or 0.0)
+        if self.loop.time() >= due:
+            self.expired = True
+            self.task.cancel()
+        else:
+            self.timer = self.loop.call_at(due, self._check)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class ClientTooSlow(Exception):

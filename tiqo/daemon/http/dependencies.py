@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
+from starlette.types import Receive
 
 from tiqo.core.errors import BadRequest
 from tiqo.core.settings import Settings
@@ -108,20 +110,33 @@ def request_meta(request: Request, user_field: str | None = None) -> RequestMeta
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
     """Run ``work``; cancel it (and return None) when the client hangs up first."""
+    return await until_gone(request.receive, work)
+
+
+async def until_gone(receive: Receive, work: Awaitable[T]) -> T | None:
+    """Run ``work`` in the caller's task; cancel it (and return None) when ``receive`` says the client hung up.
+
+    One watcher task per request, not two tasks and a wait: the work runs where it was awaited."""
+    caller = asyncio.current_task()
+    assert caller is not None
+    cancelling = caller.cancelling()
+    state = {"gone": False, "done": False}
 
     async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
+        with contextlib.suppress(Exception):  # a receive that fails ends the request as a disconnect does
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        if not state["done"]:
+            state["gone"] = True
+            caller.cancel()
 
-    task = asyncio.ensure_future(work)
     watch = asyncio.ensure_future(disconnected())
     try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if state["gone"] and caller.uncancel() <= cancelling:
+            return None  # our own cancellation, and nobody else's: the client went away
+        raise
     finally:
+        state["done"] = True
         watch.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        return None
-    return task.result()

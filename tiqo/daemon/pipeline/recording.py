@@ -237,6 +237,7 @@ class Accounting:
                 tokens_in=t_in,
                 tokens_out=t_out,
                 error=error if not ok else None,
+                charged=bool(call.charges),
             )
         except Exception:  # never lose the answer over the ledger; the call stays pending and start-up settles it
             log.exception("settling %s failed", call.id)

@@ -17,8 +17,8 @@ from tiqo.daemon.cache.tool_calls import merge_tool_calls
 from tiqo.daemon.http.dependencies import request_meta, services_of, until_disconnect
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
+from tiqo.daemon.http.sse import StreamResponse
 from tiqo.daemon.http.tcp import tcp_user
-from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
 from tiqo.daemon.services.gateway import RequestMeta, Served, generation_params
 from tiqo.daemon.services.rag import augment
 from tiqo.protocol import openai as oa
@@ -92,7 +92,7 @@ async def chat_completions(body: oa.ChatCompletionRequest, request: Request) -> 
     served, pieces = await services.gateway.chat(body, meta, stream=True)
     served.sources = sources
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return ClosingStreamingResponse(
+    return StreamResponse(
         _sse(pieces, served, rid, True, include_usage),
         media_type="text/event-stream",
         headers={**served.headers(final=False), "cache-control": "no-cache", **warnings},
@@ -134,7 +134,7 @@ async def completions(body: oa.CompletionRequest, request: Request) -> JSONRespo
     except StopAsyncIteration:
         first = Piece("", finish_reason="stop")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return ClosingStreamingResponse(
+    return StreamResponse(
         _sse(_prepend(first, pieces), served, rid, False, include_usage),
         media_type="text/event-stream",
         headers={**served.headers(final=True), "cache-control": "no-cache", **warnings},
