@@ -14,7 +14,7 @@ import typer
 
 from tiqo.cli import complete
 from tiqo.cli.json_files import SCHEMA, TOOL, response_format, tool
-from tiqo.cli.output import EXIT_USAGE, client, err_console, fail, handle_errors, print_json
+from tiqo.cli.output import client, err_console, fail, handle_errors, print_json, prompt_text
 
 MODEL = typer.Option(
     None,
@@ -194,7 +194,7 @@ def ask(
 
       tiqo ask --tool weather.json "Is it raining in Oslo?"
     """
-    text = _prompt_text(prompt)
+    text = prompt_text(prompt, 'tiqo ask "..."')
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     with client() as c:
         payload = _payload(model, messages, temperature, max_tokens, seed, keep_alive)
@@ -209,18 +209,6 @@ def ask(
             return _tool_calls(c, payload, headers, json_out)
         result = _stream_answer(c, payload, not json_out, headers)
     _print_answer_extras(result, bool(rag), json_out, verbose)
-
-
-def _prompt_text(prompt: list[str] | None) -> str:
-    """The prompt from the arguments, with text piped on stdin before it."""
-    text = " ".join(prompt or []).strip()
-    if not sys.stdin.isatty():
-        piped = sys.stdin.read()
-        if piped.strip():
-            text = f"{piped.rstrip()}\n\n{text}" if text else piped.rstrip()
-    if not text:
-        fail("no prompt given", 'pass one as an argument (tiqo ask "...") or pipe text in', EXIT_USAGE)
-    return text
 
 
 def _print_answer_extras(result: dict[str, Any], rag: bool, json_out: bool, verbose: bool) -> None:

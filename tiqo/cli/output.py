@@ -100,6 +100,18 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def prompt_text(prompt: list[str] | None, example: str) -> str:
+    """The prompt from the arguments, with text piped on stdin before it; ``example`` shows how to give one."""
+    text = " ".join(prompt or []).strip()
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        if piped.strip():
+            text = f"{piped.rstrip()}\n\n{text}" if text else piped.rstrip()
+    if not text:
+        fail("no prompt given", f"pass one as an argument ({example}) or pipe text in", EXIT_USAGE)
+    return text
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()

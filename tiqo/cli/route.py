@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional
@@ -12,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tiqo.cli.json_files import SCHEMA, response_format
-from tiqo.cli.output import EXIT_ERROR, EXIT_USAGE, client, console, fail, handle_errors, print_json
+from tiqo.cli.output import EXIT_ERROR, client, console, handle_errors, print_json, prompt_text
 
 app = typer.Typer(help="See how tiqo would route a request (classification, candidates, prices).", no_args_is_help=True)
 
@@ -114,13 +113,7 @@ def explain(
 
       tiqo route explain --class restricted -m gpt-4o "Summarise the patient file"
     """
-    text = " ".join(prompt or []).strip()
-    if not sys.stdin.isatty():
-        piped = sys.stdin.read()
-        if piped.strip():
-            text = f"{piped.rstrip()}\n\n{text}" if text else piped.rstrip()
-    if not text:
-        fail("no prompt given", 'pass one as an argument (tiqo route explain "...") or pipe text in', EXIT_USAGE)
+    text = prompt_text(prompt, 'tiqo route explain "..."')
     body: dict[str, Any] = {"prompt": text}
     for key, value in (
         ("model", model),
