@@ -241,6 +241,26 @@ def test_quota_day_starts_at_each_keys_reset_time_and_zone() -> None:
     assert p.verdict("k", at + 31 * 60).usable  # 09:31 Paris: a new quota day
 
 
+def test_quota_day_holds_now_across_dst_changes_whatever_order_it_is_asked_in() -> None:
+    """start <= now < end at every minute around both 2026 changes in Paris, for resets in the skipped and the
+    repeated hour; asked forwards and backwards (the remembered day must never answer for another instant)."""
+    paris = ZoneInfo("Europe/Paris")
+    for reset in ("02:30", "00:00", "23:59"):
+        for day in (dt.datetime(2026, 3, 28, 12, 0, tzinfo=paris), dt.datetime(2026, 10, 24, 12, 0, tzinfo=paris)):
+            minutes = [day.timestamp() + 60 * i for i in range(0, 36 * 60, 7)]
+            for now in [*minutes, *reversed(minutes)]:
+                start, end = period_start(now, reset, "Europe/Paris"), next_reset(now, reset, "Europe/Paris")
+                assert start <= now < end, (reset, dt.datetime.fromtimestamp(now, paris))
+                assert 23 * 3600 <= end - start <= 25 * 3600
+    # 02:30 does not exist on 29 March: that quota day starts at 02:30 on the old offset (01:30 UTC, 03:30 CEST) ...
+    assert period_start(dt.datetime(2026, 3, 29, 3, 40, tzinfo=paris).timestamp(), "02:30", "Europe/Paris") == (
+        dt.datetime(2026, 3, 29, 1, 30, tzinfo=dt.UTC).timestamp()
+    )
+    # ... and 02:30 happens twice on 25 October: the day starts once, at the first
+    second = dt.datetime(2026, 10, 25, 2, 45, fold=1, tzinfo=paris).timestamp()
+    assert period_start(second, "02:30", "Europe/Paris") == dt.datetime(2026, 10, 25, 0, 30, tzinfo=dt.UTC).timestamp()
+
+
 def test_key_state_round_trips_through_a_dict() -> None:
     p = pool(k1={"rpd": 10})
     picks(p, 2)
