@@ -321,8 +321,9 @@ class _Chat:
 
 
 def _open_chat(c: Any, model: str | None, system: str | None) -> _Chat:
-    names = [m["name"] for m in c.models()]
-    current = model or next((m["name"] for m in c.models() if m["default"]), None)
+    models = c.models()
+    names = [m["name"] for m in models]
+    current = model or next((m["name"] for m in models if m["default"]), None)
     if model is not None and model not in names:
         fail(f"model {model!r} not found; available: {', '.join(names)}", "`tiqo models list` shows models")
     _readline_history(c.settings.paths.state_dir / "chat_history")

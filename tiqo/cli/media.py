@@ -101,7 +101,6 @@ def image(
         "negative_prompt": negative,
         "guidance_scale": guidance,
         "model": model,
-        "output_format": "png",  # from the suffix of -o, once it is known not to be stdout
         "strength": strength,
     }
     _make_images(fields, source, mask, output, wait, json_out, user, routing_headers(user, tier, data_class))
@@ -148,10 +147,8 @@ def _make_images(
 def _write_all(c: Any, job: dict[str, Any], output: Path, user: str | None) -> list[tuple[Path, int]]:
     """Every file of a finished job: -o itself for one, numbered beside it (out-1.png, ...) for several."""
     names = list((job.get("result") or {}).get("files") or [])
-    return [
-        (_numbered(output, i, len(names)), _write(c, job, name, _numbered(output, i, len(names)), user))
-        for i, name in enumerate(names)
-    ]
+    paths = [_numbered(output, i, len(names)) for i in range(len(names))]
+    return [(path, _write(c, job, name, path, user)) for name, path in zip(names, paths, strict=True)]
 
 
 def _run_job(

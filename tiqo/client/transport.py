@@ -29,7 +29,6 @@ def import_httpx() -> ModuleType:
             import httpx
         finally:
             del sys.modules["httpx._main"]
-        return httpx
     import httpx
 
     return httpx

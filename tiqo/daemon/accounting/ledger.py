@@ -35,6 +35,9 @@ from tiqo.policy.budget import Charge, Refusal, Usage
 __all__ = ["GROUPS", "CallRow", "CounterKey", "Counters", "Ledger", "RequestRow", "SqliteCounters", "UsageSums"]
 
 
+_END_CALL = (
+    "UPDATE calls SET status = ?, cost_nusd = ?, tokens_in = ?, tokens_out = ?, error = ?, ended = ? WHERE id = ?"
+)
 _INSERT_REQUEST = (
     f"INSERT OR REPLACE INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})"
 )
@@ -114,10 +117,10 @@ class Ledger:
                 tightest[c.key] = c
         charges = list(tightest.values())
         call.reserved_nusd, call.charges = amount, [c.key for c in charges]
-        if self.local_counters and not charges:
-            self._insert_call(call)  # nothing to check or count: the row alone, one statement (atomic by itself)
-            return None
         if self.local_counters:
+            if not charges:  # nothing to check or count: the row alone, one statement (atomic by itself)
+                self._insert_call(call)
+                return None
             with self._tx():
                 refusal = self.counters.reserve(call.id, charges, amount)
                 if refusal is None:
@@ -178,8 +181,7 @@ class Ledger:
         ended = time.time() if now is None else now
         if not charged and self.local_counters:
             cur = self.db.execute(
-                "UPDATE calls SET status = ?, cost_nusd = ?, tokens_in = ?, tokens_out = ?, error = ?, ended = ? "
-                "WHERE id = ? AND status IN ('pending', 'reserving') AND charges = '[]'",
+                _END_CALL + " AND status IN ('pending', 'reserving') AND charges = '[]'",
                 (status, cost, tokens_in, tokens_out, error, ended, call_id),
             )
             if cur.rowcount:
@@ -195,11 +197,7 @@ class Ledger:
             moved = self.counters.settle(call_id, charges, reserved, cost)
             if charges and not moved and not self.local_counters:
                 cost = 0  # the shared server never held this reservation (a crash before it): nothing was charged
-            self.db.execute(
-                "UPDATE calls SET status = ?, cost_nusd = ?, tokens_in = ?, tokens_out = ?, error = ?, ended = ? "
-                "WHERE id = ?",
-                (status, cost, tokens_in, tokens_out, error, ended, call_id),
-            )
+            self.db.execute(_END_CALL, (status, cost, tokens_in, tokens_out, error, ended, call_id))
             return moved
 
     def reconcile(self) -> int:

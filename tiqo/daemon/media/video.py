@@ -148,10 +148,7 @@ def _encode_frames(
     total = max(shape.frames, shape.frames_for(track.seconds) if track else 0)
     done = 0
     last: Any = None
-    filtered = _filtered(
-        frames, shape.rate, shape.out_rate, shape.factor, shape.width, shape.height, shape.frames, stop
-    )
-    for frame in filtered:
+    for frame in _filtered(frames, shape, stop):
         last = _put(container, vstream, track, frame, done, shape.out_rate)
         done += 1
         if progress is not None:
@@ -193,18 +190,13 @@ def _video_stream(container: Any, rate: Fraction, width: int, height: int) -> An
     return stream
 
 
-def _filtered(
-    frames: np.ndarray,
-    rate: Fraction,
-    out_rate: Fraction,
-    factor: int,
-    width: int,
-    height: int,
-    wanted: int,
-    stop: threading.Event | None,
-) -> Iterator[Any]:
-    """The frames as yuv420p video frames, interpolated and scaled through FFmpeg's filter graph; exactly ``wanted``."""
+def _filtered(frames: np.ndarray, shape: Shape, stop: threading.Event | None) -> Iterator[Any]:
+    """The frames as yuv420p video frames, interpolated and scaled through FFmpeg's filter graph; exactly
+    ``shape.frames``."""
     import av
+
+    rate, out_rate, factor, wanted = shape.rate, shape.out_rate, shape.factor, shape.frames
+    width, height = shape.width, shape.height
 
     graph = av.filter.Graph()
     nodes = [graph.add_buffer(width=width, height=height, format=av.VideoFormat("rgb24"), time_base=1 / rate)]

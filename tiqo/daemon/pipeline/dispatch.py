@@ -31,9 +31,9 @@ T = TypeVar("T")
 
 
 class Dispatch:
-    def __init__(self, gateway: Router, daemon: LocalCompute) -> None:
+    def __init__(self, gateway: Router, local: LocalCompute) -> None:
         self.gateway = gateway
-        self.daemon = daemon
+        self.compute = local  # the root's local generation
         self.settings = gateway.settings
         self.registry = gateway.registry
         self.accounting = gateway.accounting

@@ -63,8 +63,8 @@ class Stages:
 
 
 class Generation(Dispatch):
-    def __init__(self, gateway: Router, daemon: LocalCompute, jobs: Jobs) -> None:
-        super().__init__(gateway, daemon)
+    def __init__(self, gateway: Router, local: LocalCompute, jobs: Jobs) -> None:
+        super().__init__(gateway, local)
         self.jobs = jobs
         self._failures: dict[str, TiqoError] = {}  # job id -> its error, for the caller that waits on it
 
@@ -141,7 +141,7 @@ class Generation(Dispatch):
         def once(runner: im.ImageRunner, stop: StopFlag) -> Iterator[Any]:
             yield call(runner, handle.stop)
 
-        results = self.daemon.generate(spec, None, once)
+        results = self.compute.generate(spec, None, once)
         try:
             async for result in results:
                 return result

@@ -24,8 +24,11 @@ class JobFolders:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(root, 0o700)
 
+    def path(self, job_id: str) -> Path:
+        return self.root / job_id
+
     def make(self, job_id: str) -> Path:
-        folder = self.root / job_id
+        folder = self.path(job_id)
         folder.mkdir(mode=0o700, exist_ok=True)
         return folder
 
@@ -53,7 +56,7 @@ class JobFolders:
         return path
 
     async def remove(self, job_id: str) -> None:
-        await asyncio.to_thread(shutil.rmtree, self.root / job_id, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self.path(job_id), ignore_errors=True)
 
 
 def remove_all(folders: Iterable[Path]) -> None:

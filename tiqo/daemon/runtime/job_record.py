@@ -10,7 +10,6 @@ from typing import Any
 
 from tiqo.core.errors import TiqoError
 
-STATUSES = ("queued", "in_progress", "completed", "failed", "cancelled")
 FINISHED = frozenset(("completed", "failed", "cancelled"))
 MAX_LIMIT = 100
 MAX_STAGE = 100

@@ -110,7 +110,7 @@ class Jobs:
         for job_id in self.store.finished_before(self.clock() - self.keep_s, SWEEP_BATCH):
             if job_id not in self._live:
                 self.store.delete(job_id)
-                folders.append(self.folders.root / job_id)
+                folders.append(self.folders.path(job_id))
         return folders
 
     async def _sweep_forever(self) -> None:

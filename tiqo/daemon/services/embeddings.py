@@ -39,7 +39,7 @@ class Embeddings(Dispatch):
         def call(runner: EmbeddingRunner, stop: StopFlag) -> Iterator[Embedded]:
             yield runner.embed(items, stop)
 
-        results = [r async for r in self.daemon.generate(spec, None, call)]
+        results = [r async for r in self.compute.generate(spec, None, call)]
         return spec, results[0]
 
     async def create(

@@ -64,7 +64,7 @@ class Gateway(Router):
         registry: Registry,
         hub: ProviderHub,
         store: Store,
-        daemon: LocalCompute,  # the root's local generation
+        local: LocalCompute,  # the root's local generation
         ledger: Ledger,
         budgets: Budgets,
         events: EventBus,
@@ -75,7 +75,7 @@ class Gateway(Router):
         days, limiter = shared.days, shared.limiter
         accounting = Accounting(settings, hub, ledger, budgets, events, lambda: self.clock(), metrics, limiter, days)
         super().__init__(settings, registry, hub, accounting)
-        self.store, self.daemon, self.ledger, self.events = store, daemon, ledger, events
+        self.store, self.compute, self.ledger, self.events = store, local, ledger, events
         self.cache = ResponseCache(shared.cache or store, settings, lambda: self.clock())
 
     async def admit_local(self, body: oa.CompletionRequest, meta: RequestMeta) -> tuple[RequestRow, RateLimits, float]:
@@ -243,7 +243,7 @@ class Gateway(Router):
         def call(runner: ChatRunner, stop: StopFlag) -> Iterator[Piece]:
             return runner.chat(messages, params, stop)
 
-        async for piece in self.daemon.generate(spec, keep_alive, call):
+        async for piece in self.compute.generate(spec, keep_alive, call):
             yield piece
 
 

@@ -50,9 +50,9 @@ class VideoTask(GenerationTask):
 
 class Videos(Generation):
     def __init__(
-        self, gateway: Router, daemon: LocalCompute, jobs: Jobs, first_frame: FirstFrame, narrate: Narrator | None
+        self, gateway: Router, local: LocalCompute, jobs: Jobs, first_frame: FirstFrame, narrate: Narrator | None
     ) -> None:
-        super().__init__(gateway, daemon, jobs)
+        super().__init__(gateway, local, jobs)
         self.first_frame = first_frame
         self.narrate = narrate
 

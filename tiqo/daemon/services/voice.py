@@ -80,8 +80,8 @@ class Spoken:
 
 
 class Voice(Dispatch):
-    def __init__(self, gateway: Router, daemon: LocalCompute) -> None:
-        super().__init__(gateway, daemon)
+    def __init__(self, gateway: Router, local: LocalCompute) -> None:
+        super().__init__(gateway, local)
         self.decoded_slots = HeldSlots(
             self.settings["stt.max_decoded"],
             self.settings["scheduler.max_queue"],
@@ -133,7 +133,7 @@ class Voice(Dispatch):
                 temperature=req.temperature,
                 beam_size=max(1, self.settings["stt.beam_size"]),
             )
-            events = self.daemon.generate(spec, None, functools.partial(_transcribe, decoded.audio, job))
+            events = self.compute.generate(spec, None, functools.partial(_transcribe, decoded.audio, job))
             first = await anext(events)  # the model is loaded and the language known: committed
             served.backend = f"local:{spec.engine}"
             return _stt_stream(first, events, decoded.duration)
@@ -224,7 +224,7 @@ class Voice(Dispatch):
         def call(runner: SpeechRunner, stop: StopFlag) -> Iterator[bytes]:
             return _encode(runner, pieces, TtsJob(), stop, "pcm", spoken)
 
-        pcm = b"".join([chunk async for chunk in self.daemon.generate(spec, None, call)])
+        pcm = b"".join([chunk async for chunk in self.compute.generate(spec, None, call)])
         return wav_header(spoken.sample_rate, len(pcm)) + pcm
 
     async def _serve_tts(
@@ -248,7 +248,7 @@ class Voice(Dispatch):
             def call(runner: SpeechRunner, stop: StopFlag) -> Iterator[bytes]:
                 return _encode(runner, pieces, job, stop, req.response_format, spoken)
 
-            audio = self.daemon.generate(spec, None, call)
+            audio = self.compute.generate(spec, None, call)
             first = await anext(audio)  # the first sentence is ready: committed
             spoken.voice, served.backend = spec.name, f"local:{spec.engine}"
             return _prepend(first, audio)

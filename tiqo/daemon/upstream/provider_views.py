@@ -23,7 +23,7 @@ def provider_rows(hub: ProviderHub) -> list[dict[str, Any]]:
                 "kind": p.config.kind,
                 "base_url": base_url,
                 "loaded": p.kind is not None,
-                "keys": len(hub.redacted_keys(p.name)),
+                "keys": hub.key_count(p.name),
                 "key_strategy": p.pool.strategy,
                 "max_class": p.max_class,
                 "trusted": p.trusted,

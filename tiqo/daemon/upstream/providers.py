@@ -305,6 +305,9 @@ class ProviderHub:
         """Key name → its secret redacted (for listings: a secret leaves this module only into a request)."""
         return {name: redact(secret) for name, secret in self._secrets.get(provider, {}).items()}
 
+    def key_count(self, provider: str) -> int:
+        return len(self._secrets.get(provider, {}))
+
     def max_classes(self) -> dict[str, str]:
         """The most sensitive data class each provider may receive (routing filters candidates by it)."""
         return {p.name: p.max_class for p in self.providers.values()}
