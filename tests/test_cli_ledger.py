@@ -453,7 +453,7 @@ def test_models_add_premium(d: DaemonProc) -> None:
     ids=" ".join,
 )
 def test_help_has_an_example(command: list[str]) -> None:
-    from tiqo.cli.main import app
+    from tiqo.cli.app import app
 
     result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "100", "NO_COLOR": "1"})
     assert result.exit_code == 0, result.output

@@ -121,7 +121,7 @@ def test_every_problem_line_is_followed_by_its_fix(home: Path, tmp_path: Path) -
 def test_every_command_has_an_example_in_its_help() -> None:
     import typer.main
 
-    from tiqo.cli.main import app
+    from tiqo.cli.app import app
     from tiqo.cli.manpage import _commands
 
     commands = _commands(typer.main.get_command(app), "tiqo")

@@ -176,9 +176,11 @@ def ask(
     schema: Optional[Path] = SCHEMA,
     tools: Optional[list[Path]] = TOOL,
 ) -> None:
-    """Ask one question and stream the answer. With --schema, print the answer as one line of JSON that validates
-    against the schema (exit code 1, and the reason, when the model could not produce it). With --tool, the answer
-    calls one of the functions: each call prints as one JSON line, {"name": ..., "arguments": {...}}.
+    """Ask one question and stream the answer.
+
+    With --schema, print the answer as one line of JSON that validates against the schema (exit code 1, and the
+    reason, when the model could not produce it). With --tool, the answer calls one of the functions: each call prints
+    as one JSON line, {"name": ..., "arguments": {...}}.
 
     Examples:
 

@@ -61,8 +61,10 @@ def backup(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Back up the daemon's state while it serves: one archive (mode 0600) with the database (SQLite's online backup),
-    the vector collections, config.toml and a manifest of checksums; keys.toml only with --include-keys.
+    """Back up the daemon's state while it serves, into one archive (mode 0600).
+
+    The archive holds the database (SQLite's online backup), the vector collections, config.toml and a manifest of
+    checksums; keys.toml only with --include-keys.
 
     Examples:
 

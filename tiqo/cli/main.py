@@ -1,156 +1,24 @@
-"""Entry point of the ``tiqo`` command.
+"""Entry point of the ``tiqo`` command (``tiqo.cli.main:main``, and ``python -m tiqo``).
 
-Every TAB completion and every ``tiqo X`` runs this module, so it imports no command module up front: the root group
-knows the commands by name (``COMMANDS``, in the order help lists them) and imports a command's module the first time
-click asks for it. ``tiqo ask`` then loads ``tiqo.cli.ask`` alone; ``tiqo --help`` loads them all, to show each one's
-summary, and the help, man page and completions are the same as if every command were registered up front."""
+The root help is printed from the command table (``tiqo.cli.root_help``); everything else goes to the typer app
+(``tiqo.cli.app``), which imports only the command it runs."""
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Iterator, MutableMapping
-from typing import Any
-
-import typer
-import typer.main
-from typer.core import TyperGroup
-
-from tiqo import __version__
-from tiqo.cli.output import state
-from tiqo.core.paths import use_private_umask
-
-# name → (module, attribute): a command function, or a Typer that becomes a group of that name.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "ask": ("tiqo.cli.ask", "ask"),
-    "chat": ("tiqo.cli.ask", "chat"),
-    "transcribe": ("tiqo.cli.voice", "transcribe"),
-    "speak": ("tiqo.cli.voice", "speak"),
-    "image": ("tiqo.cli.media", "image"),
-    "video": ("tiqo.cli.media", "video"),
-    "embed": ("tiqo.cli.embed", "embed"),
-    "ps": ("tiqo.cli.models", "ps"),
-    "plugins": ("tiqo.cli.gateway_misc", "plugins"),
-    "usage": ("tiqo.cli.ledger", "usage"),
-    "logs": ("tiqo.cli.ledger", "logs"),
-    "audit": ("tiqo.cli.ledger", "audit"),
-    "alerts": ("tiqo.cli.ledger", "alerts"),
-    "events": ("tiqo.cli.ledger", "events"),
-    "dash": ("tiqo.cli.dash", "dash"),
-    "backup": ("tiqo.cli.backup", "backup"),
-    "restore": ("tiqo.cli.backup", "restore"),
-    "doctor": ("tiqo.cli.doctor", "doctor"),
-    # groups (typer lists a group's commands after the plain commands, in this order)
-    "voices": ("tiqo.cli.voice", "voices_app"),
-    "vec": ("tiqo.cli.vec", "app"),
-    "jobs": ("tiqo.cli.jobs", "app"),
-    "daemon": ("tiqo.cli.daemon", "app"),
-    "models": ("tiqo.cli.models", "app"),
-    "config": ("tiqo.cli.config", "app"),
-    "providers": ("tiqo.cli.providers", "app"),
-    "keys": ("tiqo.cli.keys", "app"),
-    "route": ("tiqo.cli.route", "app"),
-    "cache": ("tiqo.cli.gateway_misc", "cache_app"),
-    "budget": ("tiqo.cli.budget", "budget_app"),
-    "users": ("tiqo.cli.users", "app"),
-}
-
-
-def _build(name: str, rich_markup_mode: Any) -> Any:
-    """The click command for ``name``, built the way ``app.command(name)`` / ``app.add_typer(name=name)`` would."""
-    module, attribute = COMMANDS[name]
-    target = getattr(importlib.import_module(module), attribute)
-    holder = typer.Typer()
-    if isinstance(target, typer.Typer):
-        holder.add_typer(target, name=name)
-        return typer.main.get_group_from_info(
-            holder.registered_groups[0],
-            pretty_exceptions_short=app.pretty_exceptions_short,
-            rich_markup_mode=rich_markup_mode,
-            suggest_commands=app.suggest_commands,
-        )
-    holder.command(name)(target)
-    return typer.main.get_command_from_info(
-        holder.registered_commands[0],
-        pretty_exceptions_short=app.pretty_exceptions_short,
-        rich_markup_mode=rich_markup_mode,
-    )
-
-
-class LazyCommands(MutableMapping[str, Any]):
-    """The root group's ``commands``: every name is known at once, each command is built on first lookup."""
-
-    def __init__(self, rich_markup_mode: Any) -> None:
-        self._markup = rich_markup_mode
-        self._names = list(COMMANDS)
-        self._built: dict[str, Any] = {}
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in self._built:
-            if name not in COMMANDS:
-                raise KeyError(name)
-            self._built[name] = _build(name, self._markup)
-        return self._built[name]
-
-    def __setitem__(self, name: str, command: Any) -> None:
-        if name not in self._names:
-            self._names.append(name)
-        self._built[name] = command
-
-    def __delitem__(self, name: str) -> None:
-        self._names.remove(name)
-        self._built.pop(name, None)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._names))
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names
-
-
-class LazyGroup(TyperGroup):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        registered = dict(self.commands)  # none today: every command comes from COMMANDS
-        self.commands = LazyCommands(self.rich_markup_mode)
-        self.commands.update(registered)
-
-    def list_commands(self, ctx: Any) -> list[str]:
-        # Names only (typer's own reads every command): TAB after `tiqo v` loads vec, video and voices, no more.
-        return list(self.commands)
-
-
-app = typer.Typer(
-    name="tiqo",
-    cls=LazyGroup,
-    help="Local-first AI services: warm local models behind one daemon and an OpenAI-compatible API.\n\n"
-    'Example: tiqo ask "Name three primary colours."',
-    no_args_is_help=True,
-    add_completion=True,
-    rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"tiqo {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def root(
-    no_autostart: bool = typer.Option(
-        False, "--no-autostart", help="Never start the daemon; fail if it is not running (or TIQO_NO_AUTOSTART=1)."
-    ),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-) -> None:
-    state.no_autostart = no_autostart
+import os
+import sys
 
 
 def main() -> None:
+    from tiqo.cli.root_help import exit_code, print_root_help
+
+    code = exit_code(sys.argv[1:], os.environ)
+    if code is not None:  # the root help: it writes no file, so it skips the umask below (and its imports)
+        print_root_help(trailing_newline=code == 0)
+        sys.exit(code)
+    from tiqo.cli.app import app
+    from tiqo.core.paths import use_private_umask
+
     # Everything tiqo writes (config.toml, the daemon log, chat history, the unit file, the daemon it starts) is
     # private from its first byte; files the user names with -o are created with the user's own umask instead.
     use_private_umask()

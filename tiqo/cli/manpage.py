@@ -28,7 +28,7 @@ def _commands(group: Any, prefix: str) -> list[tuple[str, Any]]:
 
 
 def render() -> str:
-    from tiqo.cli.main import app
+    from tiqo.cli.app import app
 
     root = typer.main.get_command(app)
     out = [

@@ -202,8 +202,10 @@ def video(
     tier: Optional[str] = TIER,
     data_class: Optional[str] = DATA_CLASS,
 ) -> None:
-    """Make a short mp4 with a local video model: from text, or from a picture (--image). A narration (the local
-    voice) or a sound track becomes its AAC audio; the video holds its last frame until the audio ends.
+    """Make a short mp4 with a local video model: from text, or from a picture (--image).
+
+    A narration (the local voice) or a sound track becomes its AAC audio; the video holds its last frame until the
+    audio ends.
 
     Example: tiqo video "waves rolling onto a beach" --seconds 2 -o waves.mp4
 
