@@ -52,6 +52,17 @@ def test_root_help_is_typers_byte_for_byte(name: str, args: list[str]) -> None:
         assert b"\x1b[" in ours.stdout  # the colour case really has colour
 
 
+def test_version_is_typers_without_typer() -> None:
+    home = short_home()
+    try:
+        ours = _run([sys.executable, "-m", "tiqo", "--version"], home_env(home))
+        typers = _run([sys.executable, "-c", TYPER, "--version"], home_env(home))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert ours.returncode == typers.returncode == 0
+    assert ours.stdout == typers.stdout and ours.stdout.startswith(b"tiqo ")
+
+
 def test_every_summary_is_its_commands_first_paragraph_on_one_line() -> None:
     from tiqo.cli.app import _build
 
