@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from tiqo.core.errors import BadRequest, NotFound, TiqoError
 from tiqo.daemon.media.pictures import check_pictures
@@ -34,6 +34,29 @@ class GenerationTask:
     negative_prompt: str | None = None
     guidance: float | None = None
     image: bytes | None = None
+
+    def sampling(self, size: tuple[int, int]) -> Sampling:
+        """What an image runner's and a video runner's request both take from the task, at the size checked for the
+        model."""
+        return Sampling(
+            prompt=self.prompt,
+            width=size[0],
+            height=size[1],
+            steps=self.steps,
+            seed=self.seed,
+            negative_prompt=self.negative_prompt,
+            guidance=self.guidance,
+        )
+
+
+class Sampling(TypedDict):
+    prompt: str
+    width: int
+    height: int
+    steps: int | None
+    seed: int | None
+    negative_prompt: str | None
+    guidance: float | None
 
 
 Task = TypeVar("Task", bound=GenerationTask)

@@ -131,17 +131,7 @@ class Images(Generation):
         spec = self._local_spec(name, "image", _capability(task))
         size = self._check_size(task.size, spec, "image")
         request = im.ImageRequest(
-            prompt=task.prompt,
-            width=size[0],
-            height=size[1],
-            n=task.n,
-            steps=task.steps,
-            seed=task.seed,
-            negative_prompt=task.negative_prompt,
-            guidance=task.guidance,
-            image=task.image,
-            mask=task.mask,
-            strength=task.strength,
+            **task.sampling(size), n=task.n, image=task.image, mask=task.mask, strength=task.strength
         )
         report = progress or (lambda step, total: handle.progress(step, total, "image"))
         result: im.ImageResult = await self._run_local(

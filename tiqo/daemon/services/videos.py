@@ -159,18 +159,7 @@ class Videos(Generation):
         image = task.image
         if image_model is not None:
             image = await self.first_frame(image_model.name, task, handle, stages.start("image"))
-        request = im.VideoRequest(
-            prompt=task.prompt,
-            width=task.size[0],
-            height=task.size[1],
-            frames=task.frames,
-            fps=task.fps,
-            steps=task.steps,
-            seed=task.seed,
-            negative_prompt=task.negative_prompt,
-            guidance=task.guidance,
-            image=image,
-        )
+        request = im.VideoRequest(**task.sampling(task.size), frames=task.frames, fps=task.fps, image=image)
         progress = stages.start("video")
         made: im.VideoResult = await self._run_local(
             spec, handle, lambda runner, stop: runner.video(request, progress, stop)
