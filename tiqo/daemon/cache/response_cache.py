@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tiqo.core.errors import TiqoError
+from tiqo.core.settings import Settings
 from tiqo.daemon.cache.tool_calls import merge_tool_calls
 from tiqo.daemon.state.shared import CacheEntry, CacheStore
 from tiqo.policy import cache as cachepol
@@ -87,7 +88,7 @@ class CacheHit:
 
 
 class ResponseCache:
-    def __init__(self, store: CacheStore, settings: Any, clock: Callable[[], float]) -> None:
+    def __init__(self, store: CacheStore, settings: Settings, clock: Callable[[], float]) -> None:
         self.store = store  # tiqo.daemon.state.store.Store, or the Redis cache in front of it
         self.settings = settings
         self.clock = clock

@@ -14,6 +14,7 @@ from tiqo.daemon.pipeline.dispatch import Dispatch
 from tiqo.daemon.pipeline.served import RequestMeta, Served
 from tiqo.daemon.upstream.client import AttemptFailed
 from tiqo.daemon.upstream.external import json_answer, scrub
+from tiqo.daemon.upstream.providers import Provider
 from tiqo.policy import budget as bp
 from tiqo.policy.routing import CatalogModel
 from tiqo.sdk.embedding import Embedded, EmbeddingRunner
@@ -96,7 +97,7 @@ class Embeddings(Dispatch):
         inputs: list[str],
         dimensions: int | None,
         secret: str | None,
-        provider: Any,
+        provider: Provider,
         call_id: str,
     ) -> dict[str, Any]:
         kind = provider.kind

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tiqo.core.errors import BadRequest, Cancelled, TiqoError
+from tiqo.daemon.accounting.records import RequestRow
 from tiqo.daemon.media.pictures import save_pictures
 from tiqo.daemon.pipeline.generation import Generation, GenerationTask, public
 from tiqo.daemon.pipeline.served import RequestMeta, Served
@@ -91,7 +92,7 @@ class Images(Generation):
         task: ImageTask,
         decision: Decision,
         blocked: dict[str, bp.Charge],
-        row: Any,
+        row: RequestRow,
         started: float,
         handle: JobHandle,
     ) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from tiqo.core.errors import BadRequest, Cancelled, TiqoError
+from tiqo.daemon.accounting.records import RequestRow
 from tiqo.daemon.pipeline.generation import Generation, GenerationTask, Stages, public
 from tiqo.daemon.pipeline.ports import LocalCompute
 from tiqo.daemon.pipeline.router import Router
@@ -129,7 +130,7 @@ class Videos(Generation):
         task: VideoTask,
         spec: ModelSpec,
         image_model: ModelSpec | None,
-        row: Any,
+        row: RequestRow,
         started: float,
         handle: JobHandle,
     ) -> dict[str, Any]:
@@ -197,7 +198,7 @@ class Videos(Generation):
         (handle.dir / "thumbnail.png").write_bytes(thumb)
         return info
 
-    def _record(self, row: Any, spec: ModelSpec, made: im.VideoResult, info: VideoInfo, started: float) -> None:
+    def _record(self, row: RequestRow, spec: ModelSpec, made: im.VideoResult, info: VideoInfo, started: float) -> None:
         served = Served(route="local")
         self._served_by(served, CatalogModel(name=spec.name, provider="local"), f"local:{spec.engine}", None)
         row.outcome = "ok"
