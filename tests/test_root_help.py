@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,32 @@ def test_every_summary_is_its_commands_first_paragraph_on_one_line() -> None:
         assert command.summary == first, f"tiqo/cli/commands.py: COMMANDS[{name!r}].summary should be {first!r}"
         assert "\n" not in first, f"the help of `tiqo {name}`: make its first paragraph one line (a summary)"
         assert not built.hidden and not built.deprecated  # (panels and the rest: the byte-for-byte test above)
+
+
+def test_every_subcommand_summary_is_one_line() -> None:
+    """A group's help lists its commands' first paragraphs as they are written: a line break there shows as a ragged
+    line in `tiqo GROUP --help` (typer's rich mode keeps it)."""
+    import typer.main
+
+    from tiqo.cli.app import app
+
+    root = typer.main.get_command(app)
+    ctx = typer.Context(root)
+    ragged, seen = [], 0
+    groups: list[tuple[str, Any]] = [("tiqo", root)]  # (typer's own click: a group has list_commands)
+    while groups:
+        path, group = groups.pop()
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            assert command is not None
+            seen += 1
+            first = inspect.cleandoc(command.short_help or command.help or "").split("\n\n")[0]
+            if "\n" in first.strip():
+                ragged.append(f"{path} {name}")
+            if hasattr(command, "list_commands"):
+                groups.append((f"{path} {name}", command))
+    assert seen > len(COMMANDS)  # the groups' commands were walked too
+    assert ragged == [], f"make the first paragraph of these commands' help one line: {ragged}"
 
 
 def test_only_a_bare_help_is_printed_from_the_table() -> None:

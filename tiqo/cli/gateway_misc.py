@@ -46,8 +46,9 @@ def _rate(rate: float | None) -> str:
 @cache_app.command("stats")
 @handle_errors
 def stats(json_out: bool = JSON) -> None:
-    """Entries, size, hits (exact and semantic), misses and hit rate of the response cache, its mode, TTL and
-    semantic setting, entries per scope.
+    """Entries, size, hits, misses and hit rate of the response cache.
+
+    Hits are split into exact and semantic; the mode, TTL and semantic setting follow, then the entries per scope.
 
     Example: tiqo cache stats
     """

@@ -83,8 +83,9 @@ def list_keys(
     ),
     json_out: bool = JSON,
 ) -> None:
-    """List keys (redacted) with their status, today's and this minute's usage against their limits, and when
-    their quota day resets.
+    """List keys (redacted): status, usage against their limits, and when their quota day resets.
+
+    Usage is today's and this minute's.
 
     Example: tiqo keys list groq
     """
@@ -135,8 +136,10 @@ def add(
     weight: Optional[float] = typer.Option(None, "--weight", help="Share under --key-strategy weighted."),
     json_out: bool = JSON,
 ) -> None:
-    """Add an API key to a provider. The key is read from a hidden prompt, or from stdin when piped; it is never
-    an argument (it would land in your shell history) and is stored in keys.toml (mode 0600).
+    """Add an API key to a provider.
+
+    The key is read from a hidden prompt, or from stdin when piped; it is never an argument (it would land in your
+    shell history) and is stored in keys.toml (mode 0600).
 
     Examples:
 

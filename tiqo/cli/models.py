@@ -99,8 +99,9 @@ def add(
     description: Optional[str] = typer.Option(None, "--description", "-d"),
     json_out: bool = JSON,
 ) -> None:
-    """Register a local GGUF file (checked: magic, header, no truncation), a Whisper folder, a Piper voice, or a model
-    an external provider serves.
+    """Register a local model file or folder, or a model an external provider serves.
+
+    Local models: a GGUF file (checked: magic, header, no truncation), a Whisper folder or a Piper voice.
 
     Examples:
 

@@ -34,8 +34,9 @@ def status_markup(status: str) -> str:
 @app.command("list")
 @handle_errors
 def list_providers(json_out: bool = JSON) -> None:
-    """List providers: kind, base URL (or each replica endpoint: healthy, outstanding, served, last error), number
-    of keys, status and the models that use them.
+    """List providers: kind, base URL, number of keys, status and the models that use them.
+
+    A provider with replicas shows each endpoint: healthy, outstanding, served, last error.
 
     Example: tiqo providers list
     """

@@ -104,8 +104,10 @@ def explain(
     schema: Optional[Path] = SCHEMA,
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Show how a prompt would be routed: its classification, every candidate model with its price and why it is
-    kept or dropped, and the choice. Nothing is sent to any model. Exit code 1 when no candidate is left.
+    """Show how a prompt would be routed, without sending it to any model.
+
+    Prints its classification, every candidate model with its price and why it is kept or dropped, and the choice.
+    Exit code 1 when no candidate is left.
 
     Examples:
 

@@ -79,9 +79,11 @@ def token(
     ),
     json_out: bool = JSON,
 ) -> None:
-    """Create a bearer token for NAME on the TCP listener (replaces an old one). It is printed once, alone on
-    stdout; only its hash is kept. A user without a tier gets daemon.listen_tier over TCP (free: local models only).
-    With --scrape the token reads /metrics and nothing else; without it, it never reads /metrics.
+    """Create a bearer token for NAME on the TCP listener (replaces an old one).
+
+    It is printed once, alone on stdout; only its hash is kept. A user without a tier gets daemon.listen_tier over
+    TCP (free: local models only). With --scrape the token reads /metrics and nothing else; without it, it never
+    reads /metrics.
 
     Example: tiqo users token ann --tier pro > ann.token; tiqo users token prometheus --scrape > scrape.token
     """

@@ -147,8 +147,9 @@ def add(
     json_out: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
     user: Optional[str] = USER,
 ) -> None:
-    """Add documents: chunked with overlap, embedded by the daemon. Re-adding an unchanged file adds nothing; a
-    changed file replaces its old chunks.
+    """Add documents: chunked with overlap, embedded by the daemon.
+
+    Re-adding an unchanged file adds nothing; a changed file replaces its old chunks.
 
     Example: tiqo vec add notes docs/*.md --meta project=web
 
