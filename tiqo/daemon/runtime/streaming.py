@@ -8,9 +8,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from starlette.responses import StreamingResponse
-from starlette.types import Send
-
 from tiqo.sdk.engine import StopFlag
 
 T = TypeVar("T")
@@ -78,17 +75,3 @@ async def iterate_in_thread(
         stop.set()
         room.release()  # wakes a thread waiting for room: it sees the stop flag and ends
         await asyncio.shield(future)
-
-
-class ClosingStreamingResponse(StreamingResponse):
-    """A streaming response that closes its body generator however the response ends (finished, client gone, send
-    deadline passed, cancelled), so the generator's ``finally`` (the model slot, the ledger row) runs at once rather
-    than whenever the garbage collector finds the abandoned generator."""
-
-    async def stream_response(self, send: Send) -> None:
-        try:
-            await super().stream_response(send)
-        finally:
-            close = getattr(self.body_iterator, "aclose", None)
-            if close is not None:
-                await close()

@@ -19,8 +19,8 @@ from tiqo.daemon.http.dependencies import Services, request_meta, services_of, u
 from tiqo.daemon.http.forms import Fields, flag, number, one, read_form
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import GENERATES, errors
+from tiqo.daemon.http.sse import StreamResponse
 from tiqo.daemon.pipeline.served import Served
-from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
 from tiqo.protocol import audio as pa
 from tiqo.protocol.speech import AddVoiceBody, SpeechBody
 
@@ -118,7 +118,7 @@ async def _transcribe(request: Request, translate: bool) -> Response:
     stream = bool(flag(fields, "stream"))
     if stream:
         served, events = await services.voice.transcribe(req, meta)
-        return ClosingStreamingResponse(
+        return StreamResponse(
             _stt_sse(events),
             media_type="text/event-stream",
             headers={**served.headers(final=True), "cache-control": "no-cache"},
@@ -235,7 +235,7 @@ async def speech(body: SpeechBody, request: Request) -> StreamingResponse:
         headers["x-tiqo-sample-rate"] = str(rate)
     if body.instructions:
         headers["x-tiqo-warning"] = "instructions are ignored by local voices"
-    return ClosingStreamingResponse(audio, media_type=spoken.content_type, headers=headers)
+    return StreamResponse(audio, media_type=spoken.content_type, headers=headers)
 
 
 # ------------------------------------------------------------------ voices

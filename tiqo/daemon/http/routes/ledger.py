@@ -20,8 +20,8 @@ from tiqo.daemon.catalog.routing_config import tcp_tier
 from tiqo.daemon.http.dependencies import Services, request_meta, services_of
 from tiqo.daemon.http.json_route import api_router
 from tiqo.daemon.http.openapi_errors import errors
+from tiqo.daemon.http.sse import StreamResponse
 from tiqo.daemon.http.tcp import SCRAPE_ROLE, new_token
-from tiqo.daemon.runtime.streaming import ClosingStreamingResponse
 from tiqo.protocol.tiqo import CreateTokenRequest, SetBudgetRequest
 
 router = api_router(prefix="/tiqo")
@@ -126,7 +126,7 @@ async def events(request: Request, kinds: str | None = None) -> StreamingRespons
                 await asyncio.gather(pending, return_exceptions=True)
             await feed.aclose()
 
-    return ClosingStreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    return StreamResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
 # ---------------------------------------------------------------- users
