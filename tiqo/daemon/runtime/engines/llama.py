@@ -206,6 +206,10 @@ class LlamaRunner:
         extra_stop: list[str],
         grammar: Any,
     ) -> Iterator[Piece]:
+        from llama_cpp import StoppingCriteriaList
+
+        limit = self._answer_limit(len(tokens), params.max_tokens)
+        cap = _AnswerCap(len(tokens), limit)
         stream: Any = self.llm.create_completion(
             tokens,
             max_tokens=params.max_tokens if params.max_tokens is not None else -1,
@@ -217,6 +221,7 @@ class LlamaRunner:
             frequency_penalty=params.frequency_penalty or 0.0,
             logit_bias=params.logit_bias,
             logits_processor=None if grammar is None else [grammar],
+            stopping_criteria=StoppingCriteriaList([cap]),
             stream=True,
         )
         parts: list[str] = []
@@ -235,9 +240,21 @@ class LlamaRunner:
                     finish = choice["finish_reason"]
         finally:
             stream.close()  # stops llama.cpp at once when the client went away
+        if cap.hit and finish != "cancelled":
+            finish = "length"
+        # The stream does not count tokens. A `length` finish took exactly the limit; otherwise the text is tokenized
+        # again, which can be one off where the model spelled a character in other byte pieces than the tokenizer
+        # would, and is held to the limit.
         text = "".join(parts)
-        completion = len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
+        counted = len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
+        completion = limit if finish == "length" else min(counted, limit)
         yield Piece("", finish_reason=finish, prompt_tokens=len(tokens), completion_tokens=completion)
+
+    def _answer_limit(self, prompt: int, max_tokens: int | None) -> int:
+        """llama-cpp-python's own limit on an answer: ``max_tokens``, or what is left of the context when that is
+        less (or when there is no max_tokens)."""
+        left = self.n_ctx - prompt
+        return max_tokens if max_tokens is not None and 0 < max_tokens < left else left
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
@@ -286,3 +303,24 @@ class LlamaEngine:
 
             self._gpu_layers_default = -1 if llama_cpp.llama_supports_gpu_offload() else 0
         return LlamaRunner(spec, options, self._gpu_layers_default)
+
+
+class _AnswerCap:
+    """Ends a generation once ``limit`` answer tokens are in the context, as a llama-cpp-python stopping criterion
+    (called after each token is sampled, with the tokens evaluated so far).
+
+    llama-cpp-python checks ``max_tokens`` itself, but skips the check while the answer ends inside a UTF-8
+    character: a caller whose ``logit_bias`` favours a lead byte got no answer until the context was full (4,096
+    tokens, minutes of CPU) and then an error from llama_decode. The evaluated tokens lag the sampled ones by one,
+    so in the normal case this never fires before llama-cpp-python's own check, and when it fires the answer holds
+    exactly ``limit`` tokens."""
+
+    __slots__ = ("hit", "limit", "prompt")
+
+    def __init__(self, prompt: int, limit: int) -> None:
+        self.prompt, self.limit, self.hit = prompt, limit, False
+
+    def __call__(self, input_ids: Any, logits: Any) -> bool:
+        if len(input_ids) - self.prompt >= self.limit:
+            self.hit = True
+        return self.hit
