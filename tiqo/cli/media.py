@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional, TypeVar
 
@@ -103,19 +104,22 @@ def image(
         "model": model,
         "strength": strength,
     }
-    _make_images(fields, source, mask, output, wait, json_out, user, routing_headers(user, tier, data_class))
+    _make_images(fields, source, mask, _Delivery(output, wait, json_out, user, routing_headers(user, tier, data_class)))
 
 
-def _make_images(
-    fields: dict[str, Any],
-    source: Path | None,
-    mask: Path | None,
-    output: Path,
-    wait: bool,
-    json_out: bool,
-    user: str | None,
-    headers: dict[str, str],
-) -> None:
+@dataclass(frozen=True)
+class _Delivery:
+    """Where a job's answer goes and how: the -o path, --wait, --json, and the caller's user and routing headers."""
+
+    output: Path
+    wait: bool
+    json_out: bool
+    user: str | None
+    headers: dict[str, str]
+
+
+def _make_images(fields: dict[str, Any], source: Path | None, mask: Path | None, to: _Delivery) -> None:
+    output, json_out, user = to.output, to.json_out, to.user
     if mask is not None and source is None:
         fail("--mask needs --image (the picture to repaint)", "add --image PICTURE.png", EXIT_USAGE)
     if str(output) == "-" and fields["n"] > 1:
@@ -124,11 +128,9 @@ def _make_images(
     fields["output_format"] = FORMATS.get(output.suffix.lower(), "png") if not to_stdout else "png"
     files = {k: v for k, v in (("image", _read(source, "image")), ("mask", _read(mask, "mask"))) if v is not None}
     done = _run_job(
-        lambda c: c.image_submit({k: v for k, v in fields.items() if v is not None}, files, headers=headers),
+        lambda c: c.image_submit({k: v for k, v in fields.items() if v is not None}, files, headers=to.headers),
         lambda c, job: _write_all(c, job, output, user),
-        wait,
-        json_out,
-        user,
+        to,
     )
     if done is None:
         return
@@ -152,20 +154,16 @@ def _write_all(c: Any, job: dict[str, Any], output: Path, user: str | None) -> l
 
 
 def _run_job(
-    submit: Callable[[Any], dict[str, Any]],
-    write: Callable[[Any, dict[str, Any]], T],
-    wait: bool,
-    json_out: bool,
-    user: str | None,
+    submit: Callable[[Any], dict[str, Any]], write: Callable[[Any, dict[str, Any]], T], to: _Delivery
 ) -> tuple[dict[str, Any], T] | None:
     """Submit a job; with --wait follow it to its end and write its files (the job and what ``write`` returns),
     else print its id (or the job, --json) and return None."""
     with client() as c:
         job = submit(c)
-        if not wait:
-            print_json(job) if json_out else console.print(job["id"])
+        if not to.wait:
+            print_json(job) if to.json_out else console.print(job["id"])
             return None
-        job = follow(c, job["id"], user=user)
+        job = follow(c, job["id"], user=to.user)
         fail_unless_completed(job)
         return job, write(c, job)
 
@@ -226,19 +224,11 @@ def video(
         "interpolate": interpolate,
         "upscale": upscale,
     }
-    _make_video(fields, source, audio, output, wait, json_out, user, routing_headers(user, tier, data_class))
+    _make_video(fields, source, audio, _Delivery(output, wait, json_out, user, routing_headers(user, tier, data_class)))
 
 
-def _make_video(
-    fields: dict[str, Any],
-    source: Path | None,
-    audio: Path | None,
-    output: Path,
-    wait: bool,
-    json_out: bool,
-    user: str | None,
-    headers: dict[str, str],
-) -> None:
+def _make_video(fields: dict[str, Any], source: Path | None, audio: Path | None, to: _Delivery) -> None:
+    output, json_out, user = to.output, to.json_out, to.user
     if not fields["prompt"] and source is None:
         fail("give a prompt, or --image for an image-to-video model", 'tiqo video "a cat sleeping"', EXIT_USAGE)
     if fields["narrate"] and audio:
@@ -251,11 +241,9 @@ def _make_video(
         if v is not None
     }
     done = _run_job(
-        lambda c: c.video_submit(fields, files, headers=headers),
+        lambda c: c.video_submit(fields, files, headers=to.headers),
         lambda c, job: _write(c, job, "video.mp4", output, user),
-        wait,
-        json_out,
-        user,
+        to,
     )
     if done is None:
         return

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tiqo.cli.commands import COMMANDS, NO_AUTOSTART_HELP, ROOT_HELP, VERSION_HELP
+
+if TYPE_CHECKING:  # rich loads only when the help is printed
+    from rich.console import Console
+    from rich.highlighter import Highlighter
+    from rich.theme import Theme
 
 USAGE = "Usage: tiqo [OPTIONS] COMMAND [ARGS]..."
 # (long, short, help) in click's order: the root callback's options, typer's completion options, then --help.
@@ -62,7 +67,7 @@ def print_root_help(*, trailing_newline: bool) -> None:
     """Print the root help to stdout exactly as typer would (``--help`` adds click's empty echo: one more newline)."""
     from rich.align import Align
     from rich.columns import Columns
-    from rich.console import Console, Group
+    from rich.console import Group
     from rich.highlighter import RegexHighlighter
     from rich.padding import Padding
     from rich.panel import Panel
@@ -96,7 +101,7 @@ def print_root_help(*, trailing_newline: bool) -> None:
     def markup(text: str, style: str = "") -> Text:
         return highlight(Text.from_markup(text, style=style))
 
-    console = _console(Console, Theme(THEME), highlight)
+    console = _console(Theme(THEME), highlight)
     console.print(Padding(highlight(USAGE), 1), style="bold")
     first, _, rest = ROOT_HELP.partition("\n\n")
     about = [markup(first.replace("\n", " ").strip()), *([Text(""), markup(rest, "dim")] if rest else [])]
@@ -119,13 +124,15 @@ def print_root_help(*, trailing_newline: bool) -> None:
     console.file.flush()
 
 
-def _console(console_type: Any, theme: Any, highlighter: Any) -> Any:
+def _console(theme: Theme, highlighter: Highlighter) -> Console:
     """A console set up as typer sets up its own (the same environment variables choose width and colour)."""
+    from rich.console import Console
+
     width = os.environ.get("TERMINAL_WIDTH")
     force = True if any(os.environ.get(v) for v in ("GITHUB_ACTIONS", "FORCE_COLOR", "PY_COLORS")) else None
     if os.environ.get("_TYPER_FORCE_DISABLE_TERMINAL"):
         force = False
-    return console_type(
+    return Console(
         theme=theme,
         highlighter=highlighter,
         color_system="auto",

@@ -245,10 +245,11 @@ class LlamaRunner:
         # The stream does not count tokens. A `length` finish took exactly the limit; otherwise the text is tokenized
         # again, which can be one off where the model spelled a character in other byte pieces than the tokenizer
         # would, and is held to the limit.
-        text = "".join(parts)
-        counted = len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
-        completion = limit if finish == "length" else min(counted, limit)
+        completion = limit if finish == "length" else min(self._count("".join(parts)), limit)
         yield Piece("", finish_reason=finish, prompt_tokens=len(tokens), completion_tokens=completion)
+
+    def _count(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
 
     def _answer_limit(self, prompt: int, max_tokens: int | None) -> int:
         """llama-cpp-python's own limit on an answer: ``max_tokens``, or what is left of the context when that is
